@@ -1,0 +1,1 @@
+"""Generation samplers, retrieval, metrics and evaluation reports."""

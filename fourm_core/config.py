@@ -1,0 +1,244 @@
+"""Typed configuration: YAML files validated by pydantic.
+
+A bad config fails before any work starts, with an error that names the file, the field and the bad
+value. Dataset presets (``cc12m``, ``coyo700m``, ``c4``, ``demo``) ship inside the package; any other
+name is read as a path to a YAML file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid. The message names file, field and value."""
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: unknown keys are errors (typos must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------- sources
+
+
+class UrlTsvSource(StrictModel):
+    """CC12M-style URL list: TSV lines ``url<TAB>caption`` (optionally gzip-compressed)."""
+
+    kind: Literal["url_tsv"] = "url_tsv"
+    path: str
+    limit: int | None = Field(None, gt=0, description="read only the first N rows")
+
+
+class UrlParquetSource(StrictModel):
+    """COYO-700M-style URL list: Parquet files with a URL and a text column."""
+
+    kind: Literal["url_parquet"] = "url_parquet"
+    path: str = Field(description="a Parquet file, a folder of them, or a glob")
+    url_column: str = "url"
+    text_column: str = "text"
+    limit: int | None = Field(None, gt=0)
+
+
+class FolderSource(StrictModel):
+    """A folder of images with captions in sidecar ``.txt`` files or in a CSV (file_name, caption)."""
+
+    kind: Literal["folder"] = "folder"
+    path: str
+    captions_csv: str | None = None
+
+
+class WebDatasetSource(StrictModel):
+    """WebDataset tar shards whose samples have an image member and a ``txt`` caption member."""
+
+    kind: Literal["webdataset"] = "webdataset"
+    path: str = Field(description="a tar file, a folder of tars, or a glob")
+
+
+class C4Source(StrictModel):
+    """C4-style JSON lines (``.json`` or ``.json.gz``) with a ``text`` field: text-only samples."""
+
+    kind: Literal["c4_jsonl"] = "c4_jsonl"
+    path: str
+    limit: int | None = Field(None, gt=0)
+    max_chars: int = Field(2000, gt=0, description="truncate documents to this many characters")
+
+
+class SyntheticSource(StrictModel):
+    """Deterministic rendered scenes with captions and exact ground truth (depth, normals, semseg, boxes)."""
+
+    kind: Literal["synthetic"] = "synthetic"
+    n_samples: int = Field(32, gt=0)
+    seed: int = 0
+    size: int = Field(256, ge=64, le=2048)
+
+
+class SkimagePhotosSource(StrictModel):
+    """The public-domain colour photos that scikit-image ships, with captions we wrote."""
+
+    kind: Literal["skimage_photos"] = "skimage_photos"
+
+
+SourceConfig = Annotated[
+    Union[UrlTsvSource, UrlParquetSource, FolderSource, WebDatasetSource, C4Source, SyntheticSource,
+          SkimagePhotosSource],
+    Field(discriminator="kind"),
+]
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+class DownloadConfig(StrictModel):
+    """HTTP fetching of URL-list sources."""
+
+    concurrency: int = Field(32, gt=0, le=1024)
+    timeout_s: float = Field(10.0, gt=0)
+    retries: int = Field(2, ge=0, le=10, description="retries after the first try, for 5xx/429/network errors")
+    backoff_s: float = Field(0.5, ge=0, description="first retry delay; doubles each retry")
+    max_bytes: int = Field(20 * 1024 * 1024, gt=0, description="larger bodies are refused")
+    max_redirects: int = Field(5, ge=0)
+    user_agent: str = "fourm-ingest/0.1 (+https://github.com/fourm-pipeline)"
+
+
+class IngestConfig(StrictModel):
+    shard_size: int = Field(1000, gt=0, description="samples per shard")
+    shorter_side: int = Field(256, ge=16, description="resize so the shorter side is this many pixels")
+    max_pixels: int = Field(89_478_485, gt=0, description="decompression-bomb guard (PIL's default)")
+    image_format: Literal["jpeg", "png", "webp"] = "jpeg"
+    jpeg_quality: int = Field(95, ge=50, le=100)
+    dedupe: bool = True
+    download: DownloadConfig = DownloadConfig()
+
+
+class DatasetConfig(StrictModel):
+    """One dataset: where its samples come from and how every stage treats it."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    description: str = ""
+    text_only: bool = Field(False, description="text-only datasets (C4) feed only the caption modality")
+    sources: list[SourceConfig] = Field(min_length=1)
+    ingest: IngestConfig = IngestConfig()
+    stages: list[str] = Field(["ingest"], min_length=1, description="stages build-dataset runs, in order")
+    # Configs of the later stages are plain mappings here; each stage validates its own section with its
+    # own typed model before work starts (the stage owns its schema, the core does not import stages).
+    pseudolabel: dict[str, Any] = Field(default_factory=dict)
+    tokenize: dict[str, Any] = Field(default_factory=dict)
+
+
+class StoreConfig(StrictModel):
+    root: str = "./store"
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+M = TypeVar("M", bound=BaseModel)
+
+PRESET_PACKAGE = "fourm_core.presets"
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        value = e.get("input")
+        shown = json.dumps(value, default=str)
+        if len(shown) > 120:
+            shown = shown[:117] + "..."
+        lines.append(f"  field '{loc}': {e['msg']} (got {shown})")
+    return "\n".join(lines)
+
+
+def validate_config(model: type[M], data: Any, source: str = "<dict>") -> M:
+    """Validate ``data`` against ``model``; raise ConfigError naming source, field and value."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(source, err)) from None
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(text: str, path: Path) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}``; an unset variable without a default is an error."""
+
+    def repl(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ConfigError(f"config file {path} uses ${{{name}}} but {name} is not set; set it or give a "
+                              f"default as ${{{name}:-value}}")
+        return default
+
+    return _ENV_REF.sub(repl, text)
+
+
+def load_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        return yaml.safe_load(_expand_env(path.read_text(), path))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+
+
+def preset_names(kind: str = "datasets") -> list[str]:
+    folder = resources.files(PRESET_PACKAGE) / kind
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_path(name: str, kind: str = "datasets") -> Path:
+    return Path(str(resources.files(PRESET_PACKAGE) / kind / f"{name}.yaml"))
+
+
+def load_config(model: type[M], name_or_path: str | Path, kind: str, overrides: dict[str, Any] | None = None) -> M:
+    """Load a preset by name (``kind`` folder of the presets) or a YAML file by path.
+
+    ``overrides`` maps dotted field paths to values (``{"ingest.shard_size": 8}``) and is applied before
+    validation, so an override is checked like any other value.
+    """
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        path = candidate
+    elif str(name_or_path) in preset_names(kind):
+        path = preset_path(str(name_or_path), kind)
+    else:
+        raise ConfigError(
+            f"{name_or_path!r} is neither a YAML file nor a {kind} preset; presets: {', '.join(preset_names(kind))}"
+        )
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted}: '{key}' is not a mapping in {path}")
+        node[leaf] = value
+    return validate_config(model, data, str(path))
+
+
+def load_dataset_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> DatasetConfig:
+    """The dataset config for a preset name (cc12m, coyo700m, c4, demo) or a YAML path."""
+    return load_config(DatasetConfig, name_or_path, "datasets", overrides)
+
+
+def normalise(config: BaseModel | dict[str, Any]) -> str:
+    """Canonical JSON of a config: the form that goes into cache keys and manifests."""
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)

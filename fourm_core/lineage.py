@@ -1,0 +1,120 @@
+"""Lineage: the upstream graph of manifests, and the stage x shard status of a dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .manifest import Manifest
+from .store import ArtifactStore
+
+
+@dataclass
+class LineageNode:
+    manifest: Manifest
+    parents: list["LineageNode"] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # inputs whose manifest no longer exists or changed
+
+
+def parse_part(store: ArtifactStore, path: str) -> tuple[str, str, int | None]:
+    """(dataset, artifact, shard) from a data or manifest path/URI under the store root."""
+    p = path
+    for prefix in (store.root_uri.rstrip("/") + "/", store.root.rstrip("/") + "/"):
+        if p.startswith(prefix):
+            p = p[len(prefix):]
+            break
+    parts = p.strip("/").split("/")
+    if len(parts) < 3:
+        raise ValueError(f"{path!r} is not a part path under {store.root_uri} "
+                         f"(expected <dataset>/<artifact>/shard-NNNNN.parquet)")
+    dataset, name = parts[0], parts[-1]
+    artifact = "/".join(parts[1:-1])
+    if name.startswith("shard-"):
+        return dataset, artifact, int(name[6:11])
+    return dataset, artifact, None
+
+
+def lineage(store: ArtifactStore, dataset: str, artifact: str, shard: int | None, _depth: int = 0) -> LineageNode:
+    m = store.read_manifest(dataset, artifact, shard)
+    if m is None:
+        raise FileNotFoundError(f"no manifest for {dataset}/{artifact} shard {shard} under {store.root_uri}")
+    node = LineageNode(m)
+    if _depth > 32:
+        return node
+    for ref in m.ingredients.inputs:
+        parent = store.read_manifest(ref.dataset, ref.artifact, ref.shard)
+        if parent is None or parent.digest != ref.digest:
+            node.missing.append(f"{ref.uri} ({'gone' if parent is None else 'changed since'})")
+            continue
+        node.parents.append(lineage(store, ref.dataset, ref.artifact, ref.shard, _depth + 1))
+    return node
+
+
+def describe(node: LineageNode, indent: str = "") -> list[str]:
+    """Human-readable tree lines for ``python -m pipelines lineage``."""
+    m, ing = node.manifest, node.manifest.ingredients
+    lines = [
+        f"{indent}{m.dataset}/{m.artifact}" + (f" shard {m.shard}" if m.shard is not None else ""),
+        f"{indent}  uri:        {m.uri}",
+        f"{indent}  digest:     {m.digest[:16]}  rows: {m.rows}  errors: {m.errors.count}"
+        + (f" {m.errors.by_reason}" if m.errors.by_reason else ""),
+        f"{indent}  stage:      {ing.stage} (code {ing.code_version}, git {ing.git_commit[:12]})",
+        f"{indent}  cache key:  {m.cache_key}",
+        f"{indent}  config:     {_short(ing.config)}",
+    ]
+    if ing.model:
+        lines.append(f"{indent}  model:      {ing.model.id} from {ing.model.source} (weights {ing.model.digest[:16]})")
+    lines.append(f"{indent}  made:       {m.timings.finished:%Y-%m-%d %H:%M:%S} UTC in {m.timings.seconds:.2f}s "
+                 f"on {m.host}, flow run {m.flow_run_id or '-'}")
+    for miss in node.missing:
+        lines.append(f"{indent}  input MISSING: {miss}")
+    for i, parent in enumerate(node.parents):
+        lines.append(f"{indent}  <- input {i + 1}/{len(node.parents)} (digest {parent.manifest.digest[:16]})")
+        lines.extend(describe(parent, indent + "     "))
+    return lines
+
+
+def _short(config: dict[str, Any], limit: int = 160) -> str:
+    import json
+
+    text = json.dumps(config, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass
+class StatusRow:
+    stage: str
+    artifact: str
+    shard: int
+    state: str  # done | cached | failed | missing
+    rows: int = 0
+    errors: int = 0
+    detail: str = ""
+
+
+def shard_status(store: ArtifactStore, dataset: str, stage_artifacts: dict[str, tuple[str, ...]],
+                 expected: dict[str, list[int]]) -> list[StatusRow]:
+    """Stage x shard states. ``expected`` gives each stage's planned shards (missing = planned, no manifest).
+
+    A committed shard is 'cached' when the latest run found it already committed, 'done' otherwise; a
+    failure record newer than the manifest (or with no manifest) makes it 'failed'.
+    """
+    last = store.latest_run_record(dataset) or {}
+    cached = {(a, u.get("shard")) for u in last.get("units", []) if u.get("status") == "cached"
+              for a in u.get("artifacts", [])}
+    rows: list[StatusRow] = []
+    for stage, artifacts in stage_artifacts.items():
+        for artifact in artifacts:
+            committed = set(store.committed_shards(dataset, artifact))
+            failed = store.failed_shards(dataset, artifact)
+            for shard in sorted(committed | set(failed) | set(expected.get(stage, []))):
+                if shard in failed:
+                    rows.append(StatusRow(stage, artifact, shard, "failed", detail=failed[shard].get("error", "")))
+                elif shard in committed:
+                    m = store.read_manifest(dataset, artifact, shard)
+                    assert m is not None
+                    state = "cached" if (artifact, shard) in cached else "done"
+                    rows.append(StatusRow(stage, artifact, shard, state, m.rows, m.errors.count))
+                else:
+                    rows.append(StatusRow(stage, artifact, shard, "missing"))
+    return rows

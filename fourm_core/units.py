@@ -1,0 +1,182 @@
+"""Cached, restartable units of work: (stage, artifact, shard).
+
+A stage describes a unit with :class:`Unit` (its ingredients) and gives :func:`run_unit` a function that
+computes the unit's output. ``run_unit`` skips the work when a committed manifest with the same cache
+key exists, otherwise computes, commits the data, the per-sample errors table and the manifest (last),
+and records unit-level failures so that ``status`` can show them.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Callable
+
+import pyarrow as pa
+from pydantic import BaseModel
+
+from .config import normalise
+from .manifest import (ErrorSummary, Ingredients, InputRef, Manifest, ModelRef, Timings, flow_run_id, git_commit,
+                       hostname, now)
+from .store import ArtifactStore, table_schema, table_to_parquet_bytes
+
+ERRORS_SCHEMA = pa.schema([("sample_key", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
+
+
+class UnitStatus(str, Enum):
+    DONE = "done"  # computed and committed in this run
+    CACHED = "cached"  # a committed manifest with the same cache key existed; nothing was done
+    FAILED = "failed"  # the unit raised; a failure record was written
+
+
+@dataclass(frozen=True)
+class SampleError:
+    """One sample that could not be processed. ``reason`` is a short stable code, ``detail`` free text."""
+
+    sample_key: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass
+class Unit:
+    """The identity and ingredients of one unit of work.
+
+    ``artifacts`` are the artifacts this unit commits (most units commit one; a labeler that produces
+    several modalities commits one per modality, all under the same cache key).
+    """
+
+    stage: str
+    dataset: str
+    artifacts: list[str]
+    shard: int | None
+    code_version: str
+    config: BaseModel | dict[str, Any] = field(default_factory=dict)
+    inputs: list[InputRef] = field(default_factory=list)
+    model: ModelRef | None = None
+
+    def ingredients(self) -> Ingredients:
+        import json
+
+        return Ingredients(stage=self.stage, code_version=self.code_version, config=json.loads(normalise(self.config)),
+                           inputs=self.inputs, model=self.model, git_commit=git_commit())
+
+    @property
+    def cache_key(self) -> str:
+        return self.ingredients().cache_key()
+
+    @property
+    def label(self) -> str:
+        shard = "-" if self.shard is None else f"{self.shard:05d}"
+        return f"{self.dataset}/{'+'.join(self.artifacts)}/shard-{shard}"
+
+
+@dataclass
+class UnitOutput:
+    """What a unit computed: one table per artifact (rows keyed by ``sample_key``), errors and stats."""
+
+    tables: dict[str, pa.Table]
+    errors: list[SampleError] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    extra_files: dict[str, dict[str, bytes]] = field(default_factory=dict)  # artifact -> suffix -> bytes
+
+
+@dataclass
+class UnitResult:
+    unit: str
+    stage: str
+    artifacts: list[str]
+    shard: int | None
+    status: UnitStatus
+    manifests: list[Manifest] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """A small, serialisable record (what Prefect tasks return: URIs, digests, counts, never data)."""
+        return {
+            "unit": self.unit,
+            "stage": self.stage,
+            "artifacts": self.artifacts,
+            "shard": self.shard,
+            "status": self.status.value,
+            "seconds": round(self.seconds, 3),
+            "rows": sum(m.rows for m in self.manifests),
+            "errors": sum(m.errors.count for m in self.manifests[:1]),
+            "uris": [m.uri for m in self.manifests],
+            "error": self.error,
+        }
+
+
+def is_cached(store: ArtifactStore, unit: Unit, key: str | None = None) -> list[Manifest] | None:
+    """The committed manifests of ``unit`` if all exist with the unit's cache key, else None."""
+    key = key or unit.cache_key
+    found = []
+    for artifact in unit.artifacts:
+        m = store.read_manifest(unit.dataset, artifact, unit.shard)
+        if m is None or m.cache_key != key:
+            return None
+        found.append(m)
+    return found
+
+
+def errors_table(errors: list[SampleError]) -> pa.Table:
+    return pa.Table.from_pylist([e.__dict__ for e in errors], schema=ERRORS_SCHEMA)
+
+
+def run_unit(store: ArtifactStore, unit: Unit, compute: Callable[[], UnitOutput], *, force: bool = False,
+             raise_on_failure: bool = True) -> UnitResult:
+    """Run one unit with caching and the commit protocol.
+
+    Per-sample failures are part of ``compute``'s output and are committed as the errors table; an
+    exception from ``compute`` is a unit failure: it is recorded beside the artifact and re-raised (so an
+    orchestrator can retry) unless ``raise_on_failure`` is False.
+    """
+    ingredients = unit.ingredients()
+    key = ingredients.cache_key()
+    t0 = time.perf_counter()
+    if not force:
+        cached = is_cached(store, unit, key)
+        if cached is not None:
+            return UnitResult(unit.label, unit.stage, unit.artifacts, unit.shard, UnitStatus.CACHED, cached, time.perf_counter() - t0)
+    started = now()
+    try:
+        output = compute()
+        missing = set(unit.artifacts) - set(output.tables)
+        if missing:
+            raise RuntimeError(f"unit {unit.label} produced no table for {sorted(missing)}")
+        reasons = Counter(e.reason for e in output.errors)
+        summary = ErrorSummary(count=len(output.errors), by_reason=dict(reasons))
+        manifests = []
+        for i, artifact in enumerate(unit.artifacts):
+            table = output.tables[artifact]
+            files = {".parquet": table_to_parquet_bytes(table)}
+            if i == 0:  # the errors table lives with the unit's first artifact
+                files[".errors.parquet"] = table_to_parquet_bytes(errors_table(output.errors))
+            files.update(output.extra_files.get(artifact, {}))
+            finished = now()
+            fields = dict(
+                dataset=unit.dataset, artifact=artifact, shard=unit.shard, rows=table.num_rows,
+                schema=table_schema(table), cache_key=key, ingredients=ingredients,
+                errors=summary if i == 0 else ErrorSummary(), stats=output.stats,
+                timings=Timings(started=started, finished=finished,
+                                seconds=(finished - started).total_seconds()),
+                host=hostname(), flow_run_id=flow_run_id(),
+            )
+            manifests.append(store.commit(fields, files, ".parquet"))
+        return UnitResult(unit.label, unit.stage, unit.artifacts, unit.shard, UnitStatus.DONE, manifests, time.perf_counter() - t0)
+    except Exception as exc:  # unit-level failure: record it where `status` will find it
+        info = {"unit": unit.label, "stage": unit.stage, "cache_key": key, "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(), "time": now().isoformat(), "host": hostname(),
+                "flow_run_id": flow_run_id()}
+        for artifact in unit.artifacts:
+            try:
+                store.record_failure(unit.dataset, artifact, unit.shard, info)
+            except Exception:  # the store itself may be what failed; the original error matters more
+                pass
+        if raise_on_failure:
+            raise
+        return UnitResult(unit.label, unit.stage, unit.artifacts, unit.shard, UnitStatus.FAILED, [], time.perf_counter() - t0, info["error"])

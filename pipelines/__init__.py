@@ -1,0 +1,1 @@
+"""Prefect flows and deployments, and the `python -m pipelines` operations CLI."""

@@ -1,0 +1,143 @@
+"""The commit protocol and caching: what every stage relies on."""
+
+import os
+
+import pyarrow as pa
+import pytest
+
+from fourm_core import ArtifactStore, NotCommittedError, SampleError, Unit, UnitOutput, UnitStatus, run_unit
+from fourm_core.lineage import describe, lineage, parse_part, shard_status
+
+
+def _unit(shard=0, config=None, inputs=(), artifacts=("numbers",), version="t/1"):
+    return Unit(stage="test", dataset="ds", artifacts=list(artifacts), shard=shard, code_version=version,
+                config=config or {"scale": 2}, inputs=list(inputs))
+
+
+def _compute(calls, shard=0, scale=2):
+    def fn():
+        calls.append(shard)
+        keys = [f"k{shard}-{i}" for i in range(4)]
+        table = pa.table({"sample_key": keys, "value": [i * scale for i in range(4)]})
+        return UnitOutput({"numbers": table}, errors=[SampleError("k-bad", "decode_error", "truncated")])
+    return fn
+
+
+def test_commit_then_cached(store):
+    calls = []
+    first = run_unit(store, _unit(), _compute(calls))
+    second = run_unit(store, _unit(), _compute(calls))
+    assert first.status is UnitStatus.DONE and second.status is UnitStatus.CACHED
+    assert calls == [0]
+    assert second.manifests[0].digest == first.manifests[0].digest
+    assert store.read_table("ds", "numbers", 0).column("value").to_pylist() == [0, 2, 4, 6]
+
+
+def test_changed_config_or_code_or_input_recomputes(store):
+    calls = []
+    run_unit(store, _unit(), _compute(calls))
+    assert run_unit(store, _unit(config={"scale": 3}), _compute(calls)).status is UnitStatus.DONE
+    assert run_unit(store, _unit(config={"scale": 3}, version="t/2"), _compute(calls)).status is UnitStatus.DONE
+    upstream = run_unit(store, _unit(shard=1, artifacts=("numbers",)), _compute(calls, 1)).manifests[0]
+    with_input = _unit(config={"scale": 3}, version="t/2", inputs=[upstream.as_input()])
+    assert run_unit(store, with_input, _compute(calls)).status is UnitStatus.DONE
+    assert run_unit(store, with_input, _compute(calls)).status is UnitStatus.CACHED
+    assert calls == [0, 0, 0, 1, 0]
+
+
+def test_force_recomputes(store):
+    calls = []
+    run_unit(store, _unit(), _compute(calls))
+    assert run_unit(store, _unit(), _compute(calls), force=True).status is UnitStatus.DONE
+    assert calls == [0, 0]
+
+
+def test_errors_table_commits_with_the_shard(store):
+    run_unit(store, _unit(), _compute([]))
+    errors = store.read_errors("ds", "numbers", 0)
+    assert errors.to_pylist() == [{"sample_key": "k-bad", "reason": "decode_error", "detail": "truncated"}]
+    m = store.read_manifest("ds", "numbers", 0)
+    assert m.errors.count == 1 and m.errors.by_reason == {"decode_error": 1}
+
+
+def test_a_shard_without_manifest_is_invisible(store):
+    run_unit(store, _unit(), _compute([]))
+    os.remove(store.manifest_path("ds", "numbers", 0))
+    assert store.committed_shards("ds", "numbers") == []
+    with pytest.raises(NotCommittedError, match="not committed"):
+        store.read_table("ds", "numbers", 0)
+    # a re-run redoes the unit whose manifest is missing
+    assert run_unit(store, _unit(), _compute([])).status is UnitStatus.DONE
+
+
+def test_failure_is_recorded_and_raised_then_cleared(store):
+    def boom():
+        raise RuntimeError("model exploded")
+
+    with pytest.raises(RuntimeError, match="model exploded"):
+        run_unit(store, _unit(), boom)
+    assert "model exploded" in store.failed_shards("ds", "numbers")[0]["error"]
+    assert store.committed_shards("ds", "numbers") == []
+    run_unit(store, _unit(), _compute([]))
+    assert store.failed_shards("ds", "numbers") == {}
+
+
+def test_failure_without_raise(store):
+    res = run_unit(store, _unit(), lambda: 1 / 0, raise_on_failure=False)
+    assert res.status is UnitStatus.FAILED and "ZeroDivisionError" in res.error
+
+
+def test_multi_artifact_unit_is_cached_only_when_all_exist(store):
+    def fn():
+        t = pa.table({"sample_key": ["a"], "v": [1]})
+        return UnitOutput({"depth": t, "normal": t})
+
+    unit = _unit(artifacts=("depth", "normal"))
+    assert run_unit(store, unit, fn).status is UnitStatus.DONE
+    os.remove(store.manifest_path("ds", "normal", 0))
+    assert run_unit(store, unit, fn).status is UnitStatus.DONE
+
+
+def test_missing_table_fails_the_unit(store):
+    with pytest.raises(RuntimeError, match="no table"):
+        run_unit(store, _unit(artifacts=("a", "b")), lambda: UnitOutput({"a": pa.table({"x": [1]})}))
+
+
+def test_manifest_records_lineage_ingredients(store):
+    up = run_unit(store, _unit(shard=3), _compute([], 3)).manifests[0]
+    down = run_unit(store, _unit(shard=3, artifacts=("numbers2",), inputs=[up.as_input()]),
+                    lambda: UnitOutput({"numbers2": pa.table({"sample_key": ["x"]})})).manifests[0]
+    assert down.ingredients.inputs[0].digest == up.digest
+    assert down.host and down.timings.seconds >= 0 and down.schema_ == {"sample_key": "string"}
+    assert parse_part(store, down.uri) == ("ds", "numbers2", 3)
+    node = lineage(store, "ds", "numbers2", 3)
+    assert node.parents[0].manifest.digest == up.digest
+    text = "\n".join(describe(node))
+    assert "numbers2" in text and "numbers" in text and up.digest[:16] in text
+
+
+def test_lineage_flags_changed_inputs(store):
+    up = run_unit(store, _unit(), _compute([])).manifests[0]
+    run_unit(store, _unit(artifacts=("b",), inputs=[up.as_input()]),
+             lambda: UnitOutput({"b": pa.table({"sample_key": ["x"]})}))
+    run_unit(store, _unit(config={"scale": 5}), _compute([], scale=5))  # upstream recomputed
+    assert "changed since" in lineage(store, "ds", "b", 0).missing[0]
+
+
+def test_status_rows(store):
+    res = run_unit(store, _unit(), _compute([]))
+    store.write_run_record("ds", "run-1", {"units": [res.summary()]})
+    rows = shard_status(store, "ds", {"test": ("numbers",)}, {"test": [0, 1]})
+    assert [(r.shard, r.state) for r in rows] == [(0, "done"), (1, "missing")]
+    res = run_unit(store, _unit(), _compute([]))
+    store.write_run_record("ds", "run-2", {"units": [res.summary()]})
+    assert shard_status(store, "ds", {"test": ("numbers",)}, {"test": [0]})[0].state == "cached"
+
+
+def test_non_shard_artifact(store):
+    unit = Unit(stage="tok", dataset="tokenizers", artifacts=["vqvae"], shard=None, code_version="1")
+    res = run_unit(store, unit, lambda: UnitOutput({"vqvae": pa.table({"k": [1]})},
+                                                   extra_files={"vqvae": {".safetensors": b"w"}}))
+    assert res.manifests[0].uri.endswith("vqvae/data.parquet")
+    assert {f.name for f in res.manifests[0].files} >= {"data.safetensors", "data.parquet"}
+    assert ArtifactStore(store.root_uri).read_manifest("tokenizers", "vqvae", None).digest == res.manifests[0].digest
