@@ -54,6 +54,26 @@ class Modality(BaseModel):
     def is_sequence(self) -> bool:
         return self.kind in (ModalityKind.SEQUENCE, ModalityKind.EMBEDDING_SEQ)
 
+    @property
+    def token_artifact(self) -> str:
+        """Artifact of this modality's pre-tokenized shards (``tokens/tok_rgb-224``)."""
+        return token_artifact(self.name)
+
+    @property
+    def label_artifact(self) -> str:
+        """Artifact of the pseudo labels this modality is derived from (``labels/depth``)."""
+        return label_artifact(self.label)
+
+
+def token_artifact(modality: str) -> str:
+    """Store artifact name for a modality's token shards; '@' is kept out of paths and URIs."""
+    return "tokens/" + modality.replace("@", "-")
+
+
+def label_artifact(label: str) -> str:
+    """Store artifact name for a pseudo-label output (``labels/<label>``); ingested images are ``images``."""
+    return label if label in ("images", "texts") else f"labels/{label}"
+
 
 TEXT_VOCAB = 30_000
 
