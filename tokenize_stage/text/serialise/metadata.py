@@ -92,8 +92,9 @@ def quantise(t: MetaType, value: float) -> int:
     if t.kind == "count":
         return min(int(value), MAX_INT)
     if t.kind == "bins":
-        frac = (min(max(value, t.vmin), t.vmax) - t.vmin) / (t.vmax - t.vmin)
-        return min(int(math.floor(frac * N_BINS)), N_BINS - 1)
+        # multiply before dividing: exact bin edges (e.g. 3.0 for colorfulness) then land in the upper bin
+        scaled = (min(max(value, t.vmin), t.vmax) - t.vmin) * N_BINS / (t.vmax - t.vmin)
+        return min(int(math.floor(scaled)), N_BINS - 1)
     if t.kind == "watermark":
         return int(value >= WATERMARK_THRESHOLD)
     return sum(value >= th for th in AESTHETIC_THRESHOLDS)  # aesthetic: 0, 1, 2
