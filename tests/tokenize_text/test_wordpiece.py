@@ -98,3 +98,9 @@ def test_cli_trains_and_writes(tmp_path, small_corpus, capsys):
     tok = load_tokenizer(out)
     assert tok.get_vocab_size() == 4600
     assert "trained 4600 entries" in capsys.readouterr().out
+
+
+def test_small_corpus_warns_when_vocab_cannot_fill():
+    with pytest.warns(UserWarning, match="too few distinct words"):
+        tok = train_wordpiece(["a cat on a mat"] * 10, vocab_size=5000)
+    assert tok.token_to_id("polygon") is not None  # structure words are still ensured

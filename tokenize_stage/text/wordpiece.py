@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -145,6 +146,9 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE, 
                     show_progress: bool = False) -> Tokenizer:
     """Learn a WordPiece vocabulary of ``vocab_size`` entries (fixed head included) from ``texts``.
 
+    ``vocab_size`` is an upper bound: a corpus with few distinct words yields fewer entries (with a warning);
+    the model's embedding tables keep their registry size (30 000) either way.
+
     ``texts`` is any iterable of strings (captions), consumed once. ``limit_alphabet`` caps the single
     characters kept (BERT's default of 1000 keeps rare scripts from crowding out words). ``ensure_words``
     (default: the serialisers' structure words) are made whole vocabulary entries even when the corpus is too
@@ -159,13 +163,17 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE, 
                                         special_tokens=special_added_tokens(), limit_alphabet=limit_alphabet,
                                         continuing_subword_prefix="##", show_progress=show_progress)
     tok.train_from_iterator(_only_strings(texts), trainer=trainer)
-    tok = _ensure_whole_words(tok, ensure_words)
+    tok = _ensure_whole_words(tok, ensure_words, vocab_size)
     check_layout(tok)
+    if tok.get_vocab_size() < vocab_size:  # the trainer stops once every word of the corpus is one token
+        warnings.warn(f"WordPiece training stopped at {tok.get_vocab_size()} of vocab_size={vocab_size} entries: "
+                      "the corpus has too few distinct words", stacklevel=2)
     return tok
 
 
-def _ensure_whole_words(tok: Tokenizer, words: Sequence[str]) -> Tokenizer:
-    """Put each missing word into the vocabulary in place of the last-learnt multi-character entries.
+def _ensure_whole_words(tok: Tokenizer, words: Sequence[str], vocab_size: int) -> Tokenizer:
+    """Make each missing word a vocabulary entry: appended while the vocabulary is below ``vocab_size``,
+    otherwise in place of the last-learnt multi-character entries.
 
     WordPiece encodes by greedy longest match over the vocabulary (no merge list), so swapping entries is
     safe: the vocabulary size stays exact, the fixed head and the single-character alphabet are untouched,
@@ -175,11 +183,15 @@ def _ensure_whole_words(tok: Tokenizer, words: Sequence[str]) -> Tokenizer:
     missing = [w for w in dict.fromkeys(w.lower() for w in words) if w not in vocab]
     if not missing:
         return tok
+    n_append = max(0, min(len(missing), vocab_size - tok.get_vocab_size()))
+    for word in missing[:n_append]:
+        vocab[word] = len(vocab)
+    swap = missing[n_append:]
     by_id = sorted(((i, t) for t, i in vocab.items() if i >= NUM_FIXED_IDS), reverse=True)
-    victims = [(i, t) for i, t in by_id if len(t.removeprefix("##")) > 1 and t not in words][: len(missing)]
-    if len(victims) < len(missing):
-        raise ValueError(f"vocabulary too small to hold the words {missing}")
-    for (i, old), word in zip(victims, missing):
+    victims = [(i, t) for i, t in by_id if len(t.removeprefix("##")) > 1 and t not in words][: len(swap)]
+    if len(victims) < len(swap):
+        raise ValueError(f"vocabulary too small to hold the words {swap}")
+    for (i, old), word in zip(victims, swap):
         del vocab[old]
         vocab[word] = i
     state = json.loads(tok.to_str())
