@@ -9,12 +9,13 @@ that count against the reference tokenizer.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 
 from fourm_core.modalities import get_modality
-from tokenize_stage.text.vocab import CLASS_TOKENS, NUM_VALUE_AXES, NUM_VALUES
+from tokenize_stage.text.vocab import CLASS_TOKENS, EOS, NUM_VALUE_AXES, NUM_VALUES
 
 COORD_SCALE = 999  # normalised coordinates in [0, 1] map to value tokens 0..999
 VQ_SPLIT = 512  # VQ code t is written v0=t for t < 512, else v1=t-512 (4M-FACTS §3)
@@ -22,6 +23,8 @@ VQ_CODES = 1024  # largest codebook the two axes can hold here (the pose and mas
 EOS_RESERVE = 1  # the masking code appends [EOS]; budgets leave room for it (det: 51 boxes = 255 + 1 = 256)
 
 Rng = np.random.Generator | int | None
+T = TypeVar("T")
+_EOS = EOS.lower()  # words are lowercased like the tokenizer's normaliser does
 
 
 class ParseError(ValueError):
@@ -122,12 +125,37 @@ def split_words(text: str) -> list[str]:
 
 
 class WordReader:
-    """A cursor over the words of one serialised string, with errors that say where parsing failed."""
+    """A cursor over the words of one serialised string, with errors that say where parsing failed.
 
-    def __init__(self, modality: str, text: str):
+    ``strict=False`` is for model outputs: the text ends at the first ``[EOS]``, other bracketed control
+    tokens (padding, sentinels) are ignored, and :meth:`units` skips a malformed unit instead of raising.
+    """
+
+    def __init__(self, modality: str, text: str, strict: bool = True):
         if not isinstance(text, str):
             raise TypeError(f"{modality}: parse expects a str, got {type(text).__name__}")
-        self.modality, self.words, self.pos = modality, split_words(text), 0
+        words = split_words(text)
+        if not strict:
+            if _EOS in words:
+                words = words[: words.index(_EOS)]
+            words = [w for w in words if not (w.startswith("[") and w.endswith("]"))]
+        self.modality, self.words, self.pos, self.strict = modality, words, 0, strict
+
+    def units(self, is_start: Callable[[str], bool], parse_unit: Callable[[int], T]) -> list[T]:
+        """Parse units with ``parse_unit(index)`` until the text ends. Strict: the first error propagates.
+        Lenient: a unit that fails is dropped and reading resumes at the next word where ``is_start`` holds."""
+        out = []
+        while not self.done():
+            start = self.pos
+            try:
+                out.append(parse_unit(len(out)))
+            except ParseError:
+                if self.strict:
+                    raise
+                self.pos = start + 1
+                while not self.done() and not is_start(self.words[self.pos]):
+                    self.pos += 1
+        return out
 
     def done(self) -> bool:
         return self.pos >= len(self.words)

@@ -7,7 +7,7 @@ Colours are integers, so the round trip is exact. At most 1 + 3*7 = 22 tokens (+
 
 from __future__ import annotations
 
-from tokenize_stage.text.serialise._common import Rng, WordReader, coerce_rng, value_word
+from tokenize_stage.text.serialise._common import Rng, WordReader, coerce_rng, parse_value_word, value_word
 from tokenize_stage.text.serialise.types import MAX_PALETTE, ColorPalette, ColorPaletteSet
 
 MODALITY = "color_palette"
@@ -32,8 +32,12 @@ def serialise(palettes: ColorPalette | ColorPaletteSet, rng: Rng = None) -> str:
     return " ".join(words)
 
 
-def parse(text: str) -> ColorPalette:
-    r = WordReader(MODALITY, text)
+def parse(text: str, *, strict: bool = True) -> ColorPalette:
+    """Text back to :class:`ColorPalette`. ``strict=False`` (for model outputs) keeps the complete colours
+    that follow ``v1=k`` (at most 7) whatever k says, and fails only when there is none."""
+    r = WordReader(MODALITY, text, strict)
+    if not strict:
+        return _parse_lenient(r)
     k = r.value(1, "the palette size k")
     if not 1 <= k <= MAX_PALETTE:
         r.fail(f"palette size k={k} is not in 1..{MAX_PALETTE}", back=1)
@@ -45,4 +49,12 @@ def parse(text: str) -> ColorPalette:
         colors.append(rgb)
     if not r.done():
         r.fail(f"unexpected {r.peek()!r} after {k} colours")
+    return ColorPalette(colors=colors)
+
+
+def _parse_lenient(r: WordReader) -> ColorPalette:
+    values = [v for w in r.words if (v := parse_value_word(w)) is not None and v[0] == 0 and v[1] <= 255]
+    colors = [tuple(c for _, c in values[i:i + 3]) for i in range(0, len(values) - 2, 3)][:MAX_PALETTE]
+    if not colors:
+        r.fail("no complete colour in the text")
     return ColorPalette(colors=colors)

@@ -48,17 +48,23 @@ def serialise(dets: Detections, rng: Rng = None, *, max_tokens: int | None = Non
     return join_units(fit_units(units(dets, score_threshold), budget))
 
 
-def parse(text: str) -> Detections:
-    """Text back to :class:`Detections` (dequantised coordinates, ``score=None``)."""
-    r = WordReader(MODALITY, text)
-    boxes = []
-    while not r.done():
-        xyxy = tuple(dequantise_unit(r.value(a, f"box {len(boxes)} coordinate {a}")) for a in range(4))
+def parse(text: str, *, strict: bool = True) -> Detections:
+    """Text back to :class:`Detections` (dequantised coordinates, ``score=None``). ``strict=False`` (for
+    model outputs) drops malformed boxes instead of raising."""
+    r = WordReader(MODALITY, text, strict)
+
+    def box(n: int) -> Box:
+        xyxy = tuple(dequantise_unit(r.value(a, f"box {n} coordinate {a}")) for a in range(4))
         name = r.next("a class name")
         if parse_value_word(name) is not None:
             r.fail(f"expected a class name after v3=, got {name!r}", back=1)
         try:
-            boxes.append(Box(xyxy=xyxy, class_name=name))
+            return Box(xyxy=xyxy, class_name=name)
         except ValueError as e:
-            r.fail(f"box {len(boxes)} is invalid: {e.errors()[0]['msg'] if hasattr(e, 'errors') else e}", back=1)
-    return Detections(boxes=boxes)
+            r.fail(f"box {n} is invalid: {_first_error(e)}", back=1)
+
+    return Detections(boxes=r.units(lambda w: w.startswith("v0="), box))
+
+
+def _first_error(e: ValueError) -> str:
+    return e.errors()[0]["msg"] if hasattr(e, "errors") else str(e)

@@ -98,16 +98,16 @@ def serialise(poses: HumanPoses, rng: Rng = None, *, max_tokens: int | None = No
     return join_units(fit_units(units, budget))
 
 
-def parse(text: str) -> HumanPoses:
-    r = WordReader(MODALITY, text)
+def parse(text: str, *, strict: bool = True) -> HumanPoses:
+    """Text back to :class:`HumanPoses`. ``strict=False`` (for model outputs) drops malformed persons."""
+    r = WordReader(MODALITY, text, strict)
     if r.peek() == NONE:
         r.next(NONE)
-        if not r.done():
+        if not r.done() and strict:
             r.fail(f"unexpected {r.peek()!r} after 'none'")
         return HumanPoses()
-    persons = []
-    while not r.done():
-        n = len(persons)
+
+    def person(n: int) -> Person:
         r.expect("human")
         fields: dict[str, object] = {"bbox": tuple(dequantise_unit(r.value(a, f"person {n} bbox")) for a in range(4))}
         for _ in GROUPS:
@@ -122,7 +122,8 @@ def parse(text: str) -> HumanPoses:
             else:
                 fields[field] = tuple(bins.dequantise(r.value(0, f"person {n} {group} value")) for _ in range(length))
         try:
-            persons.append(Person(**fields))
+            return Person(**fields)
         except ValueError as e:
             r.fail(f"person {n} is invalid: {e}")
-    return HumanPoses(persons=persons)
+
+    return HumanPoses(persons=r.units(lambda w: w == "human", person))

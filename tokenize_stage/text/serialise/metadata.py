@@ -137,11 +137,13 @@ def serialise(meta: Metadata, rng: Rng = None, *, max_tokens: int | None = None)
     return " ".join(chunks(meta, rng, max_tokens=max_tokens))
 
 
-def parse(text: str) -> Metadata:
-    """Text back to :class:`Metadata` holding bin representatives; each type may appear once."""
-    r = WordReader(MODALITY, text)
+def parse(text: str, *, strict: bool = True) -> Metadata:
+    """Text back to :class:`Metadata` holding bin representatives; each type may appear once.
+    ``strict=False`` (for model outputs) drops malformed or repeated chunks instead of raising."""
+    r = WordReader(MODALITY, text, strict)
     values: dict[str, float | int] = {}
-    while not r.done():
+
+    def chunk(_: int) -> None:
         type_id = r.value(1, "a metadata type id")
         if type_id >= len(METADATA_TYPES):
             r.fail(f"unknown metadata type id {type_id} (0..{len(METADATA_TYPES) - 1})", back=1)
@@ -153,4 +155,6 @@ def parse(text: str) -> Metadata:
             values[t.name] = dequantise(t, q)
         except ValueError as e:
             r.fail(str(e), back=1)
+
+    r.units(lambda w: w.startswith("v1="), chunk)
     return Metadata(**values)

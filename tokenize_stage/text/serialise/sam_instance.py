@@ -59,11 +59,11 @@ def serialise(sam: SamInstances, rng: Rng = None, *, max_tokens: int | None = No
     return join_units(fit_units(units(sam), budget))
 
 
-def parse(text: str) -> SamInstances:
-    r = WordReader(MODALITY, text)
-    points: list[SamPoint] = []
-    while not r.done():
-        n = len(points)
+def parse(text: str, *, strict: bool = True) -> SamInstances:
+    """Text back to :class:`SamInstances`. ``strict=False`` (for model outputs) drops malformed points."""
+    r = WordReader(MODALITY, text, strict)
+
+    def point(n: int) -> SamPoint:
         r.expect("point")
         y, x = r.value(0, f"point {n} y"), r.value(1, f"point {n} x")
         instances = []
@@ -78,8 +78,9 @@ def parse(text: str) -> SamInstances:
                     instances.append(SamInstance(bbox=bbox, mask_tokens=codes))
                 except ValueError as e:
                     r.fail(f"point {n} instance {len(instances)} is invalid: {e}")
-        points.append(SamPoint(y=y, x=x, instances=instances))
-    return SamInstances(points=points)
+        return SamPoint(y=y, x=x, instances=instances)
+
+    return SamInstances(points=r.units(lambda w: w == "point", point))
 
 
 def query(masks: np.ndarray, mask_tokens: Sequence[Sequence[int]] | np.ndarray, rng: Rng,
