@@ -55,3 +55,17 @@ def test_our_tokenizer_matches_reference_on_fixed_ids(modality, ref_tok, our_tok
 def test_fixed_ids_of_an_example(ref_tok):
     text = "v0=100 v1=200 v2=300 v3=400 hot dog"
     assert ref_tok.encode(text).ids == [304, 1404, 2504, 3604, fixed_id("hot dog")] == [304, 1404, 2504, 3604, 4242]
+
+
+@pytest.mark.parametrize("modality", list(SERIALISERS))
+def test_structured_json_round_trip(modality):
+    """The pre-tokenization stage stores the structured form as JSON beside the text."""
+    from tokenize_stage.text.serialise import PARSED_TYPES, STRUCTURED_TYPES
+
+    g = np.random.default_rng(7)
+    for _ in range(5):
+        x = MAKERS[modality](g)
+        assert isinstance(x, STRUCTURED_TYPES[modality])
+        assert STRUCTURED_TYPES[modality].model_validate_json(x.model_dump_json()) == x
+        parsed = SERIALISERS[modality].parse(SERIALISERS[modality].serialise(x, g))
+        assert isinstance(parsed, PARSED_TYPES[modality])

@@ -39,6 +39,7 @@ STRUCTURED_TYPES: dict[str, type] = {"det": Detections, "color_palette": ColorPa
 PARSED_TYPES: dict[str, type] = STRUCTURED_TYPES | {"color_palette": ColorPalette}
 
 __all__ = [
-    "EOS_RESERVE", "PARSED_TYPES", "SERIALISERS", "STRUCTURED_TYPES", "Box", "ColorPalette", "ColorPaletteSet", "Detections", "HumanPoses",
-    "Metadata", "ParseError", "Person", "SamInstance", "SamInstances", "SamPoint", "token_budget",
+    "EOS_RESERVE", "PARSED_TYPES", "SERIALISERS", "STRUCTURED_TYPES", "Box", "ColorPalette", "ColorPaletteSet",
+    "Detections", "HumanPoses", "Metadata", "ParseError", "Person", "SamInstance", "SamInstances", "SamPoint",
+    "token_budget",
 ]

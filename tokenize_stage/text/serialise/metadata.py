@@ -25,7 +25,6 @@ from tokenize_stage.text.serialise._common import (
     WordReader,
     coerce_rng,
     fit_units,
-    join_units,
     token_budget,
     value_word,
 )

@@ -27,7 +27,7 @@ Float = Annotated[float, BeforeValidator(_plain)]
 Unit = Annotated[float, BeforeValidator(_plain), Field(ge=0.0, le=1.0)]
 Code = Annotated[int, BeforeValidator(_plain), Field(ge=0, lt=VQ_CODES)]
 Channel = Annotated[int, BeforeValidator(_plain), Field(ge=0, le=255)]
-Pixel = Annotated[int, BeforeValidator(_plain), Field(ge=0, le=999)]
+Pixel = Annotated[int, BeforeValidator(_plain), Field(ge=0, le=999)]  # 224 crop; any size up to the value range
 XYXY = Annotated[tuple[Unit, Unit, Unit, Unit], BeforeValidator(_plain)]
 
 
