@@ -56,7 +56,8 @@ class Folder(Source):
             else:
                 side = posixpath.join(root, posixpath.splitext(rel)[0] + ".txt")
                 caption = fs.cat_file(side).decode("utf-8", "replace").strip() if fs.exists(side) else None
-            out.append(SampleRef(f"folder-{rel}", self.tag, caption, locator=posixpath.join(root, rel)))
+            # the locator keeps the protocol so that load() opens the same filesystem (s3://, memory://, ...)
+            out.append(SampleRef(f"folder-{rel}", self.tag, caption, locator=fs.unstrip_protocol(posixpath.join(root, rel))))
         return out
 
     def load(self, ref: SampleRef) -> bytes:
