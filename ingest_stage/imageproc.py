@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,9 +19,11 @@ from fourm_core.config import IngestConfig
 
 from .samples import SampleFailure
 
-# PIL warns (not raises) between MAX_IMAGE_PIXELS and twice that. A warning would let a bomb through when
-# ingest.max_pixels is above PIL's default, so make this one category an exception we can catch per sample.
-warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+# The bomb guard is ingest.max_pixels, checked from the header right after Image.open and before any pixel
+# is decoded. PIL has its own guard inside Image.open: an error above 2 x Image.MAX_IMAGE_PIXELS, and a
+# warning above it (an exception where warnings are errors, e.g. `python -W error`); both are caught and
+# become the per-sample reason "bomb". No global warnings filter is installed: that would be process-wide
+# and is undone by anything that uses warnings.catch_warnings (pytest does, per test).
 
 _RESAMPLE = Image.Resampling.BICUBIC
 _ORIENTATION_TAG = 0x0112
