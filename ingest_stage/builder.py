@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -60,11 +61,16 @@ def _scene_row(ref: SampleRef, scene: SceneSample, cfg: IngestConfig) -> ImageRo
                     None, img.digest, ground_truth)
 
 
-def _image_row(sl: Slice, ref: SampleRef, cfg: IngestConfig, downloader: Downloader | None) -> ImageRow:
+def _image_row(sl: Slice, ref: SampleRef, cfg: IngestConfig, downloader: Downloader | None,
+               cpu_slots: threading.Semaphore | None = None) -> ImageRow:
     src = sl.source
     if src.remote:
         assert downloader is not None and ref.url is not None
-        img = process_bytes(downloader.fetch(ref.url).data, cfg)
+        data = downloader.fetch(ref.url).data
+        # Many threads wait on sockets, but only as many as there are cores decode at once: more would
+        # only fight over the cores (and the GIL between PIL calls) and delay every image in flight.
+        with cpu_slots or _NO_SLOTS:
+            img = process_bytes(data, cfg)
     else:
         payload = src.load(ref)
         if isinstance(payload, SceneSample):
@@ -72,6 +78,17 @@ def _image_row(sl: Slice, ref: SampleRef, cfg: IngestConfig, downloader: Downloa
         img = process_array(payload, cfg) if isinstance(payload, np.ndarray) else process_bytes(payload, cfg)
     return ImageRow(ref.key, img.data, img.width, img.height, img.orig_width, img.orig_height, ref.caption, ref.source,
                     ref.url, img.digest)
+
+
+class _NoSlots:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_SLOTS = _NoSlots()
 
 
 def _guarded(fn: Callable[[], ImageRow | str]) -> ImageRow | str | SampleFailure:
@@ -112,10 +129,12 @@ def build_image_shard(plan: Plan, shard: int, progress: Progress | None = None,
     downloader = (downloader_factory or (lambda: Downloader(cfg.download)))() if remote else None
     # Remote work is mostly waiting: use download.concurrency threads. Local work is pixel work: one thread
     # per core (PIL releases the GIL) is all that helps.
-    workers = cfg.download.concurrency if remote else max(1, min(8, os.cpu_count() or 1))
+    cores = max(1, min(8, os.cpu_count() or 1))
+    workers = cfg.download.concurrency if remote else cores
+    cpu_slots = threading.Semaphore(cores)
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
-            futures = {pool.submit(_guarded, lambda sl=sl, ref=ref: _image_row(sl, ref, cfg, downloader)): pos
+            futures = {pool.submit(_guarded, lambda sl=sl, ref=ref: _image_row(sl, ref, cfg, downloader, cpu_slots)): pos
                        for pos, (_, sl, ref) in enumerate(items) if pos not in results_refused}
             if progress and results_refused:
                 progress(len(results_refused))
