@@ -21,7 +21,6 @@ from fourm_core.config import DownloadConfig
 from .samples import SampleFailure
 
 _REDIRECTS = {301, 302, 303, 307, 308}
-_CHUNK = 64 * 1024
 
 
 class _Retryable(Exception):
@@ -137,7 +136,8 @@ class Downloader:
         deadline = time.monotonic() + self.cfg.timeout_s
         chunks: list[bytes] = []
         total = 0
-        for chunk in resp.iter_bytes(_CHUNK):
+        # no chunk_size: httpx would buffer up to it, and the deadline must be checked as bytes arrive
+        for chunk in resp.iter_bytes():
             total += len(chunk)
             if total > cap:
                 raise SampleFailure("too_large", f"body exceeds download.max_bytes {cap} (stopped reading)")

@@ -20,6 +20,7 @@ class Routes:
         self.served = 0  # completed responses, all paths
         self.lock = threading.Lock()
         self.delay_s = 0.0  # extra delay for /slowok/ routes (the kill test)
+        self.drips_completed = 0  # /drip.jpg bodies sent to the end
 
     def add(self, path: str, body: bytes, status: int = 200, ctype: str = "image/jpeg", **headers: str) -> None:
         self.static[path] = (status, {"Content-Type": ctype, **headers}, body)
@@ -68,6 +69,39 @@ def _handler(routes: Routes) -> type[BaseHTTPRequestHandler]:
                     self._send(302, {"Location": "/loop-b"}, b"")
                 elif base == "/loop-b":
                     self._send(302, {"Location": "http://%s:%d/loop-a" % self.server.server_address[:2]}, b"")
+                elif base.startswith("/chain/"):  # /chain/5 -> /chain/4 -> ... -> /chain/0 (an image)
+                    k = int(base.split("/")[-1])
+                    if k == 0:
+                        self._send(200, {"Content-Type": "image/jpeg"}, media.jpeg(seed=23))
+                    else:
+                        self._send(302, {"Location": f"/chain/{k - 1}"}, b"")
+                elif base == "/ratelimited":
+                    self._send(429, {"Content-Type": "text/plain", "Retry-After": "1"}, b"slow down")
+                elif base == "/drip.jpg":  # headers at once, then 100 bytes every 0.1 s for 5 s: each read is quick
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/jpeg")
+                    self.send_header("Content-Length", "5000")
+                    self.end_headers()
+                    try:
+                        for _ in range(50):
+                            self.wfile.write(b"x" * 100)
+                            self.wfile.flush()
+                            time.sleep(0.1)
+                        with routes.lock:
+                            routes.drips_completed += 1  # the client read it all: its deadline did not work
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                elif base == "/huge-stream.jpg":  # no Content-Length: the cap must stop the stream itself
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/jpeg")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.close_connection = True
+                    try:
+                        for _ in range(60):
+                            self.wfile.write(bytes(50_000))
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
                 elif base == "/redirect-once":
                     self._send(301, {"Location": "/redir-target.jpg"}, b"")
                 elif base == "/to-file":

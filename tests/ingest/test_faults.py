@@ -41,6 +41,11 @@ def fault_list(server, tag: str) -> list[tuple[str, str | None]]:
         (u("/exif.jpg"), None),
         (u(f"/flaky.jpg?t={tag}"), None),
         (u("/redirect-once"), None),
+        (u("/chain/3"), None),  # 3 redirects: within the cap
+        (u("/chain/5"), "too_many_redirects"),
+        (u("/ratelimited"), "http_429"),
+        (u("/drip.jpg"), "timeout"),  # every read is fast, the whole body is not
+        (u("/huge-stream.jpg"), "too_large"),
         (u("/missing.jpg"), "http_404"),
         (u("/gone"), "http_410"),
         (u("/always500"), "http_5xx"),
@@ -99,6 +104,8 @@ def test_url_tsv_faults(http_server, make_config, store, tmp_path):
     [result] = run_shard(store, cfg, 0)
     assert result.status.value == "done"
     _check_shard(store, "t", rows)
+    # the downloader hung up on the dripping server at its deadline instead of reading the 5 s body
+    assert http_server.routes.drips_completed == 0
 
     # the conversions really happened (not only "it decoded")
     images = {r["url"]: r for r in store.read_table("t", "images", 0).to_pylist()}

@@ -102,3 +102,22 @@ def test_demo_preset_has_no_network_sources(tmp_path):
     assert result.status.value == "done" and len(rows) == 8 and store.read_errors("demo", "images", 3).num_rows == 0
     assert all(Image.open(io.BytesIO(r["image"])).mode == "RGB" for r in rows)
     assert all(r["caption"] for r in rows)
+
+
+def test_duplicate_urls_across_shards_are_fetched_once(http_server, make_config, store, tmp_path):
+    a, b = http_server.url("/ok.jpg?x=dedupe"), http_server.url("/ok.png?x=dedupe")
+    tsv = tmp_path / "dups.tsv"
+    tsv.write_text(f"{a}\tfirst\n{b}\tsecond\n{a}\tagain in shard 1\n{a} \tand with a trailing space\n")
+    cfg = make_config([{"kind": "url_tsv", "path": str(tsv)}], shard_size=2, shorter_side=32)
+    for s in (0, 1):
+        run_shard(store, cfg, s)
+    assert store.read_table("t", "images", 1).num_rows == 0
+    errors = store.read_errors("t", "images", 1).to_pylist()
+    assert [(e["sample_key"], e["reason"]) for e in errors] == [(url_key(a), "duplicate_url")] * 2
+    assert "shard 0" in errors[0]["detail"]
+    assert http_server.routes.hits["/ok.jpg?x=dedupe"] == 1  # never fetched again
+    # with dedupe off, every listed sample is processed again
+    nodedupe = make_config([{"kind": "url_tsv", "path": str(tsv)}], shard_size=2, shorter_side=32, dedupe=False)
+    run_shard(store, nodedupe, 1)
+    assert store.read_table("t", "images", 1).num_rows == 1  # the in-shard repeat is still one key
+    assert store.read_errors("t", "images", 1).column("reason").to_pylist() == ["duplicate_key"]
