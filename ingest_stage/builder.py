@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
@@ -69,7 +70,7 @@ def _image_row(sl: Slice, ref: SampleRef, cfg: IngestConfig, downloader: Downloa
         data = downloader.fetch(ref.url).data
         # Many threads wait on sockets, but only as many as there are cores decode at once: more would
         # only fight over the cores (and the GIL between PIL calls) and delay every image in flight.
-        with cpu_slots or _NO_SLOTS:
+        with cpu_slots or nullcontext():
             img = process_bytes(data, cfg)
     else:
         payload = src.load(ref)
@@ -78,17 +79,6 @@ def _image_row(sl: Slice, ref: SampleRef, cfg: IngestConfig, downloader: Downloa
         img = process_array(payload, cfg) if isinstance(payload, np.ndarray) else process_bytes(payload, cfg)
     return ImageRow(ref.key, img.data, img.width, img.height, img.orig_width, img.orig_height, ref.caption, ref.source,
                     ref.url, img.digest)
-
-
-class _NoSlots:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_NO_SLOTS = _NoSlots()
 
 
 def _guarded(fn: Callable[[], ImageRow | str]) -> ImageRow | str | SampleFailure:
@@ -129,7 +119,7 @@ def build_image_shard(plan: Plan, shard: int, progress: Progress | None = None,
     downloader = (downloader_factory or (lambda: Downloader(cfg.download)))() if remote else None
     # Remote work is mostly waiting: use download.concurrency threads. Local work is pixel work: one thread
     # per core (PIL releases the GIL) is all that helps.
-    cores = max(1, min(8, os.cpu_count() or 1))
+    cores = max(1, min(8, _usable_cores()))
     workers = cfg.download.concurrency if remote else cores
     cpu_slots = threading.Semaphore(cores)
     try:
@@ -195,6 +185,14 @@ def build_text_shard(plan: Plan, shard: int, progress: Progress | None = None) -
         rows.append({"sample_key": ref.key, "caption": res, "source": ref.source, "digest": digest})
     return UnitOutput({"texts": pa.Table.from_pylist(rows, schema=TEXTS_SCHEMA)}, errors,
                       _stats(len(items), len(rows), errors, ok_by_source, t0))
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. under a scheduler), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _stats(n: int, ok: int, errors: list[SampleError], ok_by_source: Counter[str], t0: float) -> dict:
