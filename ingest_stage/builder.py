@@ -1,0 +1,200 @@
+"""Build one shard's tables from its samples: fetch/load, validate, normalise, de-duplicate, collect errors.
+
+Work runs in a thread pool: downloads wait on sockets and PIL releases the GIL while decoding, resizing
+and encoding, so threads overlap network I/O with pixel work without the cost of processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import nullcontext
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from fourm_core.config import IngestConfig
+from fourm_core.units import SampleError, UnitOutput
+
+from .download import Downloader
+from .imageproc import process_array, process_bytes, target_size
+from .plan import Plan, Slice
+from .samples import ImageRow, SampleFailure, SampleRef, SceneSample
+from .synthetic import render
+
+Progress = Callable[[int], None]
+
+IMAGES_SCHEMA = pa.schema([
+    ("sample_key", pa.string()), ("image", pa.binary()), ("width", pa.int32()), ("height", pa.int32()),
+    ("orig_width", pa.int32()), ("orig_height", pa.int32()), ("caption", pa.string()), ("source", pa.string()),
+    ("url", pa.string()), ("digest", pa.string()),
+])
+GROUND_TRUTH_SCHEMA = pa.schema([
+    ("sample_key", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("depth", pa.binary()),
+    ("normal", pa.binary()), ("semseg", pa.binary()), ("boxes", pa.string()),
+])
+TEXTS_SCHEMA = pa.schema([("sample_key", pa.string()), ("caption", pa.string()), ("source", pa.string()),
+                          ("digest", pa.string())])
+
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _scene_row(ref: SampleRef, scene: SceneSample, cfg: IngestConfig) -> ImageRow:
+    """Render the scene; the ground truth is rendered at the stored resolution so it is exact for its pixels."""
+    full = render(scene.scene, scene.size, scene.size)
+    img = process_array(full.rgb, cfg)
+    w, h = target_size(scene.size, scene.size, cfg.shorter_side)
+    gt = full if (w, h) == (scene.size, scene.size) else render(scene.scene, w, h)
+    ground_truth = {"sample_key": ref.key, "width": w, "height": h, "depth": npy_bytes(gt.depth),
+                    "normal": npy_bytes(gt.normal), "semseg": npy_bytes(gt.semseg), "boxes": json.dumps(gt.boxes)}
+    return ImageRow(ref.key, img.data, img.width, img.height, img.orig_width, img.orig_height, gt.caption, ref.source,
+                    None, img.digest, ground_truth)
+
+
+def _image_row(sl: Slice, ref: SampleRef, cfg: IngestConfig, downloader: Downloader | None,
+               cpu_slots: threading.Semaphore | None = None) -> ImageRow:
+    src = sl.source
+    if src.remote:
+        assert downloader is not None and ref.url is not None
+        data = downloader.fetch(ref.url).data
+        # Many threads wait on sockets, but only as many as there are cores decode at once: more would
+        # only fight over the cores (and the GIL between PIL calls) and delay every image in flight.
+        with cpu_slots or nullcontext():
+            img = process_bytes(data, cfg)
+    else:
+        payload = src.load(ref)
+        if isinstance(payload, SceneSample):
+            return _scene_row(ref, payload, cfg)
+        img = process_array(payload, cfg) if isinstance(payload, np.ndarray) else process_bytes(payload, cfg)
+    return ImageRow(ref.key, img.data, img.width, img.height, img.orig_width, img.orig_height, ref.caption, ref.source,
+                    ref.url, img.digest)
+
+
+def _guarded(fn: Callable[[], ImageRow | str]) -> ImageRow | str | SampleFailure:
+    """Run one sample's work; every failure becomes a SampleFailure (a sample never fails its shard)."""
+    try:
+        return fn()
+    except SampleFailure as exc:
+        return exc
+    except Exception as exc:  # a bug or an unforeseen input: recorded per sample, visible in the errors table
+        return SampleFailure("internal_error", f"{type(exc).__name__}: {exc}")
+
+
+def _prefilter(plan: Plan, items: list[tuple[int, Slice, SampleRef]]) -> dict[int, SampleFailure]:
+    """Samples refused before any work: dataset-wide duplicate URLs, repeated keys within the shard."""
+    refused: dict[int, SampleFailure] = {}
+    seen: set[str] = set()
+    for pos, (g, _, ref) in enumerate(items):
+        if plan.first_of is not None and plan.first_of[g] not in (-1, g):
+            first = int(plan.first_of[g])
+            refused[pos] = SampleFailure("duplicate_url", f"same URL as sample {first} (shard {first // plan.shard_size})")
+        elif ref.key in seen:
+            refused[pos] = SampleFailure("duplicate_key", f"key {ref.key} repeats within the shard")
+        seen.add(ref.key)
+    return refused
+
+
+def build_image_shard(plan: Plan, shard: int, progress: Progress | None = None,
+                      downloader_factory: Callable[[], Downloader] | None = None) -> UnitOutput:
+    """The ``images`` (and, with synthetic sources, ``ground_truth``) tables of one shard."""
+    cfg = plan.config.ingest
+    t0 = time.perf_counter()
+    items = plan.items(shard)
+    results: list[ImageRow | SampleFailure | None] = [None] * len(items)
+    results_refused = _prefilter(plan, items)
+    for pos, failure in results_refused.items():
+        results[pos] = failure
+    remote = any(sl.source.remote for _, sl, _ in items)
+    downloader = (downloader_factory or (lambda: Downloader(cfg.download)))() if remote else None
+    # Remote work is mostly waiting: use download.concurrency threads. Local work is pixel work: one thread
+    # per core (PIL releases the GIL) is all that helps.
+    cores = max(1, min(8, _usable_cores()))
+    workers = cfg.download.concurrency if remote else cores
+    cpu_slots = threading.Semaphore(cores)
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
+            futures = {pool.submit(_guarded, lambda sl=sl, ref=ref: _image_row(sl, ref, cfg, downloader, cpu_slots)): pos
+                       for pos, (_, sl, ref) in enumerate(items) if pos not in results_refused}
+            if progress and results_refused:
+                progress(len(results_refused))
+            for fut in as_completed(futures):
+                results[futures[fut]] = fut.result()
+                if progress:
+                    progress(1)
+    finally:
+        if downloader is not None:
+            downloader.close()
+
+    rows, gt_rows, errors = [], [], []
+    digests: dict[str, str] = {}
+    ok_by_source: Counter[str] = Counter()
+    for (_, _, ref), res in zip(items, results):
+        if isinstance(res, SampleFailure):
+            errors.append(SampleError(ref.key, res.reason, res.detail[:500]))
+            continue
+        assert isinstance(res, ImageRow)
+        if cfg.dedupe and res.digest in digests:
+            errors.append(SampleError(ref.key, "duplicate_content", f"same pixels as {digests[res.digest]}"))
+            continue
+        digests[res.digest] = ref.key
+        ok_by_source[res.source] += 1
+        gt = res.ground_truth
+        rows.append({k: v for k, v in res.__dict__.items() if k != "ground_truth"})
+        if gt is not None:
+            gt_rows.append(gt)
+    tables = {"images": pa.Table.from_pylist(rows, schema=IMAGES_SCHEMA),
+              "ground_truth": pa.Table.from_pylist(gt_rows, schema=GROUND_TRUTH_SCHEMA)}
+    stats = _stats(len(items), len(rows), errors, ok_by_source, t0)
+    if downloader is not None:
+        stats.update(retries=downloader.counters["retries"], bytes_downloaded=downloader.counters["bytes"])
+    return UnitOutput(tables, errors, stats)
+
+
+def build_text_shard(plan: Plan, shard: int, progress: Progress | None = None) -> UnitOutput:
+    """The ``texts`` table of one shard of a text-only dataset."""
+    t0 = time.perf_counter()
+    items = plan.items(shard)
+    refused = _prefilter(plan, items)
+    rows, errors = [], []
+    digests: dict[str, str] = {}
+    ok_by_source: Counter[str] = Counter()
+    for pos, (_, sl, ref) in enumerate(items):
+        res = refused.get(pos) or _guarded(lambda: sl.source.load(ref))
+        if progress:
+            progress(1)
+        if isinstance(res, SampleFailure):
+            errors.append(SampleError(ref.key, res.reason, res.detail[:500]))
+            continue
+        digest = hashlib.sha256(res.encode()).hexdigest()
+        if plan.config.ingest.dedupe and digest in digests:
+            errors.append(SampleError(ref.key, "duplicate_content", f"same text as {digests[digest]}"))
+            continue
+        digests[digest] = ref.key
+        ok_by_source[ref.source] += 1
+        rows.append({"sample_key": ref.key, "caption": res, "source": ref.source, "digest": digest})
+    return UnitOutput({"texts": pa.Table.from_pylist(rows, schema=TEXTS_SCHEMA)}, errors,
+                      _stats(len(items), len(rows), errors, ok_by_source, t0))
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. under a scheduler), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _stats(n: int, ok: int, errors: list[SampleError], ok_by_source: Counter[str], t0: float) -> dict:
+    return {"samples": n, "ok": ok, "failed": len(errors), "by_reason": dict(Counter(e.reason for e in errors)),
+            "ok_by_source": dict(ok_by_source), "work_seconds": round(time.perf_counter() - t0, 3)}

@@ -1,0 +1,154 @@
+"""Decode, validate, normalise and re-encode one image: the only place ingestion touches pixels.
+
+Content is validated by decoding (a Content-Type header or file extension is never trusted). Every mode
+becomes 8-bit RGB; EXIF orientation is applied; the shorter side is resized to ``shorter_side`` while the
+original (oriented) size is recorded; a decompression-bomb guard refuses images with too many pixels
+before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fourm_core.config import IngestConfig
+
+from .samples import SampleFailure
+
+# The bomb guard is ingest.max_pixels, checked from the header right after Image.open and before any pixel
+# is decoded. PIL has its own guard inside Image.open: an error above 2 x Image.MAX_IMAGE_PIXELS, and a
+# warning above it (an exception where warnings are errors, e.g. `python -W error`); both are caught and
+# become the per-sample reason "bomb". No global warnings filter is installed: that would be process-wide
+# and is undone by anything that uses warnings.catch_warnings (pytest does, per test).
+
+_RESAMPLE = Image.Resampling.BICUBIC
+_ORIENTATION_TAG = 0x0112
+_TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}  # these EXIF orientations swap width and height
+
+
+@dataclass(frozen=True)
+class ProcessedImage:
+    """An image ready for the ``images`` artifact."""
+
+    data: bytes  # encoded in ingest.image_format
+    width: int
+    height: int
+    orig_width: int
+    orig_height: int
+    digest: str  # sha256 of the stored RGB pixels (format- and metadata-independent)
+    rgb: np.ndarray | None = None  # the stored pixels, kept only when asked for
+
+
+def target_size(width: int, height: int, shorter_side: int) -> tuple[int, int]:
+    """(w, h) with the shorter side equal to ``shorter_side`` and the aspect ratio kept (rounded)."""
+    if width <= height:
+        return shorter_side, max(1, round(height * shorter_side / width))
+    return max(1, round(width * shorter_side / height)), shorter_side
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB; transparency is composited on white (alpha must not turn black)."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16/32-bit grey: PIL's convert() clips at 255 (a 16-bit image turns white); scale instead.
+        a = np.asarray(im).astype(np.float64)
+        top = 65535.0 if mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        a = np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if mode == "F":
+        a = np.asarray(im).astype(np.float64)
+        scale = 255.0 if a.max(initial=0) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(a * scale, 0, 255).round().astype(np.uint8), "L").convert("RGB")
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode == "L" and "transparency" in im.info:
+        return _to_rgb(im.convert("LA"))
+    # CMYK (incl. Adobe-inverted JPEGs, which PIL handles), L, 1, YCbCr, LAB, HSV, RGBX
+    return im.convert("RGB")
+
+
+def encode(im: Image.Image, cfg: IngestConfig) -> bytes:
+    buf = io.BytesIO()
+    if cfg.image_format == "jpeg":
+        im.save(buf, "JPEG", quality=cfg.jpeg_quality)
+    elif cfg.image_format == "png":
+        im.save(buf, "PNG", compress_level=6)
+    else:
+        im.save(buf, "WEBP", quality=cfg.jpeg_quality, method=4)
+    return buf.getvalue()
+
+
+def _finish(im: Image.Image, orig: tuple[int, int], cfg: IngestConfig, keep_rgb: bool) -> ProcessedImage:
+    """Resize an RGB image to the stored size, digest its pixels and encode it."""
+    size = target_size(*orig, cfg.shorter_side)
+    if im.size != size:
+        # reducing_gap: PIL first shrinks by an integer factor with a box filter, then resamples: much
+        # faster for big downscales at no visible cost.
+        im = im.resize(size, _RESAMPLE, reducing_gap=3.0)
+    pixels = im.tobytes()
+    digest = hashlib.sha256(pixels).hexdigest()
+    rgb = np.frombuffer(pixels, np.uint8).reshape(size[1], size[0], 3) if keep_rgb else None
+    return ProcessedImage(encode(im, cfg), size[0], size[1], orig[0], orig[1], digest, rgb)
+
+
+def process_bytes(data: bytes, cfg: IngestConfig, keep_rgb: bool = False) -> ProcessedImage:
+    """Validate and normalise an encoded image. Raises SampleFailure with a stable reason code."""
+    if not data:
+        raise SampleFailure("empty_body", "zero bytes")
+    try:
+        im = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise SampleFailure("bomb", str(exc)) from None
+    except UnidentifiedImageError:
+        head = data[:32].lstrip().lower()
+        kind = "HTML" if head.startswith((b"<!doctype", b"<html")) else f"{len(data)} bytes"
+        raise SampleFailure("not_image", f"not a known image format ({kind})") from None
+    except Exception as exc:  # corrupt headers raise all sorts (SyntaxError, ValueError, struct.error)
+        raise SampleFailure("decode_error", f"{type(exc).__name__}: {exc}") from None
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise SampleFailure("decode_error", f"image size {w}x{h}")
+    if w * h > cfg.max_pixels:
+        raise SampleFailure("bomb", f"{w}x{h} = {w * h} pixels > ingest.max_pixels = {cfg.max_pixels}")
+    try:
+        orientation = im.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # a broken EXIF block must not cost the image; it just stays unrotated
+        orientation = 1
+    orig = (h, w) if orientation in _TRANSPOSED_ORIENTATIONS else (w, h)
+    try:
+        if im.format == "JPEG":
+            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the target is that much smaller (DCT scaling):
+            # several times faster, and still never smaller than the stored size.
+            tw, th = target_size(w, h, cfg.shorter_side)
+            im.draft(None, (tw, th))
+        im.load()
+        if orientation != 1:
+            im = ImageOps.exif_transpose(im)
+        im = _to_rgb(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise SampleFailure("bomb", str(exc)) from None
+    except Exception as exc:  # truncated data: OSError; other corrupt streams: SyntaxError, ValueError, ...
+        raise SampleFailure("decode_error", f"{type(exc).__name__}: {exc}") from None
+    return _finish(im, orig, cfg, keep_rgb)
+
+
+def process_array(rgb: np.ndarray, cfg: IngestConfig, keep_rgb: bool = False) -> ProcessedImage:
+    """Normalise an in-memory image (H x W x 3 uint8, or grey/alpha) from an offline source."""
+    if rgb.dtype != np.uint8:
+        raise SampleFailure("decode_error", f"expected uint8 pixels, got {rgb.dtype}")
+    im = Image.fromarray(rgb)
+    h, w = rgb.shape[:2]
+    if w * h > cfg.max_pixels:
+        raise SampleFailure("bomb", f"{w}x{h} pixels > ingest.max_pixels = {cfg.max_pixels}")
+    return _finish(_to_rgb(im), (w, h), cfg, keep_rgb)

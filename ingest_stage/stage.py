@@ -1,0 +1,79 @@
+"""The ingestion stage as the orchestrator sees it: ``STAGE`` (a fourm_core StageSpec).
+
+Unit = (ingest, images[+ground_truth] or texts, shard). Its cache key covers the stage code version, the
+normalised ingest config (minus fields that cannot change the output), the configs of the sources that
+feed the shard, and a digest of the shard's slice of each source (URLs + captions for URL lists, file
+identities for local files), so editing one line of a URL list recomputes only the shard that holds it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from fourm_core.config import DatasetConfig
+from fourm_core.stage import StageSpec
+from fourm_core.store import ArtifactStore
+from fourm_core.units import Unit, UnitResult, run_unit
+
+from .builder import build_image_shard, build_text_shard
+from .plan import Plan, build_plan
+
+# Bump when a change to this package changes what a shard holds for the same inputs and config.
+CODE_VERSION = "ingest/1"
+STAGE_NAME = "ingest"
+
+
+def artifacts_for(config: DatasetConfig) -> list[str]:
+    """The artifacts each ingest unit of this dataset commits (first one carries the errors table)."""
+    if config.text_only:
+        return ["texts"]
+    if any(s.kind == "synthetic" for s in config.sources):
+        return ["images", "ground_truth"]
+    return ["images"]
+
+
+def plan_shards(store: ArtifactStore, config: DatasetConfig) -> list[int]:
+    """Every shard index of the dataset (from the sources; the store is not needed to know them)."""
+    return list(range(build_plan(config).n_shards))
+
+
+def _key_config(plan: Plan, shard: int) -> dict[str, Any]:
+    ingest = plan.config.ingest.model_dump(mode="json")
+    ingest["download"].pop("concurrency")  # how many requests run at once cannot change what a shard holds
+    slices = plan.slices(shard)
+    return {
+        "text_only": plan.config.text_only,
+        "ingest": ingest,
+        "slices": [{"source": sl.source.position, "config": sl.source.cfg.model_dump(mode="json"),
+                    "start": sl.start, "stop": sl.stop, "global_start": sl.global_start,
+                    "digest": sl.source.slice_digest(plan.refs(sl))} for sl in slices],
+    }
+
+
+def make_unit(plan: Plan, shard: int) -> Unit:
+    return Unit(stage=STAGE_NAME, dataset=plan.config.name, artifacts=artifacts_for(plan.config), shard=shard,
+                code_version=CODE_VERSION, config=_key_config(plan, shard))
+
+
+def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force: bool = False,
+              progress: Callable[[int], None] | None = None, plan: Plan | None = None) -> list[UnitResult]:
+    """Ingest one shard (cached: a committed shard with the same cache key is not redone).
+
+    ``progress`` is called with the number of samples finished, as they finish. ``plan`` may be passed by
+    callers that run many shards in one process, to list the sources once.
+    """
+    plan = plan or build_plan(config)
+    unit = make_unit(plan, shard)
+    if config.text_only:
+        return [run_unit(store, unit, lambda: build_text_shard(plan, shard, progress), force=force)]
+    return [run_unit(store, unit, lambda: build_image_shard(plan, shard, progress), force=force)]
+
+
+STAGE = StageSpec(
+    name=STAGE_NAME,
+    plan_shards=plan_shards,
+    run_shard=run_shard,
+    artifacts=("images", "ground_truth", "texts"),
+    heavy=True,
+    num_cpus=1.0,
+)
