@@ -21,9 +21,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from fourm_core.config import load_dataset_config
 from fourm_core.store import ArtifactStore
 
-from . import ray_runtime, report
-from .shard_job import FLOW_RUN_ENV, plan_job, run_shard_job
-from .stages import get_stages, registry
+from pipelines import ray_runtime, report
+from pipelines.ops import storage_options_from
+from pipelines.shard_job import FLOW_RUN_ENV, plan_job, run_shard_job
+from pipelines.stages import get_stages, registry
 
 # Units in flight at once per flow run (threads that wait on Ray or run units in-process). The default
 # thread runner is unbounded, which would start thousands of threads on a 12M-sample dataset.
@@ -51,7 +52,7 @@ def run_shard(stage: str, target: str, config: dict[str, Any], store_root: str,
 
 @flow(name="build-dataset", task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_UNITS), persist_result=False,
       log_prints=True)
-def build_dataset(dataset: str = "demo", store_root: str = "./store", storage_options: dict[str, Any] | None = None,
+def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_options: dict[str, Any] | None = None,
                   stages: list[str] | None = None, shards: list[int] | None = None, force: bool = False,
                   ray_address: str | None = None, overrides: dict[str, Any] | None = None,
                   retries: int = 2) -> dict[str, Any]:
@@ -61,8 +62,15 @@ def build_dataset(dataset: str = "demo", store_root: str = "./store", storage_op
     ``force`` redoes the selected units even when their manifests match (that is ``rerun``).
     ``ray_address``: None starts a local Ray for heavy stages, "off" runs units in-process, anything else
     is given to ``ray.init(address=...)``. ``overrides`` are dotted config fields (``{"ingest.shard_size": 8}``).
+
+    Unset ``store_root`` / ``storage_options`` / ``ray_address`` come from the worker's environment
+    (``FOURM_STORE_ROOT``, ``FOURM_STORAGE_OPTIONS`` as JSON, ``FOURM_RAY_ADDRESS``), so one deployment
+    runs unchanged on a laptop and on a cluster whose workers set those.
     """
     logger = get_run_logger()
+    store_root = store_root or os.environ.get("FOURM_STORE_ROOT", "./store")
+    storage_options = storage_options if storage_options is not None else storage_options_from(None)
+    ray_address = ray_address or os.environ.get("FOURM_RAY_ADDRESS") or None
     # Everything that can be wrong with the request fails here, before any task starts.
     config = load_dataset_config(dataset, overrides)
     specs = get_stages(list(stages or config.stages))

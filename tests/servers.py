@@ -112,3 +112,35 @@ def start_seaweedfs(workdir: Path, bucket: str = "fourm-test") -> S3Server:
         kill(proc)
         raise
     return server
+
+
+@dataclass
+class PrefectServer:
+    api_url: str
+    env: dict[str, str]  # environment for clients of this server (CLI, workers)
+    proc: subprocess.Popen
+
+
+def start_prefect_server(workdir: Path, extra_env: dict[str, str] | None = None) -> PrefectServer:
+    """``prefect server start`` on 127.0.0.1 with its own SQLite database and PREFECT_HOME under ``workdir``."""
+    port = free_port()
+    home = workdir / "prefect-home"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update({
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{workdir / 'prefect.db'}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        **(extra_env or {}),
+    })
+    log = workdir / "prefect-server.log"
+    proc = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], log, env=env)
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_until(lambda: _http_ok(f"{api}/health"), 180, "prefect server", proc, log)
+    except BaseException:
+        kill(proc)
+        raise
+    return PrefectServer(api, {**env, "PREFECT_API_URL": api}, proc)
