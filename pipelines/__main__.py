@@ -101,7 +101,7 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"stages {record.get('stages')}" + (f", shards {record['shards']}" if record.get("shards") else "")
               + (", forced" if record.get("force") else ""))
     print(status_table(rows))
-    print(f"\n{status_counts(rows)}  (store {store.root_uri})")
+    print(f"\n{status_counts(rows)}  (store {store.root if store.is_local else store.root_uri})")
     return 0
 
 
@@ -116,7 +116,10 @@ def run_flow(dataset: str, root: str, storage_options: dict[str, Any] | None, st
              shards: list[int] | None, force: bool, ray_address: str | None,
              overrides: dict[str, Any] | None) -> dict[str, Any]:
     """Validate, then run build-dataset in this process (Prefect's ephemeral API unless PREFECT_API_URL is set)."""
-    load_dataset_config(dataset, overrides)  # fail fast, before paying for Prefect's start-up
+    from .stages import get_stages
+
+    config = load_dataset_config(dataset, overrides)  # fail fast, before paying for Prefect's start-up
+    get_stages(list(stages or config.stages))
     # Laptop defaults for Prefect's ephemeral server (ignored when PREFECT_API_URL points at a server): a
     # busy 2-core box needs more than the default 20 s to start it, and nothing here may phone home.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
