@@ -23,3 +23,22 @@ def store(store_root):
     from fourm_core import ArtifactStore
 
     return ArtifactStore(store_root)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS) on 127.0.0.1 for the whole session, with one bucket; killed at the end."""
+    from tests.servers import kill, start_seaweedfs
+
+    server = start_seaweedfs(tmp_path_factory.mktemp("s3"))
+    yield server
+    kill(server.proc)
+
+
+@pytest.fixture
+def s3_root(s3_server, request):
+    """``(root, storage_options)``: a fresh ``s3://bucket/<test name>`` prefix on the session's S3 server."""
+    import uuid
+
+    prefix = f"{request.node.name[:40]}-{uuid.uuid4().hex[:6]}".replace("[", "-").replace("]", "")
+    return f"s3://{s3_server.bucket}/{prefix}", s3_server.storage_options

@@ -1,0 +1,177 @@
+"""``python -m pipelines`` (also ``fourm``): run, re-run and inspect dataset builds.
+
+    status  <dataset> [--root R]                 stage x shard table: done / cached / failed / missing
+    lineage <artifact path or URI> [--root R]    the upstream tree of one committed part
+    run     [--dataset D] [--root R] [--stages S ...] [--shards N ...] [--force]
+    rerun   --dataset D --stage S [--shard N ...] [--root R]   redo exactly those units
+    demo                                          build the demo preset into ./store and print its status
+
+``--storage-options`` (or $FOURM_STORAGE_OPTIONS) is a JSON object for fsspec/s3fs, e.g.
+``{"endpoint_url": "http://127.0.0.1:8333"}``; credentials are best left to the usual AWS variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from fourm_core.config import ConfigError, load_dataset_config
+
+DEFAULT_ROOT = os.environ.get("FOURM_STORE_ROOT", "./store")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def store_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--root", default=DEFAULT_ROOT, help="store root: folder or s3://bucket/prefix "
+                                                             "(default $FOURM_STORE_ROOT or ./store)")
+        sp.add_argument("--storage-options", default=None, help="JSON object of fsspec storage options")
+
+    sp = sub.add_parser("status", help="stage x shard table of a dataset")
+    sp.add_argument("dataset", help="preset name, YAML path, or the dataset's folder name in the store")
+    store_args(sp)
+    sp.add_argument("--json", action="store_true", help="machine-readable rows")
+
+    sp = sub.add_parser("lineage", help="upstream tree of one artifact part")
+    sp.add_argument("part", help="data path, manifest path or URI, e.g. store/demo/images/shard-00000.parquet")
+    sp.add_argument("--root", default=None, help="store root, when PART is relative to it (demo/images/shard-00000)")
+    sp.add_argument("--storage-options", default=None)
+
+    def flow_args(sp: argparse.ArgumentParser) -> None:
+        store_args(sp)
+        sp.add_argument("--ray-address", default=None, help="Ray cluster address; 'off' runs in-process; "
+                                                            "default: local Ray for heavy stages")
+        sp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="config override, value parsed as JSON when possible (ingest.shard_size=8)")
+
+    sp = sub.add_parser("run", help="run the build-dataset flow")
+    sp.add_argument("--dataset", default="demo")
+    sp.add_argument("--stages", nargs="+", default=None)
+    sp.add_argument("--shards", nargs="+", type=int, default=None)
+    sp.add_argument("--force", action="store_true")
+    flow_args(sp)
+
+    sp = sub.add_parser("rerun", help="redo just these units (force) of one or more stages")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--stage", action="append", required=True, help="repeatable")
+    sp.add_argument("--shard", action="append", type=int, default=None, help="repeatable; default: every shard")
+    flow_args(sp)
+
+    sp = sub.add_parser("demo", help="build the demo preset locally (ephemeral Prefect, local Ray), print status")
+    sp.add_argument("--root", default="./store")
+    sp.add_argument("--ray-address", default=None)
+    return p
+
+
+def _overrides(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from fourm_core.store import ArtifactStore
+
+    from .ops import dataset_status, storage_options_from
+    from .report import status_counts, status_table
+
+    store = ArtifactStore(args.root, storage_options_from(args.storage_options))
+    rows, record = dataset_status(store, args.dataset)
+    if args.json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2))
+        return 0
+    if not rows:
+        print(f"nothing recorded for {args.dataset!r} under {store.root_uri}")
+        return 1
+    if record:
+        print(f"latest run: flow run {record.get('flow_run_id') or '-'}, finished {record.get('finished')}, "
+              f"stages {record.get('stages')}" + (f", shards {record['shards']}" if record.get("shards") else "")
+              + (", forced" if record.get("force") else ""))
+    print(status_table(rows))
+    print(f"\n{status_counts(rows)}  (store {store.root if store.is_local else store.root_uri})")
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from .ops import lineage_text, storage_options_from
+
+    print(lineage_text(args.part, args.root, storage_options_from(args.storage_options)))
+    return 0
+
+
+def run_flow(dataset: str, root: str, storage_options: dict[str, Any] | None, stages: list[str] | None,
+             shards: list[int] | None, force: bool, ray_address: str | None,
+             overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate, then run build-dataset in this process (Prefect's ephemeral API unless PREFECT_API_URL is set)."""
+    from .stages import get_stages
+
+    config = load_dataset_config(dataset, overrides)  # fail fast, before paying for Prefect's start-up
+    get_stages(list(stages or config.stages))
+    # Laptop defaults for Prefect's ephemeral server (ignored when PREFECT_API_URL points at a server): a
+    # busy 2-core box needs more than the default 20 s to start it, and nothing here may phone home.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from .build_dataset import build_dataset
+
+    return build_dataset(dataset=dataset, store_root=root, storage_options=storage_options, stages=stages,
+                         shards=shards, force=force, ray_address=ray_address, overrides=overrides or None)
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    print(f"build-dataset {result['dataset']}: {result['done']} units done, {result['cached']} cached "
+          f"(run record {result['run_record']})")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .ops import storage_options_from
+
+    _print_result(run_flow(args.dataset, args.root, storage_options_from(args.storage_options), args.stages,
+                           args.shards, args.force, args.ray_address, _overrides(args.set)))
+    return 0
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from .ops import storage_options_from
+
+    _print_result(run_flow(args.dataset, args.root, storage_options_from(args.storage_options), args.stage,
+                           args.shard, True, args.ray_address, _overrides(args.set)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    _print_result(run_flow("demo", args.root, None, None, None, False, args.ray_address, None))
+    print()
+    return cmd_status(argparse.Namespace(dataset="demo", root=args.root, storage_options=None, json=False))
+
+
+COMMANDS = {"status": cmd_status, "lineage": cmd_lineage, "run": cmd_run, "rerun": cmd_rerun, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, FileNotFoundError, LookupError, ValueError) as err:
+        # Operator mistakes (bad config, unknown stage/shard, wrong path): a message, not a traceback.
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # units failed after their retries; the store has the failure records
+        print(f"failed: {err}\nsee: python -m pipelines status <dataset> --root <root>", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The ``build-dataset`` Prefect flow: run a dataset's stages, shard by shard, as retried Prefect tasks.
+
+Thin on purpose. Stages are plain libraries (``fourm_core.stage.StageSpec``); this flow only
+validates the config, plans shards, submits one task per shard (each dispatching to Ray when the
+stage is heavy), records what happened, and publishes it as Prefect artifacts. What to skip is
+decided by the stages' manifests (cache keys), never by Prefect's result cache.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from fourm_core.config import load_dataset_config
+from fourm_core.store import ArtifactStore
+
+from pipelines import ray_runtime, report
+from pipelines.ops import storage_options_from
+from pipelines.shard_job import FLOW_RUN_ENV, plan_job, run_shard_job
+from pipelines.stages import get_stages, registry
+
+# Units in flight at once per flow run (threads that wait on Ray or run units in-process). The default
+# thread runner is unbounded, which would start thousands of threads on a 12M-sample dataset.
+MAX_PARALLEL_UNITS = int(os.environ.get("FOURM_MAX_PARALLEL_UNITS", "8"))
+
+
+@task(task_run_name="plan-{stage}", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False)
+def plan_shards(stage: str, target: str, config: dict[str, Any], store_root: str,
+                storage_options: dict[str, Any] | None) -> list[int]:
+    """The shards a stage has for this dataset (ingest: from its sources; later stages: from their inputs)."""
+    return plan_job(target, config, store_root, storage_options)
+
+
+@task(task_run_name="{stage}-shard-{shard}", retries=2, retry_delay_seconds=[2, 15], cache_policy=NO_CACHE,
+      persist_result=False)
+def run_shard(stage: str, target: str, config: dict[str, Any], store_root: str,
+              storage_options: dict[str, Any] | None, shard: int, force: bool, on_ray: bool,
+              num_cpus: float, num_gpus: float, flow_run_id: str | None) -> list[dict[str, Any]]:
+    """Run one shard of one stage; returns its units' summaries (URIs, digests, counts: never data)."""
+    args = (config, store_root, storage_options, shard, force, flow_run_id)
+    if on_ray:
+        return ray_runtime.run_remote(target, num_cpus, num_gpus, *args)
+    return run_shard_job(target, *args)
+
+
+@flow(name="build-dataset", task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_UNITS), persist_result=False,
+      log_prints=True)
+def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_options: dict[str, Any] | None = None,
+                  stages: list[str] | None = None, shards: list[int] | None = None, force: bool = False,
+                  ray_address: str | None = None, overrides: dict[str, Any] | None = None,
+                  retries: int = 2) -> dict[str, Any]:
+    """Build ``dataset`` (a preset name or a YAML path) into ``store_root``.
+
+    ``stages`` defaults to the config's ``stages``; ``shards`` limits every stage to those shard indices;
+    ``force`` redoes the selected units even when their manifests match (that is ``rerun``).
+    ``ray_address``: None starts a local Ray for heavy stages, "off" runs units in-process, anything else
+    is given to ``ray.init(address=...)``. ``overrides`` are dotted config fields (``{"ingest.shard_size": 8}``).
+
+    Unset ``store_root`` / ``storage_options`` / ``ray_address`` come from the worker's environment
+    (``FOURM_STORE_ROOT``, ``FOURM_STORAGE_OPTIONS`` as JSON, ``FOURM_RAY_ADDRESS``), so one deployment
+    runs unchanged on a laptop and on a cluster whose workers set those.
+    """
+    logger = get_run_logger()
+    store_root = store_root or os.environ.get("FOURM_STORE_ROOT", "./store")
+    storage_options = storage_options if storage_options is not None else storage_options_from(None)
+    ray_address = ray_address or os.environ.get("FOURM_RAY_ADDRESS") or None
+    # Everything that can be wrong with the request fails here, before any task starts.
+    config = load_dataset_config(dataset, overrides)
+    specs = get_stages(list(stages or config.stages))
+    targets = registry()
+    cfg = config.model_dump(mode="json")
+    store = ArtifactStore(store_root, storage_options)
+    run_id = flow_run.id
+    if run_id:
+        os.environ[FLOW_RUN_ENV] = run_id  # units run in this process record it in their manifests
+    started = datetime.now(timezone.utc)
+
+    use_ray = ray_address != ray_runtime.OFF and any(s.heavy for s in specs)
+    we_started_ray = ray_runtime.connect(None if ray_address in (None, "", "local") else ray_address) if use_ray \
+        else False
+    summaries: list[dict[str, Any]] = []
+    plan: dict[str, list[int]] = {}
+    try:
+        for spec in specs:
+            target = targets[spec.name]
+            planned = plan_shards(spec.name, target, cfg, store.root_uri, storage_options)
+            plan[spec.name] = planned
+            selected = [s for s in planned if shards is None or s in set(shards)]
+            unknown = sorted(set(shards or []) - set(planned))
+            if unknown:
+                raise ValueError(f"stage {spec.name!r} has no shard(s) {unknown} for dataset {config.name!r}; "
+                                 f"planned shards: {planned[:20]}{' ...' if len(planned) > 20 else ''}")
+            logger.info("stage %s: %d of %d shards selected", spec.name, len(selected), len(planned))
+            task_fn = run_shard.with_options(retries=retries)
+            futures = [task_fn.submit(spec.name, target, cfg, store.root_uri, storage_options, shard, force,
+                                      use_ray and spec.heavy, spec.num_cpus, spec.num_gpus, run_id)
+                       for shard in selected]
+            failed_here = 0
+            for shard, fut in zip(selected, futures):
+                try:
+                    summaries.extend(fut.result())
+                except Exception as exc:  # retries exhausted: keep going with the other shards, report below
+                    failed_here += 1
+                    summaries.append({"unit": f"{config.name}/{spec.name}/shard-{shard:05d}", "stage": spec.name,
+                                      "artifacts": list(spec.artifacts), "shard": shard, "status": "failed",
+                                      "rows": 0, "errors": 0, "uris": [], "error": f"{type(exc).__name__}: {exc}"})
+            if failed_here:
+                # Later stages read this stage's shards; running them on a partial input would hide the gap.
+                logger.error("stage %s: %d shard(s) failed; later stages not run", spec.name, failed_here)
+                break
+    finally:
+        if we_started_ray:
+            ray_runtime.shutdown()
+
+    record = {"dataset": config.name, "config_source": dataset, "store_root": store.root_uri, "flow_run_id": run_id,
+              "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
+              "stages": [s.name for s in specs], "shards": shards, "force": force, "plan": plan,
+              "stage_artifacts": {s.name: list(s.artifacts) for s in specs}, "units": summaries}
+    record_id = f"{started:%Y%m%dT%H%M%S%f}-{(run_id or 'local')[:8]}"
+    store.write_run_record(config.name, record_id, record)
+    _publish(config.name, store.root_uri, run_id, summaries)
+
+    failed = [s for s in summaries if s["status"] == "failed"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} unit(s) failed: " + "; ".join(f"{s['unit']}: {s['error']}" for s in failed[:5]))
+    counts = {k: sum(1 for s in summaries if s["status"] == k) for k in ("done", "cached")}
+    logger.info("build-dataset %s: %d units done, %d cached", config.name, counts["done"], counts["cached"])
+    return {"dataset": config.name, "store_root": store.root_uri, "run_record": record_id, **counts,
+            "units": [{k: s[k] for k in ("unit", "stage", "shard", "status", "rows", "errors")} for s in summaries]}
+
+
+def _publish(dataset: str, store_root: str, run_id: str | None, summaries: list[dict[str, Any]]) -> None:
+    """Prefect artifacts: the window onto our manifests in the Prefect UI."""
+    key = "build-dataset-" + "".join(c if c.isalnum() else "-" for c in dataset.lower())
+    create_table_artifact(key=key, table=report.unit_rows(summaries), description=f"stage x shard units of {dataset}")
+    create_markdown_artifact(key=key + "-summary", markdown=report.markdown_summary(dataset, store_root, run_id, summaries),
+                             description=f"build-dataset summary for {dataset}")

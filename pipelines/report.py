@@ -1,0 +1,57 @@
+"""Plain-text and Markdown renderings of unit summaries and status rows (no Prefect, no Ray)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Iterable, Sequence
+
+from fourm_core.lineage import StatusRow
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A fixed-width text table."""
+    rows = [[("" if v is None else str(v)) for v in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def status_table(rows: list[StatusRow]) -> str:
+    body = [(r.stage, r.artifact, f"{r.shard:05d}", r.state, r.rows, r.errors, _clip(r.detail, 70)) for r in rows]
+    return format_table(["stage", "artifact", "shard", "state", "rows", "errors", "detail"], body)
+
+
+def status_counts(rows: list[StatusRow]) -> str:
+    counts = Counter(r.state for r in rows)
+    return ", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "cached", "failed", "missing"))
+
+
+def unit_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for Prefect's table artifact: one per unit, JSON-friendly."""
+    return [{"stage": s["stage"], "shard": s["shard"], "artifacts": "+".join(s["artifacts"]), "status": s["status"],
+             "rows": s.get("rows", 0), "errors": s.get("errors", 0), "seconds": s.get("seconds", 0),
+             "error": _clip(s.get("error") or "", 200)} for s in summaries]
+
+
+def markdown_summary(dataset: str, store_root: str, flow_run_id: str | None,
+                     summaries: list[dict[str, Any]]) -> str:
+    by_stage: dict[str, Counter] = {}
+    for s in summaries:
+        by_stage.setdefault(s["stage"], Counter())[s["status"]] += 1
+    lines = [f"# build-dataset `{dataset}`", "", f"Store: `{store_root}`  ", f"Flow run: `{flow_run_id or '-'}`", "",
+             "| stage | done | cached | failed | rows | sample errors |", "|---|---|---|---|---|---|"]
+    for stage, c in by_stage.items():
+        rows = sum(s.get("rows", 0) for s in summaries if s["stage"] == stage)
+        errs = sum(s.get("errors", 0) for s in summaries if s["stage"] == stage)
+        lines.append(f"| {stage} | {c['done']} | {c['cached']} | {c['failed']} | {rows} | {errs} |")
+    failed = [s for s in summaries if s["status"] == "failed"]
+    if failed:
+        lines += ["", "## Failed units", ""] + [f"* `{s['unit']}`: {_clip(s.get('error') or '', 300)}" for s in failed]
+        lines += ["", f"Re-run one: `python -m pipelines rerun --dataset {dataset} --stage <stage> --shard <n> "
+                      f"--root {store_root}`"]
+    return "\n".join(lines)
+
+
+def _clip(text: str, n: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 3] + "..."

@@ -1,0 +1,88 @@
+"""The ops path end to end: a real ``prefect server`` (SQLite, loopback), the process work pool,
+``prefect deploy --all`` from prefect.yaml, a worker, and ``prefect deployment run build-dataset/demo``.
+
+The demo deployment runs the test-only fake stages here (``DEMO_PARAMS['dataset']`` points at their
+config). To run the real demo instead, drop that key (the deployment's own ``dataset: demo`` applies).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.pipelines.fake_stage import CONFIG_YAML, REGISTRATION
+from tests.servers import BIN, kill, start, start_prefect_server
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+def _prefect(env: dict, *args: str, timeout: float = 180) -> str:
+    res = subprocess.run([str(BIN / "prefect"), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    assert res.returncode == 0, f"prefect {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}"
+    return res.stdout
+
+
+def _flow_run_state(api: str, flow_run_id: str) -> str:
+    with urllib.request.urlopen(f"{api}/flow_runs/{flow_run_id}", timeout=10) as r:
+        return json.load(r)["state"]["type"]
+
+
+def test_deployment_run_on_a_real_server_and_worker(tmp_path):
+    config = tmp_path / "fk.yaml"
+    config.write_text(CONFIG_YAML.format(name="fk"))
+    store_root = tmp_path / "store"
+    server = start_prefect_server(tmp_path, {"PYTHONPATH": str(REPO), "FOURM_EXTRA_STAGES": REGISTRATION,
+                                             "OMP_NUM_THREADS": "1", "PREFECT_WORKER_QUERY_SECONDS": "2"})
+    worker = None
+    try:
+        env = server.env
+        _prefect(env, "work-pool", "create", "fourm-process", "--type", "process")
+        out = _prefect(env, "--no-prompt", "deploy", "--all")
+        for name in ("build-dataset/cc12m", "build-dataset/coyo700m", "build-dataset/c4", "build-dataset/demo"):
+            assert name in out, out
+        listing = _prefect(env, "deployment", "ls")
+        assert "build-dataset/demo" in listing and "build-dataset/cc12m" in listing
+        schedules = _prefect(env, "deployment", "schedule", "ls", "build-dataset/cc12m")
+        assert "0 2 * * *" in schedules and "False" in schedules  # nightly, inactive until ops switch it on
+
+        worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "fourm-process"],
+                       tmp_path / "worker.log", env=env, cwd=str(tmp_path))
+        demo_params = {"dataset": str(config), "store_root": str(store_root), "ray_address": "off"}
+        args = [a for k, v in demo_params.items() for a in ("--param", f"{k}={v}")]
+        out = _prefect(env, "deployment", "run", "build-dataset/demo", *args)
+        flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
+
+        deadline, state = time.monotonic() + 300, None
+        while time.monotonic() < deadline:
+            state = _flow_run_state(server.api_url, flow_run_id)
+            if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            time.sleep(2)
+        assert state == "COMPLETED", f"flow run ended {state}:\n{(tmp_path / 'worker.log').read_text()[-5000:]}"
+    finally:
+        if worker is not None:
+            kill(worker)
+        kill(server.proc)
+
+    from fourm_core import ArtifactStore
+
+    store = ArtifactStore(str(store_root))
+    assert store.committed_shards("fk", "numbers") == [0, 1, 2]
+    assert store.committed_shards("fk", "doubled") == [0, 1, 2]
+    assert store.read_manifest("fk", "numbers", 0).flow_run_id == flow_run_id
+    status = subprocess.run([sys.executable, "-m", "pipelines", "status", "fk", "--root", str(store_root)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env={**server.env, "PYTHONPATH": str(REPO)})
+    assert status.returncode == 0, status.stderr
+    assert "6 done, 0 cached, 0 failed, 0 missing" in status.stdout
+    assert re.search(r"fake_down\s+doubled\s+00002\s+done\s+4", status.stdout)

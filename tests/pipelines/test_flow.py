@@ -1,0 +1,108 @@
+"""The build-dataset flow under Prefect's test harness: caching, rerun, retries, validation, failures."""
+
+from __future__ import annotations
+
+import pytest
+
+from fourm_core import ArtifactStore
+from fourm_core.config import ConfigError
+from pipelines.__main__ import main
+from pipelines.build_dataset import build_dataset
+from pipelines.stages import StageNotAvailable
+
+
+def _task_runs(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+def _statuses(result):
+    return {(u["stage"], u["shard"]): u["status"] for u in result["units"]}
+
+
+def test_build_cached_rerun_on_ray(prefect_api, ray_local, fake_dataset, tmp_path, capsys):
+    root = str(tmp_path / "store")
+    state = build_dataset(dataset=fake_dataset, store_root=root, return_state=True)
+    first = state.result()
+    flow_run_id = str(state.state_details.flow_run_id)
+    assert set(_statuses(first).values()) == {"done"} and len(first["units"]) == 6
+    store = ArtifactStore(root)
+    m = store.read_manifest("fk", "numbers", 1)
+    assert m.flow_run_id == flow_run_id  # recorded inside the Ray worker
+    assert store.read_table("fk", "doubled", 2).column("value").to_pylist() == [16, 18, 20, 22]
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        artifact = client.read_latest_artifacts()
+    assert any(a.key == "build-dataset-fk" for a in artifact)
+
+    second = build_dataset(dataset=fake_dataset, store_root=root)
+    assert set(_statuses(second).values()) == {"cached"}
+    assert main(["status", fake_dataset, "--root", root]) == 0
+    out = capsys.readouterr().out
+    assert "0 done, 6 cached, 0 failed, 0 missing" in out
+
+    assert main(["rerun", "--dataset", fake_dataset, "--stage", "fake", "--shard", "1", "--root", root]) == 0
+    assert "1 units done, 0 cached" in capsys.readouterr().out
+    assert store.read_manifest("fk", "numbers", 1).timings.finished > m.timings.finished
+    assert store.read_manifest("fk", "numbers", 0).flow_run_id == flow_run_id  # untouched
+    assert main(["status", "fk", "--root", root]) == 0
+    out = capsys.readouterr().out
+    assert "shards [1], forced" in out and "fake       numbers   00001  done" in out
+
+
+def test_unit_that_fails_once_is_retried(prefect_api, fake_dataset, tmp_path, monkeypatch):
+    markers = tmp_path / "fail-once"
+    markers.mkdir()
+    (markers / "2").touch()
+    monkeypatch.setenv("FAKE_STAGE_FAIL_ONCE", str(markers))
+    root = str(tmp_path / "store")
+    state = build_dataset(dataset=fake_dataset, store_root=root, stages=["fake"], ray_address="off",
+                          return_state=True)
+    assert state.is_completed() and set(_statuses(state.result()).values()) == {"done"}
+    runs = {r.name: r for r in _task_runs(state.state_details.flow_run_id)}
+    assert runs["fake-shard-2"].run_count == 2 and runs["fake-shard-0"].run_count == 1
+    assert ArtifactStore(root).failed_shards("fk", "numbers") == {}
+
+
+def test_unit_failing_after_retries_fails_the_run_and_shows_in_status(prefect_api, fake_dataset, tmp_path,
+                                                                       monkeypatch, capsys):
+    markers = tmp_path / "fail-once"
+    markers.mkdir()
+    (markers / "0").touch()
+    monkeypatch.setenv("FAKE_STAGE_FAIL_ONCE", str(markers))
+    root = str(tmp_path / "store")
+    state = build_dataset(dataset=fake_dataset, store_root=root, ray_address="off", retries=0, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(RuntimeError, match="1 unit"):
+        state.result()
+    store = ArtifactStore(root)
+    assert store.committed_shards("fk", "numbers") == [1, 2]
+    assert store.committed_shards("fk", "doubled") == []  # the next stage does not run on a partial input
+    assert main(["status", "fk", "--root", root]) == 0
+    out = capsys.readouterr().out
+    assert "failed" in out and "transient failure on shard 0" in out
+    # the operator's fix: re-run exactly the failed shard
+    assert main(["rerun", "--dataset", fake_dataset, "--stage", "fake", "--shard", "0", "--root", root,
+                 "--ray-address", "off"]) == 0
+    assert store.committed_shards("fk", "numbers") == [0, 1, 2] and store.failed_shards("fk", "numbers") == {}
+
+
+def test_bad_config_fails_before_any_task(prefect_api, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: fk\nsources: [{kind: synthetic, n_samples: 4}]\ningest: {shard_size: -1}\n")
+    state = build_dataset(dataset=str(bad), store_root=str(tmp_path / "s"), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ConfigError, match="ingest.shard_size"):
+        state.result()
+    assert _task_runs(state.state_details.flow_run_id) == []
+
+    good = tmp_path / "good.yaml"
+    good.write_text("name: fk\nsources: [{kind: synthetic, n_samples: 4}]\nstages: [fake, nope]\n")
+    state = build_dataset(dataset=str(good), store_root=str(tmp_path / "s"), return_state=True)
+    with pytest.raises(StageNotAvailable, match="unknown stage 'nope'"):
+        state.result()
+    assert _task_runs(state.state_details.flow_run_id) == []
