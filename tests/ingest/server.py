@@ -6,7 +6,6 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 from . import media
 
@@ -162,5 +161,3 @@ def default_routes() -> Routes:
     r.add("/gone", b"gone", status=410, ctype="text/plain")
     return r
 
-
-Factory = Callable[[], Routes]
