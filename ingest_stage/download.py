@@ -134,6 +134,10 @@ class Downloader:
                 raise SampleFailure("bad_url", f"{current}: {exc}") from None
             except httpx.TransportError as exc:  # refused, reset, protocol errors: often transient
                 raise _Retryable("connection_error", f"{type(exc).__name__}: {exc}") from None
+            except httpx.DecodingError as exc:  # a broken Content-Encoding (gzip/deflate/br) body
+                raise SampleFailure("decode_error", f"body of {current} could not be decoded: {exc}") from None
+            except httpx.HTTPError as exc:  # anything else httpx refuses (odd URLs, headers): final, not retried
+                raise SampleFailure("connection_error", f"{type(exc).__name__}: {exc}") from None
         raise SampleFailure("too_many_redirects", f"more than {self.cfg.max_redirects} redirects from {url}")
 
     def _read_body(self, resp: httpx.Response, url: str) -> bytes:

@@ -6,7 +6,6 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 from . import media
 
@@ -160,7 +159,6 @@ def default_routes() -> Routes:
     r.add("/huge.jpg", bytes(3_000_000))  # over the tests' 2 MB cap
     r.add("/bomb.png", media.bomb_png(), ctype="image/png")
     r.add("/gone", b"gone", status=410, ctype="text/plain")
+    r.add("/bad-gzip.jpg", b"this is not gzip data", **{"Content-Encoding": "gzip"})
     return r
 
-
-Factory = Callable[[], Routes]

@@ -51,6 +51,7 @@ def fault_list(server, tag: str) -> list[tuple[str, str | None]]:
         (u("/always500"), "http_5xx"),
         (u("/slow.jpg"), "timeout"),
         (u("/truncated.jpg"), "decode_error"),
+        (u("/bad-gzip.jpg"), "decode_error"),  # a broken Content-Encoding
         (u("/html.jpg"), "not_image"),
         (u("/empty.jpg"), "empty_body"),
         (u("/loop-a"), "redirect_loop"),
