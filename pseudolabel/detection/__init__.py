@@ -10,10 +10,10 @@ from pseudolabel.detection.detector import Detector, build_detector, detect, loa
 from pseudolabel.detection.families import DEFAULT_FAMILY, FAMILIES, Family, get_family
 from pseudolabel.detection.labels import coco_index_map, normalise_name
 from pseudolabel.detection.metadata import coco_instance_diversity, n_coco_instances
-from pseudolabel.detection.postprocess import SCORE_THRESHOLD, to_detections
+from pseudolabel.detection.postprocess import SCORE_THRESHOLD, from_scored_boxes, to_detections
 
 __all__ = [
     "DEFAULT_FAMILY", "FAMILIES", "SCORE_THRESHOLD", "Detector", "Family", "build_detector", "coco_index_map",
-    "coco_instance_diversity", "crop_boxes", "detect", "get_family", "hflip_boxes", "load_detector",
+    "coco_instance_diversity", "crop_boxes", "detect", "from_scored_boxes", "get_family", "hflip_boxes", "load_detector",
     "n_coco_instances", "normalise_name", "save_detector", "to_detections", "transform_detections",
 ]

@@ -80,3 +80,22 @@ def to_detections(logits: np.ndarray, boxes_cxcywh: np.ndarray, index_map: Mappi
             continue
         out.append(Box(xyxy=(x0, y0, x1, y1), class_name=COCO_THING_CLASSES[coco], score=s))
     return Detections(boxes=out)
+
+
+def from_scored_boxes(boxes_xyxy_px: np.ndarray, scores: np.ndarray, labels: np.ndarray, width: int, height: int,
+                      index_map: Mapping[int, int], threshold: float = SCORE_THRESHOLD) -> Detections:
+    """Already-decoded detections (e.g. detectron2 ViTDet ``Instances``: ``pred_boxes`` (N, 4) xyxy pixels of the
+    ``width x height`` image, ``scores`` (N,), ``pred_classes`` (N,)) -> the same Detections contract: normalised,
+    clipped, COCO-80 names by ``index_map``, score >= threshold, ordered by score (descending)."""
+    b = np.asarray(boxes_xyxy_px, dtype=np.float64).reshape(-1, 4)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    lab = np.asarray(labels).reshape(-1)
+    xyxy = np.clip(b / np.array([width, height, width, height], dtype=np.float64), 0.0, 1.0)
+    out: list[Box] = []
+    for k in np.lexsort((np.arange(len(s)), -s)).tolist():
+        coco = index_map.get(int(lab[k]))
+        x0, y0, x1, y1 = xyxy[k].tolist()
+        if s[k] < threshold or coco is None or x1 <= x0 or y1 <= y0:
+            continue
+        out.append(Box(xyxy=(x0, y0, x1, y1), class_name=COCO_THING_CLASSES[coco], score=float(s[k])))
+    return Detections(boxes=out)

@@ -101,3 +101,16 @@ def test_metadata_counts_use_threshold_and_ignore_missing_scores():
                              Box(xyxy=(0, 0, 0.5, 0.5), class_name="cup", score=None)])
     assert n_coco_instances(dets) == 3
     assert coco_instance_diversity(dets) == 2
+
+
+def test_pixel_box_adapter_for_vitdet_style_outputs():
+    # detectron2 Instances: xyxy pixels of the input image, scores, contiguous class ids with its own names
+    thing_classes = list(COCO_THING_CLASSES)
+    m = coco_index_map(dict(enumerate(thing_classes)))
+    from pseudolabel.detection import from_scored_boxes
+
+    dets = from_scored_boxes(np.array([[64, 48, 320, 480], [0, 0, 700, 100], [10, 10, 20, 20]]),
+                             np.array([0.7, 0.99, 0.3]), np.array([0, 62, 5]), width=640, height=480, index_map=m)
+    assert [(b.class_name, b.score) for b in dets.boxes] == [("tv", 0.99), ("person", 0.7)]
+    assert dets.boxes[0].xyxy == pytest.approx((0.0, 0.0, 1.0, 100 / 480))
+    assert dets.boxes[1].xyxy == pytest.approx((0.1, 0.1, 0.5, 1.0))
