@@ -144,3 +144,21 @@ def test_crop_centres_the_person():
     assert np.allclose(pixel, 1.0, atol=0.05)
     corner = crop[0, 0] * IMAGENET_STD + IMAGENET_MEAN
     assert np.allclose(corner, 0.0, atol=0.05)
+
+
+def test_hflip_person_is_an_involution_and_keeps_rotations_valid(images, tiny_pose_model):
+    from pseudolabel.humans.flip import hflip_person
+
+    p = estimate_poses(PoseEstimator(tiny_pose_model), [images[0]], [PEOPLE])[0].persons[0]
+    f = hflip_person(p)
+    assert f.bbox == pytest.approx((0.6, 0.1, 0.9, 0.9))
+    assert f.camera[1] == pytest.approx(-p.camera[1])
+    assert_rotations(np.array(f.body_pose))
+    assert_rotations(np.array(f.global_orient))
+    # left hip (body joint 0 = SMPL joint 1) becomes the mirrored right hip (body joint 1)
+    m = np.diag([1.0, -1.0, -1.0])
+    right_hip = np.array(p.body_pose).reshape(23, 3, 3)[1]
+    assert np.array(f.body_pose).reshape(23, 3, 3)[0] == pytest.approx(m @ right_hip @ m)
+    back = hflip_person(f)
+    for k in ("bbox", "global_orient", "body_pose", "betas", "camera"):
+        assert np.allclose(getattr(back, k), getattr(p, k), atol=1e-12)
