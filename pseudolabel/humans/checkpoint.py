@@ -134,12 +134,21 @@ def ours_to_hmr2(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def read_hmr2_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The ``state_dict`` of an HMR2.0 checkpoint: a Lightning ``.ckpt`` (read with ``weights_only=True``) or a
-    ``.safetensors`` file of that state dict (convert once elsewhere if torch's safe loader refuses the ckpt)."""
+    """The ``state_dict`` of an HMR2.0 checkpoint: a Lightning ``.ckpt`` (read with ``weights_only=True`` only) or
+    a ``.safetensors`` file of that state dict. Raises :class:`CheckpointError` with the one-line conversion
+    when the safe loader refuses the ``.ckpt`` (expected for the released file: see the message)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         return load_file(str(path))
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError from the safe loader; never retry unsafely
+        raise CheckpointError(
+            f"{path}: torch.load(weights_only=True) refused the checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]}). Lightning checkpoints of HMR2.0 pickle the yacs config in "
+            "'hyper_parameters', which the safe loader cannot rebuild. Convert once, in an environment you trust "
+            "that has yacs installed: safetensors.torch.save_file(torch.load(ckpt, weights_only=False)"
+            "['state_dict'], 'hmr2.safetensors'), and pass the .safetensors file.") from exc
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
     return dict(ckpt.get("state_dict", ckpt))

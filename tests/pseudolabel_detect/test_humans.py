@@ -162,3 +162,32 @@ def test_hflip_person_is_an_involution_and_keeps_rotations_valid(images, tiny_po
     back = hflip_person(f)
     for k in ("bbox", "global_orient", "body_pose", "betas", "camera"):
         assert np.allclose(getattr(back, k), getattr(p, k), atol=1e-12)
+
+
+def test_checkpoint_the_safe_loader_refuses_gives_conversion_advice_and_safetensors_loads(tiny_pose_model,
+                                                                                         tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from safetensors.torch import save_file
+
+    # a Lightning checkpoint also pickles the yacs CfgNode (a dict subclass) of its hyper-parameters
+    yacs, config = types.ModuleType("yacs"), types.ModuleType("yacs.config")
+
+    class CfgNode(dict):
+        pass
+
+    CfgNode.__module__, CfgNode.__qualname__ = "yacs.config", "CfgNode"
+    config.CfgNode, yacs.config = CfgNode, config
+    monkeypatch.setitem(sys.modules, "yacs", yacs)
+    monkeypatch.setitem(sys.modules, "yacs.config", config)
+    theirs = ours_to_hmr2(tiny_pose_model.state_dict())
+    ckpt = tmp_path / "hmr2.ckpt"
+    torch.save({"state_dict": theirs, "hyper_parameters": {"cfg": CfgNode(MODEL=CfgNode(IMAGE_SIZE=256))}}, ckpt)
+    with pytest.raises(CheckpointError, match="safetensors"):
+        load_hmr2_checkpoint(ckpt, TINY)
+    save_file({k: v.contiguous() for k, v in theirs.items()}, str(tmp_path / "hmr2.safetensors"))
+    loaded = load_hmr2_checkpoint(tmp_path / "hmr2.safetensors", TINY)
+    x = torch.randn(1, 3, TINY.image_height, TINY.image_width)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x).betas, tiny_pose_model(x).betas, atol=1e-6)
