@@ -14,6 +14,6 @@ from pseudolabel.detection.postprocess import SCORE_THRESHOLD, from_scored_boxes
 
 __all__ = [
     "DEFAULT_FAMILY", "FAMILIES", "SCORE_THRESHOLD", "Detector", "Family", "build_detector", "coco_index_map",
-    "coco_instance_diversity", "crop_boxes", "detect", "from_scored_boxes", "get_family", "hflip_boxes", "load_detector",
-    "n_coco_instances", "normalise_name", "save_detector", "to_detections", "transform_detections",
+    "coco_instance_diversity", "crop_boxes", "detect", "from_scored_boxes", "get_family", "hflip_boxes",
+    "load_detector", "n_coco_instances", "normalise_name", "save_detector", "to_detections", "transform_detections",
 ]

@@ -2,9 +2,10 @@
 tiny / production-size architectures built from config objects (random weights, offline).
 
 Production default: RT-DETR R101-vd pre-trained on Objects365 and fine-tuned on COCO
-(``PekingU/rtdetr_r101vd_coco_o365``, Apache-2.0, 55.x COCO box AP per its model card), the strongest
-COCO detector loadable with transformers alone that we know of; the 4M papers used ViTDet-H Cascade
-(58.7 AP), see docs/detection-and-poses.md for how a ViTDet checkpoint plugs in.
+(``PekingU/rtdetr_r101vd_coco_o365``, Apache-2.0, about 56 COCO box AP as its authors report; not verified
+here). The 4M papers used ViTDet-H Cascade (58.7 AP reported); docs/detection-and-poses.md says how a ViTDet
+checkpoint plugs in. Any other transformers detector with COCO names in ``id2label`` fits one of the families
+below or a new entry of FAMILIES.
 """
 
 from __future__ import annotations
