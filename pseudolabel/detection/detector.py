@@ -7,7 +7,7 @@ plain function the labeler framework wraps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +41,13 @@ class Detector:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+
+def with_input_size(detector: Detector, size: int, max_size: int | None = None) -> Detector:
+    """Feed ``detector`` at another input size (square side, or short edge with long edge <= ``max_size``),
+    e.g. a config override or small inputs in tests. Returns the same object."""
+    detector.family = replace(detector.family, size=size, max_size=max_size if max_size is not None else size)
+    return detector
 
 
 def _model_class(family: Family):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
@@ -22,8 +20,9 @@ def _quiet_transformers():
 
 def small(detector):
     """The same detector fed 128-px inputs instead of the production 640/800."""
-    detector.family = replace(detector.family, **SMALL_INPUT)
-    return detector
+    from pseudolabel.detection import with_input_size
+
+    return with_input_size(detector, SMALL_INPUT["size"], SMALL_INPUT["max_size"])
 
 
 @pytest.fixture(scope="session")
