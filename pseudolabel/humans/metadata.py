@@ -1,0 +1,11 @@
+"""Crowdedness metadata (4M-FACTS §4: 5 n_humans)."""
+
+from __future__ import annotations
+
+from pseudolabel.humans.types import HumanPosesRaw
+from tokenize_stage.text.serialise.types import HumanPoses
+
+
+def n_humans(poses: HumanPosesRaw | HumanPoses) -> int:
+    """Number of persons the pose labeler found (detector 'person' boxes with score >= threshold)."""
+    return len(poses.persons)

@@ -1,0 +1,74 @@
+"""Tiny random-weight detectors end to end through the real code path: build -> save (safetensors) -> load
+-> detect. Random weights rarely reach the 0.6 threshold, so these run with threshold 0 to check shapes,
+types and determinism; the threshold itself is tested in test_postprocess.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fourm_core.coco import COCO_THING_CLASSES
+from pseudolabel.detection import FAMILIES, build_detector, detect, load_detector, save_detector
+from tokenize_stage.text.serialise import det
+from tokenize_stage.text.serialise.types import Detections
+
+from .conftest import small
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_tiny_detector_round_trip_and_outputs(family, images, tmp_path):
+    d = small(build_detector(family, "tiny", threshold=0.0, max_detections=10))
+    first = detect(d, images)
+    save_detector(d, tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    assert not list(tmp_path.glob("*.bin"))  # safetensors only
+    loaded = small(load_detector(tmp_path, threshold=0.0, max_detections=10))
+    assert loaded.family.name == family
+    assert type(loaded.model) is type(d.model)
+    again = detect(loaded, images)
+    assert again == first  # identical weights, identical outputs
+
+    assert len(first) == len(images)
+    for dets in first:
+        assert isinstance(dets, Detections)
+        assert 1 <= len(dets.boxes) <= 10
+        scores = [b.score for b in dets.boxes]
+        assert scores == sorted(scores, reverse=True)
+        for b in dets.boxes:
+            assert b.class_name in COCO_THING_CLASSES
+            x0, y0, x1, y1 = b.xyxy
+            assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+        det.parse(det.serialise(dets, score_threshold=0.0))
+
+
+def test_batching_does_not_change_results(images):
+    # images 0 and 2 share a shape and are batched together; alone, the result must agree up to float
+    # summation order (RT-DETR: the tiny model's scores are well separated, so the order is stable)
+    d = small(build_detector("rt_detr", "tiny", threshold=0.0, max_detections=10))
+    batched, alone = detect(d, images)[2], detect(d, [images[2]])[0]
+    assert [b.class_name for b in alone.boxes] == [b.class_name for b in batched.boxes]
+    for a, b in zip(alone.boxes, batched.boxes):
+        assert a.xyxy == pytest.approx(b.xyxy, abs=1e-5) and a.score == pytest.approx(b.score, abs=1e-5)
+
+
+def test_default_threshold_applies(images):
+    d = small(build_detector("rt_detr", "tiny"))
+    assert d.threshold == 0.6
+    for dets in detect(d, images):
+        assert all(b.score >= 0.6 for b in dets.boxes)
+
+
+def test_saved_config_has_coco80_labels(tmp_path):
+    d = build_detector("detr", "tiny")
+    save_detector(d, tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert [cfg["id2label"][str(i)] for i in range(80)] == list(COCO_THING_CLASSES)
+    assert d.index_map == {i: i for i in range(80)}
+
+
+def test_detect_rejects_bad_images():
+    d = build_detector("rt_detr", "tiny")
+    with pytest.raises(ValueError, match="uint8"):
+        detect(d, [np.zeros((10, 10, 3), np.float32)])
