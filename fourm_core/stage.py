@@ -12,7 +12,7 @@ from typing import Protocol
 
 from .config import DatasetConfig
 from .store import ArtifactStore
-from .units import UnitResult
+from .units import Unit, UnitResult, is_cached
 
 
 class PlanShards(Protocol):
@@ -20,7 +20,16 @@ class PlanShards(Protocol):
 
 
 class RunShard(Protocol):
-    def __call__(self, store: ArtifactStore, config: DatasetConfig, shard: int, *, force: bool = False) -> list[UnitResult]: ...
+    def __call__(self, store: ArtifactStore, config: DatasetConfig, shard: int, *,
+                 force: bool = False) -> list[UnitResult]: ...
+
+
+class ArtifactsFor(Protocol):
+    def __call__(self, config: DatasetConfig) -> list[str]: ...
+
+
+class ShardUnits(Protocol):
+    def __call__(self, store: ArtifactStore, config: DatasetConfig, shard: int) -> list[Unit]: ...
 
 
 @dataclass(frozen=True)
@@ -40,3 +49,18 @@ class StageSpec:
     heavy: bool = True  # run shards as Ray tasks when a Ray runtime is requested
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    # The artifacts this dataset's units commit (``status`` lists only those); defaults to ``artifacts``.
+    artifacts_for: ArtifactsFor | None = None
+    # The units of one shard, without running them: lets the orchestrator see that a shard is fully cached
+    # (every unit has a manifest with its cache key) and skip dispatching it, e.g. without starting Ray.
+    shard_units: ShardUnits | None = None
+
+    def dataset_artifacts(self, config: DatasetConfig) -> tuple[str, ...]:
+        return tuple(self.artifacts_for(config)) if self.artifacts_for else self.artifacts
+
+    def shard_is_cached(self, store: ArtifactStore, config: DatasetConfig, shard: int) -> bool:
+        """True when every unit of the shard is committed with its current cache key (False if unknown)."""
+        if self.shard_units is None:
+            return False
+        units = self.shard_units(store, config, shard)
+        return bool(units) and all(is_cached(store, unit) is not None for unit in units)

@@ -8,6 +8,7 @@ identities for local files), so editing one line of a URL list recomputes only t
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Callable
 
 from fourm_core.config import DatasetConfig
@@ -34,7 +35,19 @@ def artifacts_for(config: DatasetConfig) -> list[str]:
 
 def plan_shards(store: ArtifactStore, config: DatasetConfig) -> list[int]:
     """Every shard index of the dataset (from the sources; the store is not needed to know them)."""
-    return list(range(build_plan(config).n_shards))
+    return list(range(_orchestrator_plan(config.model_dump_json()).n_shards))
+
+
+@lru_cache(maxsize=4)
+def _orchestrator_plan(config_json: str) -> Plan:
+    # The orchestrator plans once and then checks every shard's cache state: list the sources once per
+    # process and config, not once per shard (a CC12M URL list is 12M lines).
+    return build_plan(DatasetConfig.model_validate_json(config_json))
+
+
+def shard_units(store: ArtifactStore, config: DatasetConfig, shard: int) -> list[Unit]:
+    """The unit of one shard, for the orchestrator's cached-or-not check (nothing is run)."""
+    return [make_unit(_orchestrator_plan(config.model_dump_json()), shard)]
 
 
 def _key_config(plan: Plan, shard: int) -> dict[str, Any]:
@@ -76,4 +89,6 @@ STAGE = StageSpec(
     artifacts=("images", "ground_truth", "texts"),
     heavy=True,
     num_cpus=1.0,
+    artifacts_for=artifacts_for,
+    shard_units=shard_units,
 )

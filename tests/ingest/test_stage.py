@@ -121,3 +121,13 @@ def test_duplicate_urls_across_shards_are_fetched_once(http_server, make_config,
     run_shard(store, nodedupe, 1)
     assert store.read_table("t", "images", 1).num_rows == 1  # the in-shard repeat is still one key
     assert store.read_errors("t", "images", 1).column("reason").to_pylist() == ["duplicate_key"]
+
+
+def test_orchestrator_sees_cached_shards_without_running_them(tmp_path):
+    store = ArtifactStore(str(tmp_path / "store"))
+    cfg = load_dataset_config("demo", overrides={"sources": [{"kind": "synthetic", "n_samples": 4, "size": 64}],
+                                                 "ingest.shard_size": 2})
+    assert STAGE.dataset_artifacts(cfg) == ("images", "ground_truth")
+    assert not STAGE.shard_is_cached(store, cfg, 0)
+    STAGE.run_shard(store, cfg, 0)
+    assert STAGE.shard_is_cached(store, cfg, 0) and not STAGE.shard_is_cached(store, cfg, 1)
