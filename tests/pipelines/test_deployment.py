@@ -37,6 +37,27 @@ def _flow_run_state(api: str, flow_run_id: str) -> str:
         return json.load(r)["state"]["type"]
 
 
+def _store(root: Path):
+    from fourm_core import ArtifactStore
+
+    return ArtifactStore(str(root))
+
+
+def _run_deployment(env: dict, api: str, params: dict, tmp_path: Path) -> str:
+    """``prefect deployment run build-dataset/demo`` with ``params``; wait until the run COMPLETES; its id."""
+    args = [a for k, v in params.items() for a in ("--param", f"{k}={v}")]
+    out = _prefect(env, "deployment", "run", "build-dataset/demo", *args)
+    flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
+    deadline, state = time.monotonic() + 300, None
+    while time.monotonic() < deadline:
+        state = _flow_run_state(api, flow_run_id)
+        if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            break
+        time.sleep(2)
+    assert state == "COMPLETED", f"flow run ended {state}:\n{(tmp_path / 'worker.log').read_text()[-5000:]}"
+    return flow_run_id
+
+
 def test_deployment_run_on_a_real_server_and_worker(tmp_path):
     config = tmp_path / "fk.yaml"
     config.write_text(CONFIG_YAML.format(name="fk"))
@@ -58,31 +79,27 @@ def test_deployment_run_on_a_real_server_and_worker(tmp_path):
         worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "fourm-process"],
                        tmp_path / "worker.log", env=env, cwd=str(tmp_path))
         demo_params = {"dataset": str(config), "store_root": str(store_root), "ray_address": "off"}
-        args = [a for k, v in demo_params.items() for a in ("--param", f"{k}={v}")]
-        out = _prefect(env, "deployment", "run", "build-dataset/demo", *args)
-        flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
-
-        deadline, state = time.monotonic() + 300, None
-        while time.monotonic() < deadline:
-            state = _flow_run_state(server.api_url, flow_run_id)
-            if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                break
-            time.sleep(2)
-        assert state == "COMPLETED", f"flow run ended {state}:\n{(tmp_path / 'worker.log').read_text()[-5000:]}"
+        flow_run_id = _run_deployment(env, server.api_url, demo_params, tmp_path)
+        first_manifest = _store(store_root).read_manifest("fk", "numbers", 0)
+        # the ops re-run of one shard, as deployment parameters (-p values are JSON)
+        rerun_id = _run_deployment(env, server.api_url, {**demo_params, "stages": '["fake"]', "shards": "[1]",
+                                                         "force": "true"}, tmp_path)
     finally:
         if worker is not None:
             kill(worker)
         kill(server.proc)
 
-    from fourm_core import ArtifactStore
-
-    store = ArtifactStore(str(store_root))
+    store = _store(store_root)
     assert store.committed_shards("fk", "numbers") == [0, 1, 2]
     assert store.committed_shards("fk", "doubled") == [0, 1, 2]
-    assert store.read_manifest("fk", "numbers", 0).flow_run_id == flow_run_id
+    assert store.read_manifest("fk", "numbers", 0) == first_manifest  # untouched by the re-run
+    assert first_manifest.flow_run_id == flow_run_id
+    assert store.read_manifest("fk", "numbers", 1).flow_run_id == rerun_id
+    record = store.latest_run_record("fk")
+    assert [(u["shard"], u["status"]) for u in record["units"]] == [(1, "done")] and record["force"] is True
     status = subprocess.run([sys.executable, "-m", "pipelines", "status", "fk", "--root", str(store_root)],
                             cwd=REPO, capture_output=True, text=True, timeout=120,
                             env={**server.env, "PYTHONPATH": str(REPO)})
     assert status.returncode == 0, status.stderr
-    assert "6 done, 0 cached, 0 failed, 0 missing" in status.stdout
+    assert "6 done, 0 cached, 0 failed, 0 missing" in status.stdout and "shards [1], forced" in status.stdout
     assert re.search(r"fake_down\s+doubled\s+00002\s+done\s+4", status.stdout)
