@@ -32,9 +32,16 @@ def _prefect(env: dict, *args: str, timeout: float = 180) -> str:
     return res.stdout
 
 
+def _api(api: str, path: str, body: dict | None = None):
+    """GET (or POST ``body``) the Prefect REST API; the JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"{api}/{path}", data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.load(r)
+
+
 def _flow_run_state(api: str, flow_run_id: str) -> str:
-    with urllib.request.urlopen(f"{api}/flow_runs/{flow_run_id}", timeout=10) as r:
-        return json.load(r)["state"]["type"]
+    return _api(api, f"flow_runs/{flow_run_id}")["state"]["type"]
 
 
 def _store(root: Path):
@@ -68,16 +75,18 @@ def test_deployment_run_on_a_real_server_and_worker(tmp_path):
     try:
         env = server.env
         _prefect(env, "work-pool", "create", "fourm-process", "--type", "process")
+        # the worker starts (seconds of imports) while the deployments are made
+        worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "fourm-process"],
+                       tmp_path / "worker.log", env=env, cwd=str(tmp_path))
         out = _prefect(env, "--no-prompt", "deploy", "--all")
         for name in ("build-dataset/cc12m", "build-dataset/coyo700m", "build-dataset/c4", "build-dataset/demo"):
             assert name in out, out
-        listing = _prefect(env, "deployment", "ls")
-        assert "build-dataset/demo" in listing and "build-dataset/cc12m" in listing
-        schedules = _prefect(env, "deployment", "schedule", "ls", "build-dataset/cc12m")
-        assert "0 2 * * *" in schedules and "False" in schedules  # nightly, inactive until ops switch it on
-
-        worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "fourm-process"],
-                       tmp_path / "worker.log", env=env, cwd=str(tmp_path))
+        deployments = {d["name"]: d for d in _api(server.api_url, "deployments/filter", {})}
+        assert set(deployments) == {"cc12m", "coyo700m", "c4", "demo"}
+        assert deployments["demo"]["work_pool_name"] == "fourm-process"
+        [nightly] = deployments["cc12m"]["schedules"]
+        assert nightly["schedule"]["cron"] == "0 2 * * *" and nightly["active"] is False  # ops switch it on
+        assert deployments["cc12m"]["parameters"]["dataset"] == "cc12m"
         demo_params = {"dataset": str(config), "store_root": str(store_root), "ray_address": "off"}
         flow_run_id = _run_deployment(env, server.api_url, demo_params, tmp_path)
         first_manifest = _store(store_root).read_manifest("fk", "numbers", 0)
