@@ -101,6 +101,8 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"stages {record.get('stages')}" + (f", shards {record['shards']}" if record.get("shards") else "")
               + (", forced" if record.get("force") else ""))
     print(status_table(rows))
+    if record and record.get("not_run"):
+        print(f"not run by the latest run (an earlier stage failed): {', '.join(record['not_run'])}")
     print(f"\n{status_counts(rows)}  (store {store.root if store.is_local else store.root_uri})")
     return 0
 

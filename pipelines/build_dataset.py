@@ -122,7 +122,8 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
     record = {"dataset": config.name, "config_source": dataset, "store_root": store.root_uri, "flow_run_id": run_id,
               "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
               "stages": [s.name for s in specs], "shards": shards, "force": force, "plan": plan,
-              "stage_artifacts": {s.name: list(s.artifacts) for s in specs}, "units": summaries}
+              "stage_artifacts": {s.name: list(s.artifacts) for s in specs},
+              "not_run": [s.name for s in specs if s.name not in plan], "units": summaries}
     record_id = f"{started:%Y%m%dT%H%M%S%f}-{(run_id or 'local')[:8]}"
     store.write_run_record(config.name, record_id, record)
     _publish(config.name, store.root_uri, run_id, summaries)

@@ -23,13 +23,15 @@ def connect(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    pythonpath = os.pathsep.join(p for p in (PROJECT_ROOT, os.environ.get("PYTHONPATH", "")) if p)
-    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}, "log_to_driver": True}
+    kwargs: dict[str, Any] = {"log_to_driver": True}
     if address:
+        # A cluster: its nodes run the project's image/environment; this machine's paths mean nothing there.
         kwargs["address"] = address
     else:
-        # A laptop / CI box: keep Ray's footprint small and quiet.
-        kwargs.update(include_dashboard=False, configure_logging=False)
+        # A laptop / CI box: local workers see this checkout; keep Ray's footprint small and quiet.
+        pythonpath = os.pathsep.join(p for p in (PROJECT_ROOT, os.environ.get("PYTHONPATH", "")) if p)
+        kwargs.update(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, include_dashboard=False,
+                      configure_logging=False)
     ray.init(**kwargs)
     return True
 

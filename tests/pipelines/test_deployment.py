@@ -32,9 +32,37 @@ def _prefect(env: dict, *args: str, timeout: float = 180) -> str:
     return res.stdout
 
 
+def _api(api: str, path: str, body: dict | None = None):
+    """GET (or POST ``body``) the Prefect REST API; the JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"{api}/{path}", data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.load(r)
+
+
 def _flow_run_state(api: str, flow_run_id: str) -> str:
-    with urllib.request.urlopen(f"{api}/flow_runs/{flow_run_id}", timeout=10) as r:
-        return json.load(r)["state"]["type"]
+    return _api(api, f"flow_runs/{flow_run_id}")["state"]["type"]
+
+
+def _store(root: Path):
+    from fourm_core import ArtifactStore
+
+    return ArtifactStore(str(root))
+
+
+def _run_deployment(env: dict, api: str, params: dict, tmp_path: Path) -> str:
+    """``prefect deployment run build-dataset/demo`` with ``params``; wait until the run COMPLETES; its id."""
+    args = [a for k, v in params.items() for a in ("--param", f"{k}={v}")]
+    out = _prefect(env, "deployment", "run", "build-dataset/demo", *args)
+    flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
+    deadline, state = time.monotonic() + 300, None
+    while time.monotonic() < deadline:
+        state = _flow_run_state(api, flow_run_id)
+        if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            break
+        time.sleep(2)
+    assert state == "COMPLETED", f"flow run ended {state}:\n{(tmp_path / 'worker.log').read_text()[-5000:]}"
+    return flow_run_id
 
 
 def test_deployment_run_on_a_real_server_and_worker(tmp_path):
@@ -47,42 +75,40 @@ def test_deployment_run_on_a_real_server_and_worker(tmp_path):
     try:
         env = server.env
         _prefect(env, "work-pool", "create", "fourm-process", "--type", "process")
+        # the worker starts (seconds of imports) while the deployments are made
+        worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "fourm-process"],
+                       tmp_path / "worker.log", env=env, cwd=str(tmp_path))
         out = _prefect(env, "--no-prompt", "deploy", "--all")
         for name in ("build-dataset/cc12m", "build-dataset/coyo700m", "build-dataset/c4", "build-dataset/demo"):
             assert name in out, out
-        listing = _prefect(env, "deployment", "ls")
-        assert "build-dataset/demo" in listing and "build-dataset/cc12m" in listing
-        schedules = _prefect(env, "deployment", "schedule", "ls", "build-dataset/cc12m")
-        assert "0 2 * * *" in schedules and "False" in schedules  # nightly, inactive until ops switch it on
-
-        worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "fourm-process"],
-                       tmp_path / "worker.log", env=env, cwd=str(tmp_path))
+        deployments = {d["name"]: d for d in _api(server.api_url, "deployments/filter", {})}
+        assert set(deployments) == {"cc12m", "coyo700m", "c4", "demo"}
+        assert deployments["demo"]["work_pool_name"] == "fourm-process"
+        [nightly] = deployments["cc12m"]["schedules"]
+        assert nightly["schedule"]["cron"] == "0 2 * * *" and nightly["active"] is False  # ops switch it on
+        assert deployments["cc12m"]["parameters"]["dataset"] == "cc12m"
         demo_params = {"dataset": str(config), "store_root": str(store_root), "ray_address": "off"}
-        args = [a for k, v in demo_params.items() for a in ("--param", f"{k}={v}")]
-        out = _prefect(env, "deployment", "run", "build-dataset/demo", *args)
-        flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
-
-        deadline, state = time.monotonic() + 300, None
-        while time.monotonic() < deadline:
-            state = _flow_run_state(server.api_url, flow_run_id)
-            if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                break
-            time.sleep(2)
-        assert state == "COMPLETED", f"flow run ended {state}:\n{(tmp_path / 'worker.log').read_text()[-5000:]}"
+        flow_run_id = _run_deployment(env, server.api_url, demo_params, tmp_path)
+        first_manifest = _store(store_root).read_manifest("fk", "numbers", 0)
+        # the ops re-run of one shard, as deployment parameters (-p values are JSON)
+        rerun_id = _run_deployment(env, server.api_url, {**demo_params, "stages": '["fake"]', "shards": "[1]",
+                                                         "force": "true"}, tmp_path)
     finally:
         if worker is not None:
             kill(worker)
         kill(server.proc)
 
-    from fourm_core import ArtifactStore
-
-    store = ArtifactStore(str(store_root))
+    store = _store(store_root)
     assert store.committed_shards("fk", "numbers") == [0, 1, 2]
     assert store.committed_shards("fk", "doubled") == [0, 1, 2]
-    assert store.read_manifest("fk", "numbers", 0).flow_run_id == flow_run_id
+    assert store.read_manifest("fk", "numbers", 0) == first_manifest  # untouched by the re-run
+    assert first_manifest.flow_run_id == flow_run_id
+    assert store.read_manifest("fk", "numbers", 1).flow_run_id == rerun_id
+    record = store.latest_run_record("fk")
+    assert [(u["shard"], u["status"]) for u in record["units"]] == [(1, "done")] and record["force"] is True
     status = subprocess.run([sys.executable, "-m", "pipelines", "status", "fk", "--root", str(store_root)],
                             cwd=REPO, capture_output=True, text=True, timeout=120,
                             env={**server.env, "PYTHONPATH": str(REPO)})
     assert status.returncode == 0, status.stderr
-    assert "6 done, 0 cached, 0 failed, 0 missing" in status.stdout
+    assert "6 done, 0 cached, 0 failed, 0 missing" in status.stdout and "shards [1], forced" in status.stdout
     assert re.search(r"fake_down\s+doubled\s+00002\s+done\s+4", status.stdout)

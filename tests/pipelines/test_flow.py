@@ -85,6 +85,7 @@ def test_unit_failing_after_retries_fails_the_run_and_shows_in_status(prefect_ap
     assert main(["status", "fk", "--root", root]) == 0
     out = capsys.readouterr().out
     assert "failed" in out and "transient failure on shard 0" in out
+    assert "not run by the latest run (an earlier stage failed): fake_down" in out
     # the operator's fix: re-run exactly the failed shard
     assert main(["rerun", "--dataset", fake_dataset, "--stage", "fake", "--shard", "0", "--root", root,
                  "--ray-address", "off"]) == 0

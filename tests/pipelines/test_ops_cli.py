@@ -90,3 +90,14 @@ def test_operator_errors_are_messages_not_tracebacks(built, tmp_path, capsys):
     assert "field 'name'" in err and "Bad Name" in err
     assert main(["run", "--dataset", "nope-preset"]) == 2
     assert "presets: c4, cc12m, coyo700m, demo" in capsys.readouterr().err
+
+
+def test_worker_and_ops_modules_do_not_import_prefect_or_ray():
+    """Ray workers import shard_job; status/lineage must stay fast: neither may pull in Prefect (1-4 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipelines.shard_job, pipelines.ops, pipelines.stages, pipelines.__main__; "
+            "print(sorted(m for m in ('prefect', 'ray', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
