@@ -158,6 +158,10 @@ class Masker:
 
     # ---------------------------------------------------------------------------------- pieces
 
+    def sample_components(self, dataset: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """(B,) dataset index -> (B,) mixture component, drawn by the dataset's component weights."""
+        return torch.multinomial(self.weights[dataset], 1, generator=g)[:, 0]
+
     def _lengths(self, raw: RawBatch, B: int) -> torch.Tensor:
         """(B, M) valid tokens per modality (0 when absent)."""
         cols = []
@@ -216,7 +220,7 @@ class Masker:
         B = raw.batch_size
         M = len(self.mods)
         dataset = raw.dataset if raw.dataset is not None else torch.zeros(B, dtype=torch.long)
-        comp = torch.multinomial(self.weights[dataset], 1, generator=g)[:, 0]  # (B,)
+        comp = self.sample_components(dataset, g)
         n = self._lengths(raw, B)
         present = n > 0
         a_in = torch.where(present, self.alpha_in[comp], 0.0)
