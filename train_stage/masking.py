@@ -182,9 +182,9 @@ class Masker:
         B = n.shape[0]
         if mod.kind == ModalityKind.EMBEDDING_SEQ:
             L = raw.embeddings[mod.name].shape[1] if mod.name in raw.embeddings else 1
-            tok = torch.arange(L)[None].expand(B, L)
+            tok = torch.arange(L, dtype=torch.int32)[None].expand(B, L)
         else:
-            tok = raw.tokens[mod.name].long() if mod.name in raw.tokens else torch.zeros(B, 1, dtype=torch.long)
+            tok = raw.tokens[mod.name].int() if mod.name in raw.tokens else torch.zeros(B, 1, dtype=torch.int32)
             L = tok.shape[1]
         chunk = self.metadata_chunk if mod.name == "metadata" else 1
         unit = torch.arange(L) // chunk
@@ -194,7 +194,7 @@ class Masker:
         masked = valid & ~kept
         prev_masked = torch.cat([torch.zeros(B, 1, dtype=torch.bool), masked[:, :-1]], 1)
         start = masked & ~prev_masked
-        span = (start.long().cumsum(1) - 1).clamp(0, N_SENTINELS - 1)
+        span = (start.cumsum(1, dtype=torch.int32) - 1).clamp(0, N_SENTINELS - 1)
         if mod.kind == ModalityKind.EMBEDDING_SEQ:
             in_vals = torch.where(kept, tok, torch.full_like(tok, L))  # row L: the zero vector
         else:
@@ -209,7 +209,7 @@ class Masker:
         tgt, _ = compact(pair_vals, pair_keep, 2 * L + 1)
         body = pair_keep.sum(1)
         has = body > 0
-        tgt.scatter_(1, body[:, None], torch.where(has, EOS, PAD)[:, None])
+        tgt.scatter_(1, body[:, None], torch.where(has, EOS, PAD).to(tgt.dtype)[:, None])
         tgt_len = torch.where(has, body + 1, body)
         return in_ids, in_len, tgt, tgt_len
 
@@ -246,15 +246,17 @@ class Masker:
             cap_out[:, i] = n[:, i] - k_in[:, i]  # targets come from the positions inputs left
         k_out = allocate(sample_dirichlet(a_out, g), cap_out, self.target_budget)
 
-        # image-like modalities: one random permutation per (sample, modality), all in one argsort; the
-        # first k_in cells of the permutation are inputs, the next k_out targets (so they are disjoint)
-        if self.image_idx:
-            lens = [self.mods[i].max_tokens for i in self.image_idx]
-            Lmax = max(lens)
-            noise = torch.rand(B, len(lens), Lmax, generator=g)
-            noise[:, torch.tensor(lens)[:, None] <= torch.arange(Lmax)[None]] = 2.0  # cells beyond L_m last
-            perm = noise.argsort(2)
-            rank = torch.empty_like(perm).scatter_(2, perm, torch.arange(Lmax).expand_as(perm))
+        # image-like modalities: one random permutation per (sample, modality), one argsort per grid size;
+        # the first k_in cells of the permutation are inputs, the next k_out targets (so they are disjoint)
+        ranks: dict[int, torch.Tensor] = {}
+        by_len: dict[int, list[int]] = {}
+        for i in self.image_idx:
+            by_len.setdefault(self.mods[i].max_tokens, []).append(i)
+        for L, idx in by_len.items():
+            perm = torch.rand(B, len(idx), L, generator=g).argsort(2)
+            rank = torch.empty_like(perm).scatter_(2, perm, torch.arange(L).expand_as(perm))
+            for j, i in enumerate(idx):
+                ranks[i] = rank[:, j]
 
         enc = _Slots()
         dec = _Slots()
@@ -263,12 +265,12 @@ class Masker:
             if mod.is_image_like:
                 L = mod.max_tokens
                 if mod.kind == ModalityKind.PIXELS:
-                    ids = torch.arange(L).expand(B, L)
+                    ids = torch.arange(L, dtype=torch.int32).expand(B, L)
                 elif mod.name in raw.tokens:
-                    ids = raw.tokens[mod.name].long()
+                    ids = raw.tokens[mod.name].int()
                 else:
-                    ids = torch.zeros(B, L, dtype=torch.long)
-                r = rank[:, self.image_idx.index(i), :L]
+                    ids = torch.zeros(B, L, dtype=torch.int32)
+                r = ranks[i]
                 lo, hi = k_in[:, i:i + 1], (k_in + k_out)[:, i:i + 1]
                 enc.add(ids, r < lo, mid)
                 if mod.is_target:
@@ -322,9 +324,16 @@ class _Slots:
         """-> tokens, positions, modality (-1 for padding), labels (IGNORE for padding), valid; each (B, n)."""
         keep = torch.cat(self.keep, 1)
         B, W = keep.shape
-        col, valid = compact(torch.arange(W).expand(B, W), keep, n)
-        tokens = torch.cat(self.tokens, 1).gather(1, col)
-        labels = torch.where(valid, torch.cat(self.labels, 1).gather(1, col), IGNORE)
+        # budgets never exceed n, so each row keeps <= n columns: nonzero lists them row by row in order
+        rows, cols = keep.nonzero(as_tuple=True)
+        count = keep.sum(1)
+        row_start = count.cumsum(0) - count
+        slot = torch.arange(rows.shape[0]) - row_start[rows]
+        col = torch.zeros(B, n, dtype=torch.long)
+        col[rows, slot] = cols
+        valid = torch.arange(n)[None] < count[:, None]
+        tokens = torch.cat(self.tokens, 1).gather(1, col).long()
+        labels = torch.where(valid, torch.cat(self.labels, 1).gather(1, col).long(), IGNORE)
         pos = torch.cat(self.pos)[col]
         mod = torch.where(valid, torch.cat(self.mod)[col], -1)
         return tokens, pos, mod, labels, valid
