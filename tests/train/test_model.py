@@ -167,16 +167,18 @@ def test_tiny_model_overfits_a_few_samples():
                                      "target_alpha": {"default": 1.0}}])
     g = torch.Generator().manual_seed(0)
     raw = random_raw_batch(mods, 4, g)
-    raw.tokens["tok_semseg@224"] %= 8  # a small effective vocabulary
-    raw.tokens["tok_dinov2_global"] %= 8
+    # each sample has its own pattern (a shifted ramp) and a global token that names the sample
+    sample = torch.arange(4)[:, None]
+    raw.tokens["tok_semseg@224"] = (torch.arange(196)[None] + 3 * sample) % 8
+    raw.tokens["tok_dinov2_global"] = (sample + torch.arange(16)[None] * 0) % 8
     batch = Masker(mix)(raw, g)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     first = None
-    for _ in range(80):
+    for _ in range(60):
         loss = model(batch).loss
         first = first if first is not None else loss.item()
         opt.zero_grad()
         loss.backward()
         opt.step()
     # chance level of the 8-token effective vocabulary is ln 8 = 2.08
-    assert first > 6.0 and loss.item() < 1.5, (first, loss.item())
+    assert first > 6.0 and loss.item() < 1.25, (first, loss.item())
