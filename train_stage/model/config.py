@@ -93,7 +93,7 @@ def preset(size: str, modalities: str | list[str] = "4m21", **overrides: Any) ->
         domains_in=[m for m in mods if MODALITIES[m].is_input],
         domains_out=[m for m in mods if MODALITIES[m].is_target],
         encoder_depth=enc, decoder_depth=dec, dim=dim, num_heads=heads,
-        share_modality_embeddings=modalities != "4m21",
+        share_modality_embeddings=modalities == "4m7",  # 4M-7 shared them, 4M-21 does not (§9)
     )
     fields.update(overrides)
     return FourMConfig(**fields)

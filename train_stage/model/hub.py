@@ -63,7 +63,11 @@ def load_state(model: FourM, state: dict[str, torch.Tensor]) -> None:
 def from_pretrained(source: str | Path, map_location: str | torch.device = "cpu") -> FourM:
     """Build the model described by ``config.json`` and load ``model.safetensors`` with strict=True."""
     directory = _local_dir(str(source))
-    config = FourMConfig.from_json_file(directory / CONFIG_NAME)
+    config_name, weights_name = CONFIG_NAME, WEIGHTS_NAME
+    if not (directory / WEIGHTS_NAME).exists() and (directory / "data.safetensors").exists():
+        # a training checkpoint committed to the artifact store (data.safetensors + data.config.json)
+        config_name, weights_name = "data.config.json", "data.safetensors"
+    config = FourMConfig.from_json_file(directory / config_name)
     model = FourM(config)
-    load_state(model, load_file(str(directory / WEIGHTS_NAME), device=str(map_location)))
+    load_state(model, load_file(str(directory / weights_name), device=str(map_location)))
     return model.to(map_location)
