@@ -156,6 +156,13 @@ class TokenShardStream(IterableDataset):
         return cache[key]
 
     def make_batch(self, b: int, store=None, cache=None, sizes=None, orders=None) -> MaskedBatch:
+        """Global batch ``b``, masked with a generator seeded by (seed, b)."""
+        raw = self.raw_batch(b, store, cache, sizes, orders)
+        g = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, 2, b]).integers(2**62)))
+        return self.masker(raw, g)
+
+    def raw_batch(self, b: int, store=None, cache=None, sizes=None, orders=None) -> RawBatch:
+        """Global batch ``b`` before masking."""
         store = store or self._store()
         cache = {} if cache is None else cache
         sizes = {} if sizes is None else sizes
@@ -178,14 +185,12 @@ class TokenShardStream(IterableDataset):
                 crop = int(rng.integers(0, shard.n_crops.get(key, 1)))
                 samples.append((d, shard, key, crop))
         order = rng.permutation(len(samples))
-        samples = [samples[i] for i in order]
-        raw = self.collate(samples)
-        g = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, 2, b]).integers(2**62)))
-        return self.masker(raw, g)
+        return self.collate([samples[i] for i in order])
 
     def collate(self, samples) -> RawBatch:
         B = len(samples)
-        raw = RawBatch(dataset=torch.tensor([d for d, *_ in samples], dtype=torch.long))
+        raw = RawBatch(dataset=torch.tensor([d for d, *_ in samples], dtype=torch.long),
+                       keys=[key for _, _, key, _ in samples])
         for m in self.masker.modalities:
             mod = get_modality(m)
             if mod.kind in (ModalityKind.PIXELS, ModalityKind.EMBEDDING_SEQ):

@@ -39,6 +39,7 @@ class RawBatch:
     pixels: dict[str, torch.Tensor] = field(default_factory=dict)
     embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
     dataset: torch.Tensor | None = None
+    keys: list[str] | None = None  # sample keys, for tracing (not used by the masking)
 
     @property
     def batch_size(self) -> int:
