@@ -1,0 +1,91 @@
+"""Training-step throughput of the 4M model: tokens/s, step time and MFU (counted FLOPs).
+
+    PYTHONPATH=. python bench/bench_train_step.py --size tiny --batch 8 --steps 5
+    PYTHONPATH=. python bench/bench_train_step.py --size B --batch 2 --steps 2
+
+CPU by default (fp32; MFU against --peak-flops, default 80 GFLOP/s per thread). On a GPU
+(--device cuda) it uses bf16 autocast and --peak-flops 989e12 (H100 dense bf16) unless given.
+Batches come from the real masking (4M-21 mixture, 256/256 budgets) on random tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from train_stage.flops import PEAK_FLOPS, train_step_flops
+from train_stage.masking import Masker
+from train_stage.mixture import load_mixture
+from train_stage.model import FourM, preset
+from train_stage.synthetic_batch import random_raw_batch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="tiny", choices=["tiny", "B", "L", "XL"])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--peak-flops", type=float, default=None)
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--optim", default="adamw", choices=["adamw", "none"],
+                    help="none: forward + backward only (B on a small CPU box: AdamW state would need ~13 GB)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    mix = load_mixture("4m21")
+    cfg = preset(args.size, "4m21")
+    model = FourM(cfg).to(dev)
+    fwd = torch.compile(model) if args.compile else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev.type == "cuda") if args.optim == "adamw" else None
+    masker = Masker(mix)
+    g = torch.Generator().manual_seed(0)
+    batches = [masker(random_raw_batch(mix.modalities, args.batch, g, t5_dim=4096), g).to(dev)
+               for _ in range(min(args.steps, 3))]
+    peak = args.peak_flops or (PEAK_FLOPS["cpu-fp32-core"] * args.threads if dev.type == "cpu"
+                               else PEAK_FLOPS["cuda-bf16-h100"])
+    times = []
+    for i in range(args.warmup + args.steps):
+        b = batches[i % len(batches)]
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            loss = fwd(b).loss
+        loss.backward()
+        if opt is not None:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        else:
+            model.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    b = batches[0]
+    n_in = float(b.enc_valid.sum()) / args.batch
+    n_out = float(b.dec_valid.sum()) / args.batch
+    from train_stage.batch import MODALITY_INDEX
+    from fourm_core.modalities import get_modality
+
+    head = sum(float(((b.dec_modality == MODALITY_INDEX[m]) & (b.dec_labels >= 0)).sum()) * get_modality(m).vocab_size
+               for m in cfg.domains_out) / args.batch
+    flops = train_step_flops(cfg, n_in, n_out, args.batch, head_vocab_tokens=head)
+    step = sorted(times)[len(times) // 2]
+    tokens = (n_in + n_out) * args.batch
+    params = sum(p.numel() for p in model.parameters())
+    print(f"model {args.size} ({params / 1e6:.0f} M params), device {dev}, threads {args.threads}, batch {args.batch}, "
+          f"optimizer {args.optim}, "
+          f"tokens/sample {n_in:.0f} in + {n_out:.0f} out")
+    print(f"step time {step * 1e3:.0f} ms (median of {len(times)}), tokens/s {tokens / step:.0f}, "
+          f"samples/s {args.batch / step:.2f}")
+    print(f"FLOPs/step {flops / 1e9:.1f} G, achieved {flops / step / 1e9:.1f} GFLOP/s, "
+          f"MFU {flops / step / peak:.1%} of {peak / 1e9:.0f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Masking properties over many draws (4M-FACTS §5)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fourm_core.config import ConfigError
+from fourm_core.modalities import FOURM21
+from train_stage.batch import IGNORE, MODALITY_INDEX
+from train_stage.masking import EOS, SENTINEL0, Masker, allocate, sample_dirichlet
+from train_stage.mixture import MixtureConfig, load_data_mix, load_mixture
+from train_stage.synthetic_batch import random_raw_batch
+
+
+def mixture(mods, alpha_in=None, alpha_out=None, budget=(256, 256), keep=None, **kw):
+    comp = {"name": "c", "weight": 1, "input_alpha": alpha_in or {"default": 1.0},
+            "target_alpha": alpha_out or {"default": 1.0}}
+    if keep:
+        comp["keep"] = keep
+    return MixtureConfig(name="t", modalities=mods, input_budget=budget[0], target_budget=budget[1],
+                         components=[comp], **kw)
+
+
+def raw(mods, B=64, seed=0, **kw):
+    return random_raw_batch(mods, B, torch.Generator().manual_seed(seed), t5_dim=8, **kw)
+
+
+def per_modality_counts(modality, valid, mods):
+    return {m: ((modality == MODALITY_INDEX[m]) & valid).sum(1) for m in mods}
+
+
+def test_presets_validate_and_bad_values_fail():
+    m21 = load_mixture("4m21")
+    assert [c.weight for c in m21.components] == [1, 1, 1, 1, 1, 0.5, 0.5]
+    assert m21.modalities == list(FOURM21)
+    assert load_mixture("4m7").modalities[0] == "rgb@224"
+    assert [d.weight for d in load_data_mix("4m21_data").datasets] == [0.6, 0.2, 0.2]
+    with pytest.raises(Exception):
+        mixture(["caption"], alpha_in={"default": -1.0})
+    with pytest.raises(ConfigError):
+        load_mixture("no_such_preset")
+
+
+def test_allocate_exact_capped_and_redistributed():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        p = torch.rand(128, 9, generator=g) * (torch.rand(128, 9, generator=g) > 0.3)
+        cap = torch.randint(0, 80, (128, 9), generator=g)
+        k = allocate(p, cap, 256)
+        assert (k <= cap).all() and (k >= 0).all()
+        assert (k[p == 0] == 0).all()
+        expected = torch.minimum(torch.tensor(256), torch.where(p > 0, cap, 0).sum(1))
+        assert torch.equal(k.sum(1), expected)
+    # one modality with a small cap: its excess goes to the others in proportion
+    k = allocate(torch.tensor([[0.5, 0.25, 0.25]]), torch.tensor([[10, 1000, 1000]]), 100)
+    assert k.tolist() == [[10, 45, 45]]
+
+
+def test_dirichlet_alpha_zero_and_tiny_alpha():
+    g = torch.Generator().manual_seed(0)
+    alpha = torch.tensor([[0.0, 0.01, 0.01], [0.0, 0.0, 0.0], [1.0, 0.0, 1.0]]).repeat(100, 1)
+    p = sample_dirichlet(alpha, g)
+    assert (p[alpha == 0] == 0).all()
+    sums = p.sum(1)
+    has = (alpha > 0).any(1)
+    assert torch.allclose(sums[has], torch.ones_like(sums[has]))
+    assert (sums[~has] == 0).all()
+
+
+@pytest.mark.parametrize("preset", ["4m21", "4m7"])
+def test_budgets_exact_caps_and_disjoint_image_positions(preset):
+    mix = load_mixture(preset)
+    mods = mix.modalities
+    masker = Masker(mix)
+    for seed in range(3):
+        r = raw(mods, B=96, seed=seed, full_sequences=True)
+        b = masker(r, torch.Generator().manual_seed(100 + seed))
+        assert b.enc_tokens.shape == (96, mix.input_budget) and b.dec_tokens.shape == (96, mix.target_budget)
+        # full samples have enough tokens: budgets are filled exactly, except in the rgb-to-all component,
+        # whose only input (196 rgb patches) is smaller than the budget
+        n_in = b.enc_valid.sum(1)
+        only_rgb = ((b.enc_modality == MODALITY_INDEX["rgb@224"]) | ~b.enc_valid).all(1)
+        assert ((n_in == mix.input_budget) | (only_rgb & (n_in == 196))).all()
+        assert (b.dec_valid.sum(1) <= mix.target_budget).all()
+        for m, c in per_modality_counts(b.enc_modality, b.enc_valid, mods).items():
+            assert (c <= r.lengths[m]).all()
+        # image-like: input and target cells are disjoint, and target tokens equal the grid's tokens
+        for m in mods:
+            mid = MODALITY_INDEX[m]
+            if m not in r.tokens or m in ("caption", "det", "metadata", "color_palette", "human_poses",
+                                          "sam_instance"):
+                continue
+            for i in range(96):
+                pin = set(b.enc_positions[i][b.enc_modality[i] == mid].tolist())
+                pout = b.dec_positions[i][b.dec_modality[i] == mid]
+                assert not pin & set(pout.tolist())
+                assert torch.equal(b.dec_labels[i][b.dec_modality[i] == mid], r.tokens[m][i, pout])
+        assert (b.dec_labels[~b.dec_valid] == IGNORE).all()
+        assert (b.enc_modality[~b.enc_valid] == -1).all()
+
+
+def test_alpha_zero_gives_no_tokens():
+    mods = ["caption", "tok_depth@224", "tok_rgb@224", "t5_caption"]
+    mix = mixture(mods, alpha_in={"default": 0.0, "tok_depth@224": 1.0},
+                  alpha_out={"default": 0.0, "tok_rgb@224": 1.0})
+    b = Masker(mix)(raw(mods), torch.Generator().manual_seed(0))
+    assert set(b.enc_modality[b.enc_valid].unique().tolist()) == {MODALITY_INDEX["tok_depth@224"]}
+    assert set(b.dec_modality[b.dec_valid].unique().tolist()) == {MODALITY_INDEX["tok_rgb@224"]}
+    # absent modalities (length 0) get nothing either
+    r = raw(mods)
+    r.lengths["tok_depth@224"][:] = 0
+    b = Masker(mixture(mods))(r, torch.Generator().manual_seed(0))
+    assert not (b.enc_modality == MODALITY_INDEX["tok_depth@224"]).any()
+    assert not (b.dec_modality == MODALITY_INDEX["tok_depth@224"]).any()
+
+
+def test_deterministic_under_seed():
+    mix = load_mixture("4m21")
+    masker = Masker(mix)
+    r = raw(mix.modalities, B=16)
+    a = masker(r, torch.Generator().manual_seed(5))
+    b = masker(r, torch.Generator().manual_seed(5))
+    c = masker(r, torch.Generator().manual_seed(6))
+    for f in ("enc_tokens", "enc_positions", "enc_modality", "dec_tokens", "dec_labels", "dec_modality"):
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+    assert not torch.equal(a.enc_tokens, c.enc_tokens)
+
+
+def test_mixture_and_dataset_weights_respected():
+    mix = load_mixture("4m21")
+    c4 = load_mixture("c4_caption")
+    masker = Masker([mix, c4])
+    g = torch.Generator().manual_seed(0)
+    n = 40_000
+    comp = masker.sample_components(torch.zeros(n, dtype=torch.long), g)
+    freq = torch.bincount(comp, minlength=len(masker.component_names)).double() / n
+    expected = torch.tensor([1, 1, 1, 1, 1, 0.5, 0.5, 0], dtype=torch.float64) / 6
+    assert torch.allclose(freq, expected, atol=0.01)
+    comp = masker.sample_components(torch.ones(1000, dtype=torch.long), g)
+    assert (comp == len(mix.components)).all()  # the C4 dataset only uses its own component
+
+
+def reconstruct(inp: list[int], tgt: list[int]) -> list[int]:
+    """Undo T5 span masking: put each sentinel's span from the target back into the input."""
+    spans, cur = {}, None
+    for t in tgt:
+        if t == EOS:
+            break
+        if SENTINEL0 <= t < SENTINEL0 + 200:
+            cur = t
+            spans[cur] = []
+        else:
+            spans[cur].append(t)
+    out = []
+    for t in inp:
+        out.extend(spans[t] if t in spans else [t])
+    return out
+
+
+@pytest.mark.parametrize("modality", ["caption", "metadata"])
+def test_sentinel_structure_reconstructs_sequence(modality):
+    mods = [modality]
+    masker = Masker(mixture(mods, budget=(300, 300)))
+    r = raw(mods, B=64, seed=1)
+    r.lengths[modality] = r.lengths[modality].clamp(max=100) // 2 * 2 + 2
+    b = masker(r, torch.Generator().manual_seed(2))
+    mid = MODALITY_INDEX[modality]
+    n_masked = 0
+    for i in range(64):
+        inp = b.enc_tokens[i][b.enc_modality[i] == mid].tolist()
+        sel = b.dec_modality[i] == mid
+        tgt = b.dec_tokens[i][sel].tolist()
+        if tgt:
+            assert tgt[-1] == EOS and tgt[0] == SENTINEL0
+            # labels are the next target token; the last slot (EOS) has none
+            assert b.dec_labels[i][sel].tolist() == tgt[1:] + [IGNORE]
+            n_masked += 1
+        original = r.tokens[modality][i, : int(r.lengths[modality][i])].tolist()
+        assert reconstruct(inp, tgt) == original
+        # input positions count only the kept tokens
+        assert b.enc_positions[i][b.enc_modality[i] == mid].tolist() == list(range(len(inp)))
+        if modality == "metadata":  # chunk-wise: every masked span covers whole key/value pairs
+            spans = reconstruct([t for t in inp], tgt)
+            assert len(spans) % 2 == 0
+            body = [t for t in tgt if not (SENTINEL0 <= t < SENTINEL0 + 200) and t != EOS]
+            assert len(body) % 2 == 0
+    assert n_masked > 20
+
+
+def test_t5_embeddings_input_only_with_zeroed_spans():
+    mods = ["t5_caption", "caption"]
+    mix = mixture(mods, budget=(200, 64))
+    r = raw(mods, B=32)
+    b = Masker(mix)(r, torch.Generator().manual_seed(0))
+    mid = MODALITY_INDEX["t5_caption"]
+    assert not (b.dec_modality == mid).any()
+    rows = b.enc_tokens[b.enc_modality == mid]
+    L = r.embeddings["t5_caption"].shape[1]
+    assert (rows <= L).all() and (rows == L).any()  # row L = a masked span (zero vector)
+
+
+def test_keep_all_puts_the_whole_caption_in_the_input():
+    mods = ["caption", "tok_depth@224"]
+    mix = mixture(mods, keep={"default": "random", "caption": "all"}, alpha_in={"default": 0.05, "caption": 5.0},
+                  alpha_out={"default": 1.0, "caption": 0.0})
+    r = raw(mods, B=32)
+    r.lengths["caption"] = r.lengths["caption"].clamp(max=30)
+    b = Masker(mix)(r, torch.Generator().manual_seed(0))
+    mid = MODALITY_INDEX["caption"]
+    assert not (b.dec_modality == mid).any()
+    for i in range(32):
+        got = b.enc_tokens[i][b.enc_modality[i] == mid].tolist()
+        assert got == r.tokens["caption"][i, : len(got)].tolist()
+        assert not any(SENTINEL0 <= t < SENTINEL0 + 200 for t in got)

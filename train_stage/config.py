@@ -1,0 +1,69 @@
+"""The training config (validated YAML; presets in ``train_stage/presets/train``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from fourm_core.config import ConfigError, StrictModel, load_yaml, validate_config
+
+from .mixture import PRESETS
+
+
+class ModelSpec(StrictModel):
+    size: Literal["tiny", "B", "L", "XL"] = "tiny"
+    modalities: str | list[str] = "4m21"
+    overrides: dict[str, Any] = Field(default_factory=dict, description="FourMConfig fields, e.g. dim")
+
+
+class DataSpec(StrictModel):
+    name: str
+    weight: float = Field(1.0, gt=0)
+    mixture: str | None = Field(None, description="masking mixture for this dataset (default: the run's)")
+    modalities: list[str] | None = Field(None, description="modalities it provides (default: the model's)")
+
+
+class TrainConfig(StrictModel):
+    run_name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
+    model: ModelSpec = ModelSpec()
+    mixture: str = "4m21"
+    input_budget: int | None = Field(None, gt=0, description="override the mixture's budget")
+    target_budget: int | None = Field(None, gt=0)
+    datasets: list[DataSpec] = Field(min_length=1)
+    batch_size: int = Field(8, gt=0, description="per rank and micro-step")
+    grad_accum: int = Field(1, ge=1)
+    steps: int = Field(100, gt=0, description="optimizer steps")
+    blr: float = Field(1e-4, gt=0, description="lr = blr * global_batch / 256 (§6)")
+    min_lr: float = 0.0
+    warmup_tokens: float = Field(0.0, ge=0)
+    total_tokens: float | None = Field(None, gt=0, description="cosine horizon; default: steps * tokens/step")
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = Field(None, gt=0)
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)
+    dtype: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast on GPU only; CPU runs fp32
+    compile: bool = False
+    distributed: Literal["auto", "ddp", "fsdp"] = "auto"  # auto: DDP when WORLD_SIZE > 1
+    log_every: int = Field(1, gt=0)
+    checkpoint_every: int = Field(0, ge=0, description="0: only at the end")
+    peak_flops: float | None = Field(None, gt=0, description="per device, for MFU")
+    namespace: str = Field("training", description="store 'dataset' under which checkpoints are committed")
+
+
+def load_train_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    p = Path(name_or_path)
+    if p.suffix not in (".yaml", ".yml"):
+        p = PRESETS / "train" / f"{name_or_path}.yaml"
+        if not p.exists():
+            raise ConfigError(f"{name_or_path!r} is neither a YAML file nor a train preset")
+    data = load_yaml(p)
+    for k, v in (overrides or {}).items():
+        node = data
+        *parents, leaf = k.split(".")
+        for q in parents:
+            node = node.setdefault(q, {})
+        node[leaf] = v
+    return validate_config(TrainConfig, data, str(p))

@@ -1,0 +1,102 @@
+"""Per-modality embeddings and output heads, by modality kind (4M-FACTS §6, §9 names).
+
+Every embedding returns (x, emb) for the selected slots: ``x`` the content (token embedding, patch or
+T5 projection) and ``emb`` position + modality embedding, kept apart because the decoder re-adds the
+encoder's ``emb`` to the projected context.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from fourm_core.modalities import Modality, ModalityKind
+
+from .config import FourMConfig
+from .posemb import sincos_1d, sincos_2d
+
+_MAX_SINCOS_1D = 512  # 1-D tables are built for 512 positions and truncated (§9)
+
+
+def position_table(mod: Modality, cfg: FourMConfig) -> torch.Tensor:
+    """(1, max_tokens, D) fixed sin-cos table for a modality."""
+    if mod.kind in (ModalityKind.SEQUENCE, ModalityKind.EMBEDDING_SEQ):
+        return sincos_1d(_MAX_SINCOS_1D, cfg.dim)[:, : mod.max_tokens]
+    if mod.grid is not None:
+        h, w = mod.grid
+    else:  # global tokens: a small square grid (16 tokens -> 4x4)
+        h = w = int(math.isqrt(mod.max_tokens))
+        assert h * w == mod.max_tokens, mod.name
+    return sincos_2d(h, w, cfg.dim)
+
+
+class _PosModEmbedding(nn.Module):
+    def __init__(self, mod: Modality, cfg: FourMConfig):
+        super().__init__()
+        self.register_buffer("pos_emb", position_table(mod, cfg))
+        self.mod_emb = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        nn.init.normal_(self.mod_emb, std=0.02)
+
+    def pos_mod(self, positions: torch.Tensor) -> torch.Tensor:
+        """positions (K,) -> (K, D)."""
+        return self.pos_emb[0, positions] + self.mod_emb[0]
+
+
+class TokenEncoderEmbedding(_PosModEmbedding):
+    """Discrete tokens (image tokens, global tokens, sequences): ``token_emb`` lookup."""
+
+    def __init__(self, mod: Modality, cfg: FourMConfig):
+        super().__init__(mod, cfg)
+        self.token_emb = nn.Embedding(mod.vocab_size, cfg.dim)
+
+    def content(self, ids: torch.Tensor, batch_idx: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        return self.token_emb(ids)
+
+
+class PatchEncoderEmbedding(_PosModEmbedding):
+    """RGB pixels: a linear projection ``proj`` of flattened (ph pw c) patches, no bias (input only)."""
+
+    def __init__(self, mod: Modality, cfg: FourMConfig):
+        super().__init__(mod, cfg)
+        self.proj = nn.Linear(mod.feature_dim * mod.patch_size**2, cfg.dim, bias=False)
+
+    def content(self, ids: torch.Tensor, batch_idx: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        assert extra is not None, "pixel modality without pixels in the batch"
+        return self.proj(extra[batch_idx, ids])
+
+
+class EmbSeqEncoderEmbedding(_PosModEmbedding):
+    """T5-XXL embeddings: a linear projection ``emb_proj`` 4096 -> D (input only)."""
+
+    def __init__(self, mod: Modality, cfg: FourMConfig):
+        super().__init__(mod, cfg)
+        self.emb_proj = nn.Linear(mod.feature_dim, cfg.dim)
+
+    def content(self, ids: torch.Tensor, batch_idx: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        assert extra is not None, "embedding modality without embeddings in the batch"
+        L = extra.shape[1]
+        rows = extra[batch_idx, ids.clamp(max=L - 1)]
+        # id L marks a masked span, which enters as a zero vector (§5)
+        return self.emb_proj(torch.where((ids < L)[:, None], rows, torch.zeros_like(rows)))
+
+
+def encoder_embedding(mod: Modality, cfg: FourMConfig) -> _PosModEmbedding:
+    if mod.kind == ModalityKind.PIXELS:
+        return PatchEncoderEmbedding(mod, cfg)
+    if mod.kind == ModalityKind.EMBEDDING_SEQ:
+        return EmbSeqEncoderEmbedding(mod, cfg)
+    return TokenEncoderEmbedding(mod, cfg)
+
+
+class DecoderEmbedding(_PosModEmbedding):
+    """Target modality: ``token_emb`` (teacher forcing for sequences), ``to_logits`` head, no bias."""
+
+    def __init__(self, mod: Modality, cfg: FourMConfig):
+        super().__init__(mod, cfg)
+        self.token_emb = nn.Embedding(mod.vocab_size, cfg.dim)
+        self.to_logits = nn.Linear(cfg.dim, mod.vocab_size, bias=False)
+        # image-like targets are decoded from the mask token; sequences are fed their own tokens
+        self.from_mask_token = mod.is_image_like
+        self.causal = not mod.is_image_like

@@ -1,0 +1,386 @@
+"""The 4M trainer: single process, DDP or FSDP2 under torchrun; checkpoints with lineage in the store.
+
+Everything that decides the next step is in the checkpoint (weights, AdamW state, step and token
+counters, RNG states, data position), so a resumed CPU run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from fourm_core.config import normalise
+from fourm_core.manifest import Ingredients, Manifest, Timings, flow_run_id, git_commit, hostname, now
+from fourm_core.modalities import get_modality
+from fourm_core.store import ArtifactStore
+
+from .batch import MaskedBatch
+from .config import TrainConfig
+from .data import DatasetSpec, ResumableLoader, TokenShardStream
+from .flops import PEAK_FLOPS, train_step_flops
+from .masking import Masker
+from .mixture import load_mixture
+from .model import FourM, preset
+from .model.hub import load_state
+
+STAGE = "train"
+CODE_VERSION = "1"  # bump when a change alters what a given config trains
+
+
+# ------------------------------------------------------------------------------------ building blocks
+
+
+def build_model(cfg: TrainConfig) -> FourM:
+    torch.manual_seed(cfg.seed)
+    return FourM(preset(cfg.model.size, cfg.model.modalities, **cfg.model.overrides))
+
+
+def build_masker(cfg: TrainConfig, model_mods: list[str]) -> Masker:
+    def mix(name: str):
+        m = load_mixture(name)
+        upd: dict[str, Any] = {"modalities": model_mods}
+        if cfg.input_budget:
+            upd["input_budget"] = cfg.input_budget
+        if cfg.target_budget:
+            upd["target_budget"] = cfg.target_budget
+        return m.model_copy(update=upd)
+
+    return Masker([mix(d.mixture or cfg.mixture) for d in cfg.datasets], model_mods)
+
+
+def model_modalities(model: FourM) -> list[str]:
+    c = model.config
+    return list(dict.fromkeys(c.domains_in + c.domains_out))
+
+
+def build_stream(cfg: TrainConfig, store: ArtifactStore, masker: Masker, rank: int = 0, world: int = 1) -> TokenShardStream:
+    tokenised = [m for m in masker.modalities if get_modality(m).kind.value not in ("pixels", "embedding_seq")]
+    specs = [DatasetSpec(d.name, d.weight, tuple(d.modalities or tokenised)) for d in cfg.datasets]
+    return TokenShardStream(store.root_uri, specs, masker, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world,
+                            storage_options=store.storage_options)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on norms, biases, embeddings (token, modality, position) and the mask token."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = (p.ndim < 2 or name.endswith(".bias") or "norm" in name or "token_emb" in name
+                or name.endswith(("mod_emb", "pos_emb", "mask_token")))
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_at(tokens: float, peak: float, warmup: float, total: float, min_lr: float) -> float:
+    """§6 schedule in tokens: linear warm-up to ``peak`` then cosine decay to ``min_lr`` at ``total``."""
+    if warmup > 0 and tokens < warmup:
+        return peak * tokens / warmup
+    progress = min(1.0, (tokens - warmup) / max(1.0, total - warmup))
+    return min_lr + 0.5 * (peak - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+# ------------------------------------------------------------------------------------ distributed
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """torchrun sets WORLD_SIZE/RANK; NCCL on GPU, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    rank = int(os.environ["RANK"])
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+        backend = "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return Dist(rank, world, device)
+
+
+def wrap_model(model: FourM, cfg: TrainConfig, d: Dist) -> torch.nn.Module:
+    if d.world == 1:
+        return model
+    if cfg.distributed == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in list(model.encoder) + list(model.decoder):
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    # Modalities absent from a batch leave their embeddings without gradient
+    return DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None, find_unused_parameters=True)
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+def checkpoint_artifact(cfg: TrainConfig, step: int) -> str:
+    return f"checkpoints/{cfg.run_name}/step-{step:08d}"
+
+
+def list_checkpoints(store: ArtifactStore, cfg: TrainConfig) -> list[int]:
+    prefix = f"checkpoints/{cfg.run_name}/step-"
+    return sorted(int(a[len(prefix):]) for a in store.artifacts(cfg.namespace) if a.startswith(prefix))
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Unwrapped, unsharded weights (FSDP2 DTensors are gathered)."""
+    inner = model.module if hasattr(model, "module") else model
+    out = {}
+    for k, v in inner.state_dict().items():
+        if hasattr(v, "full_tensor"):
+            v = v.full_tensor()
+        out[k] = v.detach().to("cpu").contiguous().clone()
+    return out
+
+
+# ------------------------------------------------------------------------------------ trainer
+
+
+class Trainer:
+    """Runs ``cfg.steps`` optimizer steps on token shards from ``store``; see the module docstring."""
+
+    def __init__(self, cfg: TrainConfig, store: ArtifactStore, log_dir: str | Path | None = None,
+                 dist_info: Dist | None = None):
+        self.cfg, self.store = cfg, store
+        self.d = dist_info or init_distributed()
+        self.model = build_model(cfg).to(self.d.device)
+        self.masker = build_masker(cfg, model_modalities(self.model))
+        self.stream = build_stream(cfg, store, self.masker, self.d.rank, self.d.world)
+        self.loader = ResumableLoader(self.stream, cfg.num_workers)
+        self.wrapped = wrap_model(self.model, cfg, self.d)
+        self.forward = torch.compile(self.wrapped) if cfg.compile else self.wrapped
+        global_batch = cfg.batch_size * cfg.grad_accum * self.d.world
+        self.peak_lr = cfg.blr * global_batch / 256
+        self.opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=self.peak_lr, betas=cfg.betas,
+                                     fused=self.d.device.type == "cuda")
+        self.step = 0
+        self.tokens = 0.0
+        self.skipped = 0
+        self.history: list[dict[str, Any]] = []
+        self.log_dir = Path(log_dir) if log_dir else None
+        self._writer = None
+        self.autocast = self.d.device.type == "cuda" and cfg.dtype == "bf16"
+        self.peak_flops = cfg.peak_flops or (PEAK_FLOPS["cpu-fp32-core"] * torch.get_num_threads()
+                                             if self.d.device.type == "cpu" else PEAK_FLOPS["cuda-bf16-h100"])
+
+    # -------------------------------------------------------------------------------- state
+
+    def trainer_state(self) -> dict[str, Any]:
+        return {"optimizer": self.opt.state_dict(), "step": self.step, "tokens": self.tokens,
+                "skipped": self.skipped, "rng": _rng_state(), "data": self.loader.state_dict()}
+
+    def load(self, step: int | None = None) -> int:
+        """Restore the latest (or given) checkpoint of this run; returns its step (0 if none)."""
+        steps = list_checkpoints(self.store, self.cfg)
+        if not steps:
+            return 0
+        step = steps[-1] if step is None else step
+        art = checkpoint_artifact(self.cfg, step)
+        weights = self.store.read_bytes(self.store.data_path(self.cfg.namespace, art, None, ".safetensors"))
+        load_state(self.model, load_safetensors(weights))
+        raw = self.store.read_bytes(self.store.data_path(self.cfg.namespace, art, None, ".trainer.pt"))
+        state = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
+        self.opt.load_state_dict(state["optimizer"])
+        self.step, self.tokens, self.skipped = int(state["step"]), float(state["tokens"]), int(state["skipped"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        # the data position is per rank: rank r resumes at the same local batch index
+        self.loader.load_state_dict(state["data"])
+        return self.step
+
+    def save(self) -> Manifest | None:
+        """Commit weights (safetensors, §9 names), config.json and trainer state with lineage."""
+        weights = _full_state_dict(self.wrapped)
+        state = self.trainer_state()
+        if not self.d.main:
+            return None
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        files = {".safetensors": save_safetensors(weights, metadata={"format": "pt"}),
+                 ".config.json": self.model.config.to_json().encode(),
+                 ".trainer.pt": buf.getvalue(),
+                 ".history.json": json.dumps(self.history).encode()}
+        ingredients = self.ingredients()
+        t = now()
+        fields = dict(dataset=self.cfg.namespace, artifact=checkpoint_artifact(self.cfg, self.step), shard=None,
+                      rows=self.step, schema={}, cache_key=ingredients.cache_key(), ingredients=ingredients,
+                      stats={"step": self.step, "tokens": self.tokens, "skipped": self.skipped,
+                             "loss": self.history[-1]["loss"] if self.history else None},
+                      timings=Timings(started=t, finished=t, seconds=0.0), host=hostname(), flow_run_id=flow_run_id())
+        return self.store.commit(fields, files, ".safetensors")
+
+    def ingredients(self) -> Ingredients:
+        return Ingredients(stage=STAGE, code_version=CODE_VERSION, config=json.loads(normalise(self.cfg)),
+                           inputs=self.stream.input_refs(), git_commit=git_commit())
+
+    # -------------------------------------------------------------------------------- steps
+
+    def _micro(self, batch: MaskedBatch):
+        batch = batch.to(self.d.device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            return self.forward(batch)
+
+    def train_step(self) -> dict[str, Any]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        lr = lr_at(self.tokens, self.peak_lr, cfg.warmup_tokens, self._total_tokens(), cfg.min_lr)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        n_tok = torch.zeros((), dtype=torch.float64)
+        loss_sum = torch.zeros(())
+        mod_loss = torch.zeros(len(self.model.config.domains_out))
+        mod_count = torch.zeros(len(self.model.config.domains_out))
+        n_in = n_out = 0.0
+        head = 0.0
+        for _ in range(cfg.grad_accum):
+            batch = next(self.loader)
+            out = self._micro(batch)
+            (out.loss / cfg.grad_accum).backward()
+            loss_sum += out.loss.detach().float().cpu() / cfg.grad_accum
+            present = (out.modality_counts > 0).float().cpu()
+            mod_loss += out.modality_losses.float().cpu() * present
+            mod_count += present
+            n_in += float(batch.enc_valid.sum())
+            n_out += float(batch.dec_valid.sum())
+            head += self._head_vocab_tokens(batch)
+        n_tok += n_in + n_out
+        if self.d.world > 1:  # token counts and loss are global
+            stats = torch.cat([n_tok.float().view(1), loss_sum.view(1)]).to(self.d.device)
+            dist.all_reduce(stats)
+            n_tok = stats[0].cpu().double()
+            loss_sum = stats[1].cpu() / self.d.world
+        finite = bool(torch.isfinite(loss_sum))
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
+        finite = finite and bool(torch.isfinite(grad_norm))
+        if finite:
+            self.opt.step()
+        else:  # skip and log: a single bad batch must not poison the weights
+            self.skipped += 1
+            self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens += float(n_tok)
+        dt = time.perf_counter() - t0
+        B = cfg.batch_size * cfg.grad_accum
+        flops = train_step_flops(self.model.config, n_in / B, n_out / B, B, head_vocab_tokens=head / B)
+        rec = {"step": self.step, "loss": float(loss_sum), "lr": lr, "grad_norm": float(grad_norm),
+               "tokens": self.tokens, "tokens_per_s": float(n_tok) / dt, "step_time_s": dt,
+               "mfu": flops / dt / self.peak_flops, "skipped": not finite,
+               "modality_loss": {m: float(mod_loss[i] / mod_count[i]) for i, m in
+                                 enumerate(self.model.config.domains_out) if mod_count[i] > 0}}
+        return rec
+
+    def _head_vocab_tokens(self, batch: MaskedBatch) -> float:
+        from .batch import MODALITY_INDEX
+
+        total = 0.0
+        for m in self.model.config.domains_out:
+            total += float(((batch.dec_modality == MODALITY_INDEX[m]) & (batch.dec_labels >= 0)).sum()) * \
+                get_modality(m).vocab_size
+        return total
+
+    def _total_tokens(self) -> float:
+        if self.cfg.total_tokens:
+            return self.cfg.total_tokens
+        per_step = (self.masker.input_budget + self.masker.target_budget) * self.cfg.batch_size * \
+            self.cfg.grad_accum * self.d.world
+        return per_step * self.cfg.steps
+
+    # -------------------------------------------------------------------------------- loop
+
+    def fit(self, steps: int | None = None) -> Manifest | None:
+        """Train until ``steps`` (default cfg.steps) optimizer steps are done; commit the last checkpoint."""
+        target = steps or self.cfg.steps
+        manifest = None
+        while self.step < target:
+            rec = self.train_step()
+            self.history.append(rec)
+            if self.d.main and (self.step % self.cfg.log_every == 0 or self.step == target):
+                self._log(rec)
+            if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0 and self.step < target:
+                self.save()
+        manifest = self.save()
+        if self.d.main:
+            self._finish()
+        return manifest
+
+    def _log(self, rec: dict[str, Any]) -> None:
+        mods = " ".join(f"{m}={v:.3f}" for m, v in rec["modality_loss"].items())
+        print(f"step {rec['step']} loss {rec['loss']:.4f} lr {rec['lr']:.2e} gnorm {rec['grad_norm']:.3f} "
+              f"tok/s {rec['tokens_per_s']:.0f} mfu {rec['mfu']:.2%}{' SKIPPED' if rec['skipped'] else ''} | {mods}",
+              flush=True)
+        if self.log_dir is None:
+            return
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.log_dir / "tb"))
+        w, s = self._writer, rec["step"]
+        for k in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
+            w.add_scalar(f"train/{k}", rec[k], s)
+        for m, v in rec["modality_loss"].items():
+            w.add_scalar(f"loss/{m}", v, s)
+
+    def _finish(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self.log_dir is None or not self.history:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([r["step"] for r in self.history], [r["loss"] for r in self.history], label="total")
+        for m in self.model.config.domains_out:
+            pts = [(r["step"], r["modality_loss"][m]) for r in self.history if m in r["modality_loss"]]
+            if pts:
+                ax.plot(*zip(*pts), alpha=0.5, lw=0.8, label=m)
+        ax.set_xlabel("step")
+        ax.set_ylabel("cross-entropy")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(self.log_dir / "loss.png", dpi=100)
+        plt.close(fig)
