@@ -106,12 +106,16 @@ def tokenizer_config(name: str, profile: str = "production") -> VQVAEConfig | Di
 
     rows, _ = m.grid
     if target == "features":  # the feature map *is* the token grid: 1x1 projection per position
-        return VQVAEConfig(**common, in_channels=m.feature_dim, out_channels=m.feature_dim, image_size=rows,
+        # Tiny keeps the real channel count but an 8x8 grid.
+        return VQVAEConfig(**common, in_channels=m.feature_dim, out_channels=m.feature_dim,
+                           image_size=8 if tiny else rows,
                            patch_size=1, codebook_size=256 if tiny else m.vocab_size, **vit)
 
-    # Pixel-space inputs. Tiny: 32x32 (semseg 64x64) images with 8-pixel patches.
-    image_size = (64 if target == "semseg" else 32) if tiny else rows * m.patch_size
-    patch = 8 if tiny else m.patch_size
+    # Pixel-space inputs. Tiny: 32x32 semantic maps with 8-pixel patches, 16x16 diffusion images with
+    # 4-pixel patches (4x4 token grids): small enough to train for real in CI on a shared CPU.
+    diffusion = target != "semseg"
+    image_size = (16 if diffusion else 32) if tiny else rows * m.patch_size
+    patch = (4 if diffusion else 8) if tiny else m.patch_size
     if target == "semseg":
         return VQVAEConfig(**common, in_channels=N_SEMSEG_CLASSES, out_channels=N_SEMSEG_CLASSES,
                            image_size=image_size, patch_size=patch, codebook_size=256 if tiny else m.vocab_size,

@@ -25,7 +25,7 @@ def test_memcodes_passes_gradient_to_input_and_codebook():
 def test_gradient_reaches_vqvae_encoder():
     torch.manual_seed(0)
     model = build_tokenizer(tokenizer_config("semseg_vqvae", "tiny")).train()
-    loss, _ = model.training_loss(torch.randint(0, 134, (2, 64, 64)))
+    loss, _ = model.training_loss(torch.randint(0, 134, (2, 32, 32)))
     loss.backward()
     assert model.encoder.proj.weight.grad.abs().sum() > 0
     assert model.encoder.vit.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
