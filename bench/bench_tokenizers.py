@@ -44,6 +44,22 @@ def bench(name: str, profile: str, batch: int, ddim_steps: int, min_seconds: flo
             "decode_per_s": _rate(lambda: model.decode(tokens, **kwargs), batch, min_seconds)}
 
 
+def bytes_per_sample() -> None:
+    """Uncompressed bytes per sample: a production-size raw pseudo label (.npy, as labelers store it)
+    vs its token row (int16 x n_tokens, as token shards store it)."""
+    import numpy as np
+
+    from tokenize_stage.labels import npy_bytes
+    from tokenize_stage.synthetic import synthetic_arrays
+
+    print(f"{'tokenizer':28s} {'raw label (B)':>14s} {'tokens (B)':>10s} {'ratio':>8s}")
+    for name in tokenizer_names():
+        cfg = tokenizer_config(name, "production")
+        raw = len(npy_bytes(synthetic_arrays(cfg, 1, seed=0)[0]))
+        tok = cfg.n_tokens * np.dtype(np.int16).itemsize
+        print(f"{name:28s} {raw:14d} {tok:10d} {raw / tok:8.0f}x")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profiles", nargs="+", default=list(PROFILES), choices=PROFILES)
@@ -52,7 +68,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ddim-steps", type=int, default=5)
     p.add_argument("--min-seconds", type=float, default=1.0)
+    p.add_argument("--bytes", action="store_true", help="only print bytes per sample, raw labels vs tokens")
     args = p.parse_args()
+    if args.bytes:
+        return bytes_per_sample()
     torch.set_num_threads(args.threads)
     print(f"CPU, {args.threads} threads, batch {args.batch}, DDIM steps {args.ddim_steps}, random init")
     print(f"{'tokenizer':28s} {'profile':10s} {'params(M)':>9s} {'tokens':>6s} {'encode/s':>10s} {'decode/s':>10s}")

@@ -15,8 +15,6 @@ Dataset config section (``DatasetConfig.tokenize``), validated by :class:`Pretok
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 import pyarrow as pa
 import torch
@@ -73,16 +71,21 @@ def plan_shards(store: ArtifactStore, config: DatasetConfig) -> list[int]:
     return sorted(shards)
 
 
-@lru_cache(maxsize=16)
-def _load(root: str, ns: str, name: str, profile: str, digest: str) -> tuple[Tokenizer, ModelRef]:
-    return load_trained(ArtifactStore(root), ns, name, profile)  # digest keys the cache: a retrain reloads
+_LOADED: dict[tuple[str, str, str, str, str], tuple[Tokenizer, ModelRef]] = {}
 
 
 def _tokenizer(store: ArtifactStore, ns: str, name: str, profile: str) -> tuple[Tokenizer, ModelRef]:
+    """The committed tokenizer, loaded once per process per weights digest (a retrain reloads)."""
     manifest = store.read_manifest(ns, tokenizer_artifact(name, profile), None)
     if manifest is None:
-        raise FileNotFoundError(f"tokenizer {ns}/{tokenizer_artifact(name, profile)} is not committed")
-    return _load(store.root_uri, ns, name, profile, manifest.digest)
+        raise FileNotFoundError(f"tokenizer {ns}/{tokenizer_artifact(name, profile)} is not committed; train it "
+                                f"with python -m tokenize_stage train --tokenizer {name} --profile {profile}")
+    key = (store.root_uri, ns, name, profile, manifest.digest)
+    if key not in _LOADED:
+        if len(_LOADED) >= 16:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = load_trained(store, ns, name, profile)
+    return _LOADED[key]
 
 
 def _crops_unit(store: ArtifactStore, config: DatasetConfig, cfg: PretokenizeConfig, shard: int,

@@ -18,6 +18,7 @@ A re-run with the same config and inputs is a cache hit; new label shards or a n
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Literal
 
@@ -68,8 +69,8 @@ def fit(model: Tokenizer, x: torch.Tensor, cfg: TrainTokenizerConfig) -> list[di
     params = [p for p in model.parameters() if p.requires_grad]
     lr = cfg.lr or (3e-3 if cfg.profile == "tiny" else 1e-4)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) * 0.5 * (
-        1 + torch.cos(torch.tensor(torch.pi * s / cfg.steps)).item()))
+    sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to 0
+        opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     log = []
     model.train()
     for step in range(cfg.steps):
