@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--label-column", default=None)
     train.add_argument("--synthetic", type=int, default=0,
                        help="first commit N synthetic label samples (stand-in for the pseudo labelers)")
+    train.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     train.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = TrainTokenizerConfig(tokenizer=args.tokenizer, profile=args.profile, steps=args.steps,
                                batch_size=args.batch_size, lr=args.lr, seed=args.seed, eval_samples=args.eval_samples,
-                               label=args.label, label_column=args.label_column)
+                               label=args.label, label_column=args.label_column, device=args.device)
     result = train_tokenizer(store, args.dataset, cfg, force=args.force)
     summary = result.summary()
     summary["metrics"] = result.manifests[0].stats.get("metrics") if result.manifests else None

@@ -48,6 +48,7 @@ class PretokenizeConfig(StrictModel):
     label_columns: dict[str, str] = Field(default_factory=dict, description="label -> column (default: label)")
     crops: CropConfig = CropConfig()
     batch_size: int = Field(32, gt=0)
+    device: str = Field("cpu", description="torch device for encoding (not part of the cache key)")
 
 
 def pretokenize_config(config: DatasetConfig) -> PretokenizeConfig:
@@ -140,9 +141,10 @@ def _token_unit(store: ArtifactStore, config: DatasetConfig, cfg: PretokenizeCon
                 errors.append(SampleError(key, "bad_label", f"{type(exc).__name__}: {exc}"))
         tokens = np.zeros((0, tcfg.n_tokens), dtype=np.int16)
         if inputs:
+            model.to(cfg.device)
             with torch.no_grad():
                 x = torch.stack(inputs)
-                tokens = torch.cat([model.encode(x[i:i + cfg.batch_size])
+                tokens = torch.cat([model.encode(x[i:i + cfg.batch_size].to(cfg.device)).cpu()
                                     for i in range(0, x.shape[0], cfg.batch_size)]).numpy().astype(np.int16)
         out = pa.table({"sample_key": keys, "crop": pa.array(crops, pa.int16()),
                         "tokens": pa.array(list(tokens), pa.list_(pa.int16()))})

@@ -56,6 +56,7 @@ class TrainTokenizerConfig(StrictModel):
     label_column: str | None = Field(None, description="binary .npy column (default: the label name)")
     sampling_steps: int | None = Field(None, gt=0, description="DDIM steps for diffusion decoders in the report")
     report_samples: int = Field(6, gt=0)
+    device: str = Field("cpu", description="torch device for training and evaluation, e.g. 'cuda'")
 
 
 def tokenizer_artifact(name: str, profile: str) -> str:
@@ -66,6 +67,7 @@ def tokenizer_artifact(name: str, profile: str) -> str:
 def fit(model: Tokenizer, x: torch.Tensor, cfg: TrainTokenizerConfig) -> list[dict[str, float]]:
     """Train ``model`` on ``x`` (N, ...) for ``cfg.steps`` AdamW steps with warm-up + cosine decay."""
     gen = torch.Generator().manual_seed(cfg.seed)
+    device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     lr = cfg.lr or (3e-3 if cfg.profile == "tiny" else 1e-4)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
@@ -75,7 +77,7 @@ def fit(model: Tokenizer, x: torch.Tensor, cfg: TrainTokenizerConfig) -> list[di
     model.train()
     for step in range(cfg.steps):
         idx = torch.randint(0, x.shape[0], (min(cfg.batch_size, x.shape[0]),), generator=gen)
-        loss, logs = model.training_loss(x[idx])
+        loss, logs = model.training_loss(x[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -94,9 +96,10 @@ def evaluate(model: Tokenizer, x_train: torch.Tensor, x_eval: torch.Tensor,
     model.eval()
     target = model.config.target
     kwargs = {"steps": sampling_steps} if model.config.architecture == "diffusion_vq" else {}
-    recon = torch.cat([model.reconstruct(x_eval[i:i + batch_size], **kwargs)
-                       for i in range(0, x_eval.shape[0], batch_size)])
-    tokens = torch.cat([model.encode(x_eval[i:i + batch_size]) for i in range(0, x_eval.shape[0], batch_size)])
+    device = next(model.parameters()).device
+    batches = [x_eval[i:i + batch_size].to(device) for i in range(0, x_eval.shape[0], batch_size)]
+    recon = torch.cat([model.reconstruct(b, **kwargs).cpu() for b in batches])
+    tokens = torch.cat([model.encode(b).cpu() for b in batches])
     from .models.quantizer import codebook_perplexity, codebook_usage
 
     m = reconstruction_metrics(target, x_eval, recon)
@@ -129,7 +132,7 @@ def train_tokenizer(store: ArtifactStore, dataset: str, cfg: TrainTokenizerConfi
         x = normalize_batch(tcfg, arrays)
         x_train, x_eval = x[:-cfg.eval_samples], x[-cfg.eval_samples:]
         torch.manual_seed(cfg.seed)
-        model = build_tokenizer(tcfg)
+        model = build_tokenizer(tcfg).to(cfg.device)
         log = fit(model, x_train, cfg)
         train_s = time.perf_counter() - t0
         metrics, recon = evaluate(model, x_train, x_eval, cfg.sampling_steps)

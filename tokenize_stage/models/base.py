@@ -74,7 +74,7 @@ class Tokenizer(nn.Module):
 
     def state_dict_for_save(self) -> dict[str, torch.Tensor]:
         # safetensors refuses shared storage; contiguous clones are cheap at save time.
-        return {k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}
+        return {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
 
     def weights_bytes(self) -> bytes:
         from safetensors.torch import save
