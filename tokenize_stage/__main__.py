@@ -1,0 +1,78 @@
+"""CLI of the tokenize stage.
+
+    python -m tokenize_stage list
+    python -m tokenize_stage synth  --tokenizer semseg_vqvae --profile tiny --store ./store --dataset synthetic --n 256
+    python -m tokenize_stage train  --tokenizer semseg_vqvae --profile tiny --store ./store --dataset synthetic [--steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from fourm_core.store import ArtifactStore
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tokenize_stage", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="tokenizers in the registry with their production/tiny shapes")
+    for name in ("synth", "train"):
+        s = sub.add_parser(name)
+        s.add_argument("--tokenizer", required=True)
+        s.add_argument("--profile", default="tiny", choices=["production", "tiny"])
+        s.add_argument("--store", default="./store")
+        s.add_argument("--dataset", default="synthetic")
+        s.add_argument("--seed", type=int, default=0)
+    synth = sub.choices["synth"]
+    synth.add_argument("--n", type=int, default=256, help="samples")
+    synth.add_argument("--shard-size", type=int, default=128)
+    train = sub.choices["train"]
+    train.add_argument("--steps", type=int, default=300)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--lr", type=float, default=None)
+    train.add_argument("--eval-samples", type=int, default=32)
+    train.add_argument("--label", default=None)
+    train.add_argument("--label-column", default=None)
+    train.add_argument("--synthetic", type=int, default=0,
+                       help="first commit N synthetic label samples (stand-in for the pseudo labelers)")
+    train.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    train.add_argument("--force", action="store_true")
+    args = p.parse_args(argv)
+
+    if args.cmd == "list":
+        from .registry import PROFILES, tokenizer_config, tokenizer_specs
+
+        for name, spec in sorted(tokenizer_specs().items()):
+            shapes = ", ".join(f"{prof}: {c.n_tokens} tokens x {c.codebook_size} codes"
+                               for prof in PROFILES for c in [tokenizer_config(name, prof)])
+            print(f"{name:28s} {','.join(spec.modalities):40s} {shapes}")
+        return 0
+
+    store = ArtifactStore(args.store)
+    from .labels import commit_synthetic_labels
+
+    if args.cmd == "synth" or args.synthetic:
+        n = args.n if args.cmd == "synth" else args.synthetic
+        shard_size = args.shard_size if args.cmd == "synth" else 128
+        ms = commit_synthetic_labels(store, args.dataset, args.tokenizer, args.profile, n, shard_size, args.seed)
+        print(f"committed {len(ms)} synthetic label shard(s): {', '.join(m.uri for m in ms)}", file=sys.stderr)
+        if args.cmd == "synth":
+            return 0
+
+    from .train_tokenizer import TrainTokenizerConfig, train_tokenizer
+
+    cfg = TrainTokenizerConfig(tokenizer=args.tokenizer, profile=args.profile, steps=args.steps,
+                               batch_size=args.batch_size, lr=args.lr, seed=args.seed, eval_samples=args.eval_samples,
+                               label=args.label, label_column=args.label_column, device=args.device)
+    result = train_tokenizer(store, args.dataset, cfg, force=args.force)
+    summary = result.summary()
+    summary["metrics"] = result.manifests[0].stats.get("metrics") if result.manifests else None
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Reading pseudo-label arrays from the store, and committing synthetic ones with manifests.
+
+Label shards are Parquet with ``sample_key`` and one binary column holding one ``.npy`` array per
+sample (layouts in ``normalize``). The column defaults to the label's name (``labels/depth`` ->
+``depth``); ``.npy`` bytes are read with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+
+from fourm_core.manifest import Manifest
+from fourm_core.modalities import label_artifact
+from fourm_core.store import ArtifactStore
+from fourm_core.units import Unit, UnitOutput, run_unit
+
+from .registry import tokenizer_config, tokenizer_specs
+from .synthetic import synthetic_arrays
+
+SYNTHETIC_CODE_VERSION = "tokenize.synthetic_labels/1"
+
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def npy_load(b: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(b), allow_pickle=False)
+
+
+def read_label_arrays(store: ArtifactStore, dataset: str, label: str, column: str | None = None,
+                      shards: list[int] | None = None) -> tuple[list[str], list[np.ndarray], list[Manifest]]:
+    """(sample_keys, arrays, manifests) of every committed shard of ``labels/<label>`` (or ``shards``)."""
+    artifact = label_artifact(label)
+    column = column or label
+    keys: list[str] = []
+    arrays: list[np.ndarray] = []
+    manifests: list[Manifest] = []
+    for shard in shards if shards is not None else store.committed_shards(dataset, artifact):
+        manifest = store.read_manifest(dataset, artifact, shard)
+        table = store.read_table(dataset, artifact, shard, columns=["sample_key", column])
+        for key, blob in zip(table.column("sample_key").to_pylist(), table.column(column).to_pylist()):
+            if blob is None:  # a sample the labeler failed on: nothing to learn from
+                continue
+            keys.append(key)
+            arrays.append(npy_load(blob))
+        manifests.append(manifest)
+    return keys, arrays, manifests
+
+
+def commit_synthetic_labels(store: ArtifactStore, dataset: str, tokenizer: str, profile: str = "tiny",
+                            n_samples: int = 256, shard_size: int = 128, seed: int = 0) -> list[Manifest]:
+    """Commit synthetic label shards for ``tokenizer`` as ``labels/<label>`` (through run_unit, so they
+    have manifests and are cached). Stands in for the pseudo labelers during development and in CI."""
+    spec = tokenizer_specs()[tokenizer]
+    config = tokenizer_config(tokenizer, profile)
+    label = spec.labels[0]
+    manifests = []
+    for shard in range((n_samples + shard_size - 1) // shard_size):
+        n = min(shard_size, n_samples - shard * shard_size)
+        unit = Unit(stage="synthetic_labels", dataset=dataset, artifacts=[label_artifact(label)], shard=shard,
+                    code_version=SYNTHETIC_CODE_VERSION,
+                    config={"tokenizer": tokenizer, "profile": profile, "n": n, "seed": seed})
+
+        def compute(shard: int = shard, n: int = n) -> UnitOutput:
+            arrays = synthetic_arrays(config, n, seed=seed * 100_003 + shard)
+            table = pa.table({"sample_key": [f"synthetic-{shard:05d}-{i:05d}" for i in range(n)],
+                              label: pa.array([npy_bytes(a) for a in arrays], pa.binary())})
+            return UnitOutput({label_artifact(label): table}, stats={"synthetic": True})
+
+        manifests.extend(run_unit(store, unit, compute).manifests)
+    return manifests

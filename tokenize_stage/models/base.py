@@ -1,0 +1,146 @@
+"""The interface every tokenizer shares, and its one loading path (local dir | s3:// | hub id).
+
+A tokenizer maps *normalised* tensors to discrete tokens and back:
+
+    tokens = tok.encode(x)        # x: (B, C, H, W) or (B, D) float (semseg: (B, H, W) int64) -> (B, N) int64
+    x_hat  = tok.decode(tokens)   # (B, N) int64 -> reconstruction in the same space as x
+    loss, logs = tok.training_loss(x)
+
+Raw pseudo labels go through ``tokenize_stage.normalize`` first (RGB to [-1, 1], robust-standardised
+depth, ...). Weights are safetensors, configs JSON; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import parse_config
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+# A tokenizer committed to the artifact store (train_tokenizer) has its files as data.<suffix>.
+STORE_WEIGHTS_NAME = "data.safetensors"
+STORE_CONFIG_NAME = "data.config.json"
+
+
+class Tokenizer(nn.Module):
+    """Base class: holds ``config``; subclasses implement encode/decode/training_loss."""
+
+    config: Any
+
+    @property
+    def n_tokens(self) -> int:
+        return self.config.n_tokens
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.codebook_size
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def decode(self, tokens: torch.Tensor, **kwargs: Any) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def training_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:  # pragma: no cover
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """decode(encode(x)): the tokenizer bound's reconstruction."""
+        return self.decode(self.encode(x), **kwargs)
+
+    # ------------------------------------------------------------------------------------ save / load
+
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json")
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` into ``directory``; returns the directory."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(self.state_dict_for_save(), str(directory / WEIGHTS_NAME))
+        (directory / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2))
+        return directory
+
+    def state_dict_for_save(self) -> dict[str, torch.Tensor]:
+        # safetensors refuses shared storage; contiguous clones are cheap at save time.
+        return {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
+
+    def weights_bytes(self) -> bytes:
+        from safetensors.torch import save
+
+        return save(self.state_dict_for_save())
+
+    def weights_digest(self) -> str:
+        return hashlib.sha256(self.weights_bytes()).hexdigest()
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike, **storage_options: Any) -> "Tokenizer":
+        """Load from a local directory, an fsspec URL (``s3://bucket/dir``) or a Hugging Face hub id.
+
+        Calling it on the base class builds whichever architecture ``config.json`` names.
+        """
+        directory = _resolve(str(source), storage_options)
+        config_path, weights_path = _files_in(directory)
+        config = parse_config(json.loads(Path(config_path).read_text()))
+        model = build_tokenizer(config)
+        if cls is not Tokenizer and not isinstance(model, cls):
+            raise TypeError(f"{source} holds a {type(model).__name__}, not a {cls.__name__}")
+        model.load_state_dict(load_file(weights_path), strict=True)
+        return model.eval()
+
+
+def build_tokenizer(config: Any) -> Tokenizer:
+    """A randomly initialised tokenizer for a typed config (dispatch on ``config.architecture``)."""
+    if config.architecture == "vqvae":
+        from .vqvae import VQVAE
+
+        return VQVAE(config)
+    if config.architecture == "diffusion_vq":
+        from .diffusion import DiffusionVQ
+
+        return DiffusionVQ(config)
+    if config.architecture == "mlp_memcodes":
+        from .mlp import MLPMemcodes
+
+        return MLPMemcodes(config)
+    raise ValueError(f"unknown tokenizer architecture {config.architecture!r}")
+
+
+def _files_in(directory: str) -> tuple[str, str]:
+    for cfg, w in ((CONFIG_NAME, WEIGHTS_NAME), (STORE_CONFIG_NAME, STORE_WEIGHTS_NAME)):
+        if os.path.exists(os.path.join(directory, cfg)) and os.path.exists(os.path.join(directory, w)):
+            return os.path.join(directory, cfg), os.path.join(directory, w)
+    raise FileNotFoundError(f"{directory} has no {CONFIG_NAME} + {WEIGHTS_NAME} (nor a committed tokenizer's "
+                            f"{STORE_CONFIG_NAME} + {STORE_WEIGHTS_NAME})")
+
+
+def _resolve(source: str, storage_options: dict[str, Any]) -> str:
+    """A local directory holding the tokenizer's files, fetching remote ones first."""
+    if os.path.isdir(source):
+        return source
+    if "://" in source:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(source, **storage_options)
+        local = tempfile.mkdtemp(prefix="fourm-tokenizer-")
+        for name in (CONFIG_NAME, WEIGHTS_NAME, STORE_CONFIG_NAME, STORE_WEIGHTS_NAME):
+            remote = f"{path.rstrip('/')}/{name}"
+            if fs.exists(remote):
+                fs.get_file(remote, os.path.join(local, name))
+        return local
+    if source.count("/") == 1 and not source.startswith((".", "/")):
+        from huggingface_hub import snapshot_download  # honours HF_HUB_OFFLINE and the local cache
+
+        return snapshot_download(source, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME])
+    raise FileNotFoundError(f"tokenizer source {source!r} is not a directory, an fsspec URL or a hub id")

@@ -1,0 +1,91 @@
+"""Diffusion-decoder tokenizers (RGB, depth, normals, the shared Canny/SAM edge tokenizer).
+
+The encoder is the ViT VQ encoder; the decoder is a diffusers ``UNet2DModel`` denoiser conditioned on
+the quantized token grid, which is projected (1x1 conv), upsampled to the image size and concatenated
+to the noisy input channels. Training uses the DDPM forward process; decoding runs DDIM (eta = 0) in
+a few steps, so a fixed seed gives a fixed reconstruction.
+
+Shapes: x (B, C, H, W) normalised (RGB/normals/edges in [-1, 1], depth robust-standardised);
+tokens (B, (H/p)*(W/p)) int64.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from torch import nn
+
+from .base import Tokenizer
+from .config import DiffusionVQConfig
+from .quantizer import VectorQuantizer
+from .vqvae import ViTEncoder
+
+_BOUNDED = ("rgb", "normal", "edge")  # targets that live in [-1, 1]; depth is unbounded after standardising
+
+
+class DiffusionVQ(Tokenizer):
+    def __init__(self, config: DiffusionVQConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = ViTEncoder(config)
+        self.quantizer = VectorQuantizer(config.dim, config.codebook_size, config.codebook_dim, config.ema_decay,
+                                         config.commitment_weight, config.dead_code_threshold)
+        self.cond_proj = nn.Conv2d(config.dim, config.cond_channels, kernel_size=1)
+        n = len(config.unet_channels)
+        self.unet = UNet2DModel(
+            sample_size=config.image_size, in_channels=config.in_channels + config.cond_channels,
+            out_channels=config.out_channels, block_out_channels=tuple(config.unet_channels),
+            layers_per_block=config.layers_per_block, norm_num_groups=config.norm_groups,
+            down_block_types=("DownBlock2D",) * n, up_block_types=("UpBlock2D",) * n,
+        )
+        # clip_sample off: standardised depth legitimately leaves [-1, 1].
+        self.train_scheduler = DDPMScheduler(num_train_timesteps=config.train_timesteps,
+                                             prediction_type=config.prediction_type, clip_sample=False)
+
+    def condition(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) quantized vectors -> (B, cond_channels, H, W) conditioning map."""
+        b, _, d = z.shape
+        rows, cols = self.config.grid
+        grid = z.transpose(1, 2).reshape(b, d, rows, cols)
+        return F.interpolate(self.cond_proj(grid), size=(self.config.image_size,) * 2, mode="nearest")
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quantizer(self.encoder(x.float())).indices
+
+    def _target(self, x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        kind = self.config.prediction_type
+        if kind == "sample":
+            return x
+        if kind == "epsilon":
+            return noise
+        return self.train_scheduler.get_velocity(x, noise, t)
+
+    def training_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        x = x.float()
+        q = self.quantizer(self.encoder(x))
+        cond = self.condition(q.quantized)
+        noise = torch.randn_like(x)
+        t = torch.randint(0, self.config.train_timesteps, (x.shape[0],), device=x.device)
+        noisy = self.train_scheduler.add_noise(x, noise, t)
+        pred = self.unet(torch.cat([noisy, cond], 1), t).sample
+        recon = F.mse_loss(pred, self._target(x, noise, t))
+        loss = recon + q.loss
+        return loss, {"loss": loss.item(), "recon": recon.item(), "commit": q.loss.item(),
+                      "perplexity": q.perplexity.item(), "usage": q.usage.item()}
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, steps: int | None = None, seed: int = 0,
+               generator: torch.Generator | None = None, **_: object) -> torch.Tensor:
+        """(B, N) tokens -> (B, C, H, W) by ``steps`` DDIM steps (eta = 0) from seeded noise."""
+        cond = self.condition(self.quantizer.indices_to_vectors(tokens))
+        scheduler = DDIMScheduler.from_config(self.train_scheduler.config)
+        scheduler.set_timesteps(steps or self.config.sampling_steps)
+        if generator is None:
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+        shape = (tokens.shape[0], self.config.out_channels, self.config.image_size, self.config.image_size)
+        x = torch.randn(shape, generator=generator).to(cond.device)
+        for t in scheduler.timesteps:
+            out = self.unet(torch.cat([x, cond], 1), t.to(cond.device).expand(x.shape[0])).sample
+            x = scheduler.step(out, t, x, eta=0.0).prev_sample
+        return x.clamp(-1, 1) if self.config.target in _BOUNDED else x

@@ -1,0 +1,170 @@
+"""Pre-tokenization: per (modality, shard) token shards, as the ``tokenize`` StageSpec.
+
+For every image-token / global-token modality of the registry whose tokenizer is committed (see
+``train_tokenizer``), a unit reads the modality's committed label shard, applies the sample's shared
+crops (``crops``), normalises, encodes, and commits ``tokens/<modality>`` with columns
+``sample_key, crop int16, tokens list<int16>`` (docs/data-format.md). A crops unit commits
+``tokens/_crops`` (``sample_key, crop, box, flip``) once per shard.
+
+Cache keys: a token unit's key holds the crop settings, its label shard's digest and its tokenizer's
+weights digest (ModelRef) — so a retrained tokenizer re-tokenizes only its own modality, and a killed
+run resumes with exactly the units that have no manifest.
+
+Dataset config section (``DatasetConfig.tokenize``), validated by :class:`PretokenizeConfig`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+from pydantic import Field
+
+from fourm_core.config import DatasetConfig, StrictModel, validate_config
+from fourm_core.manifest import ModelRef
+from fourm_core.modalities import MODALITIES, Modality, ModalityKind
+from fourm_core.stage import StageSpec
+from fourm_core.store import ArtifactStore
+from fourm_core.units import SampleError, Unit, UnitOutput, UnitResult, run_unit
+
+from .crops import CropConfig, apply_crop, crop_for
+from .labels import npy_load
+from .models.base import Tokenizer
+from .normalize import normalize
+from .train_tokenizer import load_trained, tokenizer_artifact
+from .registry import _sub_tokenizer
+
+CODE_VERSION = "tokenize.pretokenize/1"
+CROPS_CODE_VERSION = "tokenize.crops/1"
+CROPS_ARTIFACT = "tokens/_crops"
+_TOKEN_KINDS = (ModalityKind.IMAGE_TOKENS, ModalityKind.GLOBAL_TOKENS)
+
+
+class PretokenizeConfig(StrictModel):
+    modalities: list[str] | None = Field(None, description="default: every token modality with a committed tokenizer")
+    profile: str = Field("production", description="which committed tokenizer weights to use")
+    tokenizer_dataset: str | None = Field(None, description="dataset the tokenizers were trained under "
+                                                            "(default: this dataset)")
+    label_columns: dict[str, str] = Field(default_factory=dict, description="label -> column (default: label)")
+    crops: CropConfig = CropConfig()
+    batch_size: int = Field(32, gt=0)
+    device: str = Field("cpu", description="torch device for encoding (not part of the cache key)")
+
+
+def pretokenize_config(config: DatasetConfig) -> PretokenizeConfig:
+    return validate_config(PretokenizeConfig, config.tokenize, f"dataset {config.name}: tokenize")
+
+
+def _token_modalities(store: ArtifactStore, config: DatasetConfig, cfg: PretokenizeConfig) -> list[Modality]:
+    if cfg.modalities is not None:
+        return [MODALITIES[m] for m in cfg.modalities]
+    ns = cfg.tokenizer_dataset or config.name
+    return [m for m in MODALITIES.values() if m.kind in _TOKEN_KINDS and m.tokenizer and
+            store.read_manifest(ns, tokenizer_artifact(_sub_tokenizer(m.tokenizer), cfg.profile), None) is not None]
+
+
+def plan_shards(store: ArtifactStore, config: DatasetConfig) -> list[int]:
+    """Shards that have a committed label shard for at least one token modality."""
+    cfg = pretokenize_config(config)
+    shards: set[int] = set()
+    for m in _token_modalities(store, config, cfg):
+        shards.update(store.committed_shards(config.name, m.label_artifact))
+    return sorted(shards)
+
+
+_LOADED: dict[tuple[str, str, str, str, str], tuple[Tokenizer, ModelRef]] = {}
+
+
+def _tokenizer(store: ArtifactStore, ns: str, name: str, profile: str) -> tuple[Tokenizer, ModelRef]:
+    """The committed tokenizer, loaded once per process per weights digest (a retrain reloads)."""
+    manifest = store.read_manifest(ns, tokenizer_artifact(name, profile), None)
+    if manifest is None:
+        raise FileNotFoundError(f"tokenizer {ns}/{tokenizer_artifact(name, profile)} is not committed; train it "
+                                f"with python -m tokenize_stage train --tokenizer {name} --profile {profile}")
+    key = (store.root_uri, ns, name, profile, manifest.digest)
+    if key not in _LOADED:
+        if len(_LOADED) >= 16:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = load_trained(store, ns, name, profile)
+    return _LOADED[key]
+
+
+def _crops_unit(store: ArtifactStore, config: DatasetConfig, cfg: PretokenizeConfig, shard: int,
+                label_manifests: list, force: bool) -> UnitResult:
+    unit = Unit(stage="tokenize.crops", dataset=config.name, artifacts=[CROPS_ARTIFACT], shard=shard,
+                code_version=CROPS_CODE_VERSION, config=cfg.crops, inputs=[m.as_input() for m in label_manifests])
+
+    def compute() -> UnitOutput:
+        keys: set[str] = set()
+        for m in label_manifests:
+            keys.update(store.read_table(config.name, m.artifact, shard, columns=["sample_key"])
+                        .column("sample_key").to_pylist())
+        rows = [(k, c, crop_for(cfg.crops, k, c)) for k in sorted(keys) for c in range(cfg.crops.n_crops)]
+        table = pa.table({"sample_key": [k for k, _, _ in rows],
+                          "crop": pa.array([c for _, c, _ in rows], pa.int16()),
+                          "box": pa.array([list(cr.box) for _, _, cr in rows], pa.list_(pa.float32())),
+                          "flip": pa.array([cr.flip for _, _, cr in rows], pa.bool_())})
+        return UnitOutput({CROPS_ARTIFACT: table})
+
+    return run_unit(store, unit, compute, force=force)
+
+
+def _token_unit(store: ArtifactStore, config: DatasetConfig, cfg: PretokenizeConfig, shard: int, modality: Modality,
+                force: bool) -> UnitResult:
+    ns = cfg.tokenizer_dataset or config.name
+    name = _sub_tokenizer(modality.tokenizer)
+    model, ref = _tokenizer(store, ns, name, cfg.profile)
+    label_manifest = store.read_manifest(config.name, modality.label_artifact, shard)
+    column = cfg.label_columns.get(modality.label, modality.label)
+    unit = Unit(stage="tokenize", dataset=config.name, artifacts=[modality.token_artifact], shard=shard,
+                code_version=CODE_VERSION, model=ref, inputs=[label_manifest.as_input()],
+                config={"modality": modality.name, "column": column, "crops": cfg.crops.model_dump(mode="json")})
+
+    def compute() -> UnitOutput:
+        table = store.read_table(config.name, modality.label_artifact, shard, columns=["sample_key", column])
+        tcfg = model.config
+        channels = getattr(tcfg, "in_channels", None)
+        size = getattr(tcfg, "image_size", None)
+        keys, crops, inputs, errors = [], [], [], []
+        for key, blob in zip(table.column("sample_key").to_pylist(), table.column(column).to_pylist()):
+            if blob is None:
+                errors.append(SampleError(key, "missing_label", f"{modality.label_artifact} has no value"))
+                continue
+            try:
+                raw = npy_load(blob)
+                for c in range(cfg.crops.n_crops):
+                    cropped = apply_crop(raw, crop_for(cfg.crops, key, c), tcfg.target, channels)
+                    inputs.append(normalize(tcfg.target, cropped, size, channels))
+                    keys.append(key)
+                    crops.append(c)
+            except Exception as exc:  # one bad array must not fail the shard
+                errors.append(SampleError(key, "bad_label", f"{type(exc).__name__}: {exc}"))
+        tokens = np.zeros((0, tcfg.n_tokens), dtype=np.int16)
+        if inputs:
+            model.to(cfg.device)
+            with torch.no_grad():
+                x = torch.stack(inputs)
+                tokens = torch.cat([model.encode(x[i:i + cfg.batch_size].to(cfg.device)).cpu()
+                                    for i in range(0, x.shape[0], cfg.batch_size)]).numpy().astype(np.int16)
+        out = pa.table({"sample_key": keys, "crop": pa.array(crops, pa.int16()),
+                        "tokens": pa.array(list(tokens), pa.list_(pa.int16()))})
+        return UnitOutput({modality.token_artifact: out}, errors=errors,
+                          stats={"tokenizer": ref.id, "n_tokens": tcfg.n_tokens, "vocab": tcfg.codebook_size})
+
+    return run_unit(store, unit, compute, force=force)
+
+
+def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force: bool = False) -> list[UnitResult]:
+    """The crops unit, then one token unit per modality with a committed label shard and tokenizer."""
+    cfg = pretokenize_config(config)
+    mods = [m for m in _token_modalities(store, config, cfg)
+            if store.read_manifest(config.name, m.label_artifact, shard) is not None]
+    labels = {m.label_artifact: store.read_manifest(config.name, m.label_artifact, shard) for m in mods}
+    results = [_crops_unit(store, config, cfg, shard, list(labels.values()), force)]
+    results += [_token_unit(store, config, cfg, shard, m, force) for m in mods]
+    return results
+
+
+STAGE = StageSpec(name="tokenize", plan_shards=plan_shards, run_shard=run_shard,
+                  artifacts=tuple(m.token_artifact for m in MODALITIES.values() if m.kind in _TOKEN_KINDS)
+                  + (CROPS_ARTIFACT,), num_cpus=1.0)
