@@ -52,7 +52,7 @@ class PseudolabelConfig(StrictModel):
 
         cls = labeler_class(name, tuple(self.plugins))
         data = dict(self.settings.get(name, {}))
-        if self.profile == "tiny" and cls.uses_model and "model" not in data:
+        if self.profile == "tiny" and "model" in cls.Settings.model_fields and "model" not in data:
             data["model"] = "tiny"
         return cls.Settings.model_validate(data)
 

@@ -210,14 +210,8 @@ class _LabelerActor:
     """Ray Data callable class: builds one labeler (loads its model once) and labels batches. Kept thin."""
 
     def __init__(self, run: LabelerRun):
-        import os
-
         self.labeler = run.build()
         self.labeler.setup()
-        pid_file = os.environ.get("FOURM_ACTOR_PID_DIR")
-        if pid_file:  # lets fault-injection tests find this actor's process
-            with open(os.path.join(pid_file, f"{run.name}-{os.getpid()}.pid"), "w") as f:
-                f.write(str(os.getpid()))
 
     def __call__(self, table: pa.Table) -> pa.Table:
         return label_step(self.labeler, table)

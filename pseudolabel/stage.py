@@ -87,6 +87,9 @@ def run_labelers(store: ArtifactStore, dataset: str, shard: int, cfg: Pseudolabe
     labs = build_labelers(cfg, shard)
     by_label = {o: lab for lab in labs for o in lab.outputs}
     selected = {lab.name for lab in labs} if only is None else set(only)
+    if unknown := selected - {lab.name for lab in labs}:
+        raise ValueError(f"labelers {sorted(unknown)} are not enabled for shard {shard} of {dataset}; "
+                         f"enabled: {[lab.name for lab in labs]}")
 
     # 1. resolve models in the driver (fail fast, digests for cache keys); decide who is stale
     failures: dict[str, Exception] = {}
