@@ -34,6 +34,15 @@ def test_full_tiny_run_commits_every_label_then_caches(images_store, tmp_path):
     assert md["original_width"] == 192 and 0 <= md["objectness"] <= 1 and md["n_humans"] is None
     assert all(r.status is UnitStatus.CACHED for r in STAGE.run_shard(images_store, cfg, 0))
 
+    from PIL import Image
+
+    from pseudolabel.__main__ import main
+
+    out = str(tmp_path / "sample.png")
+    assert main(["show", "--dataset", "demo", "--root", images_store.root, "--sample", "s00-001", "--out", out]) == 0
+    with Image.open(out) as im:
+        assert im.size[0] > 1000 and im.size[1] > 600
+
 
 def test_changed_config_or_digest_recomputes_only_that_labeler(images_store, tmp_path):
     from pseudolabel.registry import labeler_class
