@@ -214,6 +214,8 @@ STAGE = StageSpec(
                                                         "clip_features", "dinov2_features", "dinov2_global",
                                                         "imagebind_features", "imagebind_global", "t5_caption",
                                                         "metadata")})),
-    heavy=True,
-    num_cpus=1.0,
+    # run_shard itself drives a Ray Data pipeline (actor pools per labeler): the orchestrator calls it
+    # in-process (a thread per shard), not as a Ray task that would hold CPUs the pipeline needs.
+    heavy=False,
+    num_cpus=0.0,
 )
