@@ -1,0 +1,115 @@
+"""Per-labeler throughput on this machine: the bare model loop vs the same labeler inside the stage.
+
+    PYTHONPATH=. python bench/bench_labelers.py --profile tiny --n 32
+    PYTHONPATH=. python bench/bench_labelers.py --profile full --labelers dinov2,depth --n 4,12
+
+``bare``: decoded 224² images, the labeler's own ``label_batch`` (pre- and post-processing included) in
+batches, after one warm-up batch. ``stage``: ``run_shard`` on a committed shard of the same images
+(JPEG decode, Ray Data actor pool, Arrow/Parquet, manifest commit; the Ray session is up already).
+Stage: a warm-up shard of n1 images (first-use imports and Ray worker start, not reported as throughput),
+then a shard of n2 images: ``stage`` = n2 / wall time of run_shard, which still includes the fresh actor's
+start and model load that a production shard of 1–10k images amortises; ``ratio`` = stage / bare.
+Target: ratio ≥ 0.85 for full-size DINOv2-B and DPT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def images(n: int, size: int = 224) -> list[np.ndarray]:
+    from pseudolabel.testing import PHOTOS, photo, synthetic_image
+
+    base = [photo(p, size)[:size, :size] for p in PHOTOS] + [synthetic_image(i, size) for i in range(4)]
+    return [base[i % len(base)] for i in range(n)]
+
+
+def make_labeler(name: str, profile: str, model_dir: str | None, threads: int, batch_size: int | None):
+    from pseudolabel.registry import labeler_class
+
+    cls = labeler_class(name)
+    kw = {"batch_size": batch_size} if batch_size else {}
+    if cls.uses_model:
+        kw |= {"model": model_dir or "tiny", "torch_threads": threads}
+    return cls(cls.Settings(**kw), available=frozenset())
+
+
+def bare(lab, imgs: list[np.ndarray], captions: list[str]) -> float:
+    from pseudolabel.spec import Batch
+
+    bs = lab.batch_size
+    batches = [Batch([str(i) for i in range(s, min(s + bs, len(imgs)))], imgs[s:s + bs], captions[s:s + bs])
+               for s in range(0, len(imgs), bs)]
+    lab.label_batch(batches[0])  # warm-up
+    t = time.perf_counter()
+    for b in batches:
+        lab.label_batch(b)
+    return len(imgs) / (time.perf_counter() - t)
+
+
+def stage(name: str, settings: dict, root: str, imgs: list[np.ndarray], captions: list[str], shard: int) -> float:
+    from fourm_core import ArtifactStore, DatasetConfig
+    from pseudolabel.stage import run_shard
+    from pseudolabel.testing import commit_images
+
+    store = ArtifactStore(root)
+    commit_images(store, "bench", shard, [(f"b{shard}-{i}", im, c) for i, (im, c) in enumerate(zip(imgs, captions))])
+    cfg = DatasetConfig(name="bench", sources=[{"kind": "synthetic"}],
+                        pseudolabel={"runner": "ray", "labelers": [name], "settings": {name: settings}})
+    t = time.perf_counter()
+    run_shard(store, cfg, shard, force=True)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--labelers", default="canny,color_palette,metadata,depth,normals,semseg,clip,dinov2,imagebind,t5")
+    ap.add_argument("--profile", choices=["tiny", "full"], default="tiny")
+    ap.add_argument("--n", default="8,32", help="warm-up shard size, measured shard size")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads, bare and in the actor")
+    ap.add_argument("--batch-size", type=int, default=None)
+    args = ap.parse_args()
+    import ray
+    import torch
+
+    torch.set_num_threads(args.threads)
+    n1, n2 = (int(x) for x in args.n.split(","))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.getcwd(), "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                                       "TRANSFORMERS_VERBOSITY": "error"}})
+    print(f"torch threads {args.threads}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"{'labeler':<14}{'profile':<8}{'bare img/s':>11}{'stage img/s':>12}{'ratio':>7}  (warm-up n={n1}, n={n2})")
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, name in enumerate(args.labelers.split(",")):
+            imgs = images(n2)
+            caps = [f"A test caption number {i}. It has two sentences." for i in range(n2)]
+            probe = make_labeler(name, "tiny", None, args.threads, args.batch_size)
+            model_dir = None
+            if probe.uses_model:
+                model = probe.seeded_tiny() if args.profile == "tiny" else probe.build_full().eval()
+                model_dir = os.path.join(tmp, name)
+                probe.save(model, model_dir)
+                del model
+            lab = make_labeler(name, args.profile, model_dir, args.threads, args.batch_size)
+            lab.setup()
+            b = bare(lab, imgs, caps)
+            del lab
+            st = {k2: v for k2, v in make_labeler(name, args.profile, model_dir, args.threads, args.batch_size)
+                  .settings.model_dump().items() if v is not None}
+            t1 = stage(name, st, os.path.join(tmp, "store"), imgs[:n1], caps[:n1], 2 * k)
+            t2 = stage(name, st, os.path.join(tmp, "store"), imgs, caps, 2 * k + 1)
+            print(f"{name:<14}{args.profile:<8}{b:>11.3f}{n2 / t2:>12.3f}{n2 / t2 / b:>7.2f}  "
+                  f"(stage s: warm-up {t1:.1f}, run {t2:.1f})", flush=True)
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

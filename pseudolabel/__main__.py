@@ -1,0 +1,77 @@
+"""CLI: ``python -m pseudolabel --dataset demo --root ./store [--labelers depth,canny] [--shard N] [--force]``,
+``python -m pseudolabel show --dataset demo --root ./store --sample KEY --out sample.png`` and
+``python -m pseudolabel save-tiny --labeler depth --out DIR`` (a tiny random-weight checkpoint)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="preset name (demo, cc12m, ...) or a dataset YAML path")
+    p.add_argument("--root", default="./store", help="store root: a folder or s3://bucket/prefix")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["show"]:
+        p = argparse.ArgumentParser(prog="python -m pseudolabel show", description="render one sample's labels")
+        _common(p)
+        p.add_argument("--sample", required=True, help="sample_key")
+        p.add_argument("--out", default="sample.png")
+        a = p.parse_args(argv[1:])
+        from fourm_core import ArtifactStore, load_dataset_config
+
+        from .viewer import render_sample
+
+        cfg = load_dataset_config(a.dataset)
+        print(render_sample(ArtifactStore(a.root), cfg.name, a.sample, a.out))
+        return 0
+    if argv[:1] == ["save-tiny"]:
+        p = argparse.ArgumentParser(prog="python -m pseudolabel save-tiny")
+        p.add_argument("--labeler", required=True)
+        p.add_argument("--out", required=True)
+        a = p.parse_args(argv[1:])
+        from .registry import labeler_class
+
+        lab = labeler_class(a.labeler)()
+        lab.save(lab.seeded_tiny(), a.out)
+        print(a.out)
+        return 0
+
+    p = argparse.ArgumentParser(prog="python -m pseudolabel", description="run the pseudolabel stage")
+    _common(p)
+    p.add_argument("--labelers", help="comma-separated subset of the configured labelers to run")
+    p.add_argument("--shard", type=int, action="append", help="shard index (repeatable); default: all")
+    p.add_argument("--force", action="store_true", help="recompute even if cached")
+    p.add_argument("--runner", choices=["ray", "local"], help="override pseudolabel.runner")
+    p.add_argument("--profile", choices=["production", "tiny"], help="override pseudolabel.profile")
+    a = p.parse_args(argv)
+
+    from fourm_core import ArtifactStore, load_dataset_config
+
+    from .stage import PseudolabelUnitsFailed, plan_shards, run_shard
+
+    cfg = load_dataset_config(a.dataset)
+    store = ArtifactStore(a.root)
+    overrides = {k: v for k, v in (("runner", a.runner), ("profile", a.profile)) if v}
+    only = a.labelers.split(",") if a.labelers else None
+    shards = a.shard if a.shard is not None else plan_shards(store, cfg)
+    if not shards:
+        print(f"no committed images shards for {cfg.name} under {a.root}; run ingest first", file=sys.stderr)
+        return 1
+    failed = False
+    for shard in shards:
+        try:
+            results = run_shard(store, cfg, shard, force=a.force, labelers=only, overrides=overrides)
+        except PseudolabelUnitsFailed as exc:
+            results, failed = exc.results, True
+        for r in results:
+            print(json.dumps(r.summary()))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

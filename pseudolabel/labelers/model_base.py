@@ -1,0 +1,113 @@
+"""Shared plumbing of neural-network labelers: tiny profile, loading, digest, device, threads."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from fourm_core.manifest import ModelRef
+
+from .. import models
+from ..spec import Labeler, ModelSettings, Resources
+
+
+class HFModelSettings(ModelSettings):
+    torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads; None = num_cpus of the actor")
+
+
+class ModelLabeler(Labeler):
+    """A labeler backed by a torch model. Subclasses implement ``build_tiny``, ``load_dir`` and ``forward``."""
+
+    uses_model: ClassVar[bool] = True
+    resources: ClassVar[Resources] = Resources(num_cpus=1, num_gpus=0.25, memory_mb=2048)
+    Settings: ClassVar[type[HFModelSettings]] = HFModelSettings
+    production_model: ClassVar[str] = ""
+
+    model: Any = None
+    device: str = "cpu"
+
+    # ------------------------------------------------------------------------------ model building
+
+    def build_tiny(self):
+        """Same architecture, built small from a config, random weights (seeded: same weights everywhere)."""
+        raise NotImplementedError
+
+    def build_full(self):
+        """Full-size architecture with random weights (benchmarks)."""
+        raise NotImplementedError
+
+    def load_dir(self, path: str):
+        """Load weights from a local directory of safetensors + config."""
+        raise NotImplementedError
+
+    def save(self, model, path: str) -> None:
+        """Write ``model`` so that ``load_dir(path)`` reads it back (safetensors)."""
+        model.save_pretrained(path, safe_serialization=True)
+
+    def seeded_tiny(self):
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return self.build_tiny().eval()
+
+    # ------------------------------------------------------------------------------- driver side
+
+    def resolved(self) -> models.ResolvedModel:
+        if getattr(self, "_resolved", None) is None:
+            self._resolved = models.resolve(self.name, self.settings.model)
+        return self._resolved
+
+    def model_ref(self) -> ModelRef:
+        r = self.resolved()
+        tiny_digest = _tiny_digest(type(self)) if r.is_tiny else None
+        return models.model_ref(self.name, r, tiny_digest)
+
+    # ------------------------------------------------------------------------------ actor side
+
+    def setup(self) -> None:
+        import torch
+
+        # Ray sets OMP_NUM_THREADS to the (possibly scaled-down) CPU reservation; use the declared count
+        threads = self.settings.torch_threads or max(1, round(self.settings.num_cpus or self.resources.num_cpus))
+        torch.set_num_threads(threads)
+        r = self.resolved()
+        try:
+            model = self.seeded_tiny() if r.is_tiny else self.load_dir(r.local_dir)
+        except Exception as exc:
+            raise models.ModelLoadError(f"labeler '{self.name}': cannot load model from {self.settings.model!r}: "
+                                        f"{type(exc).__name__}: {exc}") from exc
+        self.device = models.pick_device(self.settings.device)
+        self.model = model.eval().to(self.device)
+
+    def use_model(self, model) -> None:
+        """Install an already-built model (benchmarks, tests)."""
+        self.model = model.eval()
+        self.device = "cpu"
+
+
+_TINY_DIGESTS: dict[type, str] = {}
+
+
+def _tiny_digest(cls: type) -> str:
+    if cls not in _TINY_DIGESTS:
+        _TINY_DIGESTS[cls] = models.state_dict_digest(cls().seeded_tiny())
+    return _TINY_DIGESTS[cls]
+
+
+def resize_batch(images: list[np.ndarray], size: int, mean: tuple[float, ...], std: tuple[float, ...]):
+    """Resize uint8 H×W×3 images to size×size (bilinear, whole image, no crop) and normalise -> B×3×S×S float32."""
+    import cv2
+    import torch
+
+    out = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA if im.shape[0] > size else cv2.INTER_LINEAR)
+                    for im in images]).astype(np.float32) / 255.0
+    out = (out - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def f16_bytes(t) -> bytes:
+    """A tensor as float16 little-endian row-major bytes."""
+    return t.detach().to("cpu", dtype=__import__("torch").float16).contiguous().numpy().astype("<f2").tobytes()

@@ -1,0 +1,265 @@
+"""Runs a set of labelers over one shard: decode once, fan the batch out, collect per-labeler tables.
+
+The shard travels as an Arrow table. Step 1 decodes every image once into raw pixels (``_rgb`` bytes +
+``_h``/``_w``); each labeler step then appends its output columns ``<label>.<col>`` and an error column
+``_err.<labeler>``. Labelers run in dependency order, so a labeler that needs another's output finds its
+columns already in the table. The same steps run in-process (``local``) or as a Ray Data pipeline
+(``ray``: model labelers as actor pools, the rest as tasks).
+"""
+
+from __future__ import annotations
+
+import io
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from fourm_core.units import SampleError
+
+from .spec import CAPTION, RGB, Batch, Labeler, SampleFailure
+
+ERR = "_err."
+META_COLUMNS = ("orig_width", "orig_height")
+
+
+@dataclass
+class LabelerRun:
+    """What the runner needs to rebuild a labeler in a worker: its name, settings and the available labels."""
+
+    name: str
+    settings: dict[str, Any]
+    available: frozenset[str]
+    registry_plugins: tuple[str, ...] = ()
+
+    def build(self) -> Labeler:
+        from .registry import labeler_class
+
+        cls = labeler_class(self.name, self.registry_plugins)
+        return cls(cls.Settings.model_validate(self.settings), available=self.available)
+
+
+@dataclass
+class ShardResult:
+    """Per labeler: label -> table (sample_key + columns) of the samples it labeled, and its sample errors."""
+
+    tables: dict[str, dict[str, pa.Table]] = field(default_factory=dict)
+    errors: dict[str, list[SampleError]] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------- decode
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Encoded JPEG/PNG/WebP bytes -> uint8 H×W×3 RGB."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def decode_step(table: pa.Table) -> pa.Table:
+    """Add ``_rgb`` (raw H×W×3 uint8 bytes), ``_h``, ``_w`` and ``_decode_error`` columns."""
+    raw, hs, ws, errs = [], [], [], []
+    for data in table.column("image").to_pylist():
+        try:
+            if data is None:
+                raise ValueError("no image bytes")
+            arr = decode_image(data)
+            raw.append(arr.tobytes()); hs.append(arr.shape[0]); ws.append(arr.shape[1]); errs.append(None)
+        except Exception as exc:  # per-row: an undecodable image is a sample error, not a shard failure
+            raw.append(None); hs.append(0); ws.append(0); errs.append(f"{type(exc).__name__}: {exc}")
+    table = table.drop_columns([c for c in ("image",) if c in table.column_names])
+    return (table.append_column("_rgb", pa.array(raw, pa.large_binary()))
+            .append_column("_h", pa.array(hs, pa.int32())).append_column("_w", pa.array(ws, pa.int32()))
+            .append_column("_decode_error", pa.array(errs, pa.string())))
+
+
+def _rgb_list(table: pa.Table) -> list[np.ndarray | None]:
+    raws, hs, ws = table.column("_rgb").to_pylist(), table.column("_h").to_pylist(), table.column("_w").to_pylist()
+    return [None if r is None else np.frombuffer(r, np.uint8).reshape(h, w, 3) for r, h, w in zip(raws, hs, ws)]
+
+
+# -------------------------------------------------------------------------------------- one labeler
+
+
+def _dep_rows(table: pa.Table, label: str) -> list[dict[str, Any] | None]:
+    prefix = label + "."
+    cols = [c for c in table.column_names if c.startswith(prefix)]
+    if not cols:
+        raise KeyError(f"no columns for needed label '{label}' in the shard table")
+    values = {c[len(prefix):]: table.column(c).to_pylist() for c in cols}
+    ok = table.column(f"{prefix}__ok").to_pylist() if f"{prefix}__ok" in table.column_names else None
+    rows = []
+    for i in range(table.num_rows):
+        if ok is not None and not ok[i]:
+            rows.append(None)
+        else:
+            rows.append({k: v[i] for k, v in values.items() if k != "__ok"})
+    return rows
+
+
+def label_step(labeler: Labeler, table: pa.Table) -> pa.Table:
+    """Run one labeler on a batch table; append its columns and its per-row error column."""
+    n = table.num_rows
+    needs = labeler.active_needs()
+    rgb = _rgb_list(table) if RGB in needs else [None] * n
+    captions = table.column("caption").to_pylist() if "caption" in table.column_names else [None] * n
+    deps = {d: _dep_rows(table, d) for d in needs if d not in (RGB, CAPTION)}
+    decode_err = table.column("_decode_error").to_pylist()
+    meta = {m: table.column(m).to_pylist() for m in META_COLUMNS if m in table.column_names}
+    errors: list[str | None] = [None] * n
+    ready = []
+    for i in range(n):
+        if RGB in needs and rgb[i] is None:
+            errors[i] = f"decode_error\t{decode_err[i]}"
+        elif missing := [d for d, rows in deps.items() if rows[i] is None]:
+            errors[i] = f"missing_input\tneeded label(s) {', '.join(missing)} failed for this sample"
+        else:
+            ready.append(i)
+    results: dict[int, dict] = {}
+    if ready:
+        batch = Batch([table.column("sample_key")[i].as_py() for i in ready], [rgb[i] for i in ready],
+                      [captions[i] for i in ready], {d: [rows[i] for i in ready] for d, rows in deps.items()},
+                      {m: [meta[m][i] for i in ready] for m in meta})
+        for pos, res in zip(ready, _label_isolating(labeler, batch)):
+            if isinstance(res, BaseException):
+                reason = res.reason if isinstance(res, SampleFailure) else f"labeler_error"
+                detail = res.detail if isinstance(res, SampleFailure) else f"{type(res).__name__}: {res}"
+                errors[pos] = f"{reason}\t{detail}"
+            else:
+                results[pos] = res
+    for label, schema in labeler.schema().items():
+        for f in schema:
+            values = [results[i][label][f.name] if i in results else None for i in range(n)]
+            table = table.append_column(f"{label}.{f.name}", pa.array(values, f.type))
+        table = table.append_column(f"{label}.__ok", pa.array([i in results for i in range(n)], pa.bool_()))
+    return table.append_column(ERR + labeler.name, pa.array(errors, pa.string()))
+
+
+def _label_isolating(labeler: Labeler, batch: Batch) -> list:
+    """Label a batch; if the batch as a whole raises, label sample by sample so one bad sample fails alone."""
+    try:
+        out = labeler.label_batch(batch)
+        if len(out) != len(batch):
+            raise RuntimeError(f"labeler {labeler.name} returned {len(out)} results for {len(batch)} samples")
+        return out
+    except Exception:
+        if len(batch) == 1:
+            return [SampleFailure("labeler_error", traceback.format_exc(limit=3).strip().splitlines()[-1])]
+        out = []
+        for i in range(len(batch)):
+            try:
+                out.extend(labeler.label_batch(batch.subset([i])))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+
+# --------------------------------------------------------------------------------------- split out
+
+
+def split_results(table: pa.Table, labelers: list[Labeler]) -> ShardResult:
+    """Per labeler: the rows it labeled, as one table per output label, and its errors (by sample key)."""
+    keys = table.column("sample_key")
+    result = ShardResult()
+    for lab in labelers:
+        errs = table.column(ERR + lab.name).to_pylist()
+        result.errors[lab.name] = [SampleError(k, *e.split("\t", 1)) for k, e in zip(keys.to_pylist(), errs)
+                                   if e is not None]
+        result.tables[lab.name] = {}
+        for label, schema in lab.schema().items():
+            ok = table.column(f"{label}.__ok")
+            sub = table.filter(ok)
+            cols = {"sample_key": sub.column("sample_key")}
+            cols.update({f.name: sub.column(f"{label}.{f.name}") for f in schema})
+            result.tables[lab.name][label] = pa.table(cols, schema=pa.schema([pa.field("sample_key", pa.string())]
+                                                                             + list(schema)))
+    return result
+
+
+# --------------------------------------------------------------------------------------------- local
+
+
+def run_local(table: pa.Table, runs: list[LabelerRun]) -> tuple[pa.Table, list[Labeler]]:
+    """In-process execution of the same steps (no Ray): decode once, then every labeler in order."""
+    labelers = [r.build() for r in runs]
+    for lab in labelers:
+        lab.setup()
+    bs = min([lab.batch_size for lab in labelers] or [16])
+    out = []
+    for start in range(0, table.num_rows, bs):
+        part = decode_step(table.slice(start, bs))
+        for lab in labelers:
+            part = label_step(lab, part)
+        out.append(part)
+    return _finish(pa.concat_tables(out)), labelers
+
+
+def _finish(table: pa.Table) -> pa.Table:
+    table = table.sort_by("_idx")
+    return table.drop_columns([c for c in ("_rgb", "_h", "_w") if c in table.column_names])
+
+
+# ----------------------------------------------------------------------------------------------- ray
+
+
+class _LabelerActor:
+    """Ray Data callable class: builds one labeler (loads its model once) and labels batches. Kept thin."""
+
+    def __init__(self, run: LabelerRun):
+        self.labeler = run.build()
+        self.labeler.setup()
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        return label_step(self.labeler, table)
+
+
+def _task_step(table: pa.Table, run: LabelerRun) -> pa.Table:
+    return label_step(_cached_labeler(run), table)
+
+
+_TASK_LABELERS: dict[int, Labeler] = {}
+
+
+def _cached_labeler(run: LabelerRun) -> Labeler:
+    key = hash((run.name, repr(sorted(run.settings.items())), run.available))
+    if key not in _TASK_LABELERS:
+        lab = run.build()
+        lab.setup()
+        _TASK_LABELERS[key] = lab
+    return _TASK_LABELERS[key]
+
+
+def run_ray(table: pa.Table, runs: list[LabelerRun], *, gpus_available: bool | None = None) -> tuple[pa.Table, list[Labeler]]:
+    """The same steps as a Ray Data pipeline: decode as tasks, model labelers as actor pools."""
+    import ray
+
+    labelers = [r.build() for r in runs]
+    if gpus_available is None:
+        gpus_available = ray.cluster_resources().get("GPU", 0) > 0
+    bs_decode = min([lab.batch_size for lab in labelers] or [16])
+    # Every step of the chain holds its CPUs while the shard streams through; on a small cluster the
+    # declared CPUs of all steps may exceed what exists, and Ray would wait forever for the last actor.
+    # Scale the reservations down (fractions are fine for Ray); torch threads keep the declared count.
+    wanted = [1.0] + [lab.settings.num_cpus or lab.resources.num_cpus for lab in labelers]
+    scale = min(1.0, ray.cluster_resources().get("CPU", 1.0) / sum(wanted))
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = True
+    ds = ray.data.from_arrow(table)
+    ds = ds.map_batches(decode_step, batch_format="pyarrow", batch_size=bs_decode, num_cpus=wanted[0] * scale)
+    for run, lab, num_cpus in zip(runs, labelers, wanted[1:]):
+        st = lab.settings
+        if lab.uses_model:
+            num_gpus = (st.num_gpus if st.num_gpus is not None else lab.resources.num_gpus) if gpus_available else 0
+            ds = ds.map_batches(_LabelerActor, fn_constructor_kwargs={"run": run}, batch_format="pyarrow",
+                                batch_size=lab.batch_size, concurrency=st.concurrency, num_cpus=num_cpus * scale,
+                                num_gpus=num_gpus or None)
+        else:
+            ds = ds.map_batches(_task_step, fn_kwargs={"run": run}, batch_format="pyarrow",
+                                batch_size=lab.batch_size, num_cpus=num_cpus * scale)
+    tables = ray.get(ds.to_arrow_refs())
+    return _finish(pa.concat_tables(tables)), labelers

@@ -1,0 +1,221 @@
+"""The pseudolabel stage: per images shard, one cached unit per enabled labeler.
+
+``run_shard`` decides which labelers are stale (cache key differs or ``force``), runs all of them in one
+pass over the shard (decode once, fan out; Ray Data or in-process), then commits one unit per labeler in
+dependency order through :func:`fourm_core.units.run_unit`. A labeler whose model cannot be resolved
+fails its own unit (and its dependents') with a message naming the model source; the other labelers
+still commit; ``run_shard`` raises at the end so the orchestrator retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fourm_core import ArtifactStore, DatasetConfig, NotCommittedError, Unit, UnitOutput, UnitResult, run_unit
+from fourm_core.manifest import InputRef, ModelRef
+from fourm_core.modalities import label_artifact
+from fourm_core.stage import StageSpec
+from fourm_core.units import UnitStatus, is_cached
+
+from .config import PseudolabelConfig, pseudolabel_config
+from .registry import resolve_order
+from .runner import LabelerRun, run_local, run_ray, split_results
+from .spec import CAPTION, RGB, Labeler
+
+log = logging.getLogger(__name__)
+
+STAGE_NAME = "pseudolabel"
+IMAGES = "images"
+
+
+class PseudolabelUnitsFailed(RuntimeError):
+    def __init__(self, results: list[UnitResult]):
+        self.results = results
+        failed = [r for r in results if r.status is UnitStatus.FAILED]
+        super().__init__("pseudolabel units failed: " + "; ".join(f"{r.unit}: {r.error}" for r in failed))
+
+
+def plan_shards(store: ArtifactStore, config: DatasetConfig) -> list[int]:
+    """The committed `images` shards of the dataset."""
+    pseudolabel_config(config)  # a bad section fails before any work
+    return store.committed_shards(config.name, IMAGES)
+
+
+def build_labelers(cfg: PseudolabelConfig, shard: int, only: list[str] | None = None) -> list[Labeler]:
+    """The enabled labelers for a shard, in dependency order (heavy outputs only on the feature subset)."""
+    plugins = tuple(cfg.plugins)
+    names = resolve_order(cfg.labelers, plugins)
+    if not cfg.feature_subset.contains(shard):
+        from .registry import labeler_class
+
+        names = [n for n in names if not labeler_class(n, plugins).heavy_output]
+    from .registry import labeler_class
+
+    available = frozenset(label for n in names for label in labeler_class(n, plugins).outputs)
+    out = [labeler_class(n, plugins)(cfg.settings_for(n), available=available) for n in names]
+    if only is not None:
+        keep = set(only)
+        out = [lab for lab in out if lab.name in keep]
+    return out
+
+
+def _unit(dataset: str, shard: int, lab: Labeler, images: InputRef, deps: list[InputRef],
+          model: ModelRef | None) -> Unit:
+    return Unit(stage=STAGE_NAME, dataset=dataset, artifacts=[label_artifact(o) for o in lab.outputs], shard=shard,
+                code_version=f"{lab.name}/{lab.code_version}", config=lab.config_for_key(),
+                inputs=[images, *deps], model=model)
+
+
+def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force: bool = False,
+              labelers: list[str] | None = None, overrides: dict[str, Any] | None = None) -> list[UnitResult]:
+    """Run every enabled labeler's unit for one `images` shard, skipping cached ones."""
+    cfg = pseudolabel_config(config, overrides)
+    return run_labelers(store, config.name, shard, cfg, force=force, only=labelers)
+
+
+def run_labelers(store: ArtifactStore, dataset: str, shard: int, cfg: PseudolabelConfig, *, force: bool = False,
+                 only: list[str] | None = None) -> list[UnitResult]:
+    images_m = store.read_manifest(dataset, IMAGES, shard)
+    if images_m is None:
+        raise NotCommittedError(f"{dataset}/{IMAGES} shard {shard} is not committed; run ingest first")
+    images_ref = images_m.as_input()
+    labs = build_labelers(cfg, shard)
+    by_label = {o: lab for lab in labs for o in lab.outputs}
+    selected = {lab.name for lab in labs} if only is None else set(only)
+    if unknown := selected - {lab.name for lab in labs}:
+        raise ValueError(f"labelers {sorted(unknown)} are not enabled for shard {shard} of {dataset}; "
+                         f"enabled: {[lab.name for lab in labs]}")
+
+    # 1. resolve models in the driver (fail fast, digests for cache keys); decide who is stale
+    failures: dict[str, Exception] = {}
+    models: dict[str, ModelRef | None] = {}
+    stale: list[Labeler] = []
+    for lab in labs:
+        if lab.name not in selected and only is not None:
+            continue
+        bad_deps = [by_label[d].name for d in lab.active_needs() if d in by_label and by_label[d].name in failures]
+        if bad_deps:
+            failures[lab.name] = RuntimeError(f"needed labeler(s) {', '.join(bad_deps)} failed")
+            continue
+        try:
+            models[lab.name] = lab.model_ref()
+        except Exception as exc:
+            failures[lab.name] = exc
+            continue
+        upstream_stale = any(by_label[d] in stale for d in lab.active_needs() if d in by_label)
+        if force or upstream_stale or not _cached(store, dataset, shard, lab, images_ref, models[lab.name]):
+            stale.append(lab)
+
+    # 2. one pass over the shard for every stale labeler (plus committed inputs of their needs)
+    result = None
+    run_error: Exception | None = None
+    t0 = time.perf_counter()
+    if stale:
+        try:
+            table = _input_table(store, dataset, shard, stale, by_label)
+            runs = [LabelerRun(lab.name, lab.settings.model_dump(mode="json"), lab.available, tuple(cfg.plugins))
+                    for lab in stale]
+            if cfg.runner == "ray":
+                _ensure_ray(cfg.ray_address)
+                out, _ = run_ray(table, runs)
+            else:
+                out, _ = run_local(table, runs)
+            result = split_results(out, stale)
+        except Exception as exc:  # the pass failed as a whole: every stale labeler's unit fails with it
+            run_error = exc
+    seconds = time.perf_counter() - t0
+
+    # 3. commit per labeler, in dependency order, through run_unit
+    results: list[UnitResult] = []
+    for lab in labs:
+        if lab.name not in selected:
+            continue
+        deps = [_label_ref(store, dataset, shard, d) for d in lab.active_needs() if d in by_label]
+        unit = _unit(dataset, shard, lab, images_ref, [d for d in deps if d is not None], models.get(lab.name))
+        err = failures.get(lab.name) or (run_error if lab in stale else None)
+
+        def compute(lab=lab, err=err) -> UnitOutput:
+            if err is not None:
+                raise err
+            if result is None or lab.name not in result.tables:
+                raise RuntimeError(f"labeler {lab.name} was not run for this shard")
+            tables = {label_artifact(k): v for k, v in result.tables[lab.name].items()}
+            n_in = images_m.rows
+            return UnitOutput(tables, errors=result.errors[lab.name],
+                              stats={"rows_in": n_in, "labeled": next(iter(tables.values())).num_rows,
+                                     "shard_pass_seconds": round(seconds, 3), "labelers_in_pass": len(stale)})
+
+        results.append(run_unit(store, unit, compute, force=force and lab in stale, raise_on_failure=False))
+    if any(r.status is UnitStatus.FAILED for r in results):
+        raise PseudolabelUnitsFailed(results)
+    return results
+
+
+def _cached(store, dataset, shard, lab, images_ref, model) -> bool:
+    deps = []
+    for d in lab.active_needs():
+        if d in (RGB, CAPTION):
+            continue
+        m = store.read_manifest(dataset, label_artifact(d), shard)
+        if m is None:
+            return False
+        deps.append(m.as_input())
+    return is_cached(store, _unit(dataset, shard, lab, images_ref, deps, model)) is not None
+
+
+def _label_ref(store: ArtifactStore, dataset: str, shard: int, label: str) -> InputRef | None:
+    """The committed manifest of a needed label (read after its producer committed in this run)."""
+    m = store.read_manifest(dataset, label_artifact(label), shard)
+    return None if m is None else m.as_input()
+
+
+def _input_table(store: ArtifactStore, dataset: str, shard: int, stale: list[Labeler],
+                 by_label: dict[str, Labeler]) -> pa.Table:
+    """The images shard plus, for needs made by labelers that are *not* re-run now, their committed columns."""
+    images = store.read_table(dataset, IMAGES, shard)
+    images = images.select([c for c in ("sample_key", "image", "caption", "orig_width", "orig_height")
+                            if c in images.column_names])
+    images = images.append_column("_idx", pa.array(range(images.num_rows), pa.int64()))
+    stale_labels = {o for lab in stale for o in lab.outputs}
+    needed = {d for lab in stale for d in lab.active_needs() if d not in (RGB, CAPTION)} - stale_labels
+    keys = images.column("sample_key").to_pylist()
+    for label in sorted(needed):
+        dep = store.read_table(dataset, label_artifact(label), shard)
+        index = {k: i for i, k in enumerate(dep.column("sample_key").to_pylist())}
+        rows = [index.get(k) for k in keys]
+        take = pa.array([r if r is not None else 0 for r in rows], pa.int64())
+        for name in dep.column_names:
+            if name == "sample_key":
+                continue
+            col = dep.column(name).take(take) if dep.num_rows else pa.nulls(len(keys), dep.schema.field(name).type)
+            mask = pa.array([r is None for r in rows])
+            images = images.append_column(f"{label}.{name}", pc.if_else(mask, pa.nulls(len(keys), col.type), col))
+        images = images.append_column(f"{label}.__ok", pa.array([r is not None for r in rows], pa.bool_()))
+    return images
+
+
+def _ensure_ray(address: str | None) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+
+
+STAGE = StageSpec(
+    name=STAGE_NAME,
+    plan_shards=plan_shards,
+    run_shard=run_shard,
+    artifacts=tuple(sorted({label_artifact(o) for o in ("canny_edge", "color_palette", "depth", "normal", "semseg",
+                                                        "clip_features", "dinov2_features", "dinov2_global",
+                                                        "imagebind_features", "imagebind_global", "t5_caption",
+                                                        "metadata")})),
+    # run_shard itself drives a Ray Data pipeline (actor pools per labeler): the orchestrator calls it
+    # in-process (a thread per shard), not as a Ray task that would hold CPUs the pipeline needs.
+    heavy=False,
+    num_cpus=0.0,
+)

@@ -1,0 +1,39 @@
+"""Fixtures of the pseudolabel tests: committed test image shards and one Ray session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PLUGIN = "tests.pseudolabel.plugins:FaultyLabeler"
+
+
+@pytest.fixture
+def images_store(store):
+    """A store with two committed `images` shards of 4 samples (skimage photos + synthetic shapes)."""
+    from pseudolabel.testing import commit_images, demo_samples
+
+    commit_images(store, "demo", 0, demo_samples(0, 4, size=96))
+    commit_images(store, "demo", 1, demo_samples(1, 4, size=96, photos=False))
+    return store
+
+
+def dataset_config(**pseudolabel):
+    from fourm_core import DatasetConfig
+
+    return DatasetConfig(name="demo", sources=[{"kind": "synthetic"}], pseudolabel=pseudolabel)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray runtime for the whole session (start ~5 s); workers can import the tests package."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}})
+    yield ray
+    ray.shutdown()

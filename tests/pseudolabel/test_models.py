@@ -1,0 +1,110 @@
+"""Tiny model labelers: saved to a directory, loaded through the real loading path, outputs match schema."""
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pseudolabel import codecs, models
+from pseudolabel.registry import labeler_class
+from pseudolabel.spec import Batch
+from pseudolabel.testing import photo, synthetic_image
+
+MODEL_LABELERS = ["depth", "normals", "semseg", "clip", "dinov2", "imagebind", "t5"]
+
+
+@pytest.fixture(scope="module")
+def batch():
+    imgs = [photo("chelsea", 64), synthetic_image(3, 48)]
+    return Batch(["a", "b"], imgs, ["A cat on a rug.", "Shapes. Two of them!"])
+
+
+@pytest.mark.parametrize("name", MODEL_LABELERS)
+def test_tiny_saved_then_loaded_matches_schema(name, tmp_path, batch):
+    cls = labeler_class(name)
+    path = str(tmp_path / name)
+    cls().save(cls().seeded_tiny(), path)
+    lab = cls(cls.Settings(model=path))
+    ref = lab.model_ref()
+    files = sorted(p for p in (tmp_path / name).glob("*.safetensors"))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    assert ref.digest == h.hexdigest() and ref.id == path
+    lab.setup()
+    out = lab.label_batch(batch)
+    assert len(out) == 2
+    for label, schema in lab.schema().items():
+        for f in schema:
+            arr = pa.array([r[label][f.name] for r in out], f.type)  # raises if a value does not fit the type
+            assert arr.null_count == 0
+        rows = [r[label] for r in out]
+        if pa.types.is_fixed_size_binary(schema.field(0).type):
+            assert all(len(r[schema.field(0).name]) == schema.field(0).type.byte_width for r in rows)
+    if name == "depth":
+        assert codecs.depth_map(out[0]["depth"]).shape == batch.rgb[0].shape[:2]
+    if name == "normals":
+        n = codecs.normal_map(out[1]["normal"])
+        assert n.shape == (*batch.rgb[1].shape[:2], 3)
+        assert np.allclose(np.linalg.norm(n, axis=-1), 1, atol=1e-3)
+    if name == "semseg":
+        m = codecs.semseg_map(out[0]["semseg"])
+        assert m.shape == batch.rgb[0].shape[:2] and m.dtype == np.uint8 and 1 <= m.min() and m.max() <= 133
+    if name == "dinov2":
+        assert lab.schema()["dinov2_features"].field("features").type.byte_width == 16 * 16 * 32 * 2
+    if name == "clip":
+        assert lab.schema()["clip_features"].field("features").type.byte_width == 14 * 14 * 16 * 2
+    if name == "t5":
+        n_tok = [r["t5_caption"]["n_tokens"] for r in out]
+        assert all(len(r["t5_caption"]["embedding"]) == n * 32 * 2 for r, n in zip(out, n_tok))
+    # the loaded model computes exactly what the in-memory tiny model computes
+    mem = cls(cls.Settings(model="tiny"))
+    mem.setup()
+    assert mem.label_batch(batch) == out
+    assert mem.model_ref().digest == models.state_dict_digest(lab.model)
+
+
+def test_missing_model_path_fails_fast_with_the_path(tmp_path):
+    missing = str(tmp_path / "no-such-model")
+    cls = labeler_class("depth")
+    with pytest.raises(models.ModelLoadError, match="no-such-model"):
+        cls(cls.Settings(model=missing)).model_ref()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(models.ModelLoadError, match="safetensors"):
+        cls(cls.Settings(model=str(tmp_path / "empty"))).model_ref()
+
+
+def test_imagebind_key_mapping_loads_raw_imagebind_keys(tmp_path):
+    """A raw-ImageBind-layout state dict (Conv3d stem, MultiheadAttention names) maps onto the timm ViT."""
+    import torch
+    from safetensors.torch import save_file
+
+    from pseudolabel.labelers.imagebind import TINY, ImageBindLabeler, build_vit, convert_imagebind_state_dict
+
+    ref = build_vit(TINY)
+    sd = ref.state_dict()
+    raw = {"modality_preprocessors.vision.rgbt_stem.proj.1.weight":
+           torch.stack([sd["patch_embed.proj.weight"] * 0.25, sd["patch_embed.proj.weight"] * 0.75], dim=2),
+           "modality_preprocessors.vision.cls_token": sd["cls_token"],
+           "modality_preprocessors.vision.pos_embedding_helper.pos_embed": sd["pos_embed"],
+           "modality_trunks.vision.pre_transformer_layer.0.weight": sd["norm_pre.weight"],
+           "modality_trunks.vision.pre_transformer_layer.0.bias": sd["norm_pre.bias"],
+           "modality_heads.vision.0.weight": sd["norm.weight"], "modality_heads.vision.0.bias": sd["norm.bias"],
+           "modality_heads.vision.2.weight": sd["head.weight"]}
+    for i in range(TINY["depth"]):
+        b, t = f"modality_trunks.vision.blocks.{i}.", f"blocks.{i}."
+        for a, c in (("norm_1", "norm1"), ("norm_2", "norm2"), ("attn.out_proj", "attn.proj"), ("mlp.fc1", "mlp.fc1"),
+                     ("mlp.fc2", "mlp.fc2")):
+            for p in ("weight", "bias"):
+                raw[f"{b}{a}.{p}"] = sd[f"{t}{c}.{p}"]
+        raw[f"{b}attn.in_proj_weight"] = sd[f"{t}attn.qkv.weight"]
+        raw[f"{b}attn.in_proj_bias"] = sd[f"{t}attn.qkv.bias"]
+    assert set(convert_imagebind_state_dict(raw)) == set(sd)
+    ImageBindLabeler().save(ref, str(tmp_path))
+    save_file({k: v.contiguous() for k, v in raw.items()}, str(tmp_path / "model.safetensors"))
+    loaded = ImageBindLabeler().load_dir(str(tmp_path))
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(loaded.forward_features(x), ref.forward_features(x), atol=1e-5)

@@ -1,0 +1,122 @@
+"""The stage in-process (runner: local): commits, caching, per-sample errors, unit failures."""
+
+import pyarrow as pa
+import pytest
+
+from fourm_core.units import UnitStatus
+from pseudolabel.stage import STAGE, PseudolabelUnitsFailed, run_shard
+
+from .conftest import PLUGIN, dataset_config
+
+CHEAP = ["canny", "color_palette", "depth", "normals", "semseg", "clip", "metadata"]
+
+
+def _status(results):
+    return {r.artifacts[0]: r.status for r in results}
+
+
+def test_full_tiny_run_commits_every_label_then_caches(images_store, tmp_path):
+    cfg = dataset_config(runner="local", profile="tiny")
+    assert STAGE.plan_shards(images_store, cfg) == [0, 1]
+    results = STAGE.run_shard(images_store, cfg, 0)
+    assert all(r.status is UnitStatus.DONE for r in results)
+    arts = images_store.artifacts("demo")
+    for a in STAGE.artifacts:
+        assert a in arts
+        t = images_store.read_table("demo", a, 0)
+        assert t.column("sample_key").to_pylist() == [f"s00-{i:03d}" for i in range(4)]
+    m = images_store.read_manifest("demo", "labels/depth", 0)
+    assert m.ingredients.model.id == "depth:tiny" and len(m.ingredients.model.digest) == 64
+    assert m.ingredients.inputs[0].artifact == "images"
+    meta = images_store.read_manifest("demo", "labels/metadata", 0)
+    assert {i.artifact for i in meta.ingredients.inputs} == {"images", "labels/semseg", "labels/depth", "labels/normal"}
+    md = images_store.read_table("demo", "labels/metadata", 0).to_pylist()[0]
+    assert md["original_width"] == 192 and 0 <= md["objectness"] <= 1 and md["n_humans"] is None
+    assert all(r.status is UnitStatus.CACHED for r in STAGE.run_shard(images_store, cfg, 0))
+
+    from PIL import Image
+
+    from pseudolabel.__main__ import main
+
+    out = str(tmp_path / "sample.png")
+    assert main(["show", "--dataset", "demo", "--root", images_store.root, "--sample", "s00-001", "--out", out]) == 0
+    with Image.open(out) as im:
+        assert im.size[0] > 1000 and im.size[1] > 600
+
+
+def test_changed_config_or_digest_recomputes_only_that_labeler(images_store, tmp_path):
+    from pseudolabel.registry import labeler_class
+
+    clip_dir = str(tmp_path / "clip")
+    cls = labeler_class("clip")
+    cls().save(cls().seeded_tiny(), clip_dir)
+    base = dict(runner="local", profile="tiny", labelers=CHEAP)
+    run_shard(images_store, dataset_config(**base, settings={"clip": {"model": clip_dir}}), 0)
+    digests = {a: images_store.read_manifest("demo", a, 0).digest for a in images_store.artifacts("demo")}
+
+    changed = run_shard(images_store, dataset_config(**base, settings={"clip": {"model": clip_dir},
+                                                                       "canny": {"low": 50}}), 0)
+    st = _status(changed)
+    assert st.pop("labels/canny_edge") is UnitStatus.DONE and set(st.values()) == {UnitStatus.CACHED}
+
+    import torch
+    model = cls().load_dir(clip_dir)
+    with torch.no_grad():
+        model.visual_projection.weight.mul_(2)  # new weights -> new digest
+    cls().save(model, clip_dir)
+    changed = run_shard(images_store, dataset_config(**base, settings={"clip": {"model": clip_dir},
+                                                                       "canny": {"low": 50}}), 0)
+    st = _status(changed)
+    assert st.pop("labels/clip_features") is UnitStatus.DONE and set(st.values()) == {UnitStatus.CACHED}
+    after = {a: images_store.read_manifest("demo", a, 0).digest for a in images_store.artifacts("demo")}
+    assert {a for a in after if after[a] != digests.get(a)} == {"labels/canny_edge", "labels/clip_features"}
+
+
+def test_a_raising_sample_goes_to_errors_and_the_shard_commits(images_store):
+    cfg = dataset_config(runner="local", labelers=["faulty", "canny"], plugins=[PLUGIN],
+                         settings={"faulty": {"fail_keys": ["s00-002"]}})
+    results = run_shard(images_store, cfg, 0)
+    assert all(r.status is UnitStatus.DONE for r in results)
+    t = images_store.read_table("demo", "labels/faulty", 0)
+    assert t.column("sample_key").to_pylist() == ["s00-000", "s00-001", "s00-003"]
+    errs = images_store.read_errors("demo", "labels/faulty", 0).to_pylist()
+    assert len(errs) == 1 and errs[0]["sample_key"] == "s00-002" and "boom" in errs[0]["detail"]
+    assert images_store.read_table("demo", "labels/canny_edge", 0).num_rows == 4
+
+
+def test_undecodable_image_is_a_sample_error(store):
+    from pseudolabel.testing import commit_images, synthetic_image
+
+    commit_images(store, "demo", 0, [("ok", synthetic_image(0, 32), "x"), ("bad", b"not an image", None)])
+    run_shard(store, dataset_config(runner="local", labelers=["canny", "metadata"]), 0)
+    for a in ("labels/canny_edge", "labels/metadata"):
+        assert store.read_table("demo", a, 0).column("sample_key").to_pylist() == ["ok"]
+        errs = store.read_errors("demo", a, 0).to_pylist()
+        assert [e["reason"] for e in errs] == ["decode_error"]
+
+
+def test_missing_model_fails_that_unit_with_the_path_and_others_commit(images_store, tmp_path):
+    missing = str(tmp_path / "models" / "dpt-missing")
+    cfg = dataset_config(runner="local", profile="tiny", labelers=["canny", "depth", "clip"],
+                         settings={"depth": {"model": missing}})
+    with pytest.raises(PseudolabelUnitsFailed, match="dpt-missing") as info:
+        run_shard(images_store, cfg, 0)
+    st = {r.artifacts[0]: r.status for r in info.value.results}
+    assert st == {"labels/canny_edge": UnitStatus.DONE, "labels/depth": UnitStatus.FAILED,
+                  "labels/clip_features": UnitStatus.DONE}
+    failed = images_store.failed_shards("demo", "labels/depth")
+    assert missing in failed[0]["error"]
+
+
+def test_feature_subset_and_labeler_selection(images_store):
+    cfg = dataset_config(runner="local", profile="tiny", labelers=["canny", "dinov2"], feature_subset={"every": 2})
+    assert {r.artifacts[0] for r in run_shard(images_store, cfg, 1)} == {"labels/canny_edge"}  # shard 1: no features
+    assert [r.artifacts for r in run_shard(images_store, cfg, 0, labelers=["dinov2"])] == [
+        ["labels/dinov2_features", "labels/dinov2_global"]]
+    from fourm_core import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown labeler 'nope'"):
+        run_shard(images_store, dataset_config(labelers=["metadata", "nope"]), 0)
+    with pytest.raises(ConfigError, match="batch_size"):  # a labeler's own settings are validated before work
+        run_shard(images_store, dataset_config(labelers=["faulty"], plugins=[PLUGIN],
+                                               settings={"faulty": {"batch_size": 0}}), 0)
