@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fourm_core.modalities import ModalityKind, get_modality
 from train_stage.batch import MODALITY_INDEX, MaskedBatch
 
 
@@ -95,10 +96,19 @@ class ModelAdapter:
     def encode(self, slots: EncoderSlots) -> Context:
         B, N = slots.tokens.shape
         empty = slots.tokens.new_zeros((B, 1))
+        pixels, embeddings = dict(slots.pixels), dict(slots.embeddings)
+        # the model's float-input embeddings expect their tensor even when the batch has no slot of them
+        dtype = self.model.mask_token.dtype
+        for name in self.domains_in:
+            mod = get_modality(name)
+            if mod.kind == ModalityKind.PIXELS and name not in pixels:
+                pixels[name] = torch.zeros(B, 1, mod.feature_dim * mod.patch_size**2, dtype=dtype, device=self.device)
+            elif mod.kind == ModalityKind.EMBEDDING_SEQ and name not in embeddings:
+                embeddings[name] = torch.zeros(B, 1, mod.feature_dim, dtype=dtype, device=self.device)
         batch = MaskedBatch(enc_tokens=slots.tokens, enc_positions=slots.positions, enc_modality=slots.modality,
                             enc_valid=slots.valid, dec_tokens=empty, dec_positions=empty,
                             dec_modality=empty - 1, dec_valid=empty.bool(), dec_labels=empty,
-                            pixels=slots.pixels, embeddings=slots.embeddings)
+                            pixels=pixels, embeddings=embeddings)
         encoded, enc_emb = self.model.encode(batch)
         context = self.model.decoder_proj_context(encoded) + enc_emb
         return Context(encoded, enc_emb, slots.valid, context, self.model.cross_mask(slots.valid))
