@@ -121,13 +121,17 @@ class ModelAdapter:
         tokens, positions, valid (B, Q): image-like targets ignore ``tokens`` (decoded from the mask
         token); sequence targets are causal over the slot order.
         """
+        return self.to_logits(modality, self.decode_hidden(ctx, modality, tokens, positions, valid))
+
+    def decode_hidden(self, ctx: Context, modality: str, tokens: torch.Tensor, positions: torch.Tensor,
+                      valid: torch.Tensor) -> torch.Tensor:
+        """Like :meth:`decode` but returns the decoder output after decoder_norm (B, Q, D)."""
         mid = MODALITY_INDEX[modality]
         batch = MaskedBatch(enc_tokens=ctx.enc_valid.long(), enc_positions=ctx.enc_valid.long(),
                             enc_modality=ctx.enc_valid.long(), enc_valid=ctx.enc_valid, dec_tokens=tokens,
                             dec_positions=positions, dec_modality=torch.where(valid, mid, -1), dec_valid=valid,
                             dec_labels=tokens)
-        y = self.model.decode(batch, ctx.encoded, ctx.enc_emb)
-        return self.to_logits(modality, y)
+        return self.model.decode(batch, ctx.encoded, ctx.enc_emb)
 
     # ------------------------------------------------------------------------------ pieces (KV cache)
     def embed_decoder_tokens(self, modality: str, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -37,8 +37,10 @@ def decode_sequence(adapter: ModelAdapter, slots: EncoderSlots, modality: str, g
                     max_new_tokens: int | None = None, kv_cache: bool = True, temperature: float = 1.0,
                     temperature_end: float | None = None, temperature_schedule: str = "constant",
                     top_k: int | None = None, top_p: float | None = None, conditions: list[Condition] | None = None,
-                    record_logits: bool = False) -> SequenceResult:
-    """Decode the target sequence of ``modality`` for a batch of encoder slots (B, N_in)."""
+                    record_logits: bool = False, stop_at_eos: bool = True) -> SequenceResult:
+    """Decode the target sequence of ``modality`` for a batch of encoder slots (B, N_in).
+
+    ``stop_at_eos=False`` keeps decoding after [EOS] up to ``max_new_tokens`` (fixed-length benchmarks)."""
     mod = get_modality(modality)
     B = slots.tokens.shape[0]
     device = adapter.device
@@ -60,16 +62,18 @@ def decode_sequence(adapter: ModelAdapter, slots: EncoderSlots, modality: str, g
         else:
             prefix = target[:, : t + 1].repeat(P, 1)
             pos = torch.arange(t + 1, device=device).expand(P * B, t + 1)
-            logits = adapter.decode(ctx, modality, prefix, pos, torch.ones_like(prefix, dtype=torch.bool))[:, -1]
+            y = adapter.decode_hidden(ctx, modality, prefix, pos, torch.ones_like(prefix, dtype=torch.bool))
+            logits = adapter.to_logits(modality, y[:, -1])  # only the newest slot's prediction is needed
         logits = combine(logits, conditions) if conditions else logits.float()
         if record_logits:
             recorded.append(logits)
         temp = temperature_at(t, T, temperature, temperature_end, temperature_schedule)
         nxt, _ = sample(logits, temp, generator, top_k, top_p)
-        nxt = torch.where(finished, PAD, nxt)
+        if stop_at_eos:
+            nxt = torch.where(finished, PAD, nxt)
+            finished |= nxt == EOS
         target[:, t + 1] = nxt
-        finished |= nxt == EOS
-        if bool(finished.all()):
+        if stop_at_eos and bool(finished.all()):
             break
     return SequenceResult(target, torch.stack(recorded, 1) if record_logits else None)
 
