@@ -9,7 +9,9 @@ so a change in the train stage is adapted here and nowhere else. Relied upon (ex
   ``FourM.decoder_proj_context``, ``FourM.decoder`` (blocks), ``FourM.decoder_norm``, ``FourM.mask_token``;
 * per decoder block: ``norm1, self_attn.{qkv, proj, num_heads}, query_norm, context_norm,
   cross_attn.{q, kv, proj, num_heads}, norm2, mlp``;
-* ``FourM.decoder_embeddings[m].{token_emb, to_logits, pos_mod(positions)}``.
+* ``FourM.decoder_embeddings[m].{token_emb, to_logits, pos_mod(positions)}``;
+* ``FourM.logits(batch) -> {m: (selection (B, N_out) bool, logits (K, V))}`` and ``train_stage.batch.IGNORE``
+  (held-out masked-token metrics).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 
 from fourm_core.modalities import ModalityKind, get_modality
-from train_stage.batch import MODALITY_INDEX, MaskedBatch
+from train_stage.batch import IGNORE, MODALITY_INDEX, MaskedBatch
 
 
 @dataclass
@@ -146,3 +148,15 @@ class ModelAdapter:
 
     def final_norm(self, y: torch.Tensor) -> torch.Tensor:
         return self.model.decoder_norm(y)
+
+    # ------------------------------------------------------------------------------ held-out loss
+    @torch.no_grad()
+    def masked_logits(self, batch: MaskedBatch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Teacher-forced logits of a masked batch -> (logits {m: (K_m, V_m)}, labels {m: (K_m,)}) for the
+        target modalities present; labels are -100 where the slot carries no loss."""
+        logits, labels = {}, {}
+        for m, (sel, lg) in self.model.logits(batch).items():
+            if int(sel.sum()):
+                logits[m] = lg
+                labels[m] = torch.where(batch.dec_labels[sel] == IGNORE, -100, batch.dec_labels[sel])
+        return logits, labels

@@ -92,3 +92,29 @@ def test_masked_token_metrics_by_hand():
     assert r["b"]["count"] == 0 and math.isnan(r["b"]["loss"])
     pooled = pool_token_metrics([r, masked_token_metrics({"a": torch.tensor([[0.0, 3.0]])}, {"a": torch.tensor([1])})])
     assert pooled["a"]["count"] == 3 and pooled["a"]["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_masked_token_metrics_match_model_loss(tiny_model):
+    """On a masked training batch, the per-modality loss equals the model's own training loss terms."""
+    from eval_stage.generate import ModelAdapter
+    from train_stage.masking import Masker
+    from train_stage.mixture import Component, MixtureConfig
+    from train_stage.synthetic_batch import random_raw_batch
+
+    mods = list(tiny_model.config.domains_in)
+    raw = random_raw_batch(mods, 4, torch.Generator().manual_seed(0))
+    mixture = MixtureConfig(name="test", input_budget=64, target_budget=64, modalities=mods,
+                            components=[Component(name="all", weight=1.0, input_alpha={"default": 1.0},
+                                                  target_alpha={"default": 1.0})])
+    batch = Masker(mixture, mods)(raw, torch.Generator().manual_seed(1))
+    r = masked_token_metrics(*ModelAdapter(tiny_model).masked_logits(batch))
+    with torch.no_grad():
+        out = tiny_model(batch)
+    compared = 0
+    for i, m in enumerate(tiny_model.config.domains_out):
+        if int(out.modality_counts[i]):
+            compared += 1
+            assert r[m]["count"] == int(out.modality_counts[i])
+            assert r[m]["loss"] == pytest.approx(float(out.modality_losses[i]), rel=1e-5)
+            assert 0.0 <= r[m]["accuracy"] <= 1.0
+    assert compared >= 2
