@@ -36,6 +36,7 @@ def sample(logits: torch.Tensor, temperature: float, generator: torch.Generator,
         tok = filtered.argmax(-1)
         return tok, filtered.softmax(-1).gather(-1, tok[..., None])[..., 0]
     filtered = filter_logits(logits / temperature, top_k, top_p)
-    u = torch.rand(filtered.shape, generator=generator, device=filtered.device).clamp_(1e-20, 1.0)
+    # drawn on the generator's device (CPU) and moved, so a seed gives the same draws on any device
+    u = torch.rand(filtered.shape, generator=generator).to(filtered.device).clamp_(1e-20, 1.0)
     tok = (filtered - torch.log(-torch.log(u))).argmax(-1)
     return tok, filtered.softmax(-1).gather(-1, tok[..., None])[..., 0]
