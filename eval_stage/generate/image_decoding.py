@@ -6,7 +6,7 @@ target token decoded so far (4M feeds decoded tokens back through the encoder) a
 made of the mask token at target positions.
 
 * MaskGIT queries every unknown position, samples a token for each, and keeps the k_s most confident
-  ones (confidence = probability of the sampled token under the sampling distribution).
+  ones (confidence = probability of the sampled token under softmax(logits/τ), before top-k/top-p).
 * ROAR fixes one random order of the unknown positions up front and decodes the next k_s positions
   of that order at each step; only those positions are queried.
 """

@@ -25,18 +25,21 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 
 def sample(logits: torch.Tensor, temperature: float, generator: torch.Generator, top_k: int | None = None,
            top_p: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(..., V) logits -> tokens (...) int64 and their probability (...) under the sampling distribution.
+    """(..., V) logits -> tokens (...) int64 and their confidence (...).
 
     Gumbel-max: argmax(logits/τ + G) with G ~ Gumbel(0, 1) drawn from ``generator``; τ = 0 is greedy.
     The noise has the full (..., V) shape, so a draw depends only on the generator state and shape.
+    The confidence (MaskGIT's ranking key) is the token's probability under softmax(logits/τ) before
+    top-k/top-p (softmax(logits) for τ = 0): filtering would give every survivor of top_k=1 the same
+    confidence 1 and lose the ranking.
     """
     logits = logits.float()
     if temperature <= 0:
-        filtered = filter_logits(logits, top_k, top_p)
-        tok = filtered.argmax(-1)
-        return tok, filtered.softmax(-1).gather(-1, tok[..., None])[..., 0]
-    filtered = filter_logits(logits / temperature, top_k, top_p)
+        tok = filter_logits(logits, top_k, top_p).argmax(-1)
+        return tok, logits.softmax(-1).gather(-1, tok[..., None])[..., 0]
+    scaled = logits / temperature
+    filtered = filter_logits(scaled, top_k, top_p)
     # drawn on the generator's device (CPU) and moved, so a seed gives the same draws on any device
     u = torch.rand(filtered.shape, generator=generator).to(filtered.device).clamp_(1e-20, 1.0)
     tok = (filtered - torch.log(-torch.log(u))).argmax(-1)
-    return tok, filtered.softmax(-1).gather(-1, tok[..., None])[..., 0]
+    return tok, scaled.softmax(-1).gather(-1, tok[..., None])[..., 0]

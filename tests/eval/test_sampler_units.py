@@ -45,7 +45,7 @@ def test_top_k_top_p_filtering():
     g = torch.Generator().manual_seed(0)
     tok, prob = sample(logits.expand(1000, 4), 1.0, g, top_k=2)
     assert set(tok.tolist()) == {0, 1}
-    assert torch.allclose(prob[tok == 0], torch.tensor(0.5 / 0.8))
+    assert torch.allclose(prob[tok == 0], torch.tensor(0.5))  # confidence: before filtering
     greedy, _ = sample(logits, 0.0, g)
     assert greedy.item() == 0
 

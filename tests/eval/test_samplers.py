@@ -137,3 +137,20 @@ def test_sequence_generation_keeps_given_tokens(tiny_model):
         it = iter(row)
         assert all(w in it for w in words)  # given tokens appear in order
         assert not any(SENTINEL0 <= t < SENTINEL0 + 200 for t in row)
+
+
+def test_top_k_one_is_greedy_for_both_decoders(tiny_model):
+    """top_k=1 (or top_p -> 0) samples the argmax whatever the seed; at τ = 1 MaskGIT's confidences are
+    those of greedy decoding (softmax(logits)), so the fill order and result match too."""
+    inputs = {"rgb@224": _rgb()}
+    for step in (dict(modality="tok_semseg@224", steps=2, token_schedule="linear"),
+                 dict(modality="caption", max_new_tokens=6)):
+        greedy = generate(tiny_model, inputs, [TargetStep(**step, temperature=0.0)], seed=0)[step["modality"]]
+        top1 = generate(tiny_model, inputs, [TargetStep(**step, temperature=1.0, top_k=1)], seed=9)[step["modality"]]
+        nucleus = generate(tiny_model, inputs, [TargetStep(**step, top_p=1e-6)], seed=4)[step["modality"]]
+        assert torch.equal(greedy, top1) and torch.equal(greedy, nucleus)
+    # a temperature schedule changes nothing when top_k=1 leaves one candidate per position (sequences)
+    step = dict(modality="caption", max_new_tokens=6)
+    sched = generate(tiny_model, inputs, [TargetStep(**step, temperature=2.0, temperature_end=0.1,
+                                                     temperature_schedule="cosine", top_k=1)], seed=4)["caption"]
+    assert torch.equal(sched, generate(tiny_model, inputs, [TargetStep(**step, temperature=0.0)], seed=0)["caption"])
