@@ -1,0 +1,110 @@
+"""Autoregressive decoding of sequence targets (captions, det, ...), with or without a KV cache.
+
+4M predicts a masked sequence T5-style (4M-FACTS §5): the encoder sees the sequence with each masked
+span replaced by a sentinel [S_i] (a sequence to write from scratch is just "[S_0]"), and the decoder
+writes "[S_0] span_0 [S_1] span_1 ... [EOS]" causally, slot t being fed token t and predicting t+1.
+The encoder runs once; the decoder runs once per new token. With ``kv_cache`` the decoder keeps each
+block's keys/values (:mod:`.kv_cache`); without it the model's full decoder reruns over the prefix
+(the reference behaviour, kept as the ground truth for the cache and for the benchmark).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fourm_core.modalities import get_modality
+
+from .adapter import EncoderSlots, ModelAdapter
+from .guidance import Condition, combine, guided_slots
+from .inputs import EOS, PAD, SENTINEL0, N_SENTINELS
+from .kv_cache import KVCacheDecoder
+from .sampling import sample
+from .schedules import temperature_at
+
+
+@dataclass
+class SequenceResult:
+    """target (B, T+1): "[S_0] ... [EOS]" then PAD; logits (B, T, V) per decoded slot when recorded."""
+
+    target: torch.Tensor
+    logits: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def decode_sequence(adapter: ModelAdapter, slots: EncoderSlots, modality: str, generator: torch.Generator,
+                    max_new_tokens: int | None = None, kv_cache: bool = True, temperature: float = 1.0,
+                    temperature_end: float | None = None, temperature_schedule: str = "constant",
+                    top_k: int | None = None, top_p: float | None = None, conditions: list[Condition] | None = None,
+                    record_logits: bool = False, stop_at_eos: bool = True) -> SequenceResult:
+    """Decode the target sequence of ``modality`` for a batch of encoder slots (B, N_in).
+
+    ``stop_at_eos=False`` keeps decoding after [EOS] up to ``max_new_tokens`` (fixed-length benchmarks)."""
+    mod = get_modality(modality)
+    B = slots.tokens.shape[0]
+    device = adapter.device
+    T = min(max_new_tokens or mod.max_tokens, mod.max_tokens)  # one position per decoder slot
+    P = 1 + len(conditions) if conditions else 1
+    if conditions:
+        slots = guided_slots(slots, conditions, keep_always=(modality,))
+    ctx = adapter.encode(slots)
+    target = torch.full((B, T + 1), PAD, dtype=torch.long, device=device)
+    target[:, 0] = SENTINEL0
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    cache = KVCacheDecoder(adapter, ctx, T) if kv_cache else None
+    recorded = []
+    for t in range(T):
+        if cache is not None:
+            x = adapter.embed_decoder_tokens(modality, target[:, t:t + 1].repeat(P, 1),
+                                             torch.full((P * B, 1), t, device=device))
+            logits = adapter.to_logits(modality, cache.step(x))[:, 0]
+        else:
+            prefix = target[:, : t + 1].repeat(P, 1)
+            pos = torch.arange(t + 1, device=device).expand(P * B, t + 1)
+            y = adapter.decode_hidden(ctx, modality, prefix, pos, torch.ones_like(prefix, dtype=torch.bool))
+            logits = adapter.to_logits(modality, y[:, -1])  # only the newest slot's prediction is needed
+        logits = combine(logits, conditions) if conditions else logits.float()
+        if record_logits:
+            recorded.append(logits)
+        temp = temperature_at(t, T, temperature, temperature_end, temperature_schedule)
+        nxt, _ = sample(logits, temp, generator, top_k, top_p)
+        if stop_at_eos:
+            nxt = torch.where(finished, PAD, nxt)
+            finished |= nxt == EOS
+        target[:, t + 1] = nxt
+        if stop_at_eos and bool(finished.all()):
+            break
+    return SequenceResult(target, torch.stack(recorded, 1) if record_logits else None)
+
+
+def merge_spans(given: torch.Tensor | None, target: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Fill the sentinels of the input with the spans of the decoded target.
+
+    given (B, L) input ids with sentinels (None = "[S_0]"), target (B, T) "[S_0] span [S_1] span ... [EOS]"
+    -> (B, L') completed ids, right-padded with PAD, at most ``max_len`` long. A sentinel whose span
+    the model did not write is dropped.
+    """
+    B = target.shape[0]
+    rows = []
+    for b in range(B):
+        spans: dict[int, list[int]] = {}
+        current = None
+        for tok in target[b].tolist():
+            if tok in (EOS, PAD):
+                break
+            if SENTINEL0 <= tok < SENTINEL0 + N_SENTINELS:
+                current = tok
+                spans.setdefault(current, [])
+            elif current is not None:
+                spans[current].append(tok)
+        src = [SENTINEL0] if given is None else [t for t in given[b].tolist() if t != PAD]
+        out: list[int] = []
+        for tok in src:
+            out.extend(spans.get(tok, []) if SENTINEL0 <= tok < SENTINEL0 + N_SENTINELS else [tok])
+        rows.append(out[:max_len])
+    width = max(1, max(len(r) for r in rows))
+    merged = torch.full((B, width), PAD, dtype=torch.long, device=target.device)
+    for b, r in enumerate(rows):
+        merged[b, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return merged
