@@ -49,7 +49,7 @@ def bytes_per_sample() -> None:
     vs its token row (int16 x n_tokens, as token shards store it)."""
     import numpy as np
 
-    from tokenize_stage.labels import npy_bytes
+    from fourm_core.label_codec import npy_encode as npy_bytes
     from tokenize_stage.synthetic import synthetic_arrays
 
     print(f"{'tokenizer':28s} {'raw label (B)':>14s} {'tokens (B)':>10s} {'ratio':>8s}")

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from .config import DatasetConfig
 from .store import ArtifactStore
-from .units import Unit, UnitResult, is_cached
+from .units import Unit, UnitResult, UnitStatus, is_cached
 
 
 class PlanShards(Protocol):
@@ -58,9 +58,18 @@ class StageSpec:
     def dataset_artifacts(self, config: DatasetConfig) -> tuple[str, ...]:
         return tuple(self.artifacts_for(config)) if self.artifacts_for else self.artifacts
 
-    def shard_is_cached(self, store: ArtifactStore, config: DatasetConfig, shard: int) -> bool:
-        """True when every unit of the shard is committed with its current cache key (False if unknown)."""
+    def cached_results(self, store: ArtifactStore, config: DatasetConfig, shard: int) -> list[UnitResult] | None:
+        """The shard's results if every unit is committed with its current cache key, else None (or unknown)."""
         if self.shard_units is None:
-            return False
-        units = self.shard_units(store, config, shard)
-        return bool(units) and all(is_cached(store, unit) is not None for unit in units)
+            return None
+        results = []
+        for unit in self.shard_units(store, config, shard):
+            manifests = is_cached(store, unit)
+            if manifests is None:
+                return None
+            results.append(UnitResult(unit.label, unit.stage, unit.artifacts, unit.shard, UnitStatus.CACHED,
+                                      manifests))
+        return results or None
+
+    def shard_is_cached(self, store: ArtifactStore, config: DatasetConfig, shard: int) -> bool:
+        return self.cached_results(store, config, shard) is not None

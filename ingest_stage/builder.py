@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
+from fourm_core.label_codec import npy_encode
 from fourm_core.config import IngestConfig
 from fourm_core.units import SampleError, UnitOutput
 
@@ -44,20 +45,14 @@ TEXTS_SCHEMA = pa.schema([("sample_key", pa.string()), ("caption", pa.string()),
                           ("digest", pa.string())])
 
 
-def npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
-
-
 def _scene_row(ref: SampleRef, scene: SceneSample, cfg: IngestConfig) -> ImageRow:
     """Render the scene; the ground truth is rendered at the stored resolution so it is exact for its pixels."""
     full = render(scene.scene, scene.size, scene.size)
     img = process_array(full.rgb, cfg)
     w, h = target_size(scene.size, scene.size, cfg.shorter_side)
     gt = full if (w, h) == (scene.size, scene.size) else render(scene.scene, w, h)
-    ground_truth = {"sample_key": ref.key, "width": w, "height": h, "depth": npy_bytes(gt.depth),
-                    "normal": npy_bytes(gt.normal), "semseg": npy_bytes(gt.semseg), "boxes": json.dumps(gt.boxes)}
+    ground_truth = {"sample_key": ref.key, "width": w, "height": h, "depth": npy_encode(gt.depth),
+                    "normal": npy_encode(gt.normal), "semseg": npy_encode(gt.semseg), "boxes": json.dumps(gt.boxes)}
     return ImageRow(ref.key, img.data, img.width, img.height, img.orig_width, img.orig_height, gt.caption, ref.source,
                     None, img.digest, ground_truth)
 

@@ -83,8 +83,8 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
     started = datetime.now(timezone.utc)
 
     use_ray = ray_address != ray_runtime.OFF and any(s.heavy for s in specs)
-    we_started_ray = ray_runtime.connect(None if ray_address in (None, "", "local") else ray_address) if use_ray \
-        else False
+    we_started_ray = False
+    ray_connected = False
     summaries: list[dict[str, Any]] = []
     plan: dict[str, list[int]] = {}
     try:
@@ -98,10 +98,27 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
                 raise ValueError(f"stage {spec.name!r} has no shard(s) {unknown} for dataset {config.name!r}; "
                                  f"planned shards: {planned[:20]}{' ...' if len(planned) > 20 else ''}")
             logger.info("stage %s: %d of %d shards selected", spec.name, len(selected), len(planned))
+            # Shards whose every unit is already committed with its cache key are reported from their
+            # manifests without dispatching anything (no task, no Ray start): a re-run of a built dataset
+            # costs one manifest read per unit.
+            to_run = []
+            for shard in selected:
+                cached = None if force else spec.cached_results(store, config, shard)
+                if cached is None:
+                    to_run.append(shard)
+                else:
+                    summaries.extend(r.summary() for r in cached)
+            if len(to_run) < len(selected):
+                logger.info("stage %s: %d shard(s) already committed (cached)", spec.name, len(selected) - len(to_run))
+            on_ray = use_ray and spec.heavy and bool(to_run)
+            if on_ray and not ray_connected:
+                we_started_ray = ray_runtime.connect(None if ray_address in (None, "", "local") else ray_address)
+                ray_connected = True
             task_fn = run_shard.with_options(retries=retries)
             futures = [task_fn.submit(spec.name, target, cfg, store.root_uri, storage_options, shard, force,
-                                      use_ray and spec.heavy, spec.num_cpus, spec.num_gpus, run_id)
-                       for shard in selected]
+                                      on_ray, spec.num_cpus, spec.num_gpus, run_id)
+                       for shard in to_run]
+            selected = to_run
             failed_here = 0
             for shard, fut in zip(selected, futures):
                 try:
@@ -109,7 +126,8 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
                 except Exception as exc:  # retries exhausted: keep going with the other shards, report below
                     failed_here += 1
                     summaries.append({"unit": f"{config.name}/{spec.name}/shard-{shard:05d}", "stage": spec.name,
-                                      "artifacts": list(spec.artifacts), "shard": shard, "status": "failed",
+                                      "artifacts": list(spec.dataset_artifacts(config)), "shard": shard,
+                                      "status": "failed",
                                       "rows": 0, "errors": 0, "uris": [], "error": f"{type(exc).__name__}: {exc}"})
             if failed_here:
                 # Later stages read this stage's shards; running them on a partial input would hide the gap.
@@ -122,7 +140,7 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
     record = {"dataset": config.name, "config_source": dataset, "store_root": store.root_uri, "flow_run_id": run_id,
               "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
               "stages": [s.name for s in specs], "shards": shards, "force": force, "plan": plan,
-              "stage_artifacts": {s.name: list(s.artifacts) for s in specs},
+              "stage_artifacts": {s.name: list(s.dataset_artifacts(config)) for s in specs},
               "not_run": [s.name for s in specs if s.name not in plan], "units": summaries}
     record_id = f"{started:%Y%m%dT%H%M%S%f}-{(run_id or 'local')[:8]}"
     store.write_run_record(config.name, record_id, record)

@@ -8,10 +8,12 @@ sample (layouts in ``normalize``). The column defaults to the label's name (``la
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 
+from fourm_core.label_codec import decode_label, encode_label, npy_decode
 from fourm_core.manifest import Manifest
 from fourm_core.modalities import label_artifact
 from fourm_core.store import ArtifactStore
@@ -20,37 +22,41 @@ from fourm_core.units import Unit, UnitOutput, run_unit
 from .registry import tokenizer_config, tokenizer_specs
 from .synthetic import synthetic_arrays
 
-SYNTHETIC_CODE_VERSION = "tokenize.synthetic_labels/1"
-
-
-def npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
-    return buf.getvalue()
-
-
-def npy_load(b: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(b), allow_pickle=False)
+SYNTHETIC_CODE_VERSION = "labelfmt-tokenize.synthetic_labels/1"
 
 
 def read_label_arrays(store: ArtifactStore, dataset: str, label: str, column: str | None = None,
                       shards: list[int] | None = None) -> tuple[list[str], list[np.ndarray], list[Manifest]]:
-    """(sample_keys, arrays, manifests) of every committed shard of ``labels/<label>`` (or ``shards``)."""
+    """(sample_keys, arrays, manifests) of every committed shard of ``labels/<label>`` (or ``shards``).
+
+    Cells are decoded by :func:`fourm_core.label_codec.decode_label` (the labelers' storage format);
+    ``column`` names a single ``.npy`` column instead.
+    """
     artifact = label_artifact(label)
-    column = column or label
     keys: list[str] = []
     arrays: list[np.ndarray] = []
     manifests: list[Manifest] = []
     for shard in shards if shards is not None else store.committed_shards(dataset, artifact):
         manifest = store.read_manifest(dataset, artifact, shard)
-        table = store.read_table(dataset, artifact, shard, columns=["sample_key", column])
-        for key, blob in zip(table.column("sample_key").to_pylist(), table.column(column).to_pylist()):
-            if blob is None:  # a sample the labeler failed on: nothing to learn from
+        for key, arr in iter_label_rows(store, dataset, label, shard, column):
+            if arr is None:  # a sample the labeler failed on: nothing to learn from
                 continue
             keys.append(key)
-            arrays.append(npy_load(blob))
+            arrays.append(arr)
         manifests.append(manifest)
     return keys, arrays, manifests
+
+
+def iter_label_rows(store: ArtifactStore, dataset: str, label: str, shard: int,
+                    column: str | None = None) -> Iterator[tuple[str, np.ndarray | None]]:
+    """(sample_key, decoded array or None) for every row of one committed label shard."""
+    # The codec's columns plus any optional ones it understands (e.g. `grid`): read the whole label shard.
+    table = store.read_table(dataset, label_artifact(label), shard, columns=["sample_key", column] if column else None)
+    for row in table.to_pylist():
+        if column:
+            yield row["sample_key"], None if row[column] is None else npy_decode(row[column])
+        else:
+            yield row["sample_key"], decode_label(label, row)
 
 
 def commit_synthetic_labels(store: ArtifactStore, dataset: str, tokenizer: str, profile: str = "tiny",
@@ -69,8 +75,9 @@ def commit_synthetic_labels(store: ArtifactStore, dataset: str, tokenizer: str, 
 
         def compute(shard: int = shard, n: int = n) -> UnitOutput:
             arrays = synthetic_arrays(config, n, seed=seed * 100_003 + shard)
-            table = pa.table({"sample_key": [f"synthetic-{shard:05d}-{i:05d}" for i in range(n)],
-                              label: pa.array([npy_bytes(a) for a in arrays], pa.binary())})
+            # Stored exactly as the labelers store them, so training reads synthetic and real labels alike.
+            table = pa.Table.from_pylist([{"sample_key": f"synthetic-{shard:05d}-{i:05d}", **encode_label(label, a)}
+                                          for i, a in enumerate(arrays)])
             return UnitOutput({label_artifact(label): table}, stats={"synthetic": True})
 
         manifests.extend(run_unit(store, unit, compute).manifests)

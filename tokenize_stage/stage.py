@@ -28,7 +28,7 @@ from fourm_core.store import ArtifactStore
 from fourm_core.units import SampleError, Unit, UnitOutput, UnitResult, run_unit
 
 from .crops import CropConfig, apply_crop, crop_for
-from .labels import npy_load
+from .labels import iter_label_rows
 from .models.base import Tokenizer
 from .normalize import normalize
 from .train_tokenizer import load_trained, tokenizer_artifact
@@ -115,23 +115,21 @@ def _token_unit(store: ArtifactStore, config: DatasetConfig, cfg: PretokenizeCon
     name = _sub_tokenizer(modality.tokenizer)
     model, ref = _tokenizer(store, ns, name, cfg.profile)
     label_manifest = store.read_manifest(config.name, modality.label_artifact, shard)
-    column = cfg.label_columns.get(modality.label, modality.label)
+    column = cfg.label_columns.get(modality.label)  # None: the labelers' storage format (label_codec)
     unit = Unit(stage="tokenize", dataset=config.name, artifacts=[modality.token_artifact], shard=shard,
                 code_version=CODE_VERSION, model=ref, inputs=[label_manifest.as_input()],
                 config={"modality": modality.name, "column": column, "crops": cfg.crops.model_dump(mode="json")})
 
     def compute() -> UnitOutput:
-        table = store.read_table(config.name, modality.label_artifact, shard, columns=["sample_key", column])
         tcfg = model.config
         channels = getattr(tcfg, "in_channels", None)
         size = getattr(tcfg, "image_size", None)
         keys, crops, inputs, errors = [], [], [], []
-        for key, blob in zip(table.column("sample_key").to_pylist(), table.column(column).to_pylist()):
-            if blob is None:
+        for key, raw in iter_label_rows(store, config.name, modality.label, shard, column):
+            if raw is None:
                 errors.append(SampleError(key, "missing_label", f"{modality.label_artifact} has no value"))
                 continue
             try:
-                raw = npy_load(blob)
                 for c in range(cfg.crops.n_crops):
                     cropped = apply_crop(raw, crop_for(cfg.crops, key, c), tcfg.target, channels)
                     inputs.append(normalize(tcfg.target, cropped, size, channels))
