@@ -124,14 +124,17 @@ def _tiny_init(sam: Sam) -> None:
     mask) and the logits are ~0.05 in magnitude (stability score 0 at any offset). Averaging each
     transposed-conv kernel over its 2×2 taps makes the upscaler a random linear map followed by
     nearest-neighbour upsampling, so masks are spatially coherent blobs; scaling the hypernetwork
-    output layers ×10 gives logits of a few units, so stability scores spread over (0, 1].
+    output layers ×10 (centred over channels) gives logits of a few units, so stability scores spread over (0, 1].
     """
     with torch.no_grad():
         for conv in (sam.mask_decoder.output_upscaling[0], sam.mask_decoder.output_upscaling[3]):
             conv.weight.copy_(conv.weight.mean(dim=(2, 3), keepdim=True).expand_as(conv.weight) * 2)
         for mlp in sam.mask_decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight.mul_(10.0)
-            mlp.layers[-1].bias.mul_(10.0)
+            last = mlp.layers[-1]
+            # Zero-mean over output channels: the upscaled features share a large positive mean
+            # (they come out of a GELU), which would otherwise push every logit the same way.
+            last.weight.sub_(last.weight.mean(dim=0, keepdim=True)).mul_(10.0)
+            last.bias.sub_(last.bias.mean()).mul_(10.0)
 
 
 def save_sam(model: Sam, directory: str | os.PathLike, profile: str) -> str:
