@@ -19,7 +19,7 @@ def render_instance_map(masks: np.ndarray) -> np.ndarray:
     """
     n, h, w = masks.shape
     out = np.zeros((h, w), np.uint8)
-    areas = masks.reshape(n, -1).sum(1)
+    areas = masks.reshape(n, h * w).sum(1)
     for rank, idx in enumerate(np.argsort(-areas, kind="stable")):
         out[masks[idx]] = (rank % 255) + 1
     return out
