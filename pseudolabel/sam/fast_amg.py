@@ -4,7 +4,9 @@ Same model, same grid, same thresholds, same survivors (for ``crop_n_layers=0`` 
 ``min_mask_region_area=0``), computed differently:
 
 * the image embedding is computed once; grid points go through the prompt encoder and mask decoder
-  in large batches (``multimask_output=True``, 3 masks per point, as the reference);
+  in large batches (``multimask_output=True``, 3 masks per point, as the reference), with the
+  decoder's attention reassociated so shared and N-sized work is not repeated per prompt
+  (:mod:`pseudolabel.sam.fast_decoder`);
 * the predicted-IoU filter runs on the decoder output *before* any upsampling (the reference
   upsamples all 3·B masks to full resolution first), so only survivors are upsampled;
 * the two bilinear resizes of ``Sam.postprocess_masks`` (low-res → img_size², crop the padding,
@@ -35,6 +37,8 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import batched_nms
+
+from .fast_decoder import decode_points
 
 
 @dataclass(frozen=True)
@@ -150,16 +154,11 @@ class FastMaskGenerator:
         prompts = torch.as_tensor(self.transform.apply_coords(grid, (orig_h, orig_w)), dtype=torch.float,
                                   device=emb.device)
         grid_t = torch.as_tensor(grid, dtype=torch.float)
-        dense_pe = model.prompt_encoder.get_dense_pe()
         thr = model.mask_threshold
         kept: dict[str, list[torch.Tensor]] = {k: [] for k in ("masks", "iou", "stab", "points")}
         for start in range(0, len(prompts), s.points_per_batch):
             pts = prompts[start:start + s.points_per_batch, None, :]  # (B, 1, 2)
-            labels = torch.ones(pts.shape[:2], dtype=torch.int, device=pts.device)
-            sparse, dense = model.prompt_encoder(points=(pts, labels), boxes=None, masks=None)
-            low_masks, iou = model.mask_decoder(image_embeddings=emb, image_pe=dense_pe,
-                                                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                                multimask_output=True)  # (B, 3, low, low), (B, 3)
+            low_masks, iou = decode_points(model, emb, pts)  # (B, 3, low, low), (B, 3)
             low_masks, iou = low_masks.flatten(0, 1), iou.flatten(0, 1)
             src_points = grid_t[start:start + s.points_per_batch].repeat_interleave(3, dim=0)
             # Predicted-IoU filter first: it does not depend on the upsampled masks.
