@@ -166,8 +166,10 @@ class FastMaskGenerator:
             low_masks, iou, src_points = low_masks[keep], iou[keep], src_points[keep.cpu()]
             for c in range(0, len(iou), s.upsample_chunk):
                 logits = ry @ low_masks[c:c + s.upsample_chunk] @ rx.T  # (n, out_h, out_w)
-                hi = (logits > thr + s.stability_score_offset).flatten(1).sum(1)
-                lo = (logits > thr - s.stability_score_offset).flatten(1).sum(1)
+                # float sums of the comparisons are ~2x faster than count_nonzero / bool sums on CPU
+                # and exact for counts below 2**24 (images up to ~16 Mpx).
+                hi = (logits > thr + s.stability_score_offset).flatten(1).float().sum(1)
+                lo = (logits > thr - s.stability_score_offset).flatten(1).float().sum(1)
                 stab = hi / lo
                 ok = stab >= s.stability_score_thresh if s.stability_score_thresh > 0.0 else \
                     torch.ones_like(stab, dtype=torch.bool)

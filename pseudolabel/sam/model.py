@@ -65,8 +65,11 @@ PROFILES: dict[str, SamArch] = {
 _PROFILE_BY_WIDTH = {arch.encoder_embed_dim: name for name, arch in PROFILES.items()}
 
 
-def build_sam(profile: str, seed: int | None = 0) -> Sam:
+def build_sam(profile: str, seed: int | None = 0, nondegenerate: bool | None = None) -> Sam:
     """A SAM of the given profile with random weights (seeded), in eval mode on CPU.
+
+    ``nondegenerate`` (default: only for ``tiny``) applies :func:`_nondegenerate_init` so random
+    weights give varied masks (used by the benchmark for a ViT-B-sized model too).
 
     Random init is what tests and benchmarks use; real weights come through :func:`load_sam`.
     """
@@ -111,13 +114,13 @@ def build_sam(profile: str, seed: int | None = 0) -> Sam:
             pixel_mean=[123.675, 116.28, 103.53],
             pixel_std=[58.395, 57.12, 57.375],
         )
-        if profile == "tiny":
-            _tiny_init(sam)
+        if nondegenerate if nondegenerate is not None else profile == "tiny":
+            _nondegenerate_init(sam)
     return sam.eval()
 
 
-def _tiny_init(sam: Sam) -> None:
-    """Init choices that keep the random tiny SAM from being degenerate for automatic masks.
+def _nondegenerate_init(sam: Sam) -> None:
+    """Init choices that keep a random SAM from being degenerate for automatic masks.
 
     With plain random init the 2×2 transposed convolutions of the decoder's upscaler turn every
     mask into pixel-level checkerboard noise (every box is the whole image, so box NMS keeps one

@@ -1,7 +1,6 @@
 """Synthetic test images: flat-coloured shapes on a flat background, with their instance maps.
 
-Used to give the ``tiny`` SAM prompt-following masks (see :mod:`pseudolabel.sam.tiny_fit`) and as
-test images with known instances.
+Test and benchmark images with known instances (no downloads needed).
 """
 
 from __future__ import annotations
