@@ -20,6 +20,7 @@ STAGE_MODULES: dict[str, str] = {
     "ingest": "ingest_stage.stage:STAGE",
     # Hooks for the later stages; they register the same way once their packages expose a StageSpec.
     "pseudolabel": "pseudolabel.stage:STAGE",
+    "train-tokenizers": "tokenize_stage.training_stage:STAGE",
     "tokenize": "tokenize_stage.stage:STAGE",
 }
 

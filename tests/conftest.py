@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+
+REPO = str(Path(__file__).resolve().parents[1])
 
 # Tests never reach the network and use tiny models: keep hub libraries offline and torch on few threads.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,3 +45,16 @@ def s3_root(s3_server, request):
 
     prefix = f"{request.node.name[:40]}-{uuid.uuid4().hex[:6]}".replace("[", "-").replace("]", "")
     return f"s3://{s3_server.bucket}/{prefix}", s3_server.storage_options
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray runtime for the whole test session (start ~5 s; two ray.init calls in one process
+    fail). Workers get the checkout on PYTHONPATH so they import the project and the tests package."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}})
+    yield ray
+    ray.shutdown()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from fourm_core.config import DatasetConfig, StrictModel, validate_config
 from fourm_core.manifest import ModelRef
@@ -40,7 +40,28 @@ CROPS_ARTIFACT = "tokens/_crops"
 _TOKEN_KINDS = (ModalityKind.IMAGE_TOKENS, ModalityKind.GLOBAL_TOKENS)
 
 
+class TrainTokenizersConfig(StrictModel):
+    """Which tokenizers the ``train-tokenizers`` stage trains on this dataset's labels, and how long."""
+
+    tokenizers: list[str] = Field(min_length=1, description="registry tokenizer names, e.g. semseg_vqvae")
+    steps: int = Field(300, gt=0)
+    batch_size: int = Field(16, gt=0)
+    eval_samples: int = Field(32, gt=0, description="held-out samples for the tokenizer-bound report")
+    sampling_steps: int | None = Field(None, gt=0, description="DDIM steps in diffusion reports")
+
+    @field_validator("tokenizers")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        from .registry import tokenizer_names
+
+        unknown = sorted(set(names) - set(tokenizer_names()))
+        if unknown:
+            raise ValueError(f"unknown tokenizer(s) {unknown}; known: {', '.join(tokenizer_names())}")
+        return names
+
+
 class PretokenizeConfig(StrictModel):
+    train: TrainTokenizersConfig | None = Field(None, description="train tokenizers on this dataset first")
     modalities: list[str] | None = Field(None, description="default: every token modality with a committed tokenizer")
     profile: str = Field("production", description="which committed tokenizer weights to use")
     tokenizer_dataset: str | None = Field(None, description="dataset the tokenizers were trained under "
@@ -163,6 +184,20 @@ def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force:
     return results
 
 
-STAGE = StageSpec(name="tokenize", plan_shards=plan_shards, run_shard=run_shard,
+def artifacts_for(config: DatasetConfig) -> list[str]:
+    """Token artifacts this dataset is configured to have (listed modalities, or those of trained tokenizers)."""
+    cfg = pretokenize_config(config)
+    if cfg.modalities is not None:
+        mods = [MODALITIES[m] for m in cfg.modalities]
+    elif cfg.train is not None:
+        trained = set(cfg.train.tokenizers)
+        mods = [m for m in MODALITIES.values() if m.kind in _TOKEN_KINDS and m.tokenizer
+                and _sub_tokenizer(m.tokenizer) in trained]
+    else:
+        mods = [m for m in MODALITIES.values() if m.kind in _TOKEN_KINDS]
+    return [m.token_artifact for m in mods] + [CROPS_ARTIFACT]
+
+
+STAGE = StageSpec(name="tokenize", plan_shards=plan_shards, run_shard=run_shard, artifacts_for=artifacts_for,
                   artifacts=tuple(m.token_artifact for m in MODALITIES.values() if m.kind in _TOKEN_KINDS)
                   + (CROPS_ARTIFACT,), num_cpus=1.0)

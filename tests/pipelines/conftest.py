@@ -22,14 +22,9 @@ def prefect_api():
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the session; build-dataset reuses it instead of starting its own."""
-    from pipelines import ray_runtime
-
-    started = ray_runtime.connect(None)
+def ray_local(ray_session):
+    """The session's one local Ray (tests/conftest.py); build-dataset reuses it instead of starting its own."""
     yield
-    if started:
-        ray_runtime.shutdown()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Fixtures of the pseudolabel tests: committed test image shards and one Ray session."""
+"""Fixtures of the pseudolabel tests: committed test image shards."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLUGIN = "tests.pseudolabel.plugins:FaultyLabeler"
 
 
@@ -28,12 +27,4 @@ def dataset_config(**pseudolabel):
     return DatasetConfig(name="demo", sources=[{"kind": "synthetic"}], pseudolabel=pseudolabel)
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray runtime for the whole session (start ~5 s); workers can import the tests package."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}})
-    yield ray
-    ray.shutdown()
+# ray_session: the one Ray runtime of the test session lives in tests/conftest.py.
