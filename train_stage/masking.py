@@ -17,6 +17,7 @@ import torch
 
 from fourm_core.modalities import ModalityKind, get_modality
 
+from fourm_core.seeding import seeded
 from .batch import IGNORE, MODALITY_INDEX, MaskedBatch
 from .mixture import MixtureConfig
 
@@ -81,8 +82,7 @@ def sample_dirichlet(alpha: torch.Tensor, generator: torch.Generator) -> torch.T
     """
     allowed = alpha > 0
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    with torch.random.fork_rng(devices=[]):  # torch.distributions has no generator argument
-        torch.manual_seed(seed)
+    with seeded(seed):  # torch.distributions has no generator argument
         g = torch.distributions.Gamma(alpha.double().clamp(min=1e-12), torch.ones((), dtype=torch.float64)).sample()
     g = torch.where(allowed, g, torch.zeros_like(g))
     total = g.sum(1, keepdim=True)

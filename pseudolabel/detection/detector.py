@@ -19,6 +19,7 @@ from pseudolabel.detection.families import DEFAULT_FAMILY, Family, build_config,
 from pseudolabel.detection.labels import coco_index_map
 from pseudolabel.detection.postprocess import SCORE_THRESHOLD, to_detections
 from tokenize_stage.text.serialise.types import Detections
+from fourm_core.seeding import seeded
 
 FAMILY_FILE = "fourm_detector.json"  # records the family next to the transformers config
 
@@ -61,8 +62,7 @@ def build_detector(family: str = DEFAULT_FAMILY, profile: Literal["tiny", "full"
     """Random-weight detector of ``family`` ("tiny" for tests, "full" = production architecture for benches).
     Seeded without touching the global RNG, so the tiny weights are the same everywhere."""
     fam = get_family(family)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = _model_class(fam)(build_config(family, profile)).eval()
     return Detector(model=model, family=fam, **kwargs)
 

@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 
 from pseudolabel.humans.config import FULL, HMR2Config
 from pseudolabel.humans.model import HMR2
+from fourm_core.seeding import seeded
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "hmr2_config.json"
@@ -184,6 +185,5 @@ def build_pose_model(profile: str = "tiny", seed: int = 0) -> HMR2:
     without touching the global RNG."""
     from pseudolabel.humans.config import PROFILES
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return HMR2(PROFILES[profile]).eval()

@@ -8,6 +8,7 @@ import numpy as np
 from pydantic import Field
 
 from fourm_core.manifest import ModelRef
+from fourm_core.seeding import seeded
 
 from .. import models
 from ..spec import Labeler, ModelSettings, Resources
@@ -47,10 +48,7 @@ class ModelLabeler(Labeler):
         model.save_pretrained(path, safe_serialization=True)
 
     def seeded_tiny(self):
-        import torch
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        with seeded(0):
             return self.build_tiny().eval()
 
     # ------------------------------------------------------------------------------- driver side

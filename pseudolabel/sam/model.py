@@ -30,6 +30,7 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from fourm_core.manifest import ModelRef
+from fourm_core.seeding import seeded
 
 CONFIG_NAME = "sam_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -75,9 +76,7 @@ def build_sam(profile: str, seed: int | None = 0, nondegenerate: bool | None = N
     """
     arch = PROFILES[profile]
     grid = arch.img_size // arch.patch_size
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
+    with seeded(seed):
         sam = Sam(
             image_encoder=ImageEncoderViT(
                 depth=arch.encoder_depth,
