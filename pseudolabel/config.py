@@ -12,7 +12,7 @@ from .spec import LabelerSettings
 
 # Cheap default selection: what the demo runs with tiny profiles. Production configs list what they want.
 DEFAULT_LABELERS = ["canny", "color_palette", "depth", "normals", "semseg", "clip", "dinov2", "imagebind", "t5",
-                    "metadata"]
+                    "sam", "detection", "human_poses", "metadata"]
 
 
 class FeatureSubset(StrictModel):

@@ -21,6 +21,9 @@ LABELERS: dict[str, str] = {
     "dinov2": "pseudolabel.labelers.dinov2:Dinov2Labeler",
     "imagebind": "pseudolabel.labelers.imagebind:ImageBindLabeler",
     "t5": "pseudolabel.labelers.t5:T5Labeler",
+    "sam": "pseudolabel.labelers.sam:SamLabeler",
+    "detection": "pseudolabel.labelers.detection:DetectionLabeler",
+    "human_poses": "pseudolabel.labelers.human_poses:HumanPosesLabeler",
     "metadata": "pseudolabel.labelers.metadata:MetadataLabeler",
 }
 
@@ -55,6 +58,7 @@ BUILTIN_OUTPUTS: dict[str, tuple[str, ...]] = {
     "canny": ("canny_edge",), "color_palette": ("color_palette",), "depth": ("depth",), "normals": ("normal",),
     "semseg": ("semseg",), "clip": ("clip_features",), "dinov2": ("dinov2_features", "dinov2_global"),
     "imagebind": ("imagebind_features", "imagebind_global"), "t5": ("t5_caption",), "metadata": ("metadata",),
+    "sam": ("sam_instance", "sam_edge"), "detection": ("det",), "human_poses": ("human_poses",),
 }
 
 

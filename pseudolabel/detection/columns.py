@@ -7,6 +7,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from pseudolabel.detection.metadata import coco_instance_diversity, n_coco_instances
+from pseudolabel.detection.postprocess import SCORE_THRESHOLD
 from tokenize_stage.text.serialise.types import Detections
 
 
@@ -15,10 +16,11 @@ def schema() -> pa.Schema:
                       ("coco_instance_diversity", pa.int32())])
 
 
-def to_table(rows: list[Detections]) -> pa.Table:
+def to_table(rows: list[Detections], threshold: float = SCORE_THRESHOLD) -> pa.Table:
+    """One row per image; the counts use the boxes with score >= ``threshold`` (the labeler's)."""
     return pa.Table.from_pydict({"det": [d.model_dump_json() for d in rows],
-                                 "n_coco_instances": [n_coco_instances(d) for d in rows],
-                                 "coco_instance_diversity": [coco_instance_diversity(d) for d in rows]},
+                                 "n_coco_instances": [n_coco_instances(d, threshold) for d in rows],
+                                 "coco_instance_diversity": [coco_instance_diversity(d, threshold) for d in rows]},
                                 schema=schema())
 
 

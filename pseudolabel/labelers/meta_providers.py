@@ -1,9 +1,9 @@
 """Metadata providers: each computes some 4M-21 metadata fields (4M-FACTS §4) from what it needs.
 
 The metadata labeler runs every provider whose needs are available in this run; fields of the others
-stay null. The boxes-, humans- and SAM-based counts (n_humans, n_sam_instances, n_coco_instances,
-coco_instance_diversity) arrive with the next pseudo-labelling issue as providers that need ``det``,
-``human_poses`` and ``sam_instance``: add a provider here and its label to MetadataLabeler.optional_needs.
+stay null. The count-based fields come from the labels that already hold them: ``sam_instance`` (SAM clutter),
+``det`` (COCO clutter and instance diversity) and ``human_poses`` (crowdedness). A new provider is added
+here with its label in MetadataLabeler.optional_needs.
 Values are raw (pixels, fractions, counts); binning into tokens is the tokenizer's job.
 """
 
@@ -137,10 +137,13 @@ PROVIDERS: tuple[Provider, ...] = (
              lambda x: semantic_stats(semseg_map(x["semseg"]))),
     Provider("geometric_normals", ("normal",), {"geometric_complexity": _F}, _geometric_n),
     Provider("geometric_depth", ("depth",), {"occlusion_score": _F}, _geometric_d),
+    Provider("sam_clutter", ("sam_instance",), {"n_sam_instances": _I},
+             lambda x: {"n_sam_instances": x["sam_instance"]["n_instances"]}),
+    Provider("coco_clutter", ("det",), {"n_coco_instances": _I, "coco_instance_diversity": _I},
+             lambda x: {k: x["det"][k] for k in ("n_coco_instances", "coco_instance_diversity")}),
+    Provider("crowdedness", ("human_poses",), {"n_humans": _I}, lambda x: {"n_humans": x["human_poses"]["n_humans"]}),
 )
 
-# Fields of 4M-FACTS §4 that no provider fills yet (next issue: det / human_poses / SAM; watermark and
-# aesthetic scorers). They are columns now so the schema is stable when providers arrive.
-PENDING_FIELDS: dict[str, pa.DataType] = {"n_humans": _I, "n_sam_instances": _I, "n_coco_instances": _I,
-                                          "coco_instance_diversity": _I, "watermark_score": _F,
-                                          "aesthetic_score": _F}
+# Fields of 4M-FACTS §4 that no provider fills yet (watermark and aesthetic scorers: their models are
+# not part of this release). They are columns now so the schema is stable when providers arrive.
+PENDING_FIELDS: dict[str, pa.DataType] = {"watermark_score": _F, "aesthetic_score": _F}

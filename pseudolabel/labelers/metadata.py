@@ -25,8 +25,8 @@ class MetadataLabeler(Labeler):
     name: ClassVar[str] = "metadata"
     outputs: ClassVar[tuple[str, ...]] = ("metadata",)
     needs: ClassVar[tuple[str, ...]] = (RGB, CAPTION)
-    optional_needs: ClassVar[tuple[str, ...]] = ("semseg", "depth", "normal")
-    code_version: ClassVar[str] = "1"
+    optional_needs: ClassVar[tuple[str, ...]] = ("semseg", "depth", "normal", "sam_instance", "det", "human_poses")
+    code_version: ClassVar[str] = "2"
     Settings: ClassVar[type[LabelerSettings]] = MetadataSettings
     default_batch_size: ClassVar[int] = 32
     resources: ClassVar[Resources] = Resources(num_cpus=1, memory_mb=256)

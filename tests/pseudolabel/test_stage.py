@@ -29,9 +29,14 @@ def test_full_tiny_run_commits_every_label_then_caches(images_store, tmp_path):
     assert m.ingredients.model.id == "depth:tiny" and len(m.ingredients.model.digest) == 64
     assert m.ingredients.inputs[0].artifact == "images"
     meta = images_store.read_manifest("demo", "labels/metadata", 0)
-    assert {i.artifact for i in meta.ingredients.inputs} == {"images", "labels/semseg", "labels/depth", "labels/normal"}
+    assert {i.artifact for i in meta.ingredients.inputs} == {"images", "labels/semseg", "labels/depth", "labels/normal",
+                                                             "labels/sam_instance", "labels/det", "labels/human_poses"}
     md = images_store.read_table("demo", "labels/metadata", 0).to_pylist()[0]
-    assert md["original_width"] == 192 and 0 <= md["objectness"] <= 1 and md["n_humans"] is None
+    sam = images_store.read_table("demo", "labels/sam_instance", 0).to_pylist()[0]
+    poses = images_store.read_table("demo", "labels/human_poses", 0).to_pylist()[0]
+    assert md["original_width"] == 192 and 0 <= md["objectness"] <= 1
+    assert md["n_sam_instances"] == sam["n_instances"] and md["n_humans"] == poses["n_humans"]
+    assert md["watermark_score"] is None  # no provider yet: stays null
     assert all(r.status is UnitStatus.CACHED for r in STAGE.run_shard(images_store, cfg, 0))
 
     from PIL import Image
@@ -120,3 +125,21 @@ def test_feature_subset_and_labeler_selection(images_store):
     with pytest.raises(ConfigError, match="batch_size"):  # a labeler's own settings are validated before work
         run_shard(images_store, dataset_config(labelers=["faulty"], plugins=[PLUGIN],
                                                settings={"faulty": {"batch_size": 0}}), 0)
+
+
+def test_rerunning_only_sam_for_one_shard_touches_nothing_else(images_store):
+    sam = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.6, "stability_score_offset": 0.5}
+    cfg = dataset_config(runner="local", profile="tiny", labelers=["canny", "sam", "semseg", "metadata"],
+                         settings={"sam": sam})
+    for shard in (0, 1):
+        run_shard(images_store, cfg, shard)
+
+    def finished():
+        return {(a, s): images_store.read_manifest("demo", a, s).timings.finished
+                for a in images_store.artifacts("demo") if a != "images" for s in (0, 1)}
+
+    before = finished()
+    results = run_shard(images_store, cfg, 1, labelers=["sam"], force=True)
+    assert {a for r in results for a in r.artifacts} == {"labels/sam_instance", "labels/sam_edge"}
+    changed = {k for k, v in finished().items() if v != before[k]}
+    assert changed == {("labels/sam_instance", 1), ("labels/sam_edge", 1)}

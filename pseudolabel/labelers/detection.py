@@ -1,0 +1,79 @@
+"""Object boxes in the COCO-80 label space (4M ``det``), score ≥ 0.6, on transformers' detection models.
+
+Wraps :mod:`pseudolabel.detection`. The paper used ViTDet-H (detectron2, not installable here); any
+transformers ``*ForObjectDetection`` of a supported family loads instead (default RT-DETR R101 trained on
+COCO+Objects365, Apache-2.0), and its class names are mapped onto COCO-80 by name. Stored per image: the
+``Detections`` JSON (normalised xyxy, class name, score) plus the COCO-clutter and instance-diversity counts.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pyarrow as pa
+from pydantic import Field
+
+from ..spec import RGB, Batch, Resources
+from .model_base import HFModelSettings, ModelLabeler
+
+
+class DetectionSettings(HFModelSettings):
+    model: str = "PekingU/rtdetr_r101vd_coco_o365"
+    family: str = Field("rt_detr", description="detector family: rt_detr, detr or deformable_detr")
+    threshold: float = Field(0.6, ge=0, le=1, description="keep boxes with score >= threshold (4M: 0.6)")
+    max_detections: int = Field(100, gt=0, description="boxes kept per image, best first")
+    input_size: int | None = Field(None, gt=0, description="network input side; None = the family's default")
+
+
+class DetectionLabeler(ModelLabeler):
+    name: ClassVar[str] = "detection"
+    outputs: ClassVar[tuple[str, ...]] = ("det",)
+    needs: ClassVar[tuple[str, ...]] = (RGB,)
+    code_version: ClassVar[str] = "1"
+    Settings: ClassVar[type[HFModelSettings]] = DetectionSettings
+    default_batch_size: ClassVar[int] = 8
+    resources: ClassVar[Resources] = Resources(num_cpus=1, num_gpus=0.25, memory_mb=3072)
+
+    def build_tiny(self):
+        from ..detection import build_detector
+
+        return build_detector(self.settings.family, "tiny").model
+
+    def build_full(self):
+        from ..detection import build_detector
+
+        return build_detector(self.settings.family, "full").model
+
+    def load_dir(self, path: str):
+        from ..detection import load_detector
+
+        detector = load_detector(path)
+        self._family = detector.family.name
+        return detector.model
+
+    def save(self, model, path: str) -> None:
+        from ..detection import Detector, get_family, save_detector
+
+        save_detector(Detector(model=model, family=get_family(self.settings.family)), path)
+
+    def schema(self) -> dict[str, pa.Schema]:
+        from ..detection.columns import schema
+
+        return {"det": schema()}
+
+    def setup(self) -> None:
+        super().setup()
+        from ..detection import Detector, get_family, with_input_size
+
+        family = get_family(getattr(self, "_family", self.settings.family))
+        self.detector = Detector(model=self.model, family=family, threshold=self.settings.threshold,
+                                 max_detections=self.settings.max_detections, batch_size=self.batch_size)
+        if self.settings.input_size:
+            with_input_size(self.detector, self.settings.input_size)
+
+    def label_batch(self, batch: Batch) -> list:
+        from ..detection import detect
+        from ..detection.columns import to_table
+
+        rows = to_table(detect(self.detector, batch.rgb), self.settings.threshold).to_pylist()
+        return [{"det": row} for row in rows]
