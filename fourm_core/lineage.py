@@ -85,7 +85,7 @@ def _short(config: dict[str, Any], limit: int = 160) -> str:
 class StatusRow:
     stage: str
     artifact: str
-    shard: int
+    shard: int | None  # None: a whole-dataset artifact (e.g. a trained tokenizer)
     state: str  # done | cached | failed | missing
     rows: int = 0
     errors: int = 0
@@ -105,6 +105,11 @@ def shard_status(store: ArtifactStore, dataset: str, stage_artifacts: dict[str, 
     rows: list[StatusRow] = []
     for stage, artifacts in stage_artifacts.items():
         for artifact in artifacts:
+            whole = store.read_manifest(dataset, artifact, None)
+            if whole is not None:  # an unsharded artifact: one row
+                state = "cached" if (artifact, None) in cached else "done"
+                rows.append(StatusRow(stage, artifact, None, state, whole.rows, whole.errors.count))
+                continue
             committed = set(store.committed_shards(dataset, artifact))
             failed = store.failed_shards(dataset, artifact)
             for shard in sorted(committed | set(failed) | set(expected.get(stage, []))):

@@ -17,7 +17,7 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def status_table(rows: list[StatusRow]) -> str:
-    body = [(r.stage, r.artifact, f"{r.shard:05d}", r.state, r.rows, r.errors, _clip(r.detail, 70)) for r in rows]
+    body = [(r.stage, r.artifact, "-" if r.shard is None else f"{r.shard:05d}", r.state, r.rows, r.errors, _clip(r.detail, 70)) for r in rows]
     return format_table(["stage", "artifact", "shard", "state", "rows", "errors", "detail"], body)
 
 

@@ -112,6 +112,27 @@ def evaluate(model: Tokenizer, x_train: torch.Tensor, x_eval: torch.Tensor,
             "n_tokens": int(tokens.shape[1])}, recon
 
 
+def fit_to_labels(tcfg, arrays: list, source: str):
+    """The tokenizer config with its input width taken from the labels it trains on.
+
+    Feature maps (h, w, C) and global embeddings (D,) have the width of the labeler that made them: the
+    registry's (e.g. 768 for DINOv2-B) in production, a small one for `tiny` labelers. The token grid and
+    vocabulary do not depend on it, so the tokenizer follows the data; mixed widths are a labeling error.
+    """
+    target = tcfg.target
+    if target not in ("features", "global") or not arrays:
+        return tcfg
+    widths = {int(a.shape[-1]) if target == "features" else int(a.size) for a in arrays}
+    if len(widths) != 1:
+        raise ValueError(f"{source}: samples have different widths {sorted(widths)}; were shards labelled by "
+                         f"different models? Re-run the labeler on every shard with one model")
+    width = widths.pop()
+    field = ("in_channels", "out_channels") if target == "features" else ("in_dim",)
+    if all(getattr(tcfg, f) == width for f in field):
+        return tcfg
+    return tcfg.model_copy(update={f: width for f in field})
+
+
 def train_tokenizer(store: ArtifactStore, dataset: str, cfg: TrainTokenizerConfig, *, force: bool = False,
                     shards: list[int] | None = None) -> UnitResult:
     """Train one tokenizer on the committed label shards of ``dataset`` and commit it (see module doc)."""
@@ -120,6 +141,7 @@ def train_tokenizer(store: ArtifactStore, dataset: str, cfg: TrainTokenizerConfi
     tcfg = tokenizer_config(cfg.tokenizer, cfg.profile)
     artifact = tokenizer_artifact(cfg.tokenizer, cfg.profile)
     keys, arrays, manifests = read_label_arrays(store, dataset, label, cfg.label_column, shards)
+    tcfg = fit_to_labels(tcfg, arrays, f"{dataset}/labels/{label}")
     if len(arrays) <= cfg.eval_samples:
         raise ValueError(f"{dataset}/labels/{label} has {len(arrays)} samples; need more than eval_samples="
                          f"{cfg.eval_samples} to train {cfg.tokenizer}")

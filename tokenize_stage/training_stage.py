@@ -14,9 +14,15 @@ from fourm_core.store import ArtifactStore
 from fourm_core.units import UnitResult
 
 from .stage import pretokenize_config
-from .train_tokenizer import TrainTokenizerConfig, train_tokenizer
+from .train_tokenizer import TrainTokenizerConfig, tokenizer_artifact, train_tokenizer
 
 WHOLE_DATASET = 0
+
+
+def trained_artifacts(config: DatasetConfig) -> list[str]:
+    """The tokenizer artifacts this dataset's config trains (whole-dataset artifacts, no shards)."""
+    cfg = pretokenize_config(config)
+    return [] if cfg.train is None else [tokenizer_artifact(n, cfg.profile) for n in cfg.train.tokenizers]
 
 
 def plan_shards(store: ArtifactStore, config: DatasetConfig) -> list[int]:
@@ -40,4 +46,4 @@ def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force:
 
 
 STAGE = StageSpec(name="train-tokenizers", plan_shards=plan_shards, run_shard=run_shard, heavy=False,
-                  artifacts=(), artifacts_for=lambda config: [])
+                  artifacts=(), artifacts_for=lambda config: trained_artifacts(config))
