@@ -2,8 +2,10 @@
 
 Panels: the image; depth (turbo colour map, near = warm for depth-like outputs as stored); normals
 (RGB = (n + 1) / 2); semantic map (fixed 134-colour palette, legend of the largest classes); Canny
-edges; palettes k = 1…7 as swatch rows; feature maps as their first 3 PCA components; metadata and the
-other scalar labels as text.
+edges; SAM instances as coloured overlays and SAM edges; detection boxes with class names and scores;
+persons as boxes (a 2-D skeleton needs the SMPL body model, which is not part of this release); palettes
+k = 1…7 as swatch rows; feature maps as their first 3 PCA components; metadata and the other scalar labels
+as text.
 """
 
 from __future__ import annotations
@@ -50,12 +52,29 @@ def _pca_rgb(feat: np.ndarray) -> np.ndarray:
     return y.reshape(g, g, -1)
 
 
-def render_sample(store: ArtifactStore, dataset: str, key: str, out: str) -> str:
-    import matplotlib
+def _instance_overlay(rgb: np.ndarray, row: dict) -> np.ndarray:
+    """The image with every SAM instance tinted in its own colour (largest first, small ones on top)."""
+    import cv2
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .labelers.sam import instance_masks
 
+    out = rgb.astype(np.float32)
+    pal = semseg_palette()
+    masks = sorted(instance_masks(row), key=lambda m: -int(m.sum()))
+    for i, m in enumerate(masks):
+        if m.shape != rgb.shape[:2]:  # low-resolution mask frame
+            m = cv2.resize(m.astype(np.uint8), (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+        out[m] = 0.45 * out[m] + 0.55 * pal[1 + i % 133]
+    return out.astype(np.uint8)
+
+
+def _boxes(boxes: list[tuple[list[float], str]], color: str) -> list[tuple[str, tuple, dict]]:
+    """Overlay specs: normalised xyxy + caption -> ("box", (x0, y0, x1, y1, caption), style)."""
+    return [("box", (*xyxy, caption), {"color": color}) for xyxy, caption in boxes]
+
+
+def sample_panels(store: ArtifactStore, dataset: str, key: str) -> tuple[list[tuple[str, np.ndarray, dict]], list[str]]:
+    """The panels (title, array, imshow kwargs + optional "overlays") and text lines of one sample."""
     img_row = _row(store, dataset, "images", key)
     if img_row is None:
         raise KeyError(f"sample {key!r} not found in {dataset}/images")
@@ -76,6 +95,19 @@ def render_sample(store: ArtifactStore, dataset: str, key: str, out: str) -> str
                                             for c, i in top))
     if (r := _row(store, dataset, "labels/canny_edge", key)) is not None:
         panels.append(("canny edges", codecs.png_decode(r["edges"]), {"cmap": "gray"}))
+    if (r := _row(store, dataset, "labels/sam_instance", key)) is not None:
+        panels.append((f"SAM instances ({r['n_instances']})", _instance_overlay(rgb, r), {}))
+    if (r := _row(store, dataset, "labels/sam_edge", key)) is not None:
+        panels.append(("SAM edges", codecs.png_decode(r["edges"]), {"cmap": "gray"}))
+    if (r := _row(store, dataset, "labels/det", key)) is not None:
+        import json
+
+        boxes = [(b["xyxy"], f"{b['class_name']} {b['score']:.2f}" if b.get("score") is not None else b["class_name"])
+                 for b in json.loads(r["det"])["boxes"]]
+        panels.append((f"boxes COCO-80 ({len(boxes)})", rgb, {"overlays": _boxes(boxes, "yellow")}))
+    if (r := _row(store, dataset, "labels/human_poses", key)) is not None:
+        people = [(xyxy, f"person {i}") for i, xyxy in enumerate(r["bbox"] or [])]
+        panels.append((f"human poses ({r['n_humans'] or 'none'})", rgb, {"overlays": _boxes(people, "cyan")}))
     for art, col, title in (("labels/clip_features", "features", "CLIP patches (PCA)"),
                             ("labels/dinov2_features", "features", "DINOv2 patches (PCA)"),
                             ("labels/imagebind_features", "features", "ImageBind patches (PCA)")):
@@ -102,6 +134,18 @@ def render_sample(store: ArtifactStore, dataset: str, key: str, out: str) -> str
         if (r := _row(store, dataset, art, key)) is not None:
             e = np.frombuffer(r["embedding"], "<f2").astype(np.float32)
             texts.append(f"{art.split('/')[1]}: dim {e.size}, |e|={np.linalg.norm(e):.3f}")
+    return panels, texts
+
+
+def render_sample(store: ArtifactStore, dataset: str, key: str, out: str) -> str:
+    """Write the sample's panels as one PNG to ``out`` (a path or an fsspec URI); returns ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    panels, texts = sample_panels(store, dataset, key)
 
     cols = 4
     nrows = (len(panels) + cols - 1) // cols
@@ -110,7 +154,13 @@ def render_sample(store: ArtifactStore, dataset: str, key: str, out: str) -> str
     fig = plt.figure(figsize=(4 * cols, height), dpi=90)
     for i, (title, arr, kw) in enumerate(panels):
         ax = fig.add_subplot(nrows, cols, i + 1)
+        kw = dict(kw)
+        overlays = kw.pop("overlays", [])
         im = ax.imshow(arr, **kw)
+        h, w = arr.shape[:2]
+        for _, (x0, y0, x1, y1, caption), style in overlays:
+            ax.add_patch(Rectangle((x0 * w, y0 * h), (x1 - x0) * w, (y1 - y0) * h, fill=False, lw=1.5, **style))
+            ax.text(x0 * w, y0 * h, caption, fontsize=7, va="bottom", backgroundcolor=(0, 0, 0, 0.5), **style)
         if title == "depth":
             fig.colorbar(im, ax=ax, fraction=0.046)
         ax.set_title(title, fontsize=10)

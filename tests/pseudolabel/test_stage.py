@@ -143,3 +143,26 @@ def test_rerunning_only_sam_for_one_shard_touches_nothing_else(images_store):
     assert {a for r in results for a in r.artifacts} == {"labels/sam_instance", "labels/sam_edge"}
     changed = {k for k, v in finished().items() if v != before[k]}
     assert changed == {("labels/sam_instance", 1), ("labels/sam_edge", 1)}
+
+
+def test_viewer_draws_instances_boxes_and_persons(images_store, tmp_path):
+    from PIL import Image
+
+    from pseudolabel.viewer import render_sample, sample_panels
+
+    sam = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.6, "stability_score_offset": 0.5}
+    det = {"threshold": 0.0, "max_detections": 80, "input_size": 128}  # 80 random classes: persons among them
+    cfg = dataset_config(runner="local", profile="tiny", labelers=["sam", "detection", "human_poses"],
+                         settings={"sam": sam, "detection": det})
+    results = run_shard(images_store, cfg, 0)
+    assert {a for r in results for a in r.artifacts} == {"labels/sam_instance", "labels/sam_edge", "labels/det",
+                                                         "labels/human_poses"}
+    panels, _ = sample_panels(images_store, "demo", "s00-000")
+    by_title = {title.split(" (")[0]: kw for title, _, kw in panels}
+    assert {"SAM instances", "SAM edges", "boxes COCO-80", "human poses"} <= set(by_title)
+    assert len(by_title["boxes COCO-80"]["overlays"]) > 0
+    poses = images_store.read_table("demo", "labels/human_poses", 0).to_pylist()[0]
+    assert len(by_title["human poses"]["overlays"]) == poses["n_humans"] > 0
+    out = render_sample(images_store, "demo", "s00-000", str(tmp_path / "s.png"))
+    with Image.open(out) as im:
+        assert im.size[0] > 1000
