@@ -1,6 +1,8 @@
 """CLI: ``python -m pseudolabel --dataset demo --root ./store [--labelers depth,canny] [--shard N] [--force]``,
 ``python -m pseudolabel show --dataset demo --root ./store --sample KEY --out sample.png`` and
-``python -m pseudolabel save-tiny --labeler depth --out DIR`` (a tiny random-weight checkpoint)."""
+``python -m pseudolabel save-tiny --labeler depth --out DIR`` (a tiny random-weight checkpoint),
+``python -m pseudolabel convert-sam sam_vit_h_4b8939.pth DIR`` and
+``python -m pseudolabel convert-hmr2 hmr2.safetensors DIR`` (released checkpoints -> the labelers' model dirs)."""
 
 from __future__ import annotations
 
@@ -38,6 +40,24 @@ def main(argv: list[str] | None = None) -> int:
 
         lab = labeler_class(a.labeler)()
         lab.save(lab.seeded_tiny(), a.out)
+        print(a.out)
+        return 0
+
+    if argv[:1] in (["convert-sam"], ["convert-hmr2"]):
+        p = argparse.ArgumentParser(prog=f"python -m pseudolabel {argv[0]}",
+                                    description="convert a released checkpoint into a labeler model directory")
+        p.add_argument("checkpoint", help="SAM: .pth/.safetensors state dict; HMR2.0: .ckpt or .safetensors")
+        p.add_argument("out", help="directory to write (model.safetensors + config)")
+        a = p.parse_args(argv[1:])
+        if argv[0] == "convert-sam":
+            from .sam.model import load_sam, save_sam
+
+            loaded = load_sam(a.checkpoint)
+            save_sam(loaded.model, a.out, loaded.profile)
+        else:
+            from .humans import load_hmr2_checkpoint, save_pose_model
+
+            save_pose_model(load_hmr2_checkpoint(a.checkpoint), a.out)
         print(a.out)
         return 0
 

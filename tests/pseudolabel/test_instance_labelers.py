@@ -105,3 +105,18 @@ def test_poses_per_person_box_none_without_people_and_missing_boxes_fail_the_sam
     assert nobody["human_poses"]["n_humans"] == 0 and nobody["human_poses"]["bbox"] == []
     assert serialiser.serialise(HumanPoses(persons=[])) == "none"
     assert isinstance(missing, SampleFailure) and missing.reason == "missing_det"
+
+
+def test_convert_sam_turns_a_released_style_pth_into_a_labeler_model_dir(tmp_path, batch):
+    import torch
+
+    from pseudolabel.__main__ import main
+    from pseudolabel.sam.model import build_sam
+
+    pth = tmp_path / "sam_tiny.pth"
+    torch.save(build_sam("tiny").state_dict(), pth)  # the official checkpoints are plain state dicts
+    assert main(["convert-sam", str(pth), str(tmp_path / "sam")]) == 0
+    cls = labeler_class("sam")
+    lab, mem = cls(cls.Settings(model=str(tmp_path / "sam"), **SAM)), cls(cls.Settings(model="tiny", **SAM))
+    lab.setup(), mem.setup()
+    assert lab.label_batch(batch) == mem.label_batch(batch)
