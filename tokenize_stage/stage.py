@@ -27,6 +27,8 @@ from fourm_core.stage import StageSpec
 from fourm_core.store import ArtifactStore
 from fourm_core.units import SampleError, Unit, UnitOutput, UnitResult, run_unit
 
+from . import sequences
+from .sequences import SequenceConfig
 from .crops import CropConfig, apply_crop, crop_for
 from .labels import iter_label_rows
 from .models.base import Tokenizer
@@ -70,6 +72,7 @@ class PretokenizeConfig(StrictModel):
     crops: CropConfig = CropConfig()
     batch_size: int = Field(32, gt=0)
     device: str = Field("cpu", description="torch device for encoding (not part of the cache key)")
+    sequences: SequenceConfig = SequenceConfig()  # sequence modalities (sequences.py)
 
 
 def pretokenize_config(config: DatasetConfig) -> PretokenizeConfig:
@@ -90,6 +93,7 @@ def plan_shards(store: ArtifactStore, config: DatasetConfig) -> list[int]:
     shards: set[int] = set()
     for m in _token_modalities(store, config, cfg):
         shards.update(store.committed_shards(config.name, m.label_artifact))
+    shards.update(sequences.plan_shards(store, config.name, cfg))  # sequence modalities (sequences.py)
     return sorted(shards)
 
 
@@ -179,8 +183,11 @@ def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force:
     mods = [m for m in _token_modalities(store, config, cfg)
             if store.read_manifest(config.name, m.label_artifact, shard) is not None]
     labels = {m.label_artifact: store.read_manifest(config.name, m.label_artifact, shard) for m in mods}
+    seq_labels = sequences.label_manifests(store, config.name, cfg, shard)
+    labels.update({m.label_artifact: manifest for m, manifest in seq_labels.values()})
     results = [_crops_unit(store, config, cfg, shard, list(labels.values()), force)]
     results += [_token_unit(store, config, cfg, shard, m, force) for m in mods]
+    results += sequences.run_units(store, config.name, cfg, shard, seq_labels, force)
     return results
 
 
@@ -195,9 +202,10 @@ def artifacts_for(config: DatasetConfig) -> list[str]:
                 and _sub_tokenizer(m.tokenizer) in trained]
     else:
         mods = [m for m in MODALITIES.values() if m.kind in _TOKEN_KINDS]
-    return [m.token_artifact for m in mods] + [CROPS_ARTIFACT]
+    return [m.token_artifact for m in mods] + sequences.artifacts_for(cfg) + [CROPS_ARTIFACT]
 
 
 STAGE = StageSpec(name="tokenize", plan_shards=plan_shards, run_shard=run_shard, artifacts_for=artifacts_for,
                   artifacts=tuple(m.token_artifact for m in MODALITIES.values() if m.kind in _TOKEN_KINDS)
+                  + tuple(MODALITIES[m].token_artifact for m in sequences.SEQUENCE_MODALITIES)
                   + (CROPS_ARTIFACT,), num_cpus=1.0)
