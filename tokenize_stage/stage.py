@@ -80,8 +80,8 @@ def pretokenize_config(config: DatasetConfig) -> PretokenizeConfig:
 
 
 def _token_modalities(store: ArtifactStore, config: DatasetConfig, cfg: PretokenizeConfig) -> list[Modality]:
-    if cfg.modalities is not None:
-        return [MODALITIES[m] for m in cfg.modalities]
+    if cfg.modalities is not None:  # sequence modalities listed here run in sequences.py
+        return [MODALITIES[m] for m in cfg.modalities if MODALITIES[m].kind in _TOKEN_KINDS]
     ns = cfg.tokenizer_dataset or config.name
     return [m for m in MODALITIES.values() if m.kind in _TOKEN_KINDS and m.tokenizer and
             store.read_manifest(ns, tokenizer_artifact(_sub_tokenizer(m.tokenizer), cfg.profile), None) is not None]
@@ -195,7 +195,7 @@ def artifacts_for(config: DatasetConfig) -> list[str]:
     """Token artifacts this dataset is configured to have (listed modalities, or those of trained tokenizers)."""
     cfg = pretokenize_config(config)
     if cfg.modalities is not None:
-        mods = [MODALITIES[m] for m in cfg.modalities]
+        mods = [MODALITIES[m] for m in cfg.modalities if MODALITIES[m].kind in _TOKEN_KINDS]
     elif cfg.train is not None:
         trained = set(cfg.train.tokenizers)
         mods = [m for m in MODALITIES.values() if m.kind in _TOKEN_KINDS and m.tokenizer
