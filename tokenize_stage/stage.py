@@ -4,7 +4,8 @@ For every image-token / global-token modality of the registry whose tokenizer is
 ``train_tokenizer``), a unit reads the modality's committed label shard, applies the sample's shared
 crops (``crops``), normalises, encodes, and commits ``tokens/<modality>`` with columns
 ``sample_key, crop int16, tokens list<int16>`` (docs/data-format.md). A crops unit commits
-``tokens/_crops`` (``sample_key, crop, box, flip``) once per shard.
+``tokens/_crops`` (``sample_key, crop, box, flip``) once per shard. Sequence modalities (det, metadata,
+color_palette, human_poses, sam_instance) run after the image units: ``sequences.py``.
 
 Cache keys: a token unit's key holds the crop settings, its label shard's digest and its tokenizer's
 weights digest (ModelRef) — so a retrained tokenizer re-tokenizes only its own modality, and a killed
