@@ -45,27 +45,25 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
+from pydantic import Field
 
+from fourm_core.config import StrictModel
 from fourm_core.manifest import Manifest, ModelRef
 from fourm_core.modalities import MODALITIES, Modality
 from fourm_core.store import ArtifactStore
 from fourm_core.units import SampleError, Unit, UnitOutput, UnitResult, run_unit
 
-from pydantic import Field
-
-from fourm_core.config import StrictModel
-
 from .crops import Crop, CropConfig, crop_for
 from .registry import _sub_tokenizer
-from .seq_geometry import crop_boxes, crop_mask, in_box_mask, persons_of_row, sam_row_masks, tight_box, \
-    transform_person
+from .seq_geometry import (crop_boxes, crop_mask, in_box_mask, persons_of_row, sam_row_masks, tight_box,
+                           transform_person)
 from .text.serialise import PARSED_TYPES, SERIALISERS, STRUCTURED_TYPES, token_budget
 from .text.serialise import color_palette as palette_ser
 from .text.serialise import sam_instance as sam_ser
 from .text.serialise.types import Box, ColorPalette, ColorPaletteSet, Detections, HumanPoses, Metadata, Person
 from .train_tokenizer import load_trained, tokenizer_artifact
 
-CODE_VERSION = "tokenize.sequences/1"
+CODE_VERSION = "tokenize.sequences/2"
 SEQUENCE_MODALITIES = tuple(SERIALISERS)  # det, color_palette, metadata, human_poses, sam_instance
 CHUNK_SAMPLES = 64  # samples whose VQ inputs are held in memory and encoded together
 
@@ -113,7 +111,8 @@ def _vq(store: ArtifactStore, ns: str, modality: Modality, profile: str) -> tupl
     manifest = store.read_manifest(ns, tokenizer_artifact(name, profile), None)
     if manifest is None:
         raise FileNotFoundError(f"{modality.name} needs the {name} tokenizer, but {ns}/"
-                                f"{tokenizer_artifact(name, profile)} is not committed; {_train_hint(name, profile, ns)}")
+                                f"{tokenizer_artifact(name, profile)} is not committed; "
+                                f"{_train_hint(name, profile, ns)}")
     key = (store.root_uri, ns, name, profile, manifest.digest)
     if key not in _VQ:
         if len(_VQ) >= 8:
@@ -278,6 +277,7 @@ def sequence_unit(store: ArtifactStore, dataset: str, cfg, shard: int, modality:
         table = store.read_table(dataset, modality.label_artifact, shard)
         rows = sorted(table.to_pylist(), key=lambda r: r["sample_key"])
         out: dict[str, list] = {"sample_key": [], "crop": [], "text": [], "structured": []}
+        kwargs = {"score_threshold": cfg.sequences.det_score_threshold} if modality.name == "det" else {}
         errors: list[SampleError] = []
         for start in range(0, len(rows), CHUNK_SAMPLES):
             pending = []  # (key, crop, rng, n inputs, finish)
@@ -302,13 +302,24 @@ def sequence_unit(store: ArtifactStore, dataset: str, cfg, shard: int, modality:
             codes = _encode(vq_model, inputs, cfg.batch_size, cfg.device) if vq_model is not None and inputs \
                 else np.zeros((0, 0), np.int64)
             at = 0
+            failed: set[str] = set()
             for key, c, rng, n, finish in pending:
-                structured = finish(codes[at:at + n])
-                at += n
+                vq_codes, at = codes[at:at + n], at + n
+                if key in failed:
+                    continue
+                try:
+                    structured = finish(vq_codes)
+                    text = serialiser.serialise(structured, rng, **kwargs)
+                except Exception as exc:  # e.g. a stored value the structured type rejects: drop the sample
+                    errors.append(SampleError(key, "bad_label", f"{type(exc).__name__}: {exc}"))
+                    failed.add(key)
+                    while out["sample_key"] and out["sample_key"][-1] == key:  # its earlier crops too
+                        for col in out.values():
+                            col.pop()
+                    continue
                 out["sample_key"].append(key)
                 out["crop"].append(c)
-                kwargs = {"score_threshold": cfg.sequences.det_score_threshold} if modality.name == "det" else {}
-                out["text"].append(serialiser.serialise(structured, rng, **kwargs))
+                out["text"].append(text)
                 out["structured"].append(structured.model_dump_json(exclude_none=True))
         ids = [e.ids for e in tok.encode_batch(out["text"])] if out["text"] else []
         lengths = [len(i) for i in ids]

@@ -149,8 +149,8 @@ def test_token_shards_parse_back_to_structured(ready):
             elif name == "det":
                 assert len(parsed.boxes) == len(s.boxes)  # threshold 0: every box in the crop is written
                 for b in parsed.boxes:  # every parsed box is a stored box up to quantisation
-                    assert any(b.class_name == c.class_name and np.allclose(b.xyxy, c.xyxy, atol=det_ser.MAX_ERROR + 1e-9)
-                               for c in s.boxes)
+                    tol = det_ser.MAX_ERROR + 1e-9
+                    assert any(b.class_name == c.class_name and np.allclose(b.xyxy, c.xyxy, atol=tol) for c in s.boxes)
                 assert ser.serialise(parsed, score_threshold=0.0) == row["text"]
             elif name == "human_poses":
                 assert len(parsed.persons) == len(s.persons)
