@@ -252,3 +252,24 @@ def test_missing_vq_tokenizer_skips_or_fails_clearly(store):
                                                 r"python -m tokenize_stage train --tokenizer mask_vq"):
         STAGE.run_shard(store, _config(modalities=["det", "sam_instance"]), 0)
     assert store.read_manifest(DS, MODALITIES["det"].token_artifact, 0) is not None
+
+
+def test_person_flip_mirrors_the_body():
+    """A flipped person: box mirrored, camera tx negated, left/right joints swapped with R -> M R M; flipping
+    twice gives the person back."""
+    from tokenize_stage.seq_geometry import SMPL_FLIP_PERM, transform_person
+
+    rng = np.random.default_rng(0)
+    person = {"bbox": [0.1, 0.2, 0.4, 0.9], "score": 0.9, "global_orient": np.eye(3).ravel().tolist(),
+              "body_pose": pose(rng), "betas": [0.0] * 10, "camera": [1.0, 0.3, -0.1]}
+    once = transform_person(person, Crop((0, 0, 1, 1), True))
+    assert np.allclose(once["bbox"], [0.6, 0.2, 0.9, 0.9]) and once["camera"] == [1.0, -0.3, -0.1]
+    body, flipped = person["body_pose"].reshape(23, 3, 3), once["body_pose"].reshape(23, 3, 3)
+    m = np.diag([1.0, -1.0, -1.0])
+    left_hip, right_hip = 1, 2  # SMPL joints (0 = pelvis = root); body_pose starts at joint 1
+    assert SMPL_FLIP_PERM[left_hip] == right_hip
+    assert np.allclose(flipped[left_hip - 1], m @ body[right_hip - 1] @ m, atol=1e-6)
+    twice = transform_person(once, Crop((0, 0, 1, 1), True))
+    assert np.allclose(twice["body_pose"], person["body_pose"], atol=1e-6)
+    assert np.allclose(twice["bbox"], person["bbox"]) and twice["camera"] == person["camera"]
+    assert transform_person(person, Crop((0.5, 0.0, 1.0, 1.0), False)) is None  # outside the crop: dropped
