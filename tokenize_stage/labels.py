@@ -30,7 +30,8 @@ def read_label_arrays(store: ArtifactStore, dataset: str, label: str, column: st
     """(sample_keys, arrays, manifests) of every committed shard of ``labels/<label>`` (or ``shards``).
 
     Cells are decoded by :func:`fourm_core.label_codec.decode_label` (the labelers' storage format);
-    ``column`` names a single ``.npy`` column instead.
+    ``column`` names a single ``.npy`` column instead. The structured SAM and pose labels yield one array
+    per instance (keys ``<sample_key>#<i>``): 64x64 in-box masks and 207-d body poses (``seq_geometry``).
     """
     artifact = label_artifact(label)
     keys: list[str] = []
@@ -38,13 +39,36 @@ def read_label_arrays(store: ArtifactStore, dataset: str, label: str, column: st
     manifests: list[Manifest] = []
     for shard in shards if shards is not None else store.committed_shards(dataset, artifact):
         manifest = store.read_manifest(dataset, artifact, shard)
-        for key, arr in iter_label_rows(store, dataset, label, shard, column):
+        rows = None if column else _instance_rows(store, dataset, label, shard)
+        for key, arr in rows if rows is not None else iter_label_rows(store, dataset, label, shard, column):
             if arr is None:  # a sample the labeler failed on: nothing to learn from
                 continue
             keys.append(key)
             arrays.append(arr)
         manifests.append(manifest)
     return keys, arrays, manifests
+
+
+# Labels stored per image with several instances each (the labelers' structured columns): the tokenizer
+# trains on the instances. label -> (column that marks the structured layout, row -> training arrays).
+def _instance_readers() -> dict:
+    from .seq_geometry import pose_training_vectors, sam_training_masks
+
+    return {"sam_instance": ("instances", sam_training_masks), "human_poses": ("body_pose", pose_training_vectors)}
+
+
+def _instance_rows(store: ArtifactStore, dataset: str, label: str,
+                   shard: int) -> list[tuple[str, np.ndarray]] | None:
+    """``(f"{sample_key}#{i}", array)`` per instance of a structured label shard (SAM instances -> 64x64
+    in-box masks, persons -> 207-d body poses); None for labels stored one array per sample."""
+    readers = _instance_readers()
+    if label not in readers:
+        return None
+    marker, expand = readers[label]
+    table = store.read_table(dataset, label_artifact(label), shard)
+    if marker not in table.column_names:  # synthetic/development labels: one .npy array per sample
+        return None
+    return [(f"{row['sample_key']}#{i}", a) for row in table.to_pylist() for i, a in enumerate(expand(row))]
 
 
 def iter_label_rows(store: ArtifactStore, dataset: str, label: str, shard: int,

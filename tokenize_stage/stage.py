@@ -4,7 +4,8 @@ For every image-token / global-token modality of the registry whose tokenizer is
 ``train_tokenizer``), a unit reads the modality's committed label shard, applies the sample's shared
 crops (``crops``), normalises, encodes, and commits ``tokens/<modality>`` with columns
 ``sample_key, crop int16, tokens list<int16>`` (docs/data-format.md). A crops unit commits
-``tokens/_crops`` (``sample_key, crop, box, flip``) once per shard.
+``tokens/_crops`` (``sample_key, crop, box, flip``) once per shard. Sequence modalities (det, metadata,
+color_palette, human_poses, sam_instance) run after the image units: ``sequences.py``.
 
 Cache keys: a token unit's key holds the crop settings, its label shard's digest and its tokenizer's
 weights digest (ModelRef) — so a retrained tokenizer re-tokenizes only its own modality, and a killed
@@ -27,6 +28,8 @@ from fourm_core.stage import StageSpec
 from fourm_core.store import ArtifactStore
 from fourm_core.units import SampleError, Unit, UnitOutput, UnitResult, run_unit
 
+from . import sequences
+from .sequences import SequenceConfig
 from .crops import CropConfig, apply_crop, crop_for
 from .labels import iter_label_rows
 from .models.base import Tokenizer
@@ -70,6 +73,7 @@ class PretokenizeConfig(StrictModel):
     crops: CropConfig = CropConfig()
     batch_size: int = Field(32, gt=0)
     device: str = Field("cpu", description="torch device for encoding (not part of the cache key)")
+    sequences: SequenceConfig = SequenceConfig()  # sequence modalities (sequences.py)
 
 
 def pretokenize_config(config: DatasetConfig) -> PretokenizeConfig:
@@ -77,8 +81,8 @@ def pretokenize_config(config: DatasetConfig) -> PretokenizeConfig:
 
 
 def _token_modalities(store: ArtifactStore, config: DatasetConfig, cfg: PretokenizeConfig) -> list[Modality]:
-    if cfg.modalities is not None:
-        return [MODALITIES[m] for m in cfg.modalities]
+    if cfg.modalities is not None:  # sequence modalities listed here run in sequences.py
+        return [MODALITIES[m] for m in cfg.modalities if MODALITIES[m].kind in _TOKEN_KINDS]
     ns = cfg.tokenizer_dataset or config.name
     return [m for m in MODALITIES.values() if m.kind in _TOKEN_KINDS and m.tokenizer and
             store.read_manifest(ns, tokenizer_artifact(_sub_tokenizer(m.tokenizer), cfg.profile), None) is not None]
@@ -90,6 +94,7 @@ def plan_shards(store: ArtifactStore, config: DatasetConfig) -> list[int]:
     shards: set[int] = set()
     for m in _token_modalities(store, config, cfg):
         shards.update(store.committed_shards(config.name, m.label_artifact))
+    shards.update(sequences.plan_shards(store, config.name, cfg))  # sequence modalities (sequences.py)
     return sorted(shards)
 
 
@@ -179,8 +184,11 @@ def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force:
     mods = [m for m in _token_modalities(store, config, cfg)
             if store.read_manifest(config.name, m.label_artifact, shard) is not None]
     labels = {m.label_artifact: store.read_manifest(config.name, m.label_artifact, shard) for m in mods}
+    seq_labels = sequences.label_manifests(store, config.name, cfg, shard)
+    labels.update({m.label_artifact: manifest for m, manifest in seq_labels.values()})
     results = [_crops_unit(store, config, cfg, shard, list(labels.values()), force)]
     results += [_token_unit(store, config, cfg, shard, m, force) for m in mods]
+    results += sequences.run_units(store, config.name, cfg, shard, seq_labels, force)
     return results
 
 
@@ -188,16 +196,17 @@ def artifacts_for(config: DatasetConfig) -> list[str]:
     """Token artifacts this dataset is configured to have (listed modalities, or those of trained tokenizers)."""
     cfg = pretokenize_config(config)
     if cfg.modalities is not None:
-        mods = [MODALITIES[m] for m in cfg.modalities]
+        mods = [MODALITIES[m] for m in cfg.modalities if MODALITIES[m].kind in _TOKEN_KINDS]
     elif cfg.train is not None:
         trained = set(cfg.train.tokenizers)
         mods = [m for m in MODALITIES.values() if m.kind in _TOKEN_KINDS and m.tokenizer
                 and _sub_tokenizer(m.tokenizer) in trained]
     else:
         mods = [m for m in MODALITIES.values() if m.kind in _TOKEN_KINDS]
-    return [m.token_artifact for m in mods] + [CROPS_ARTIFACT]
+    return [m.token_artifact for m in mods] + sequences.artifacts_for(cfg) + [CROPS_ARTIFACT]
 
 
 STAGE = StageSpec(name="tokenize", plan_shards=plan_shards, run_shard=run_shard, artifacts_for=artifacts_for,
                   artifacts=tuple(m.token_artifact for m in MODALITIES.values() if m.kind in _TOKEN_KINDS)
+                  + tuple(MODALITIES[m].token_artifact for m in sequences.SEQUENCE_MODALITIES)
                   + (CROPS_ARTIFACT,), num_cpus=1.0)
