@@ -12,7 +12,7 @@ from typing import Protocol
 
 from .config import DatasetConfig
 from .store import ArtifactStore
-from .units import Unit, UnitResult, UnitStatus, is_cached
+from .units import Unit, UnitResult, UnitStatus, collecting_units, is_cached
 
 
 class PlanShards(Protocol):
@@ -62,8 +62,12 @@ class StageSpec:
         """The shard's results if every unit is committed with its current cache key, else None (or unknown)."""
         if self.shard_units is None:
             return None
+        try:
+            units = self.shard_units(store, config, shard)
+        except Exception:  # e.g. a missing input: running the shard reports it properly
+            return None
         results = []
-        for unit in self.shard_units(store, config, shard):
+        for unit in units:
             manifests = is_cached(store, unit)
             if manifests is None:
                 return None
@@ -73,3 +77,15 @@ class StageSpec:
 
     def shard_is_cached(self, store: ArtifactStore, config: DatasetConfig, shard: int) -> bool:
         return self.cached_results(store, config, shard) is not None
+
+
+def units_of_run_shard(run_shard: RunShard) -> ShardUnits:
+    """``shard_units`` for a stage whose ``run_shard`` does no work outside its units' ``compute``: run it
+    with :func:`~fourm_core.units.collecting_units`, so the units come from the same code that runs them."""
+
+    def shard_units(store: ArtifactStore, config: DatasetConfig, shard: int) -> list[Unit]:
+        with collecting_units() as units:
+            run_shard(store, config, shard)
+        return units
+
+    return shard_units

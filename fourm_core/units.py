@@ -11,6 +11,9 @@ from __future__ import annotations
 import time
 import traceback
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
@@ -127,6 +130,24 @@ def errors_table(errors: list[SampleError]) -> pa.Table:
     return pa.Table.from_pylist([e.__dict__ for e in errors], schema=ERRORS_SCHEMA)
 
 
+_COLLECTING: ContextVar[list[Unit] | None] = ContextVar("fourm_collecting_units", default=None)
+
+
+@contextmanager
+def collecting_units() -> Iterator[list[Unit]]:
+    """Within the block, :func:`run_unit` records each unit it is given and computes and commits nothing.
+
+    Lets the orchestrator learn a shard's units by calling the stage's own ``run_shard`` (one source of
+    truth for which units a shard has), for stages that do no work outside their units' ``compute``.
+    """
+    units: list[Unit] = []
+    token = _COLLECTING.set(units)
+    try:
+        yield units
+    finally:
+        _COLLECTING.reset(token)
+
+
 def run_unit(store: ArtifactStore, unit: Unit, compute: Callable[[], UnitOutput], *, force: bool = False,
              raise_on_failure: bool = True) -> UnitResult:
     """Run one unit with caching and the commit protocol.
@@ -135,6 +156,9 @@ def run_unit(store: ArtifactStore, unit: Unit, compute: Callable[[], UnitOutput]
     exception from ``compute`` is a unit failure: it is recorded beside the artifact and re-raised (so an
     orchestrator can retry) unless ``raise_on_failure`` is False.
     """
+    if (collected := _COLLECTING.get()) is not None:
+        collected.append(unit)
+        return UnitResult(unit.label, unit.stage, unit.artifacts, unit.shard, UnitStatus.CACHED, [])
     ingredients = unit.ingredients()
     key = ingredients.cache_key()
     t0 = time.perf_counter()

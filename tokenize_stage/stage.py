@@ -24,7 +24,7 @@ from pydantic import Field, field_validator
 from fourm_core.config import DatasetConfig, StrictModel, validate_config
 from fourm_core.manifest import ModelRef
 from fourm_core.modalities import MODALITIES, Modality, ModalityKind
-from fourm_core.stage import StageSpec
+from fourm_core.stage import StageSpec, units_of_run_shard
 from fourm_core.store import ArtifactStore
 from fourm_core.units import SampleError, Unit, UnitOutput, UnitResult, run_unit
 
@@ -207,6 +207,7 @@ def artifacts_for(config: DatasetConfig) -> list[str]:
 
 
 STAGE = StageSpec(name="tokenize", plan_shards=plan_shards, run_shard=run_shard, artifacts_for=artifacts_for,
+                  shard_units=units_of_run_shard(run_shard),
                   artifacts=tuple(m.token_artifact for m in MODALITIES.values() if m.kind in _TOKEN_KINDS)
                   + tuple(MODALITIES[m].token_artifact for m in sequences.SEQUENCE_MODALITIES)
                   + (CROPS_ARTIFACT,), num_cpus=1.0)

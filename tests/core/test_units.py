@@ -141,3 +141,15 @@ def test_non_shard_artifact(store):
     assert res.manifests[0].uri.endswith("vqvae/data.parquet")
     assert {f.name for f in res.manifests[0].files} >= {"data.safetensors", "data.parquet"}
     assert ArtifactStore(store.root_uri).read_manifest("tokenizers", "vqvae", None).digest == res.manifests[0].digest
+
+
+def test_collecting_units_records_without_computing_or_committing(store):
+    from fourm_core.units import collecting_units
+
+    calls = []
+    with collecting_units() as units:
+        run_unit(store, _unit(shard=0), _compute(calls, 0))
+        run_unit(store, _unit(shard=1), _compute(calls, 1), force=True)
+    assert [u.shard for u in units] == [0, 1] and calls == []
+    assert store.committed_shards("ds", "numbers") == []
+    assert run_unit(store, _unit(shard=0), _compute(calls, 0)).status is UnitStatus.DONE  # normal again after

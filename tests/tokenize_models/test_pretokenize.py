@@ -49,9 +49,14 @@ def test_token_shards_and_shared_crops(ready):
 
 def test_changed_tokenizer_retokenizes_only_its_modality(ready):
     store, config = ready, _config()
+    assert not STAGE.shard_is_cached(store, config, 0)
     STAGE.run_shard(store, config, 0)
     assert {r.status.value for r in STAGE.run_shard(store, config, 0)} == {"cached"}
+    # the orchestrator sees that without running the shard (so it starts no Ray for it)
+    assert [r.artifacts[0] for r in STAGE.cached_results(store, config, 0)] == \
+        [CROPS_ARTIFACT, SEMSEG.token_artifact, GLOBAL.token_artifact]
     train_tokenizer(store, "syn", TrainTokenizerConfig(tokenizer="semseg_vqvae", steps=3, eval_samples=8, seed=1))
+    assert not STAGE.shard_is_cached(store, config, 0)
     status = {r.artifacts[0]: r.status.value for r in STAGE.run_shard(store, config, 0)}
     assert status == {CROPS_ARTIFACT: "cached", SEMSEG.token_artifact: "done", GLOBAL.token_artifact: "cached"}
 
