@@ -28,7 +28,7 @@ from fourm_core.stage import StageSpec, units_of_run_shard
 from fourm_core.store import ArtifactStore
 from fourm_core.units import SampleError, Unit, UnitOutput, UnitResult, run_unit
 
-from . import sequences
+from . import fused, sequences
 from .sequences import SequenceConfig
 from .crops import CropConfig, apply_crop, crop_for
 from .labels import iter_label_rows
@@ -73,6 +73,8 @@ class PretokenizeConfig(StrictModel):
     crops: CropConfig = CropConfig()
     batch_size: int = Field(32, gt=0)
     device: str = Field("cpu", description="torch device for encoding (not part of the cache key)")
+    fused: bool = Field(True, description="outside pseudolabel.feature_subset, label features and tokenize them in "
+                                          "one pass, storing only tokens (fused.py)")
     sequences: SequenceConfig = SequenceConfig()  # sequence modalities (sequences.py)
 
 
@@ -179,15 +181,20 @@ def _token_unit(store: ArtifactStore, config: DatasetConfig, cfg: PretokenizeCon
 
 
 def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force: bool = False) -> list[UnitResult]:
-    """The crops unit, then one token unit per modality with a committed label shard and tokenizer."""
+    """The crops unit, one token unit per modality with a committed label shard and tokenizer, the fused
+    feature units (outside the feature subset) and the sequence units."""
     cfg = pretokenize_config(config)
     mods = [m for m in _token_modalities(store, config, cfg)
             if store.read_manifest(config.name, m.label_artifact, shard) is not None]
     labels = {m.label_artifact: store.read_manifest(config.name, m.label_artifact, shard) for m in mods}
     seq_labels = sequences.label_manifests(store, config.name, cfg, shard)
     labels.update({m.label_artifact: manifest for m, manifest in seq_labels.values()})
+    fused_mods = fused.fused_modalities(store, config, cfg, shard)
+    if fused_mods:  # fused modalities have no label shard: their samples are the images shard's
+        labels["images"] = store.read_manifest(config.name, "images", shard)
     results = [_crops_unit(store, config, cfg, shard, list(labels.values()), force)]
     results += [_token_unit(store, config, cfg, shard, m, force) for m in mods]
+    results += [fused.fused_unit(store, config, cfg, shard, name, ms, force) for name, ms in fused_mods.items()]
     results += sequences.run_units(store, config.name, cfg, shard, seq_labels, force)
     return results
 
