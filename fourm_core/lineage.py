@@ -94,7 +94,8 @@ class StatusRow:
 
 def shard_status(store: ArtifactStore, dataset: str, stage_artifacts: dict[str, tuple[str, ...]],
                  expected: dict[str, list[int]]) -> list[StatusRow]:
-    """Stage x shard states. ``expected`` gives each stage's planned shards (missing = planned, no manifest).
+    """Stage x shard states. ``expected`` gives each stage's planned shards, or an artifact's where the stage
+    plans it on fewer shards (missing = planned, no manifest).
 
     A committed shard is 'cached' when the latest run found it already committed, 'done' otherwise; a
     failure record newer than the manifest (or with no manifest) makes it 'failed'.
@@ -112,7 +113,8 @@ def shard_status(store: ArtifactStore, dataset: str, stage_artifacts: dict[str, 
                 continue
             committed = set(store.committed_shards(dataset, artifact))
             failed = store.failed_shards(dataset, artifact)
-            for shard in sorted(committed | set(failed) | set(expected.get(stage, []))):
+            planned = expected.get(artifact, expected.get(stage, []))
+            for shard in sorted(committed | set(failed) | set(planned)):
                 if shard in failed:
                     rows.append(StatusRow(stage, artifact, shard, "failed", detail=failed[shard].get("error", "")))
                 elif shard in committed:

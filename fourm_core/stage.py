@@ -28,6 +28,10 @@ class ArtifactsFor(Protocol):
     def __call__(self, config: DatasetConfig) -> list[str]: ...
 
 
+class ArtifactShards(Protocol):
+    def __call__(self, config: DatasetConfig, artifact: str, shards: list[int]) -> list[int]: ...
+
+
 class ShardUnits(Protocol):
     def __call__(self, store: ArtifactStore, config: DatasetConfig, shard: int) -> list[Unit]: ...
 
@@ -54,6 +58,12 @@ class StageSpec:
     # The units of one shard, without running them: lets the orchestrator see that a shard is fully cached
     # (every unit has a manifest with its cache key) and skip dispatching it, e.g. without starting Ray.
     shard_units: ShardUnits | None = None
+    # Of the planned shards, those where this dataset's config makes ``artifact`` (default: all of them),
+    # e.g. raw features only on the feature subset; ``status`` reports the others as not expected.
+    artifact_shards: ArtifactShards | None = None
+
+    def expected_shards(self, config: DatasetConfig, artifact: str, shards: list[int]) -> list[int]:
+        return list(self.artifact_shards(config, artifact, shards)) if self.artifact_shards else list(shards)
 
     def dataset_artifacts(self, config: DatasetConfig) -> tuple[str, ...]:
         return tuple(self.artifacts_for(config)) if self.artifacts_for else self.artifacts

@@ -141,6 +141,8 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
               "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
               "stages": [s.name for s in specs], "shards": shards, "force": force, "plan": plan,
               "stage_artifacts": {s.name: list(s.dataset_artifacts(config)) for s in specs},
+              "artifact_plan": {a: s.expected_shards(config, a, plan[s.name]) for s in specs if s.name in plan
+                                for a in s.dataset_artifacts(config)},
               "not_run": [s.name for s in specs if s.name not in plan], "units": summaries}
     record_id = f"{started:%Y%m%dT%H%M%S%f}-{(run_id or 'local')[:8]}"
     store.write_run_record(config.name, record_id, record)

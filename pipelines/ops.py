@@ -52,6 +52,7 @@ def dataset_status(store: ArtifactStore, dataset: str) -> tuple[list[StatusRow],
     if record:
         stage_artifacts = {s: tuple(a) for s, a in record.get("stage_artifacts", {}).items()}
         expected = {s: list(p) for s, p in record.get("plan", {}).items()}
+        expected.update({a: list(p) for a, p in record.get("artifact_plan", {}).items()})
     # Artifacts committed outside a recorded run (stage CLIs, older runs) still show, under their stage.
     known = {a for arts in stage_artifacts.values() for a in arts}
     for artifact in store.artifacts(name):

@@ -23,7 +23,7 @@ from fourm_core.stage import StageSpec
 from fourm_core.units import UnitStatus, is_cached
 
 from .config import PseudolabelConfig, pseudolabel_config
-from .registry import resolve_order
+from .registry import BUILTIN_OUTPUTS, resolve_order
 from .runner import LabelerRun, run_local, run_ray, split_results
 from .spec import CAPTION, RGB, Labeler
 
@@ -206,14 +206,34 @@ def _ensure_ray(address: str | None) -> None:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
 
 
+def artifacts_for(config: DatasetConfig) -> list[str]:
+    """The label artifacts of the dataset's configured labelers, in dependency order."""
+    from .registry import labeler_class
+
+    cfg = pseudolabel_config(config)
+    plugins = tuple(cfg.plugins)
+    return [label_artifact(o) for n in resolve_order(cfg.labelers, plugins) for o in labeler_class(n, plugins).outputs]
+
+
+def artifact_shards(config: DatasetConfig, artifact: str, shards: list[int]) -> list[int]:
+    """Heavy outputs (raw features) exist only on the feature subset; every other label on every shard."""
+    from .registry import labeler_class, producers
+
+    cfg = pseudolabel_config(config)
+    label = artifact.removeprefix("labels/")
+    name = producers(tuple(cfg.plugins)).get(label)
+    if name is None or not labeler_class(name, tuple(cfg.plugins)).heavy_output:
+        return shards
+    return [s for s in shards if cfg.feature_subset.contains(s)]
+
+
 STAGE = StageSpec(
     name=STAGE_NAME,
     plan_shards=plan_shards,
     run_shard=run_shard,
-    artifacts=tuple(sorted({label_artifact(o) for o in ("canny_edge", "color_palette", "depth", "normal", "semseg",
-                                                        "clip_features", "dinov2_features", "dinov2_global",
-                                                        "imagebind_features", "imagebind_global", "t5_caption",
-                                                        "metadata")})),
+    artifacts=tuple(label_artifact(label) for labels in BUILTIN_OUTPUTS.values() for label in labels),
+    artifacts_for=artifacts_for,
+    artifact_shards=artifact_shards,
     # run_shard itself drives a Ray Data pipeline (actor pools per labeler): the orchestrator calls it
     # in-process (a thread per shard), not as a Ray task that would hold CPUs the pipeline needs.
     heavy=False,

@@ -166,3 +166,11 @@ def test_viewer_draws_instances_boxes_and_persons(images_store, tmp_path):
     out = render_sample(images_store, "demo", "s00-000", str(tmp_path / "s.png"))
     with Image.open(out) as im:
         assert im.size[0] > 1000
+
+
+def test_status_expects_raw_features_only_on_the_feature_subset():
+    cfg = dataset_config(labelers=["canny", "dinov2", "metadata"], feature_subset={"shards": [0, 2]})
+    assert STAGE.dataset_artifacts(cfg) == ("labels/canny_edge", "labels/dinov2_features", "labels/dinov2_global",
+                                            "labels/metadata")
+    assert STAGE.expected_shards(cfg, "labels/dinov2_features", [0, 1, 2, 3]) == [0, 2]
+    assert STAGE.expected_shards(cfg, "labels/canny_edge", [0, 1, 2, 3]) == [0, 1, 2, 3]
