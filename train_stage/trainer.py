@@ -178,6 +178,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, store: ArtifactStore, log_dir: str | Path | None = None,
                  dist_info: Dist | None = None):
         self.cfg, self.store = cfg, store
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         self.d = dist_info or init_distributed()
         self.model = build_model(cfg).to(self.d.device)
         self.masker = build_masker(cfg, model_modalities(self.model))
@@ -330,6 +332,8 @@ class Trainer:
         """Train until ``steps`` (default cfg.steps) optimizer steps are done; commit the last checkpoint."""
         target = steps or self.cfg.steps
         manifest = None
+        if self.d.main and self.log_dir is not None and self.step == 0:  # a fresh run starts a fresh log
+            (self.log_dir / "log.jsonl").unlink(missing_ok=True)
         while self.step < target:
             rec = self.train_step()
             self.history.append(rec)
@@ -367,20 +371,35 @@ class Trainer:
             self._writer.close()
         if self.log_dir is None or not self.history:
             return
-        import matplotlib
+        plot_loss(self.history, self.model.config.domains_out, self.log_dir / "loss.png")
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([r["step"] for r in self.history], [r["loss"] for r in self.history], label="total")
-        for m in self.model.config.domains_out:
-            pts = [(r["step"], r["modality_loss"][m]) for r in self.history if m in r["modality_loss"]]
-            if pts:
-                ax.plot(*zip(*pts), alpha=0.5, lw=0.8, label=m)
-        ax.set_xlabel("step")
-        ax.set_ylabel("cross-entropy")
-        ax.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(self.log_dir / "loss.png", dpi=100)
-        plt.close(fig)
+def plot_loss(history: list[dict[str, Any]], modalities: list[str], path: Path) -> None:
+    """The loss curve (total and per target modality) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["step"] for r in history], [r["loss"] for r in history], label="total")
+    for m in modalities:
+        pts = [(r["step"], r["modality_loss"][m]) for r in history if m in r["modality_loss"]]
+        if pts:
+            ax.plot(*zip(*pts), alpha=0.5, lw=0.8, label=m)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_logs(history: list[dict[str, Any]], log_dir: str | Path, modalities: list[str]) -> None:
+    """``log.jsonl`` and ``loss.png`` from a committed history (a cached run writes the logs it reuses)."""
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    (log_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    if history:
+        plot_loss(history, modalities, log_dir / "loss.png")
