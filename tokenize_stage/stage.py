@@ -226,7 +226,7 @@ def artifacts_for(config: DatasetConfig) -> list[str]:
                 and _sub_tokenizer(m.tokenizer) in trained]
     else:
         mods = [m for m in MODALITIES.values() if m.kind in _TOKEN_KINDS]
-    return [m.token_artifact for m in mods] + [CROPS_ARTIFACT] + caption
+    return [m.token_artifact for m in mods] + ([CROPS_ARTIFACT] if mods else []) + caption
 
 
 STAGE = StageSpec(name="tokenize", plan_shards=plan_shards, run_shard=run_shard, artifacts_for=artifacts_for,

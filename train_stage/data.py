@@ -63,6 +63,36 @@ class DatasetSpec:
     modalities: tuple[str, ...]
 
 
+def dataset_shards(store: ArtifactStore, d: DatasetSpec, warn: bool = False) -> list[int]:
+    """The shards of ``d`` that have a committed token shard for every one of its modalities.
+
+    Raises :class:`MissingTokenShardsError` when a modality has none (naming them and the command)."""
+    per_mod = {m: set(store.committed_shards(d.name, get_modality(m).token_artifact)) for m in d.modalities}
+    missing = [m for m, shards in per_mod.items() if not shards]
+    if missing:
+        raise MissingTokenShardsError(missing_token_shards_message(store, d.name, missing))
+    common = sorted(set.intersection(*per_mod.values()))
+    if not common:
+        raise MissingTokenShardsError(f"dataset {d.name!r} in {store.root_uri}: no shard has committed token "
+                                      f"shards for all of {', '.join(d.modalities)}")
+    partial = sorted(set.union(*per_mod.values()) - set(common))
+    if partial and warn:  # read only shards every modality has; say which were left out
+        log.warning("dataset %s: shards %s lack some modality's token shard; reading the %d shards that "
+                    "have all of them", d.name, partial[:20], len(common))
+    return common
+
+
+def token_input_refs(store: ArtifactStore, datasets: list[DatasetSpec]) -> list[InputRef]:
+    """The manifests (as lineage inputs) of every token shard a stream over ``datasets`` reads."""
+    refs = []
+    for d in datasets:
+        shards = dataset_shards(store, d)
+        for m in d.modalities:
+            for s in shards:
+                refs.append(store.read_manifest(d.name, get_modality(m).token_artifact, s).as_input())
+    return refs
+
+
 class _Shard:
     """One shard of one dataset: per modality, tokens of (sample_key, crop) as flat numpy + offsets."""
 
@@ -110,21 +140,7 @@ class TokenShardStream(IterableDataset):
         self.seed = seed
         self.start_batch = start_batch
         store = self._store()
-        self.shards = []
-        for d in datasets:
-            per_mod = {m: set(store.committed_shards(d.name, get_modality(m).token_artifact)) for m in d.modalities}
-            missing = [m for m, shards in per_mod.items() if not shards]
-            if missing:
-                raise MissingTokenShardsError(missing_token_shards_message(store, d.name, missing))
-            common = sorted(set.intersection(*per_mod.values()))
-            if not common:
-                raise MissingTokenShardsError(f"dataset {d.name!r} in {store.root_uri}: no shard has committed token "
-                                              f"shards for all of {', '.join(d.modalities)}")
-            partial = sorted(set.union(*per_mod.values()) - set(common))
-            if partial:  # read only shards every modality has; say which were left out
-                log.warning("dataset %s: shards %s lack some modality's token shard; reading the %d shards that "
-                            "have all of them", d.name, partial[:20], len(common))
-            self.shards.append(common)
+        self.shards = [dataset_shards(store, d, warn=True) for d in datasets]
         self.rows = []
         for d, shards in zip(datasets, self.shards):
             # rows per shard from the manifests: sample count = rows / crops is unknown here, read lazily
@@ -138,13 +154,7 @@ class TokenShardStream(IterableDataset):
 
     def input_refs(self) -> list[InputRef]:
         """Manifests of every token shard this stream reads (the checkpoint's lineage)."""
-        store = self._store()
-        refs = []
-        for d, shards in zip(self.datasets, self.shards):
-            for m in d.modalities:
-                for s in shards:
-                    refs.append(store.read_manifest(d.name, get_modality(m).token_artifact, s).as_input())
-        return refs
+        return token_input_refs(self._store(), self.datasets)
 
     # ------------------------------------------------------------------------------- positions
 

@@ -13,6 +13,7 @@ missing token artifacts and the command that makes them, when they are not there
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,9 @@ from fourm_core.modalities import ModalityKind, get_modality
 from fourm_core.store import ArtifactStore
 
 from .config import TrainConfig, load_train_config
-from .data import MissingTokenShardsError, missing_token_shards_message
+from .data import DatasetSpec, MissingTokenShardsError, missing_token_shards_message, token_input_refs
 from .model import preset
-from .trainer import Trainer, checkpoint_artifact, list_checkpoints, write_logs
+from .trainer import Trainer, checkpoint_artifact, list_checkpoints, train_ingredients, write_logs
 
 DEMO_DATASET = "demo"
 
@@ -51,20 +52,21 @@ class PretrainResult:
                 "loss_png": str(self.log_dir / "loss.png") if self.log_dir else None}
 
 
-def token_modalities(cfg: TrainConfig) -> dict[str, list[str]]:
-    """Dataset -> the token modalities the run reads from it (the model's, or the dataset's own list)."""
+def dataset_specs(cfg: TrainConfig) -> list[DatasetSpec]:
+    """The datasets the run reads, each with its token modalities (the model's, or the dataset's own list);
+    the same specs the trainer's stream is built from."""
     mc = preset(cfg.model.size, cfg.model.modalities, **cfg.model.overrides)
     mods = [m for m in dict.fromkeys(mc.domains_in + mc.domains_out)
             if get_modality(m).kind not in (ModalityKind.PIXELS, ModalityKind.EMBEDDING_SEQ)]
-    return {d.name: list(d.modalities or mods) for d in cfg.datasets}
+    return [DatasetSpec(d.name, d.weight, tuple(d.modalities or mods)) for d in cfg.datasets]
 
 
 def check_token_shards(store: ArtifactStore, cfg: TrainConfig) -> None:
     """Raise :class:`MissingTokenShardsError` (before any model is built) when a dataset lacks token shards."""
-    for dataset, mods in token_modalities(cfg).items():
-        missing = [m for m in mods if not store.committed_shards(dataset, get_modality(m).token_artifact)]
+    for d in dataset_specs(cfg):
+        missing = [m for m in d.modalities if not store.committed_shards(d.name, get_modality(m).token_artifact)]
         if missing:
-            raise MissingTokenShardsError(missing_token_shards_message(store, dataset, missing))
+            raise MissingTokenShardsError(missing_token_shards_message(store, d.name, missing))
 
 
 def run_pretrain(store: ArtifactStore, train_config: TrainConfig | str, log_dir: str | Path | None = None,
@@ -72,15 +74,18 @@ def run_pretrain(store: ArtifactStore, train_config: TrainConfig | str, log_dir:
     """Train per ``train_config`` on the token shards in ``store`` (or reuse the cached final checkpoint)."""
     cfg = load_train_config(train_config) if isinstance(train_config, str) else train_config
     check_token_shards(store, cfg)
-    trainer = Trainer(cfg, store, log_dir=log_dir)
     log_dir = Path(log_dir) if log_dir else None
-    key = trainer.ingredients().cache_key()
+    # the cache key from the config and the token-shard manifests alone: a cached run builds no model
+    key = train_ingredients(cfg, token_input_refs(store, dataset_specs(cfg))).cache_key()
     final = store.read_manifest(cfg.namespace, checkpoint_artifact(cfg, cfg.steps), None)
     if final is not None and not force and final.cache_key == key:
         history = json.loads(store.read_bytes(store.data_path(cfg.namespace, final.artifact, None, ".history.json")))
-        if log_dir is not None and trainer.d.main:  # the logs of the run that made it, for whoever looks now
-            write_logs(history, log_dir, trainer.model.config.domains_out)
+        if log_dir is not None and int(os.environ.get("RANK", "0")) == 0:  # the logs of the run that made it
+            mc = preset(cfg.model.size, cfg.model.modalities, **cfg.model.overrides)
+            write_logs(history, log_dir, mc.domains_out)
         return PretrainResult(final, True, 0, history, log_dir)
+    trainer = Trainer(cfg, store, log_dir=log_dir)
+    assert trainer.ingredients().cache_key() == key, "the stream reads other token shards than were keyed"
     resumed = 0
     if resume and not force:
         same = [s for s in list_checkpoints(store, cfg) if s <= cfg.steps and

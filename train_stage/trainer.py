@@ -71,6 +71,12 @@ def build_stream(cfg: TrainConfig, store: ArtifactStore, masker: Masker, rank: i
                             storage_options=store.storage_options)
 
 
+def train_ingredients(cfg: TrainConfig, inputs: list) -> Ingredients:
+    """A checkpoint's cache-key ingredients: the config, the token shards read, the code version."""
+    return Ingredients(stage=STAGE, code_version=CODE_VERSION, config=json.loads(normalise(cfg)), inputs=inputs,
+                       git_commit=git_commit())
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on norms, biases, embeddings (token, modality, position) and the mask token."""
     decay, no_decay = [], []
@@ -195,6 +201,7 @@ class Trainer:
         self.tokens = 0.0
         self.skipped = 0
         self.history: list[dict[str, Any]] = []
+        self._fit_started = None
         self.log_dir = Path(log_dir) if log_dir else None
         self._writer = None
         self.autocast = self.d.device.type == "cuda" and cfg.dtype == "bf16"
@@ -241,16 +248,17 @@ class Trainer:
                  ".history.json": json.dumps(self.history).encode()}
         ingredients = self.ingredients()
         t = now()
+        started = self._fit_started or t
         fields = dict(dataset=self.cfg.namespace, artifact=checkpoint_artifact(self.cfg, self.step), shard=None,
                       rows=self.step, schema={}, cache_key=ingredients.cache_key(), ingredients=ingredients,
                       stats={"step": self.step, "tokens": self.tokens, "skipped": self.skipped,
                              "loss": self.history[-1]["loss"] if self.history else None},
-                      timings=Timings(started=t, finished=t, seconds=0.0), host=hostname(), flow_run_id=flow_run_id())
+                      timings=Timings(started=started, finished=t, seconds=(t - started).total_seconds()),
+                      host=hostname(), flow_run_id=flow_run_id())
         return self.store.commit(fields, files, ".safetensors")
 
     def ingredients(self) -> Ingredients:
-        return Ingredients(stage=STAGE, code_version=CODE_VERSION, config=json.loads(normalise(self.cfg)),
-                           inputs=self.stream.input_refs(), git_commit=git_commit())
+        return train_ingredients(self.cfg, self.stream.input_refs())
 
     # -------------------------------------------------------------------------------- steps
 
@@ -332,6 +340,7 @@ class Trainer:
         """Train until ``steps`` (default cfg.steps) optimizer steps are done; commit the last checkpoint."""
         target = steps or self.cfg.steps
         manifest = None
+        self._fit_started = now()
         if self.d.main and self.log_dir is not None and self.step == 0:  # a fresh run starts a fresh log
             (self.log_dir / "log.jsonl").unlink(missing_ok=True)
         while self.step < target:
