@@ -75,7 +75,8 @@ def train(run_name: str, config: dict[str, Any], store_root: str, storage_option
         subprocess.run(cmd, check=True, env=env, cwd=str(REPO))
     m = store.read_manifest(cfg.namespace, checkpoint_artifact(cfg, cfg.steps), None)
     if m is None:
-        raise RuntimeError(f"torchrun finished but {cfg.namespace}/{checkpoint_artifact(cfg, cfg.steps)} is not committed")
+        raise RuntimeError(f"torchrun finished but {cfg.namespace}/{checkpoint_artifact(cfg, cfg.steps)} "
+                           "is not committed")
     return {"checkpoint": m.uri, "artifact": m.artifact, "namespace": m.dataset, "cache_key": m.cache_key,
             "status": "done", "steps": m.stats.get("step"), "loss_end": m.stats.get("loss"),
             "inputs": len(m.ingredients.inputs), "log_dir": log_dir,

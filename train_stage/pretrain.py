@@ -85,11 +85,15 @@ def run_pretrain(store: ArtifactStore, train_config: TrainConfig | str, log_dir:
             write_logs(history, log_dir, mc.domains_out)
         return PretrainResult(final, True, 0, history, log_dir)
     trainer = Trainer(cfg, store, log_dir=log_dir)
-    assert trainer.ingredients().cache_key() == key, "the stream reads other token shards than were keyed"
+    if trainer.ingredients().cache_key() != key:  # the store changed between the two reads
+        raise RuntimeError("token shards changed while the run started; run it again")
     resumed = 0
     if resume and not force:
-        same = [s for s in list_checkpoints(store, cfg) if s <= cfg.steps and
-                getattr(store.read_manifest(cfg.namespace, checkpoint_artifact(cfg, s), None), "cache_key", None) == key]
+        def key_of(step: int) -> str | None:
+            m = store.read_manifest(cfg.namespace, checkpoint_artifact(cfg, step), None)
+            return m.cache_key if m else None
+
+        same = [s for s in list_checkpoints(store, cfg) if s <= cfg.steps and key_of(s) == key]
         if same:
             resumed = trainer.load(same[-1])
     manifest = trainer.fit()
