@@ -4,7 +4,9 @@
     lineage <artifact path or URI> [--root R]    the upstream tree of one committed part
     run     [--dataset D] [--root R] [--stages S ...] [--shards N ...] [--force]
     rerun   --dataset D --stage S [--shard N ...] [--root R]   redo exactly those units
-    demo                                          build the demo preset into ./store and print its status
+    pretrain [CONFIG] [--root R] [--steps N] [--log-dir D] [--force] [--set F=V]   the pretrain flow (CONFIG:
+                                                  a train preset, default demo, or a YAML path)
+    demo    [--root R]                            build the demo dataset, then pretrain/demo on its token shards
 
 ``--storage-options`` (or $FOURM_STORAGE_OPTIONS) is a JSON object for fsspec/s3fs, e.g.
 ``{"endpoint_url": "http://127.0.0.1:8333"}``; credentials are best left to the usual AWS variables.
@@ -63,9 +65,22 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--shard", action="append", type=int, default=None, help="repeatable; default: every shard")
     flow_args(sp)
 
-    sp = sub.add_parser("demo", help="build the demo preset locally (ephemeral Prefect, local Ray), print status")
+    sp = sub.add_parser("pretrain", help="run the pretrain flow (train the 4M model on committed token shards)")
+    sp.add_argument("config", nargs="?", default="demo", help="train preset (demo, 4m21_b) or YAML path")
+    store_args(sp)
+    sp.add_argument("--steps", type=int, default=None)
+    sp.add_argument("--log-dir", default=None, help="log.jsonl, TensorBoard events, loss.png (default runs/<run>)")
+    sp.add_argument("--force", action="store_true", help="train from scratch even if the checkpoint is cached")
+    sp.add_argument("--nproc-per-node", type=int, default=None, help="launch torchrun with this many processes")
+    sp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="train config override, value parsed as JSON when possible (batch_size=32)")
+
+    sp = sub.add_parser("demo", help="build the demo dataset (ephemeral Prefect, local Ray), print its status, "
+                                     "then pretrain/demo on its token shards")
     sp.add_argument("--root", default="./store")
     sp.add_argument("--ray-address", default=None)
+    sp.add_argument("--log-dir", default=None, help="training logs (default runs/demo)")
+    sp.add_argument("--no-train", action="store_true", help="build the dataset only")
     return p
 
 
@@ -124,8 +139,7 @@ def run_flow(dataset: str, root: str, storage_options: dict[str, Any] | None, st
     get_stages(list(stages or config.stages))
     # Laptop defaults for Prefect's ephemeral server (ignored when PREFECT_API_URL points at a server): a
     # busy 2-core box needs more than the default 20 s to start it, and nothing here may phone home.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    _prefect_defaults()
     from .build_dataset import build_dataset
 
     return build_dataset(dataset=dataset, store_root=root, storage_options=storage_options, stages=stages,
@@ -153,13 +167,65 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prefect_defaults() -> None:
+    # Laptop defaults for Prefect's ephemeral server (ignored when PREFECT_API_URL points at a server).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def run_pretrain_flow(config: str, root: str, storage_options: dict[str, Any] | None, steps: int | None = None,
+                      log_dir: str | None = None, force: bool = False, overrides: dict[str, Any] | None = None,
+                      nproc_per_node: int | None = None) -> dict[str, Any]:
+    """Validate, then run the pretrain flow in this process."""
+    from fourm_core.store import ArtifactStore
+    from train_stage.config import load_train_config
+    from train_stage.pretrain import check_token_shards
+
+    over = dict(overrides or {})
+    if steps:
+        over["steps"] = steps
+    cfg = load_train_config(config, over or None)  # fail fast, before paying for Prefect's start-up
+    check_token_shards(ArtifactStore(root, storage_options), cfg)
+    _prefect_defaults()
+    from .pretrain import pretrain
+
+    return pretrain(config=config, store_root=root, storage_options=storage_options, overrides=overrides or None,
+                    steps=steps, log_dir=log_dir, force=force, nproc_per_node=nproc_per_node)
+
+
+def _print_pretrain(result: dict[str, Any]) -> None:
+    loss = ""
+    if result.get("loss_start") is not None:
+        loss = f", loss {result['loss_start']:.3f} -> {result['loss_end']:.3f}"
+    print(f"pretrain {result['artifact']}: {result['status']} ({result['steps']} steps{loss})")
+    print(f"  checkpoint: {result['checkpoint_dir']}")
+    print(f"  manifest:   {result['manifest']}")
+    print(f"  loss curve: {result['loss_png']}")
+    print(f"  logs:       {result['log_dir']} (log.jsonl, tb/ for TensorBoard)")
+    print(f"  lineage:    python -m pipelines lineage {result['manifest']}")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .ops import storage_options_from
+
+    _print_pretrain(run_pretrain_flow(args.config, args.root, storage_options_from(args.storage_options), args.steps,
+                                      args.log_dir, args.force, _overrides(args.set), args.nproc_per_node))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     _print_result(run_flow("demo", args.root, None, None, None, False, args.ray_address, None))
     print()
-    return cmd_status(argparse.Namespace(dataset="demo", root=args.root, storage_options=None, json=False))
+    rc = cmd_status(argparse.Namespace(dataset="demo", root=args.root, storage_options=None, json=False))
+    if rc or args.no_train:
+        return rc
+    print()
+    _print_pretrain(run_pretrain_flow("demo", args.root, None, log_dir=args.log_dir))
+    return 0
 
 
-COMMANDS = {"status": cmd_status, "lineage": cmd_lineage, "run": cmd_run, "rerun": cmd_rerun, "demo": cmd_demo}
+COMMANDS = {"status": cmd_status, "lineage": cmd_lineage, "run": cmd_run, "rerun": cmd_rerun,
+            "pretrain": cmd_pretrain, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

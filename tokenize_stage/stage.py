@@ -5,7 +5,9 @@ For every image-token / global-token modality of the registry whose tokenizer is
 crops (``crops``), normalises, encodes, and commits ``tokens/<modality>`` with columns
 ``sample_key, crop int16, tokens list<int16>`` (docs/data-format.md). A crops unit commits
 ``tokens/_crops`` (``sample_key, crop, box, flip``) once per shard. Sequence modalities (det, metadata,
-color_palette, human_poses, sam_instance) run after the image units: ``sequences.py``.
+color_palette, human_poses, sam_instance) run after the image units (``sequences.py``); outside the
+pseudolabel feature subset, feature labelers and their tokenizers run fused (``fused.py``). A caption unit
+(``captions.py``) commits ``tokens/caption``: the WordPiece ids of the shard's captions (``images``/``texts``).
 
 Cache keys: a token unit's key holds the crop settings, its label shard's digest and its tokenizer's
 weights digest (ModelRef) — so a retrained tokenizer re-tokenizes only its own modality, and a killed
@@ -29,13 +31,14 @@ from fourm_core.store import ArtifactStore
 from fourm_core.units import SampleError, Unit, UnitOutput, UnitResult, run_unit
 
 from . import fused, sequences
-from .sequences import SequenceConfig
+from .captions import CAPTION, CAPTION_ARTIFACT, caption_shards, caption_source, caption_unit
 from .crops import CropConfig, apply_crop, crop_for
 from .labels import iter_label_rows
 from .models.base import Tokenizer
 from .normalize import normalize
 from .train_tokenizer import load_trained, tokenizer_artifact
 from .registry import _sub_tokenizer
+from .sequences import SequenceConfig
 
 CODE_VERSION = "tokenize.pretokenize/1"
 CROPS_CODE_VERSION = "tokenize.crops/1"
@@ -65,7 +68,12 @@ class TrainTokenizersConfig(StrictModel):
 
 class PretokenizeConfig(StrictModel):
     train: TrainTokenizersConfig | None = Field(None, description="train tokenizers on this dataset first")
-    modalities: list[str] | None = Field(None, description="default: every token modality with a committed tokenizer")
+    modalities: list[str] | None = Field(None, description="default: every token modality with a committed tokenizer, "
+                                                           "and caption")
+    captions: bool = Field(True, description="commit tokens/caption from the ingested captions (when `modalities` "
+                                             "is set: only if it lists caption)")
+    text_tokenizer: str | None = Field(None, description="text tokenizer for captions: tokenizer.json path, folder, "
+                                                         "URL or hub id (default: the vendored reference 30k file)")
     profile: str = Field("production", description="which committed tokenizer weights to use")
     tokenizer_dataset: str | None = Field(None, description="dataset the tokenizers were trained under "
                                                             "(default: this dataset)")
@@ -77,13 +85,30 @@ class PretokenizeConfig(StrictModel):
                                           "one pass, storing only tokens (fused.py)")
     sequences: SequenceConfig = SequenceConfig()  # sequence modalities (sequences.py)
 
+    @field_validator("modalities")
+    @classmethod
+    def _tokenizable(cls, names: list[str] | None) -> list[str] | None:
+        for name in names or []:
+            if name not in MODALITIES:
+                raise ValueError(f"unknown modality {name!r}; known: {', '.join(MODALITIES)}")
+            if (name != CAPTION.name and name not in sequences.SEQUENCE_MODALITIES
+                    and MODALITIES[name].kind not in _TOKEN_KINDS):
+                raise ValueError(f"modality {name!r} is not pre-tokenized by this stage (image/global token "
+                                 f"modalities, sequence modalities and caption are)")
+        return names
+
 
 def pretokenize_config(config: DatasetConfig) -> PretokenizeConfig:
     return validate_config(PretokenizeConfig, config.tokenize, f"dataset {config.name}: tokenize")
 
 
+def _captions_enabled(cfg: PretokenizeConfig) -> bool:
+    return cfg.captions and (cfg.modalities is None or CAPTION.name in cfg.modalities)
+
+
 def _token_modalities(store: ArtifactStore, config: DatasetConfig, cfg: PretokenizeConfig) -> list[Modality]:
-    if cfg.modalities is not None:  # sequence modalities listed here run in sequences.py
+    """Image/global token modalities to encode (caption and sequence modalities have their own units)."""
+    if cfg.modalities is not None:
         return [MODALITIES[m] for m in cfg.modalities if MODALITIES[m].kind in _TOKEN_KINDS]
     ns = cfg.tokenizer_dataset or config.name
     return [m for m in MODALITIES.values() if m.kind in _TOKEN_KINDS and m.tokenizer and
@@ -91,9 +116,9 @@ def _token_modalities(store: ArtifactStore, config: DatasetConfig, cfg: Pretoken
 
 
 def plan_shards(store: ArtifactStore, config: DatasetConfig) -> list[int]:
-    """Shards that have a committed label shard for at least one token modality."""
+    """Shards that have a committed label shard for at least one token modality (or captions to encode)."""
     cfg = pretokenize_config(config)
-    shards: set[int] = set()
+    shards: set[int] = set(caption_shards(store, config.name)) if _captions_enabled(cfg) else set()
     for m in _token_modalities(store, config, cfg):
         shards.update(store.committed_shards(config.name, m.label_artifact))
     shards.update(sequences.plan_shards(store, config.name, cfg))  # sequence modalities (sequences.py)
@@ -182,7 +207,7 @@ def _token_unit(store: ArtifactStore, config: DatasetConfig, cfg: PretokenizeCon
 
 def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force: bool = False) -> list[UnitResult]:
     """The crops unit, one token unit per modality with a committed label shard and tokenizer, the fused
-    feature units (outside the feature subset) and the sequence units."""
+    feature units (outside the feature subset), the sequence units and the caption unit."""
     cfg = pretokenize_config(config)
     mods = [m for m in _token_modalities(store, config, cfg)
             if store.read_manifest(config.name, m.label_artifact, shard) is not None]
@@ -192,16 +217,23 @@ def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force:
     fused_mods = fused.fused_modalities(store, config, cfg, shard)
     if fused_mods:  # fused modalities have no label shard: their samples are the images shard's
         labels["images"] = store.read_manifest(config.name, "images", shard)
-    results = [_crops_unit(store, config, cfg, shard, list(labels.values()), force)]
+    results = []
+    if labels:
+        results.append(_crops_unit(store, config, cfg, shard, list(labels.values()), force))
     results += [_token_unit(store, config, cfg, shard, m, force) for m in mods]
     results += [fused.fused_unit(store, config, cfg, shard, name, ms, force) for name, ms in fused_mods.items()]
     results += sequences.run_units(store, config.name, cfg, shard, seq_labels, force)
+    source = caption_source(store, config.name, shard) if _captions_enabled(cfg) else None
+    if source is not None:
+        results.append(caption_unit(store, config.name, shard, source, cfg.text_tokenizer, force))
     return results
 
 
 def artifacts_for(config: DatasetConfig) -> list[str]:
-    """Token artifacts this dataset is configured to have (listed modalities, or those of trained tokenizers)."""
+    """Token artifacts this dataset is configured to have (listed modalities, or those of trained tokenizers;
+    caption unless switched off)."""
     cfg = pretokenize_config(config)
+    caption = [CAPTION_ARTIFACT] if _captions_enabled(cfg) else []
     if cfg.modalities is not None:
         mods = [MODALITIES[m] for m in cfg.modalities if MODALITIES[m].kind in _TOKEN_KINDS]
     elif cfg.train is not None:
@@ -210,11 +242,12 @@ def artifacts_for(config: DatasetConfig) -> list[str]:
                 and _sub_tokenizer(m.tokenizer) in trained]
     else:
         mods = [m for m in MODALITIES.values() if m.kind in _TOKEN_KINDS]
-    return [m.token_artifact for m in mods] + sequences.artifacts_for(cfg) + [CROPS_ARTIFACT]
+    seq = sequences.artifacts_for(cfg)
+    return [m.token_artifact for m in mods] + seq + ([CROPS_ARTIFACT] if mods or seq else []) + caption
 
 
 STAGE = StageSpec(name="tokenize", plan_shards=plan_shards, run_shard=run_shard, artifacts_for=artifacts_for,
                   shard_units=units_of_run_shard(run_shard),
                   artifacts=tuple(m.token_artifact for m in MODALITIES.values() if m.kind in _TOKEN_KINDS)
                   + tuple(MODALITIES[m].token_artifact for m in sequences.SEQUENCE_MODALITIES)
-                  + (CROPS_ARTIFACT,), num_cpus=1.0)
+                  + (CROPS_ARTIFACT, CAPTION_ARTIFACT), num_cpus=1.0)

@@ -1,7 +1,8 @@
 """CLI: ``python -m train_stage train --config demo --store ./store`` (also under torchrun).
 
-Commands: ``train`` (resumes the run's latest checkpoint), ``demo`` (synthetic demo shards + the
-tiny preset), ``synthetic`` (commit synthetic token shards).
+Commands: ``train`` (resumes the run's latest checkpoint made with the same cache key), ``demo`` (the
+tiny preset on the demo token shards that ``python -m pipelines demo`` commits), ``synthetic`` (commit
+synthetic token shards under a dataset name of your choice; never ``demo``, which is the real one).
 """
 
 from __future__ import annotations
@@ -18,21 +19,23 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("train", help="pre-train per a train config (preset name or YAML)")
     t.add_argument("--config", default="demo")
     t.add_argument("--store", default="./store")
+    t.add_argument("--storage-options", default=None, help="JSON object of fsspec storage options")
     t.add_argument("--log-dir", default=None)
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="override a config field")
     t.add_argument("--force", action="store_true", help="ignore cached and existing checkpoints")
-    d = sub.add_parser("demo", help="synthetic demo shards + tiny model")
+    d = sub.add_parser("demo", help="tiny model on the demo token shards (python -m pipelines demo makes them)")
     d.add_argument("--store", default="./store")
     d.add_argument("--log-dir", default="./runs/demo")
     d.add_argument("--steps", type=int, default=None)
     s = sub.add_parser("synthetic", help="commit synthetic token shards")
     s.add_argument("--store", default="./store")
-    s.add_argument("--dataset", default="demo")
+    s.add_argument("--dataset", default="synthetic")
     s.add_argument("--modalities", nargs="+", required=True)
     s.add_argument("--shards", type=int, default=2)
     args = ap.parse_args(argv)
-    store = ArtifactStore(args.store)
+    options = json.loads(args.storage_options) if getattr(args, "storage_options", None) else None
+    store = ArtifactStore(args.store, options)
     if args.cmd == "train":
         from .config import load_train_config
         from .pretrain import pretrain
@@ -50,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from .synthetic import make_token_shards
 
+        if args.dataset == "demo":
+            ap.error("dataset 'demo' holds the real demo token shards; give synthetic ones another name")
         make_token_shards(store, args.dataset, args.modalities, n_shards=args.shards)
 
 

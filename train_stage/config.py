@@ -44,6 +44,8 @@ class TrainConfig(StrictModel):
     grad_clip: float | None = Field(None, gt=0)
     seed: int = 0
     num_workers: int = Field(0, ge=0)
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (None: torch's default); on a small "
+                                                          "shared CPU one thread avoids OpenMP contention")
     dtype: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast on GPU only; CPU runs fp32
     compile: bool = False
     distributed: Literal["auto", "ddp", "fsdp"] = "auto"  # auto: DDP when WORLD_SIZE > 1

@@ -10,6 +10,8 @@ whatever the number of workers.
   a new random order and the rows of a shard in a random order (a shuffle buffer of one shard,
   which keeps reads sequential: one shard in memory per dataset and worker).
 * One crop per sample, drawn from the crops it has, used for every modality of that sample.
+* Image-like tokens on a coarser square grid than the modality's (the ``tiny`` tokenizers' 4x4) are
+  resampled to its grid by nearest neighbour (:func:`fit_grid`).
 * Only the needed columns (``sample_key``, ``crop``, ``tokens``) of the needed modalities are read.
 * Workers: batch ``b`` is built by worker ``b % num_workers``; DataLoader returns batches in order.
 * Masking runs in the worker (``collate``), with a generator seeded by (seed, b).
@@ -17,6 +19,7 @@ whatever the number of workers.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -32,6 +35,24 @@ from fourm_core.store import ArtifactStore
 from .batch import MaskedBatch
 from .masking import Masker, RawBatch
 
+log = logging.getLogger(__name__)
+
+
+class MissingTokenShardsError(FileNotFoundError):
+    """A dataset lacks committed token shards for modalities the run trains on."""
+
+
+def missing_token_shards_message(store: ArtifactStore, dataset: str, missing: list[str]) -> str:
+    have = sorted(a for a in store.artifacts(dataset) if a.startswith("tokens/") and a != "tokens/_crops")
+    root = store.root if store.is_local else store.root_uri
+    return (f"dataset {dataset!r} in {store.root_uri} has no committed token shards for "
+            + ", ".join(f"{get_modality(m).token_artifact} ({m})" for m in missing)
+            + f"; its token artifacts: {', '.join(have) or 'none'}. Make them with the build-dataset flow, "
+            f"`python -m pipelines run --dataset {dataset} --root {root}` (for the demo: "
+            f"`python -m pipelines demo --root {root}`), with a tokenizer for each of those modalities configured "
+            "(dataset config `tokenize`), or train on the modalities it has (train config `model.modalities` / "
+            "`datasets[].modalities`).")
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -42,12 +63,42 @@ class DatasetSpec:
     modalities: tuple[str, ...]
 
 
+def dataset_shards(store: ArtifactStore, d: DatasetSpec, warn: bool = False) -> list[int]:
+    """The shards of ``d`` that have a committed token shard for every one of its modalities.
+
+    Raises :class:`MissingTokenShardsError` when a modality has none (naming them and the command)."""
+    per_mod = {m: set(store.committed_shards(d.name, get_modality(m).token_artifact)) for m in d.modalities}
+    missing = [m for m, shards in per_mod.items() if not shards]
+    if missing:
+        raise MissingTokenShardsError(missing_token_shards_message(store, d.name, missing))
+    common = sorted(set.intersection(*per_mod.values()))
+    if not common:
+        raise MissingTokenShardsError(f"dataset {d.name!r} in {store.root_uri}: no shard has committed token "
+                                      f"shards for all of {', '.join(d.modalities)}")
+    partial = sorted(set.union(*per_mod.values()) - set(common))
+    if partial and warn:  # read only shards every modality has; say which were left out
+        log.warning("dataset %s: shards %s lack some modality's token shard; reading the %d shards that "
+                    "have all of them", d.name, partial[:20], len(common))
+    return common
+
+
+def token_input_refs(store: ArtifactStore, datasets: list[DatasetSpec]) -> list[InputRef]:
+    """The manifests (as lineage inputs) of every token shard a stream over ``datasets`` reads."""
+    refs = []
+    for d in datasets:
+        shards = dataset_shards(store, d)
+        for m in d.modalities:
+            for s in shards:
+                refs.append(store.read_manifest(d.name, get_modality(m).token_artifact, s).as_input())
+    return refs
+
+
 class _Shard:
     """One shard of one dataset: per modality, tokens of (sample_key, crop) as flat numpy + offsets."""
 
     def __init__(self, store: ArtifactStore, dataset: str, shard: int, modalities: tuple[str, ...]):
         self.tables: dict[str, tuple[dict[tuple[str, int], int], np.ndarray, np.ndarray]] = {}
-        keys: list[str] | None = None
+        keys: dict[str, None] = {}  # every sample of any modality, in first-seen order
         crops: dict[str, int] = {}
         for m in modalities:
             t = store.read_table(dataset, get_modality(m).token_artifact, shard, columns=["sample_key", "crop", "tokens"])
@@ -59,9 +110,8 @@ class _Shard:
             self.tables[m] = ({(k, int(c)): i for i, (k, c) in enumerate(zip(sk, cr))}, values, offsets)
             for k, c in zip(sk, cr):
                 crops[k] = max(crops.get(k, 0), int(c) + 1)
-            if keys is None:
-                keys = list(dict.fromkeys(sk))
-        self.keys = keys or []
+            keys.update(dict.fromkeys(sk))
+        self.keys = list(keys)
         self.n_crops = crops
 
     def tokens(self, modality: str, key: str, crop: int) -> np.ndarray | None:
@@ -90,11 +140,9 @@ class TokenShardStream(IterableDataset):
         self.seed = seed
         self.start_batch = start_batch
         store = self._store()
-        self.shards = [store.committed_shards(d.name, get_modality(d.modalities[0]).token_artifact) for d in datasets]
+        self.shards = [dataset_shards(store, d, warn=True) for d in datasets]
         self.rows = []
         for d, shards in zip(datasets, self.shards):
-            if not shards:
-                raise FileNotFoundError(f"dataset {d.name!r} has no committed {d.modalities[0]} token shards in {store}")
             # rows per shard from the manifests: sample count = rows / crops is unknown here, read lazily
             self.rows.append([store.read_manifest(d.name, get_modality(d.modalities[0]).token_artifact, s).rows
                               for s in shards])
@@ -106,13 +154,7 @@ class TokenShardStream(IterableDataset):
 
     def input_refs(self) -> list[InputRef]:
         """Manifests of every token shard this stream reads (the checkpoint's lineage)."""
-        store = self._store()
-        refs = []
-        for d, shards in zip(self.datasets, self.shards):
-            for m in d.modalities:
-                for s in shards:
-                    refs.append(store.read_manifest(d.name, get_modality(m).token_artifact, s).as_input())
-        return refs
+        return token_input_refs(self._store(), self.datasets)
 
     # ------------------------------------------------------------------------------- positions
 
@@ -204,12 +246,40 @@ class TokenShardStream(IterableDataset):
                 t = shard.tokens(m, key, crop)
                 if t is None:
                     continue
+                if mod.is_image_like:
+                    t = fit_grid(t, m)
                 t = t[:L]
                 tok[j, : len(t)] = t
-                n[j] = len(t) if not mod.is_image_like else (L if len(t) == L else 0)
+                n[j] = len(t)
             raw.tokens[m] = torch.from_numpy(tok)
             raw.lengths[m] = torch.from_numpy(n)
         return raw
+
+
+def _grid(modality: str) -> tuple[int, int]:
+    mod = get_modality(modality)
+    if mod.grid is not None:
+        return mod.grid
+    side = int(np.sqrt(mod.max_tokens))
+    return side, side
+
+
+def fit_grid(tokens: np.ndarray, modality: str) -> np.ndarray:
+    """An image-like modality's tokens on its registry grid (14x14 for ``tok_*@224``).
+
+    A square grid of another size (the demo's ``tiny`` tokenizers make 4x4) is resampled to it by nearest
+    neighbour, so positions keep their meaning; a token count that is not a square grid is a format error.
+    """
+    h, w = _grid(modality)
+    n = len(tokens)
+    if n == h * w:
+        return tokens
+    k = int(round(np.sqrt(n)))
+    if n == 0 or k * k != n:
+        raise ValueError(f"{modality}: {n} tokens per sample is neither its {h}x{w} grid nor a square grid")
+    rows = (np.arange(h) * k) // h
+    cols = (np.arange(w) * k) // w
+    return tokens.reshape(k, k)[rows][:, cols].reshape(-1)
 
 
 class ResumableLoader:

@@ -1,6 +1,6 @@
 """Synthetic token shards in the documented format (docs/data-format.md), committed with manifests.
 
-Until the tokenize stage produces real shards, training develops against these. The task is
+Tests and benchmarks train against these (the real demo shards come from the tokenize stage). The task is
 learnable: every sample has a hidden class; its image-token grids, global tokens and caption are
 functions of the class (plus a little noise), so any modality predicts the others.
 
@@ -46,7 +46,12 @@ def _sample_tokens(mod_name: str, cls: int, crop: int, rng: np.random.Generator,
 def make_token_shards(store: ArtifactStore, dataset: str, modalities: list[str], n_shards: int = 2,
                       shard_size: int = 32, n_crops: int = 2, n_classes: int = 8, seed: int = 0,
                       force: bool = False) -> dict[str, list]:
-    """Commit ``tokens/<modality>`` and ``tokens/_crops`` shards of a synthetic dataset; return manifests."""
+    """Commit ``tokens/<modality>`` and ``tokens/_crops`` shards of a synthetic dataset; return manifests.
+
+    ``dataset`` may not be ``demo``: that name holds the real demo token shards the build-dataset flow makes."""
+    if dataset == "demo":
+        raise ValueError("synthetic token shards may not be written into dataset 'demo' (the real demo's); "
+                         "use another name, e.g. 'synthetic'")
     out: dict[str, list] = {}
     config = dict(modalities=modalities, shard_size=shard_size, n_crops=n_crops, n_classes=n_classes, seed=seed)
     artifacts = [get_modality(m).token_artifact for m in modalities] + [CROPS_ARTIFACT]

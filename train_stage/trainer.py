@@ -71,6 +71,12 @@ def build_stream(cfg: TrainConfig, store: ArtifactStore, masker: Masker, rank: i
                             storage_options=store.storage_options)
 
 
+def train_ingredients(cfg: TrainConfig, inputs: list) -> Ingredients:
+    """A checkpoint's cache-key ingredients: the config, the token shards read, the code version."""
+    return Ingredients(stage=STAGE, code_version=CODE_VERSION, config=json.loads(normalise(cfg)), inputs=inputs,
+                       git_commit=git_commit())
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on norms, biases, embeddings (token, modality, position) and the mask token."""
     decay, no_decay = [], []
@@ -178,6 +184,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, store: ArtifactStore, log_dir: str | Path | None = None,
                  dist_info: Dist | None = None):
         self.cfg, self.store = cfg, store
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         self.d = dist_info or init_distributed()
         self.model = build_model(cfg).to(self.d.device)
         self.masker = build_masker(cfg, model_modalities(self.model))
@@ -193,6 +201,7 @@ class Trainer:
         self.tokens = 0.0
         self.skipped = 0
         self.history: list[dict[str, Any]] = []
+        self._fit_started = None
         self.log_dir = Path(log_dir) if log_dir else None
         self._writer = None
         self.autocast = self.d.device.type == "cuda" and cfg.dtype == "bf16"
@@ -239,16 +248,17 @@ class Trainer:
                  ".history.json": json.dumps(self.history).encode()}
         ingredients = self.ingredients()
         t = now()
+        started = self._fit_started or t
         fields = dict(dataset=self.cfg.namespace, artifact=checkpoint_artifact(self.cfg, self.step), shard=None,
                       rows=self.step, schema={}, cache_key=ingredients.cache_key(), ingredients=ingredients,
                       stats={"step": self.step, "tokens": self.tokens, "skipped": self.skipped,
                              "loss": self.history[-1]["loss"] if self.history else None},
-                      timings=Timings(started=t, finished=t, seconds=0.0), host=hostname(), flow_run_id=flow_run_id())
+                      timings=Timings(started=started, finished=t, seconds=(t - started).total_seconds()),
+                      host=hostname(), flow_run_id=flow_run_id())
         return self.store.commit(fields, files, ".safetensors")
 
     def ingredients(self) -> Ingredients:
-        return Ingredients(stage=STAGE, code_version=CODE_VERSION, config=json.loads(normalise(self.cfg)),
-                           inputs=self.stream.input_refs(), git_commit=git_commit())
+        return train_ingredients(self.cfg, self.stream.input_refs())
 
     # -------------------------------------------------------------------------------- steps
 
@@ -330,6 +340,9 @@ class Trainer:
         """Train until ``steps`` (default cfg.steps) optimizer steps are done; commit the last checkpoint."""
         target = steps or self.cfg.steps
         manifest = None
+        self._fit_started = now()
+        if self.d.main and self.log_dir is not None and self.step == 0:  # a fresh run starts a fresh log
+            (self.log_dir / "log.jsonl").unlink(missing_ok=True)
         while self.step < target:
             rec = self.train_step()
             self.history.append(rec)
@@ -367,20 +380,35 @@ class Trainer:
             self._writer.close()
         if self.log_dir is None or not self.history:
             return
-        import matplotlib
+        plot_loss(self.history, self.model.config.domains_out, self.log_dir / "loss.png")
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([r["step"] for r in self.history], [r["loss"] for r in self.history], label="total")
-        for m in self.model.config.domains_out:
-            pts = [(r["step"], r["modality_loss"][m]) for r in self.history if m in r["modality_loss"]]
-            if pts:
-                ax.plot(*zip(*pts), alpha=0.5, lw=0.8, label=m)
-        ax.set_xlabel("step")
-        ax.set_ylabel("cross-entropy")
-        ax.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(self.log_dir / "loss.png", dpi=100)
-        plt.close(fig)
+def plot_loss(history: list[dict[str, Any]], modalities: list[str], path: Path) -> None:
+    """The loss curve (total and per target modality) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["step"] for r in history], [r["loss"] for r in history], label="total")
+    for m in modalities:
+        pts = [(r["step"], r["modality_loss"][m]) for r in history if m in r["modality_loss"]]
+        if pts:
+            ax.plot(*zip(*pts), alpha=0.5, lw=0.8, label=m)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_logs(history: list[dict[str, Any]], log_dir: str | Path, modalities: list[str]) -> None:
+    """``log.jsonl`` and ``loss.png`` from a committed history (a cached run writes the logs it reuses)."""
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    (log_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    if history:
+        plot_loss(history, modalities, log_dir / "loss.png")

@@ -19,6 +19,9 @@ import pytest
 
 from tests.pipelines.fake_stage import CONFIG_YAML, REGISTRATION
 from tests.servers import BIN, kill, start, start_prefect_server
+from train_stage.synthetic import make_token_shards
+
+DEMO_MODS = ["caption", "tok_depth@224", "tok_normal@224", "tok_semseg@224", "tok_canny_edge@224"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,10 +53,10 @@ def _store(root: Path):
     return ArtifactStore(str(root))
 
 
-def _run_deployment(env: dict, api: str, params: dict, tmp_path: Path) -> str:
-    """``prefect deployment run build-dataset/demo`` with ``params``; wait until the run COMPLETES; its id."""
+def _run_deployment(env: dict, api: str, params: dict, tmp_path: Path, name: str = "build-dataset/demo") -> str:
+    """``prefect deployment run <name>`` with ``params``; wait until the run COMPLETES; its id."""
     args = [a for k, v in params.items() for a in ("--param", f"{k}={v}")]
-    out = _prefect(env, "deployment", "run", "build-dataset/demo", *args)
+    out = _prefect(env, "deployment", "run", name, *args)
     flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
     deadline, state = time.monotonic() + 300, None
     while time.monotonic() < deadline:
@@ -79,11 +82,14 @@ def test_deployment_run_on_a_real_server_and_worker(tmp_path):
         worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "fourm-process"],
                        tmp_path / "worker.log", env=env, cwd=str(tmp_path))
         out = _prefect(env, "--no-prompt", "deploy", "--all")
-        for name in ("build-dataset/cc12m", "build-dataset/coyo700m", "build-dataset/c4", "build-dataset/demo"):
+        for name in ("build-dataset/cc12m", "build-dataset/coyo700m", "build-dataset/c4", "build-dataset/demo",
+                     "pretrain/demo", "pretrain/4m-21-b"):
             assert name in out, out
-        deployments = {d["name"]: d for d in _api(server.api_url, "deployments/filter", {})}
-        assert set(deployments) == {"cc12m", "coyo700m", "c4", "demo"}
-        assert deployments["demo"]["work_pool_name"] == "fourm-process"
+        listed = _api(server.api_url, "deployments/filter", {})
+        assert sorted(d["name"] for d in listed) == sorted(["cc12m", "coyo700m", "c4", "demo", "demo", "4m-21-b"])
+        assert {d["work_pool_name"] for d in listed} == {"fourm-process"}
+        deployments = {d["name"]: d for d in listed}
+        assert deployments["4m-21-b"]["parameters"]["nproc_per_node"] == 8
         [nightly] = deployments["cc12m"]["schedules"]
         assert nightly["schedule"]["cron"] == "0 2 * * *" and nightly["active"] is False  # ops switch it on
         assert deployments["cc12m"]["parameters"]["dataset"] == "cc12m"
@@ -93,6 +99,13 @@ def test_deployment_run_on_a_real_server_and_worker(tmp_path):
         # the ops re-run of one shard, as deployment parameters (-p values are JSON)
         rerun_id = _run_deployment(env, server.api_url, {**demo_params, "stages": '["fake"]', "shards": "[1]",
                                                          "force": "true"}, tmp_path)
+        # pretrain/demo on synthetic token shards of another dataset (the real demo's take minutes to build)
+        make_token_shards(_store(store_root), "synth", DEMO_MODS, n_shards=1, shard_size=8)
+        overrides = {"datasets": [{"name": "synth", "weight": 1.0}], "model.overrides": {"dim": 32, "num_heads": 2}}
+        train_id = _run_deployment(env, server.api_url, {"store_root": str(store_root), "steps": "3",
+                                                         "log_dir": str(tmp_path / "runs"),
+                                                         "overrides": json.dumps(overrides)},
+                                   tmp_path, "pretrain/demo")
     finally:
         if worker is not None:
             kill(worker)
@@ -106,6 +119,9 @@ def test_deployment_run_on_a_real_server_and_worker(tmp_path):
     assert store.read_manifest("fk", "numbers", 1).flow_run_id == rerun_id
     record = store.latest_run_record("fk")
     assert [(u["shard"], u["status"]) for u in record["units"]] == [(1, "done")] and record["force"] is True
+    ckpt = store.read_manifest("training", "checkpoints/demo/step-00000003", None)
+    assert ckpt.flow_run_id == train_id and {i.dataset for i in ckpt.ingredients.inputs} == {"synth"}
+    assert (tmp_path / "runs" / "loss.png").exists()
     status = subprocess.run([sys.executable, "-m", "pipelines", "status", "fk", "--root", str(store_root)],
                             cwd=REPO, capture_output=True, text=True, timeout=120,
                             env={**server.env, "PYTHONPATH": str(REPO)})

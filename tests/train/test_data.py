@@ -71,8 +71,8 @@ def test_one_crop_per_sample_for_every_modality(tmp_path):
 
 def test_epoch_visits_every_sample_once(tmp_path):
     store = ArtifactStore(str(tmp_path))
-    make_token_shards(store, "demo", MODS, n_shards=3, shard_size=8)
-    s = TokenShardStream(str(tmp_path), [DatasetSpec("demo", 1.0, tuple(MODS))], masker(), batch_size=4)
+    make_token_shards(store, "synth", MODS, n_shards=3, shard_size=8)
+    s = TokenShardStream(str(tmp_path), [DatasetSpec("synth", 1.0, tuple(MODS))], masker(), batch_size=4)
     keys = []
     for b in range(6):  # 24 samples = one epoch
         keys.extend(s.raw_batch(b).keys)
@@ -83,19 +83,19 @@ def test_epoch_visits_every_sample_once(tmp_path):
 
 def test_resumed_loader_continues_with_the_next_unseen_batch(tmp_path):
     store = ArtifactStore(str(tmp_path))
-    make_token_shards(store, "demo", MODS, n_shards=2, shard_size=8)
-    s = TokenShardStream(str(tmp_path), [DatasetSpec("demo", 1.0, tuple(MODS))], masker(), batch_size=4)
+    make_token_shards(store, "synth", MODS, n_shards=2, shard_size=8)
+    s = TokenShardStream(str(tmp_path), [DatasetSpec("synth", 1.0, tuple(MODS))], masker(), batch_size=4)
     loader = ResumableLoader(s, num_workers=2)
     seen = [next(loader) for _ in range(4)]
     state = {"next_batch": 2, "seed": 0}
     assert loader.state_dict()["next_batch"] == 4
-    fresh = ResumableLoader(TokenShardStream(str(tmp_path), [DatasetSpec("demo", 1.0, tuple(MODS))], masker(),
+    fresh = ResumableLoader(TokenShardStream(str(tmp_path), [DatasetSpec("synth", 1.0, tuple(MODS))], masker(),
                                              batch_size=4), num_workers=0)
     fresh.load_state_dict(state)
     for want in seen[2:]:
         got = next(fresh)
         assert torch.equal(got.enc_tokens, want.enc_tokens) and torch.equal(got.dec_labels, want.dec_labels)
     # ranks read disjoint global batches
-    r1 = TokenShardStream(str(tmp_path), [DatasetSpec("demo", 1.0, tuple(MODS))], masker(), batch_size=4, rank=1,
+    r1 = TokenShardStream(str(tmp_path), [DatasetSpec("synth", 1.0, tuple(MODS))], masker(), batch_size=4, rank=1,
                           world_size=2)
     assert torch.equal(next(iter(r1)).enc_tokens, seen[1].enc_tokens)

@@ -34,7 +34,7 @@ def run_torchrun(cfg, store_root: str, out: Path) -> None:
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_process_training_matches_one_process_with_same_global_batch(tmp_path, mode):
     store = ArtifactStore(str(tmp_path / "store"))
-    make_token_shards(store, "demo", MODS, n_shards=2, shard_size=16)
+    make_token_shards(store, "synth", MODS, n_shards=2, shard_size=16)
     # 2 ranks x batch 4 == 1 process x batch 4 x 2 accumulation steps: the same global batches 2s, 2s+1
     dist_cfg = make_cfg(run_name=f"{mode}", steps=3, distributed=mode)
     run_torchrun(dist_cfg, store.root_uri, tmp_path / "dist.safetensors")

@@ -22,7 +22,7 @@ MODS = ["caption", "tok_semseg@224", "tok_dinov2_global"]
 
 def make_cfg(**kw) -> TrainConfig:
     base = dict(run_name="t", model={"size": "tiny", "modalities": MODS, "overrides": {"dim": 32, "num_heads": 2}},
-                mixture="demo", input_budget=32, target_budget=32, datasets=[{"name": "demo", "weight": 1.0}],
+                mixture="demo", input_budget=32, target_budget=32, datasets=[{"name": "synth", "weight": 1.0}],
                 batch_size=4, steps=6, blr=0.05, warmup_tokens=500, grad_clip=1.0, dtype="fp32")
     base.update(kw)
     return TrainConfig(**base)
@@ -31,7 +31,7 @@ def make_cfg(**kw) -> TrainConfig:
 @pytest.fixture
 def shard_store(tmp_path):
     store = ArtifactStore(str(tmp_path / "store"))
-    make_token_shards(store, "demo", MODS, n_shards=2, shard_size=16)
+    make_token_shards(store, "synth", MODS, n_shards=2, shard_size=16)
     return store
 
 
@@ -60,7 +60,7 @@ def test_checkpoint_has_lineage_and_loads_as_pretrained(shard_store, tmp_path):
     m = t.fit()
     assert m.artifact == "checkpoints/t/step-00000002" and m.ingredients.stage == "train"
     inputs = {(i.dataset, i.artifact, i.shard) for i in m.ingredients.inputs}
-    assert ("demo", "tokens/caption", 0) in inputs and ("demo", "tokens/tok_semseg-224", 1) in inputs
+    assert ("synth", "tokens/caption", 0) in inputs and ("synth", "tokens/tok_semseg-224", 1) in inputs
     assert m.ingredients.config["run_name"] == "t" and m.ingredients.code_version
     loaded = from_pretrained(str(shard_store.path("training", m.artifact)))
     for k, v in t.model.state_dict().items():
