@@ -54,6 +54,8 @@ class TrainTokenizersConfig(StrictModel):
     batch_size: int = Field(16, gt=0)
     eval_samples: int = Field(32, gt=0, description="held-out samples for the tokenizer-bound report")
     sampling_steps: int | None = Field(None, gt=0, description="DDIM steps in diffusion reports")
+    model_grid: bool = Field(False, description="tiny profile: the modality's full token grid (what the model "
+                                                "trains on) instead of the cheap 4x4 one")
 
     @field_validator("tokenizers")
     @classmethod

@@ -28,6 +28,7 @@ from pydantic import Field
 
 from fourm_core.config import StrictModel
 from fourm_core.manifest import ModelRef
+from fourm_core.modalities import MODALITIES
 from fourm_core.store import ArtifactStore
 from fourm_core.units import Unit, UnitOutput, UnitResult, run_unit
 
@@ -56,6 +57,8 @@ class TrainTokenizerConfig(StrictModel):
     label_column: str | None = Field(None, description="binary .npy column (default: the label name)")
     sampling_steps: int | None = Field(None, gt=0, description="DDIM steps for diffusion decoders in the report")
     report_samples: int = Field(6, gt=0)
+    model_grid: bool = Field(False, description="tiny profile: encode to the modality's full token grid "
+                                                "(e.g. 14x14 for tok_rgb@224) instead of the cheap 4x4/8x8 one")
     device: str = Field("cpu", description="torch device for training and evaluation, e.g. 'cuda'")
 
 
@@ -112,6 +115,20 @@ def evaluate(model: Tokenizer, x_train: torch.Tensor, x_eval: torch.Tensor,
             "n_tokens": int(tokens.shape[1])}, recon
 
 
+def with_model_grid(tcfg):
+    """A tiny config whose token grid is its modality's (what the 4M model expects), at 2-pixel patches.
+
+    Production configs already have it; global/pose/mask tokenizers have no grid and are returned as is.
+    """
+    grid = MODALITIES[tcfg.modality].grid if tcfg.modality in MODALITIES else None
+    if not grid or not hasattr(tcfg, "patch_size") or tcfg.target == "mask":
+        return tcfg
+    side = grid[0]
+    if tcfg.target == "features":  # one token per feature-map position
+        return tcfg.model_copy(update={"image_size": side, "patch_size": 1})
+    return tcfg.model_copy(update={"image_size": 2 * side, "patch_size": 2})
+
+
 def fit_to_labels(tcfg, arrays: list, source: str):
     """The tokenizer config with its input width taken from the labels it trains on.
 
@@ -139,6 +156,8 @@ def train_tokenizer(store: ArtifactStore, dataset: str, cfg: TrainTokenizerConfi
     spec = tokenizer_specs()[cfg.tokenizer]
     label = cfg.label or spec.labels[0]
     tcfg = tokenizer_config(cfg.tokenizer, cfg.profile)
+    if cfg.model_grid:
+        tcfg = with_model_grid(tcfg)
     artifact = tokenizer_artifact(cfg.tokenizer, cfg.profile)
     keys, arrays, manifests = read_label_arrays(store, dataset, label, cfg.label_column, shards)
     tcfg = fit_to_labels(tcfg, arrays, f"{dataset}/labels/{label}")

@@ -40,7 +40,7 @@ def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force:
     for name in cfg.train.tokenizers:
         tcfg = TrainTokenizerConfig(tokenizer=name, profile=cfg.profile, steps=cfg.train.steps,
                                     batch_size=cfg.train.batch_size, eval_samples=cfg.train.eval_samples,
-                                    sampling_steps=cfg.train.sampling_steps)
+                                    sampling_steps=cfg.train.sampling_steps, model_grid=cfg.train.model_grid)
         results.append(train_tokenizer(store, config.name, tcfg, force=force))
     return results
 
