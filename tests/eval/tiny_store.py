@@ -22,14 +22,16 @@ LABELS = {"edge_diffusion": "canny_edge", "depth_diffusion": "depth", "normal_di
           "semseg_vqvae": "semseg"}
 
 
-def dataset_yaml(path: Path, name: str, n_samples: int, shard_size: int, size: int) -> Path:
+def dataset_yaml(path: Path, name: str, n_samples: int, shard_size: int, size: int, seed: int = 0,
+                 tokenizer_dataset: str | None = None) -> Path:
     path.write_text(
         f"name: {name}\n"
-        f"sources:\n  - {{kind: synthetic, n_samples: {n_samples}, seed: 0, size: {size}}}\n"
+        f"sources:\n  - {{kind: synthetic, n_samples: {n_samples}, seed: {seed}, size: {size}}}\n"
         f"ingest: {{shard_size: {shard_size}, shorter_side: {size}}}\n"
         f"stages: [ingest, tokenize]\n"
         f"tokenize:\n  profile: tiny\n  modalities: {json.dumps(MODALITIES)}\n"
-        f"  crops: {{n_crops: 1}}\n  batch_size: 16\n")
+        f"  crops: {{n_crops: 1}}\n  batch_size: 16\n"
+        + (f"  tokenizer_dataset: {tokenizer_dataset}\n" if tokenizer_dataset else ""))
     return path
 
 
@@ -95,8 +97,11 @@ def _commit_tokenizer(store, dataset: str, name: str, steps: int, image_size: in
 
 def build(root: str, dataset: str = "ev", n_samples: int = 12, shard_size: int = 6, size: int = 64,
           tokenizer_steps: int = 0, train_steps: int = 2, batch_size: int = 4, dim: int = 32,
-          run: str = "tiny", workdir: Path | None = None):
-    """Build the store under ``root``; returns (store, checkpoint manifest)."""
+          run: str = "tiny", workdir: Path | None = None, heldout: int = 0):
+    """Build the store under ``root``; returns (store, checkpoint manifest).
+
+    ``heldout`` > 0 also builds ``<dataset>-heldout``: that many scenes of another seed, tokenized with the
+    tokenizers of ``dataset``, which the checkpoint never sees."""
     from fourm_core.config import load_dataset_config
     from fourm_core.store import ArtifactStore
     from ingest_stage.stage import STAGE as INGEST
@@ -116,6 +121,15 @@ def build(root: str, dataset: str = "ev", n_samples: int = 12, shard_size: int =
         _commit_tokenizer(store, dataset, name, tokenizer_steps)
     for s in TOKENIZE.plan_shards(store, config):
         TOKENIZE.run_shard(store, config, s)
+    if heldout:
+        name = f"{dataset}-heldout"
+        hcfg = load_dataset_config(dataset_yaml(workdir / f"{name}.yaml", name, heldout, shard_size, size, seed=1,
+                                                tokenizer_dataset=dataset))
+        for s in INGEST.plan_shards(store, hcfg):
+            INGEST.run_shard(store, hcfg, s)
+            _commit_labels(store, name, s)
+        for s in TOKENIZE.plan_shards(store, hcfg):
+            TOKENIZE.run_shard(store, hcfg, s)
     cfg = TrainConfig.model_validate({
         "run_name": run, "model": {"size": "tiny", "modalities": MODALITIES,
                                    "overrides": {"dim": dim, "num_heads": 2 if dim < 64 else 4}},
@@ -130,4 +144,4 @@ if __name__ == "__main__":  # a store worth reading numbers from (minutes on 2 c
     root = sys.argv[1]
     build(root, n_samples=int(sys.argv[2]) if len(sys.argv) > 2 else 96, shard_size=16, size=64,
           tokenizer_steps=int(sys.argv[3]) if len(sys.argv) > 3 else 150,
-          train_steps=int(sys.argv[4]) if len(sys.argv) > 4 else 300, batch_size=16, dim=64)
+          train_steps=int(sys.argv[4]) if len(sys.argv) > 4 else 300, batch_size=16, dim=64, heldout=32)
