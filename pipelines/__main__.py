@@ -194,8 +194,7 @@ def demo_evaluation(root: str, config: str = "demo", overrides: dict[str, Any] |
     cfg = load_eval_config(config, overrides)
     if find_checkpoint(ArtifactStore(root), cfg) is None:
         ck = cfg.checkpoint
-        print(f"
-no {ck.namespace}/checkpoints/{ck.run} checkpoint in {root} yet: evaluation skipped "
+        print(f"\nno {ck.namespace}/checkpoints/{ck.run} checkpoint in {root} yet: evaluation skipped "
               f"(after pretrain: python -m pipelines evaluate {config} --root {root})")
         return None
     result = run_evaluate(config, root, None, overrides)
