@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TINY_EVAL_OVERRIDES
 from tests.pipelines.fake_stage import CONFIG_YAML, REGISTRATION
 from tests.servers import BIN, kill, start, start_prefect_server
 
@@ -50,10 +51,10 @@ def _store(root: Path):
     return ArtifactStore(str(root))
 
 
-def _run_deployment(env: dict, api: str, params: dict, tmp_path: Path) -> str:
-    """``prefect deployment run build-dataset/demo`` with ``params``; wait until the run COMPLETES; its id."""
+def _run_deployment(env: dict, api: str, params: dict, tmp_path: Path, name: str = "build-dataset/demo") -> str:
+    """``prefect deployment run <name>`` with ``params``; wait until the run COMPLETES; its id."""
     args = [a for k, v in params.items() for a in ("--param", f"{k}={v}")]
-    out = _prefect(env, "deployment", "run", "build-dataset/demo", *args)
+    out = _prefect(env, "deployment", "run", name, *args)
     flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
     deadline, state = time.monotonic() + 300, None
     while time.monotonic() < deadline:
@@ -65,7 +66,7 @@ def _run_deployment(env: dict, api: str, params: dict, tmp_path: Path) -> str:
     return flow_run_id
 
 
-def test_deployment_run_on_a_real_server_and_worker(tmp_path):
+def test_deployment_run_on_a_real_server_and_worker(tmp_path, tiny_eval_store):
     config = tmp_path / "fk.yaml"
     config.write_text(CONFIG_YAML.format(name="fk"))
     store_root = tmp_path / "store"
@@ -79,11 +80,16 @@ def test_deployment_run_on_a_real_server_and_worker(tmp_path):
         worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "fourm-process"],
                        tmp_path / "worker.log", env=env, cwd=str(tmp_path))
         out = _prefect(env, "--no-prompt", "deploy", "--all")
-        for name in ("build-dataset/cc12m", "build-dataset/coyo700m", "build-dataset/c4", "build-dataset/demo"):
+        for name in ("build-dataset/cc12m", "build-dataset/coyo700m", "build-dataset/c4", "build-dataset/demo",
+                     "evaluate/demo", "evaluate/4m21-b"):
             assert name in out, out
-        deployments = {d["name"]: d for d in _api(server.api_url, "deployments/filter", {})}
-        assert set(deployments) == {"cc12m", "coyo700m", "c4", "demo"}
+        found = _api(server.api_url, "deployments/filter", {})
+        by_entry = {(d["entrypoint"].rsplit(":", 1)[1], d["name"]): d for d in found}
+        assert set(by_entry) == {("build_dataset", n) for n in ("cc12m", "coyo700m", "c4", "demo")} | \
+            {("evaluate", "demo"), ("evaluate", "4m21-b")}
+        deployments = {n: d for (f, n), d in by_entry.items() if f == "build_dataset"}
         assert deployments["demo"]["work_pool_name"] == "fourm-process"
+        assert by_entry[("evaluate", "demo")]["parameters"]["config"] == "demo"
         [nightly] = deployments["cc12m"]["schedules"]
         assert nightly["schedule"]["cron"] == "0 2 * * *" and nightly["active"] is False  # ops switch it on
         assert deployments["cc12m"]["parameters"]["dataset"] == "cc12m"
@@ -93,11 +99,17 @@ def test_deployment_run_on_a_real_server_and_worker(tmp_path):
         # the ops re-run of one shard, as deployment parameters (-p values are JSON)
         rerun_id = _run_deployment(env, server.api_url, {**demo_params, "stages": '["fake"]', "shards": "[1]",
                                                          "force": "true"}, tmp_path)
+        # evaluate/demo on a small real store (its own seed, so the worker computes and commits it)
+        eval_store, _ = tiny_eval_store
+        eval_params = {"store_root": eval_store.root_uri, "overrides": json.dumps({**TINY_EVAL_OVERRIDES, "seed": 11})}
+        eval_run_id = _run_deployment(env, server.api_url, eval_params, tmp_path, name="evaluate/demo")
     finally:
         if worker is not None:
             kill(worker)
         kill(server.proc)
 
+    evaluation = _store(Path(eval_store.root)).read_manifest("ev", "evaluations/tiny/step-00000001", None)
+    assert evaluation.flow_run_id == eval_run_id and evaluation.ingredients.config["seed"] == 11
     store = _store(store_root)
     assert store.committed_shards("fk", "numbers") == [0, 1, 2]
     assert store.committed_shards("fk", "doubled") == [0, 1, 2]
