@@ -57,9 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     from .config import load_eval_config
     from .evaluation import evaluate, result_summary
 
-    cfg = load_eval_config(args.config, parse_overrides(args.set))
-    store = ArtifactStore(args.store, json.loads(args.storage_options) if args.storage_options else None)
-    res = evaluate(store, cfg, force=args.force)
+    from fourm_core.config import ConfigError
+
+    try:
+        cfg = load_eval_config(args.config, parse_overrides(args.set))
+        store = ArtifactStore(args.store, json.loads(args.storage_options) if args.storage_options else None)
+        res = evaluate(store, cfg, force=args.force)
+    except (ConfigError, FileNotFoundError, LookupError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print("\n".join(summary_lines(result_summary(store, res))))
     return 0
 

@@ -420,7 +420,8 @@ class _Plan:
                 break
         if not self.condition:
             raise ValueError(f"no conditioning input available: tried {candidates}; the checkpoint takes "
-                             f"{self.domains_in}, the store has tokens of {sorted(self.tokens)}")
+                             f"{self.domains_in}, {ds} shards {self.shards} have usable tokens of "
+                             f"{sorted(self.tokens)}" + "".join(f"; {n}" for n in self.notes))
         if "tok_rgb@224" not in self.condition and "rgb@224" not in self.condition:
             where = [w for w, ok in (("the store", "tok_rgb@224" in self.tokens),
                                      ("the checkpoint", "tok_rgb@224" in self.domains_in)) if not ok]
