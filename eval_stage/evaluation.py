@@ -353,6 +353,19 @@ def _stack_tokens(samples: Samples, modality: str, keys: list[str]) -> torch.Ten
     return torch.from_numpy(np.stack(rows)).long()
 
 
+def _enough(store: ArtifactStore, ds: str, modalities: list[str], shards: list[int], n: int) -> list[int]:
+    """The leading ``shards`` whose token rows (per the manifests) add up to at least ``n`` samples."""
+    mods = [m for m in modalities if get_modality(m).kind not in (ModalityKind.PIXELS, ModalityKind.EMBEDDING_SEQ)]
+    out, rows = [], 0
+    for s in shards:
+        out.append(s)
+        rows += max((m.rows for m in (store.read_manifest(ds, get_modality(x).token_artifact, s) for x in mods)
+                     if m is not None), default=0)
+        if rows >= n:
+            break
+    return sorted(out)
+
+
 class _Plan:
     """What can be evaluated: condition, targets, tokenizers, samples; and the notes on what cannot."""
 
@@ -374,7 +387,10 @@ class _Plan:
             self.shards = sorted(cfg.shards)
         else:
             held = [s for s in all_shards if s not in trained_shards]
-            self.shards = held or all_shards
+            # only as many shards as max_samples needs (a production dataset has thousands): the first
+            # held-out ones, else the last ones
+            self.shards = _enough(store, ds, self.domains_in + self.domains_out, held, cfg.max_samples) if held \
+                else _enough(store, ds, self.domains_in + self.domains_out, all_shards[::-1], cfg.max_samples)
         seen = sorted(trained_shards & set(self.shards))
         self.held_out = not seen
         if seen:
