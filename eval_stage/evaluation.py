@@ -24,7 +24,6 @@ shard read (inputs, which are also the lineage), the eval config (minus the devi
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -133,7 +132,6 @@ class Samples:
     """The evaluated samples (crop 0 of each) and what was read for them."""
 
     keys: list[str]
-    shard_of: dict[str, int]
     crops: dict[str, Any]  # key -> tokenize_stage.crops.Crop
     tokens: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # modality -> key -> tokens
     inputs: list[Manifest] = field(default_factory=list)  # every part read (lineage + cache key)
@@ -400,10 +398,6 @@ class _Plan:
             raise FileNotFoundError(f"dataset {ds!r} has no committed token shards of the checkpoint's modalities "
                                     f"({self.domains_in}) under {store.root_uri}")
 
-        def tokenizer_ok(m: str) -> Manifest | None:
-            tm = _tokenizer_manifest(store, cfg, m)
-            return tm
-
         # token rows per usable modality (image-like rows must have the model's token count)
         self.tokens: dict[str, dict[str, np.ndarray]] = {}
         for m in dict.fromkeys(self.domains_in + self.domains_out):
@@ -457,7 +451,7 @@ class _Plan:
             if t not in self.tokens:
                 self.notes.append(f"target {t}: no usable token shards of {ds} in shards {self.shards}; skipped")
                 continue
-            tm = tokenizer_ok(t)
+            tm = _tokenizer_manifest(store, cfg, t)
             if tm is None:
                 self.notes.append(f"target {t}: tokenizer {_tokenizer_name(t)} ({cfg.tokenizer_profile}) is not "
                                   f"committed under {cfg.tokenizer_dataset or ds}; skipped")
@@ -465,7 +459,7 @@ class _Plan:
             self.targets.append(t)
             self.tokenizers[t] = tm
         for c in self.condition:  # the condition's tokenizer draws the input in the grid (optional)
-            tm = tokenizer_ok(c) if get_modality(c).kind == ModalityKind.IMAGE_TOKENS else None
+            tm = _tokenizer_manifest(store, cfg, c) if get_modality(c).kind == ModalityKind.IMAGE_TOKENS else None
             if tm is not None:
                 self.tokenizers[c] = tm
         self.inputs.extend(self.tokenizers.values())
@@ -582,7 +576,7 @@ def run_evaluation(store: ArtifactStore, cfg: EvalConfig, ckpt: Manifest, plan: 
     timings["load"] = time.perf_counter() - t_start
     ds, keys = cfg.dataset, plan.keys
     keyset = set(keys)
-    samples = Samples(keys, {}, {k: plan.crop(k) for k in keys}, plan.tokens)
+    samples = Samples(keys, {k: plan.crop(k) for k in keys}, plan.tokens)
 
     # ---------------------------------------------------------------- generation from the condition
     t0 = time.perf_counter()
