@@ -6,7 +6,10 @@
     rerun   --dataset D --stage S [--shard N ...] [--root R]   redo exactly those units
     pretrain [CONFIG] [--root R] [--steps N] [--log-dir D] [--force] [--set F=V]   the pretrain flow (CONFIG:
                                                   a train preset, default demo, or a YAML path)
-    demo    [--root R]                            build the demo dataset, then pretrain/demo on its token shards
+    demo    [--root R]                            build the demo dataset, pretrain/demo on its token shards, then
+                                                  evaluate the checkpoint (report + generation grid)
+    evaluate [CONFIG] [--root R] [--set F=V ...] [--force]   evaluate a pretrain checkpoint (eval preset
+                                                  demo | 4m21_b, or a YAML path): report + grid in the store
 
 ``--storage-options`` (or $FOURM_STORAGE_OPTIONS) is a JSON object for fsspec/s3fs, e.g.
 ``{"endpoint_url": "http://127.0.0.1:8333"}``; credentials are best left to the usual AWS variables.
@@ -77,10 +80,17 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("demo", help="build the demo dataset (ephemeral Prefect, local Ray), print its status, "
                                      "then pretrain/demo on its token shards")
-    sp.add_argument("--root", default="./store")
+    sp.add_argument("--root", default=DEFAULT_ROOT, help="store root (default $FOURM_STORE_ROOT or ./store)")
     sp.add_argument("--ray-address", default=None)
     sp.add_argument("--log-dir", default=None, help="training logs (default runs/demo)")
     sp.add_argument("--no-train", action="store_true", help="build the dataset only")
+
+    sp = sub.add_parser("evaluate", help="run the evaluate flow on a pretrain checkpoint")
+    sp.add_argument("config", nargs="?", default="demo", help="eval preset (demo, 4m21_b) or YAML path")
+    store_args(sp)
+    sp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="eval config override, e.g. checkpoint.run=demo, shards=[3], max_samples=8")
+    sp.add_argument("--force", action="store_true", help="recompute even when the committed result matches")
     return p
 
 
@@ -221,11 +231,61 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return rc
     print()
     _print_pretrain(run_pretrain_flow("demo", args.root, None, log_dir=args.log_dir))
+    return 0 if demo_evaluation(args.root) is not None else 1
+
+
+def run_evaluate(config: str, root: str, storage_options: dict[str, Any] | None, overrides: dict[str, Any] | None,
+                 force: bool = False) -> dict[str, Any]:
+    """Validate, then run the evaluate flow in this process (Prefect's ephemeral API unless PREFECT_API_URL is set)."""
+    from eval_stage.config import load_eval_config
+
+    load_eval_config(config, overrides)  # fail fast, before Prefect starts
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from .evaluate import evaluate
+
+    return evaluate(config=config, store_root=root, storage_options=storage_options, overrides=overrides or None,
+                    force=force)
+
+
+def demo_evaluation(root: str, config: str = "demo", overrides: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The demo's last step: evaluate the pretrain/demo checkpoint when the store has one (else say so)."""
+    from eval_stage.config import load_eval_config
+    from eval_stage.evaluation import find_checkpoint
+    from fourm_core.store import ArtifactStore
+
+    cfg = load_eval_config(config, overrides)
+    if find_checkpoint(ArtifactStore(root), cfg) is None:
+        ck = cfg.checkpoint
+        print(f"\nno {ck.namespace}/checkpoints/{ck.run} checkpoint in {root} yet: evaluation skipped "
+              f"(after pretrain: python -m pipelines evaluate {config} --root {root})")
+        return None
+    try:
+        result = run_evaluate(config, root, None, overrides)
+    except (FileNotFoundError, ValueError) as err:  # e.g. the store lacks every conditioning modality
+        print(f"\nevaluation of the demo checkpoint not possible: {err}", file=sys.stderr)
+        return None
+    print()
+    _print_evaluation(result)
+    return result
+
+
+def _print_evaluation(result: dict[str, Any]) -> None:
+    from eval_stage.__main__ import summary_lines
+
+    print("\n".join(summary_lines(result)))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .ops import storage_options_from
+
+    _print_evaluation(run_evaluate(args.config, args.root, storage_options_from(args.storage_options),
+                                   _overrides(args.set), args.force))
     return 0
 
 
 COMMANDS = {"status": cmd_status, "lineage": cmd_lineage, "run": cmd_run, "rerun": cmd_rerun,
-            "pretrain": cmd_pretrain, "demo": cmd_demo}
+            "pretrain": cmd_pretrain, "demo": cmd_demo, "evaluate": cmd_evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:

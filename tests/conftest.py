@@ -58,3 +58,30 @@ def ray_session():
                  runtime_env={"env_vars": {"PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_eval_store(tmp_path_factory):
+    """A small real store for the evaluation stage (tests/eval/tiny_store.py): synthetic scenes with ground
+    truth, pseudo labels, 14x14-grid tiny tokenizers, token shards and a 1-step tiny 4M checkpoint.
+    Shared by tests/eval and tests/pipelines (~20 s to build on 2 cores)."""
+    import torch
+
+    from tests.eval.tiny_store import build
+
+    root = tmp_path_factory.mktemp("eval-store")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        store, checkpoint = build(str(root / "store"), dataset="ev", n_samples=8, shard_size=4, size=64,
+                                  tokenizer_steps=0, train_steps=1, batch_size=4, dim=32, run="tiny",
+                                  workdir=root)
+    finally:
+        torch.set_num_threads(threads)
+    return store, checkpoint
+
+
+# The eval config the tests use on that store: small and quick (diffusion decoders with one DDIM step).
+TINY_EVAL_OVERRIDES = {"dataset": "ev", "checkpoint.run": "tiny", "targets": ["tok_depth@224", "tok_semseg@224"],
+                       "max_samples": 4, "batch_size": 4, "decode_steps": 1, "generation.steps": 2,
+                       "loss_repeats": 1, "grid_samples": 2}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TINY_EVAL_OVERRIDES
 from tests.pipelines.fake_stage import CONFIG_YAML, REGISTRATION
 from tests.servers import BIN, kill, start, start_prefect_server
 from train_stage.synthetic import make_token_shards
@@ -68,7 +69,7 @@ def _run_deployment(env: dict, api: str, params: dict, tmp_path: Path, name: str
     return flow_run_id
 
 
-def test_deployment_run_on_a_real_server_and_worker(tmp_path):
+def test_deployment_run_on_a_real_server_and_worker(tmp_path, tiny_eval_store):
     config = tmp_path / "fk.yaml"
     config.write_text(CONFIG_YAML.format(name="fk"))
     store_root = tmp_path / "store"
@@ -83,13 +84,16 @@ def test_deployment_run_on_a_real_server_and_worker(tmp_path):
                        tmp_path / "worker.log", env=env, cwd=str(tmp_path))
         out = _prefect(env, "--no-prompt", "deploy", "--all")
         for name in ("build-dataset/cc12m", "build-dataset/coyo700m", "build-dataset/c4", "build-dataset/demo",
-                     "pretrain/demo", "pretrain/4m-21-b"):
+                     "pretrain/demo", "pretrain/4m-21-b", "evaluate/demo", "evaluate/4m-21-b"):
             assert name in out, out
-        listed = _api(server.api_url, "deployments/filter", {})
-        assert sorted(d["name"] for d in listed) == sorted(["cc12m", "coyo700m", "c4", "demo", "demo", "4m-21-b"])
-        assert {d["work_pool_name"] for d in listed} == {"fourm-process"}
-        deployments = {d["name"]: d for d in listed}
-        assert deployments["4m-21-b"]["parameters"]["nproc_per_node"] == 8
+        found = _api(server.api_url, "deployments/filter", {})
+        by_entry = {(d["entrypoint"].rsplit(":", 1)[1], d["name"]): d for d in found}
+        assert set(by_entry) == {("build_dataset", n) for n in ("cc12m", "coyo700m", "c4", "demo")} | \
+            {(f, n) for f in ("pretrain", "evaluate") for n in ("demo", "4m-21-b")}
+        assert {d["work_pool_name"] for d in found} == {"fourm-process"}
+        deployments = {n: d for (f, n), d in by_entry.items() if f == "build_dataset"}
+        assert by_entry[("pretrain", "4m-21-b")]["parameters"]["nproc_per_node"] == 8
+        assert by_entry[("evaluate", "demo")]["parameters"]["config"] == "demo"
         [nightly] = deployments["cc12m"]["schedules"]
         assert nightly["schedule"]["cron"] == "0 2 * * *" and nightly["active"] is False  # ops switch it on
         assert deployments["cc12m"]["parameters"]["dataset"] == "cc12m"
@@ -106,11 +110,17 @@ def test_deployment_run_on_a_real_server_and_worker(tmp_path):
                                                          "log_dir": str(tmp_path / "runs"),
                                                          "overrides": json.dumps(overrides)},
                                    tmp_path, "pretrain/demo")
+        # evaluate/demo on a small real store (its own seed, so the worker computes and commits it)
+        eval_store, _ = tiny_eval_store
+        eval_params = {"store_root": eval_store.root_uri, "overrides": json.dumps({**TINY_EVAL_OVERRIDES, "seed": 11})}
+        eval_run_id = _run_deployment(env, server.api_url, eval_params, tmp_path, name="evaluate/demo")
     finally:
         if worker is not None:
             kill(worker)
         kill(server.proc)
 
+    evaluation = _store(Path(eval_store.root)).read_manifest("ev", "evaluations/tiny/step-00000001", None)
+    assert evaluation.flow_run_id == eval_run_id and evaluation.ingredients.config["seed"] == 11
     store = _store(store_root)
     assert store.committed_shards("fk", "numbers") == [0, 1, 2]
     assert store.committed_shards("fk", "doubled") == [0, 1, 2]

@@ -1,0 +1,97 @@
+"""The evaluation stage on a small real store: committed metrics, report and grid; lineage; caching."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eval_stage.config import load_eval_config
+from eval_stage.evaluation import _Plan, evaluate, evaluation_unit, find_checkpoint, result_summary
+from fourm_core.lineage import lineage
+from fourm_core.units import UnitStatus
+from tests.conftest import TINY_EVAL_OVERRIDES
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_eval_store):
+    store, _ = tiny_eval_store
+    cfg = load_eval_config("demo", TINY_EVAL_OVERRIDES)
+    return store, cfg, evaluate(store, cfg)
+
+
+def test_evaluation_commits_metrics_report_and_grid(first_run):
+    store, cfg, res = first_run
+    assert res.status == UnitStatus.DONE
+    [m] = res.manifests
+    assert (m.dataset, m.artifact) == ("ev", "evaluations/tiny/step-00000001")
+    rows = store.read_table("ev", m.artifact, None).to_pylist()
+    primary = {(r["target"], r["reference"], r["metric"]) for r in rows if r["primary"]}
+    assert primary == {(t, ref, metric) for t, metric in (("tok_depth@224", "abs_rel"), ("tok_semseg@224", "miou"))
+                       for ref in ("pseudo label", "ground truth")}
+    for r in rows:
+        if r["task"] != "masked tokens":  # every scored metric has the model, its tokenizer bound and a baseline
+            assert r["samples"] == 4 and r["baseline"] is not None and r["tokenizer_bound"] is not None, r
+    # the ground truth of synthetic scenes is exact: the mean-depth baseline scores a real (finite) abs_rel
+    gt_depth = next(r for r in rows if r["reference"] == "ground truth" and r["metric"] == "abs_rel")
+    assert 0 < gt_depth["baseline"] < 10 and gt_depth["model"] is not None
+    tokens = {r["target"] for r in rows if r["task"] == "masked tokens"}
+    assert tokens and tokens <= {"tok_canny_edge@224", "tok_depth@224", "tok_normal@224", "tok_semseg@224"}
+
+    files = {f.name for f in m.files}
+    assert {"data.parquet", "data.report.md", "data.grid.png", "data.metrics.json"} <= files
+    png = store.read_bytes(store.data_path("ev", m.artifact, None, ".grid.png"))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    report = store.read_bytes(store.data_path("ev", m.artifact, None, ".report.md")).decode()
+    assert "tokenizer bound" in report and "| depth (tok_depth@224) | ground truth | abs_rel" in report
+    # no tok_rgb in this store: the stand-in condition is said out loud
+    assert "conditioned on tok_canny_edge@224 instead of RGB" in report
+    assert "not held out" in report  # the 1-step checkpoint read every shard
+    metrics = json.loads(store.read_bytes(store.data_path("ev", m.artifact, None, ".metrics.json")))
+    assert metrics["info"]["condition"] == ["tok_canny_edge@224"]
+
+
+def test_lineage_reaches_checkpoint_tokenizers_and_shards(first_run, tiny_eval_store):
+    store, cfg, res = first_run
+    _, checkpoint = tiny_eval_store
+    m = res.manifests[0]
+    assert m.ingredients.model.digest == checkpoint.digest
+    node = lineage(store, "ev", m.artifact, None)
+    assert not node.missing
+    parents = {(p.manifest.dataset, p.manifest.artifact) for p in node.parents}
+    assert ("training", "checkpoints/tiny/step-00000001") in parents
+    assert {("ev", "tokenizers/depth_diffusion-tiny"), ("ev", "tokenizers/semseg_vqvae-tiny"),
+            ("ev", "tokens/tok_depth-224"), ("ev", "labels/depth"), ("ev", "ground_truth")} <= parents
+
+
+def test_rerun_is_cached_and_config_changes_the_key(first_run):
+    store, cfg, res = first_run
+    again = evaluate(store, cfg)
+    assert again.status == UnitStatus.CACHED and again.manifests[0] == res.manifests[0]
+    summary = result_summary(store, again)
+    assert summary["status"] == "cached" and summary["report"].endswith("data.report.md")
+    ckpt = find_checkpoint(store, cfg)
+    key = evaluation_unit(store, cfg, ckpt, _Plan(store, cfg, ckpt)).cache_key
+    assert key == res.manifests[0].cache_key
+    other = load_eval_config("demo", {**TINY_EVAL_OVERRIDES, "seed": 1})
+    assert evaluation_unit(store, other, ckpt, _Plan(store, other, ckpt)).cache_key != key
+    # the device is not part of the key
+    dev = load_eval_config("demo", {**TINY_EVAL_OVERRIDES, "device": "cpu:0"})
+    assert evaluation_unit(store, dev, ckpt, _Plan(store, dev, ckpt)).cache_key == key
+
+
+def test_absent_modalities_are_skipped_with_a_note(tiny_eval_store):
+    store, _ = tiny_eval_store
+    cfg = load_eval_config("demo", {**TINY_EVAL_OVERRIDES, "targets": ["tok_depth@224", "tok_clip@224"],
+                                    "condition": ["tok_rgb@224", "tok_canny_edge@224"]})
+    ckpt = find_checkpoint(store, cfg)
+    plan = _Plan(store, cfg, ckpt)
+    assert plan.targets == ["tok_depth@224"] and plan.condition == ["tok_canny_edge@224"]
+    assert any("tok_clip@224" in n and "skipped" in n for n in plan.notes)
+    assert any("condition tok_rgb@224" in n for n in plan.notes)
+
+
+def test_missing_checkpoint_is_a_clear_error(tiny_eval_store):
+    store, _ = tiny_eval_store
+    with pytest.raises(FileNotFoundError, match="no checkpoint training/checkpoints/nope"):
+        evaluate(store, load_eval_config("demo", {**TINY_EVAL_OVERRIDES, "checkpoint.run": "nope"}))

@@ -1,0 +1,147 @@
+"""A small but real store for the evaluation stage, built through the stages' own code paths.
+
+ingest (synthetic scenes with exact ground truth) -> pseudo labels derived from the ground truth (depth,
+normals, semseg with noise; Canny edges of the RGB) -> tiny tokenizers with a 14x14 token grid (the
+model's grid), committed like ``train_tokenizer`` commits them -> the tokenize stage -> a tiny 4M
+checkpoint from the trainer. ``tokenizer_steps`` / ``train_steps`` = 0 / small keeps it fast for tests;
+larger values give numbers worth reading (``python -m tests.eval.tiny_store ROOT``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+MODALITIES = ["tok_canny_edge@224", "tok_depth@224", "tok_normal@224", "tok_semseg@224"]
+TOKENIZERS = {"tok_canny_edge@224": "edge_diffusion", "tok_depth@224": "depth_diffusion",
+              "tok_normal@224": "normal_diffusion", "tok_semseg@224": "semseg_vqvae"}
+LABELS = {"edge_diffusion": "canny_edge", "depth_diffusion": "depth", "normal_diffusion": "normal",
+          "semseg_vqvae": "semseg"}
+
+
+def dataset_yaml(path: Path, name: str, n_samples: int, shard_size: int, size: int, seed: int = 0,
+                 tokenizer_dataset: str | None = None) -> Path:
+    path.write_text(
+        f"name: {name}\n"
+        f"sources:\n  - {{kind: synthetic, n_samples: {n_samples}, seed: {seed}, size: {size}}}\n"
+        f"ingest: {{shard_size: {shard_size}, shorter_side: {size}}}\n"
+        f"stages: [ingest, tokenize]\n"
+        f"tokenize:\n  profile: tiny\n  modalities: {json.dumps(MODALITIES)}\n"
+        f"  crops: {{n_crops: 1}}\n  batch_size: 16\n"
+        + (f"  tokenizer_dataset: {tokenizer_dataset}\n" if tokenizer_dataset else ""))
+    return path
+
+
+def _commit_labels(store, dataset: str, shard: int, seed: int = 0) -> None:
+    import cv2
+
+    from fourm_core.label_codec import encode_label, image_decode, npy_decode
+    from fourm_core.modalities import label_artifact
+    from fourm_core.units import Unit, UnitOutput, run_unit
+
+    gt = store.read_table(dataset, "ground_truth", shard).to_pylist()
+    images = {r["sample_key"]: image_decode(r["image"]) for r in store.read_table(dataset, "images", shard).to_pylist()}
+    rng = np.random.default_rng([seed, shard])
+    rows: dict[str, list] = {lab: [] for lab in LABELS.values()}
+    for r in gt:
+        k = r["sample_key"]
+        depth, normal, semseg = npy_decode(r["depth"]), npy_decode(r["normal"]), npy_decode(r["semseg"])
+        noisy = semseg.copy()
+        flip = rng.random(semseg.shape) < 0.05
+        noisy[flip] = rng.choice(np.unique(semseg), int(flip.sum()))
+        arrays = {"depth": depth * (1 + 0.05 * rng.standard_normal(depth.shape)).astype(np.float32),
+                  "normal": normal, "semseg": noisy,
+                  "canny_edge": (cv2.Canny(cv2.cvtColor(images[k], cv2.COLOR_RGB2GRAY), 100, 200) > 0).astype(np.uint8) * 255}
+        for lab, a in arrays.items():
+            rows[lab].append({"sample_key": k, **encode_label(lab, a)})
+    inputs = [store.read_manifest(dataset, "ground_truth", shard).as_input()]
+    for lab, rs in rows.items():
+        unit = Unit(stage="test.labels", dataset=dataset, artifacts=[label_artifact(lab)], shard=shard,
+                    code_version="test/1", config={"label": lab, "seed": seed}, inputs=inputs)
+        run_unit(store, unit, lambda rs=rs, lab=lab: UnitOutput({label_artifact(lab): pa.Table.from_pylist(rs)}))
+
+
+def _commit_tokenizer(store, dataset: str, name: str, steps: int, image_size: int = 28, patch_size: int = 2) -> None:
+    """A tiny tokenizer with a 14x14 grid (28 px, 2-px patches), optionally trained on the committed labels."""
+    import torch
+
+    from fourm_core.units import Unit, UnitOutput, run_unit
+    from tokenize_stage.labels import read_label_arrays
+    from tokenize_stage.models.base import build_tokenizer
+    from tokenize_stage.normalize import normalize_batch
+    from tokenize_stage.registry import tokenizer_config
+    from tokenize_stage.train_tokenizer import TrainTokenizerConfig, fit, tokenizer_artifact
+
+    tcfg = tokenizer_config(name, "tiny").model_copy(update={"image_size": image_size, "patch_size": patch_size})
+    artifact = tokenizer_artifact(name, "tiny")
+    _, arrays, manifests = read_label_arrays(store, dataset, LABELS[name])
+    unit = Unit(stage="test.tokenizer", dataset=dataset, artifacts=[artifact], shard=None, code_version="test/1",
+                config={"tokenizer": tcfg.model_dump(mode="json"), "steps": steps},
+                inputs=[m.as_input() for m in manifests])
+
+    def compute() -> UnitOutput:
+        torch.manual_seed(0)
+        model = build_tokenizer(tcfg)
+        if steps:
+            fit(model, normalize_batch(tcfg, arrays), TrainTokenizerConfig(tokenizer=name, profile="tiny", steps=steps,
+                                                                        batch_size=16, warmup_steps=5))
+        model.eval()
+        files = {".safetensors": model.weights_bytes(), ".config.json": json.dumps(model.config_dict()).encode()}
+        return UnitOutput({artifact: pa.table({"step": [steps]})}, extra_files={artifact: files})
+
+    run_unit(store, unit, compute)
+
+
+def build(root: str, dataset: str = "ev", n_samples: int = 12, shard_size: int = 6, size: int = 64,
+          tokenizer_steps: int = 0, train_steps: int = 2, batch_size: int = 4, dim: int = 32,
+          run: str = "tiny", workdir: Path | None = None, heldout: int = 0):
+    """Build the store under ``root``; returns (store, checkpoint manifest).
+
+    ``heldout`` > 0 also builds ``<dataset>-heldout``: that many scenes of another seed, tokenized with the
+    tokenizers of ``dataset``, which the checkpoint never sees."""
+    from fourm_core.config import load_dataset_config
+    from fourm_core.store import ArtifactStore
+    from ingest_stage.stage import STAGE as INGEST
+    from tokenize_stage.stage import STAGE as TOKENIZE
+    from train_stage.config import TrainConfig
+    from train_stage.pretrain import pretrain
+
+    store = ArtifactStore(root)
+    workdir = Path(workdir or root)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = load_dataset_config(dataset_yaml(workdir / f"{dataset}.yaml", dataset, n_samples, shard_size, size))
+    shards = INGEST.plan_shards(store, config)
+    for s in shards:
+        INGEST.run_shard(store, config, s)
+        _commit_labels(store, dataset, s)
+    for name in TOKENIZERS.values():
+        _commit_tokenizer(store, dataset, name, tokenizer_steps)
+    for s in TOKENIZE.plan_shards(store, config):
+        TOKENIZE.run_shard(store, config, s)
+    if heldout:
+        name = f"{dataset}-heldout"
+        hcfg = load_dataset_config(dataset_yaml(workdir / f"{name}.yaml", name, heldout, shard_size, size, seed=1,
+                                                tokenizer_dataset=dataset))
+        for s in INGEST.plan_shards(store, hcfg):
+            INGEST.run_shard(store, hcfg, s)
+            _commit_labels(store, name, s)
+        for s in TOKENIZE.plan_shards(store, hcfg):
+            TOKENIZE.run_shard(store, hcfg, s)
+    cfg = TrainConfig.model_validate({
+        "run_name": run, "model": {"size": "tiny", "modalities": MODALITIES,
+                                   "overrides": {"dim": dim, "num_heads": 2 if dim < 64 else 4}},
+        "mixture": "demo", "datasets": [{"name": dataset}], "batch_size": batch_size, "steps": train_steps,
+        "blr": 0.02, "grad_clip": 1.0, "log_every": max(1, train_steps // 10), "dtype": "fp32"})
+    return store, pretrain(store, cfg)
+
+
+if __name__ == "__main__":  # a store worth reading numbers from (minutes on 2 cores)
+    import sys
+
+    root = sys.argv[1]
+    build(root, n_samples=int(sys.argv[2]) if len(sys.argv) > 2 else 96, shard_size=16, size=64,
+          tokenizer_steps=int(sys.argv[3]) if len(sys.argv) > 3 else 150,
+          train_steps=int(sys.argv[4]) if len(sys.argv) > 4 else 300, batch_size=16, dim=64, heldout=32)
