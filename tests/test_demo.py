@@ -1,6 +1,7 @@
 """The README's first command, end to end: ``python -m pipelines demo`` on a fresh store, then again.
 
-The second run must do no work: every unit is reported cached.
+build-dataset (every stage), pretrain/demo and the evaluation; the second run must do no work: every
+unit, the checkpoint and the evaluation are reported cached.
 """
 
 from __future__ import annotations
@@ -33,8 +34,17 @@ def test_demo_builds_every_stage_then_reruns_from_cache(tmp_path):
     for artifact in ("images", "labels/sam_instance", "labels/human_poses", "tokenizers/rgb_diffusion-tiny",
                      "tokens/tok_rgb-224", "tokens/tok_sam_edge-224", "tokens/det", "tokens/sam_instance"):
         assert re.search(rf"\s{re.escape(artifact)}\s", first), f"{artifact} not in the status table"
+    assert re.search(r"pretrain checkpoints/demo/step-\d+: done \(\d+ steps, loss ([\d.]+) -> ([\d.]+)\)", first)
+    start, end = map(float, re.search(r"loss ([\d.]+) -> ([\d.]+)", first).groups())
+    assert end < start - 2  # the tiny model learns from the demo's tokens
+    report = re.search(r"report: (\S+data\.report\.md)", first)
+    grid = re.search(r"grid:\s+(\S+data\.grid\.png)", first)
+    assert report and grid and Path(grid.group(1)).stat().st_size > 10_000
+    assert "tok_depth@224" in Path(report.group(1)).read_text()
 
     second = _demo(tmp_path / "store")
     assert re.search(r"build-dataset demo: 0 units done, \d+ cached", second), second[-3000:]
     m = re.search(r"(\d+) done, (\d+) cached, (\d+) failed, (\d+) missing", second)
     assert m.group(1) == "0" and m.group(3) == "0" and m.group(4) == "0"
+    assert re.search(r"pretrain checkpoints/demo/step-\d+: cached", second), second[-3000:]
+    assert re.search(r"evaluate demo/evaluations/\S+: cached", second), second[-3000:]
