@@ -72,7 +72,6 @@ def timed(fn, repeats: int = 1) -> float:
 
 def bench_detector(profile: str, family: str, n_images: int):
     import numpy as np
-    import torch
 
     from pseudolabel.detection import build_detector, detect
     from pseudolabel.detection.detector import preprocess

@@ -13,18 +13,7 @@ import json
 import sys
 from typing import Any
 
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+from fourm_core.config import parse_overrides
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from fourm_core.config import ConfigError, StrictModel, load_yaml, validate_config
+from fourm_core.config import ConfigError, StrictModel, apply_overrides, load_yaml, validate_config
 
 PRESETS = Path(__file__).parent / "presets" / "eval"
 
@@ -71,13 +71,4 @@ def load_eval_config(name_or_path: str | Path, overrides: dict[str, Any] | None 
         if not p.exists():
             names = sorted(x.stem for x in PRESETS.glob("*.yaml"))
             raise ConfigError(f"{name_or_path!r} is neither a YAML file nor an eval preset; presets: {', '.join(names)}")
-    data = load_yaml(p) or {}
-    for k, v in (overrides or {}).items():
-        node = data
-        *parents, leaf = k.split(".")
-        for q in parents:
-            node = node.setdefault(q, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {k}: '{q}' is not a mapping in {p}")
-        node[leaf] = v
-    return validate_config(EvalConfig, data, str(p))
+    return validate_config(EvalConfig, apply_overrides(load_yaml(p) or {}, overrides, p), str(p))

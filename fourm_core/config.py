@@ -222,15 +222,34 @@ def load_config(model: type[M], name_or_path: str | Path, kind: str, overrides: 
     data = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
+    return validate_config(model, apply_overrides(data, overrides, path), str(path))
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None, source: str | Path) -> dict[str, Any]:
+    """Set dotted field paths (``{"ingest.shard_size": 8}``) in a config mapping read from ``source``, in place."""
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {dotted}: '{key}' is not a mapping in {path}")
+                raise ConfigError(f"override {dotted}: '{key}' is not a mapping in {source}")
         node[leaf] = value
-    return validate_config(model, data, str(path))
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """CLI ``--set FIELD=VALUE`` items -> overrides; values are parsed as YAML (numbers, booleans, lists, JSON)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set ingest.shard_size=16")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key] = value
+    return out
 
 
 def load_dataset_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> DatasetConfig:

@@ -12,25 +12,14 @@ import sys
 import time
 from collections import Counter
 
-import yaml
 from tqdm import tqdm
 
-from fourm_core.config import ConfigError, load_dataset_config
+from fourm_core.config import ConfigError, load_dataset_config, parse_overrides
 from fourm_core.store import ArtifactStore
 from fourm_core.units import UnitStatus
 
 from .plan import build_plan
 from .stage import artifacts_for, run_shard
-
-
-def _overrides(pairs: list[str]) -> dict[str, object]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set ingest.shard_size=16")
-        out[key] = yaml.safe_load(value)  # so numbers and booleans get their types
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     try:
-        config = load_dataset_config(args.dataset, _overrides(args.overrides))
+        config = load_dataset_config(args.dataset, parse_overrides(args.overrides))
         plan = build_plan(config)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

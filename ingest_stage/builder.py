@@ -7,7 +7,6 @@ and encoding, so threads overlap network I/O with pixel work without the cost of
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import threading

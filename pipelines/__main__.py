@@ -23,7 +23,7 @@ import os
 import sys
 from typing import Any
 
-from fourm_core.config import ConfigError, load_dataset_config
+from fourm_core.config import ConfigError, load_dataset_config, parse_overrides
 
 DEFAULT_ROOT = os.environ.get("FOURM_STORE_ROOT", "./store")
 
@@ -94,19 +94,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _overrides(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from fourm_core.store import ArtifactStore
 
@@ -165,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .ops import storage_options_from
 
     _print_result(run_flow(args.dataset, args.root, storage_options_from(args.storage_options), args.stages,
-                           args.shards, args.force, args.ray_address, _overrides(args.set)))
+                           args.shards, args.force, args.ray_address, parse_overrides(args.set)))
     return 0
 
 
@@ -173,7 +160,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     from .ops import storage_options_from
 
     _print_result(run_flow(args.dataset, args.root, storage_options_from(args.storage_options), args.stage,
-                           args.shard, True, args.ray_address, _overrides(args.set)))
+                           args.shard, True, args.ray_address, parse_overrides(args.set)))
     return 0
 
 
@@ -219,7 +206,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from .ops import storage_options_from
 
     _print_pretrain(run_pretrain_flow(args.config, args.root, storage_options_from(args.storage_options), args.steps,
-                                      args.log_dir, args.force, _overrides(args.set), args.nproc_per_node))
+                                      args.log_dir, args.force, parse_overrides(args.set), args.nproc_per_node))
     return 0
 
 
@@ -280,7 +267,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .ops import storage_options_from
 
     _print_evaluation(run_evaluate(args.config, args.root, storage_options_from(args.storage_options),
-                                   _overrides(args.set), args.force))
+                                   parse_overrides(args.set), args.force))
     return 0
 
 

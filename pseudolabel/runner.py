@@ -126,7 +126,7 @@ def label_step(labeler: Labeler, table: pa.Table) -> pa.Table:
                       {m: [meta[m][i] for i in ready] for m in meta})
         for pos, res in zip(ready, _label_isolating(labeler, batch)):
             if isinstance(res, BaseException):
-                reason = res.reason if isinstance(res, SampleFailure) else f"labeler_error"
+                reason = res.reason if isinstance(res, SampleFailure) else "labeler_error"
                 detail = res.detail if isinstance(res, SampleFailure) else f"{type(res).__name__}: {res}"
                 errors[pos] = f"{reason}\t{detail}"
             else:

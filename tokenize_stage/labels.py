@@ -7,7 +7,6 @@ sample (layouts in ``normalize``). The column defaults to the label's name (``la
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 
 import numpy as np

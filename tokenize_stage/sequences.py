@@ -61,7 +61,7 @@ from .text.serialise import PARSED_TYPES, SERIALISERS, STRUCTURED_TYPES, token_b
 from .text.serialise import color_palette as palette_ser
 from .text.serialise import sam_instance as sam_ser
 from .text.serialise.types import Box, ColorPalette, ColorPaletteSet, Detections, HumanPoses, Metadata, Person
-from .train_tokenizer import load_trained, tokenizer_artifact
+from .train_tokenizer import tokenizer_artifact
 
 CODE_VERSION = "tokenize.sequences/2"
 SEQUENCE_MODALITIES = tuple(SERIALISERS)  # det, color_palette, metadata, human_poses, sam_instance
@@ -84,7 +84,6 @@ def vq_tokenizer(modality: Modality) -> str | None:
 
 
 _TEXT: dict[str | None, tuple[Any, ModelRef]] = {}
-_VQ: dict[tuple, tuple[Any, ModelRef]] = {}
 
 
 def text_tokenizer(source: str | None = None) -> tuple[Any, ModelRef]:
@@ -113,12 +112,9 @@ def _vq(store: ArtifactStore, ns: str, modality: Modality, profile: str) -> tupl
         raise FileNotFoundError(f"{modality.name} needs the {name} tokenizer, but {ns}/"
                                 f"{tokenizer_artifact(name, profile)} is not committed; "
                                 f"{_train_hint(name, profile, ns)}")
-    key = (store.root_uri, ns, name, profile, manifest.digest)
-    if key not in _VQ:
-        if len(_VQ) >= 8:
-            _VQ.pop(next(iter(_VQ)))
-        _VQ[key] = load_trained(store, ns, name, profile)
-    return _VQ[key]
+    from .stage import _tokenizer  # the stage's loader and its per-digest cache
+
+    return _tokenizer(store, ns, name, profile)
 
 
 # ------------------------------------------------------------------------------------------ planning

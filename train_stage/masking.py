@@ -146,7 +146,7 @@ class Masker:
         self.modalities = list(modalities or first.modalities)
         self.mods = [get_modality(m) for m in self.modalities]
         comps = [(d, c) for d, mix in enumerate(mixtures) for c in mix.components]
-        C, M = len(comps), len(self.modalities)
+        C = len(comps)
         self.component_names = [c.name for _, c in comps]
         self.alpha_in = torch.tensor([[c.alpha(m, False) for m in self.modalities] for _, c in comps])
         self.alpha_out = torch.tensor([[c.alpha(m, True) for m in self.modalities] for _, c in comps])

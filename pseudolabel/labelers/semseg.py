@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import cv2
-import numpy as np
 import pyarrow as pa
 
 from fourm_core.coco import NUM_PANOPTIC

@@ -15,10 +15,11 @@ import yaml
 from fourm_core import ArtifactStore
 from pipelines.__main__ import main
 from pipelines.pretrain import pretrain
+from train_stage.config import load_train_config
 from train_stage.synthetic import make_token_shards
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_MODS = ["caption", "tok_depth@224", "tok_normal@224", "tok_semseg@224", "tok_canny_edge@224"]
+DEMO_MODS = list(load_train_config("demo").model.modalities)  # what pretrain/demo trains on
 OVERRIDES = {"datasets": [{"name": "synth", "weight": 1.0}], "checkpoint_every": 0, "log_every": 2,
              "model.overrides": {"dim": 32, "num_heads": 2}}
 
@@ -40,7 +41,7 @@ def test_pretrain_flow_trains_then_is_cached(prefect_api, synth_root, tmp_path, 
     m = store.read_manifest("training", first["artifact"], None)
     assert m.flow_run_id == str(state.state_details.flow_run_id)  # the checkpoint knows the flow run
     assert first["manifest"].endswith("manifest.json") and Path(first["manifest"]).exists()
-    assert {i.dataset for i in m.ingredients.inputs} == {"synth"} and first["inputs"] == 10
+    assert {i.dataset for i in m.ingredients.inputs} == {"synth"} and first["inputs"] == 2 * len(DEMO_MODS)  # 2 shards per modality
     assert Path(first["loss_png"]).stat().st_size > 0
 
     from prefect.client.orchestration import get_client

@@ -1,6 +1,5 @@
 """The stage in-process (runner: local): commits, caching, per-sample errors, unit failures."""
 
-import pyarrow as pa
 import pytest
 
 from fourm_core.units import UnitStatus

@@ -3,7 +3,6 @@ model card + PNG + metrics, cache hits, and loading the committed tokenizer back
 
 import json
 
-import torch
 
 from fourm_core.lineage import lineage
 from tokenize_stage.__main__ import main

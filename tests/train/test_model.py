@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from train_stage.batch import IGNORE, MODALITY_INDEX
+from train_stage.batch import MODALITY_INDEX
 from train_stage.masking import Masker
 from train_stage.mixture import MixtureConfig, load_mixture
 from train_stage.model import FourM, FourMConfig, from_pretrained, preset, save_pretrained

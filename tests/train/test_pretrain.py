@@ -13,9 +13,10 @@ from fourm_core import ArtifactStore
 from fourm_core.modalities import get_modality
 from train_stage.data import MissingTokenShardsError, fit_grid
 from train_stage.pretrain import demo_config, run_pretrain
+from train_stage.config import load_train_config
 from train_stage.synthetic import make_token_shards
 
-DEMO_MODS = ["caption", "tok_depth@224", "tok_normal@224", "tok_semseg@224", "tok_canny_edge@224"]
+DEMO_MODS = list(load_train_config("demo").model.modalities)  # what pretrain/demo trains on
 
 
 def synth_cfg(**over):

@@ -4,7 +4,6 @@ and the pretrain entry point (falling loss, cached)."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
