@@ -3,6 +3,7 @@
     python -m tokenize_stage list
     python -m tokenize_stage synth  --tokenizer semseg_vqvae --profile tiny --store ./store --dataset synthetic --n 256
     python -m tokenize_stage train  --tokenizer semseg_vqvae --profile tiny --store ./store --dataset synthetic [--steps N]
+    python -m tokenize_stage pretokenize --dataset demo --store ./store [--shard N ...] [--force]
 """
 
 from __future__ import annotations
@@ -40,7 +41,23 @@ def main(argv: list[str] | None = None) -> int:
                        help="first commit N synthetic label samples (stand-in for the pseudo labelers)")
     train.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     train.add_argument("--force", action="store_true")
+    pre = sub.add_parser("pretokenize", help="the tokenize stage: token shards for a dataset's committed labels")
+    pre.add_argument("--dataset", required=True, help="preset name (demo, cc12m, ...) or a dataset YAML path")
+    pre.add_argument("--store", default="./store")
+    pre.add_argument("--shard", type=int, action="append", help="shard index (repeatable); default: all")
+    pre.add_argument("--force", action="store_true", help="recompute even if cached")
     args = p.parse_args(argv)
+
+    if args.cmd == "pretokenize":
+        from fourm_core import load_dataset_config
+
+        from .stage import STAGE
+
+        config, store = load_dataset_config(args.dataset), ArtifactStore(args.store)
+        for shard in args.shard if args.shard is not None else STAGE.plan_shards(store, config):
+            for r in STAGE.run_shard(store, config, shard, force=args.force):
+                print(json.dumps(r.summary(), default=str), flush=True)
+        return 0
 
     if args.cmd == "list":
         from .registry import PROFILES, tokenizer_config, tokenizer_specs
