@@ -110,7 +110,8 @@ def test_hmr2_checkpoint_naming_loads_strict(tiny_pose_model, tmp_path):
     assert "backbone.last_norm.weight" in theirs and "smpl_head.decpose.weight" in theirs
     assert theirs["backbone.pos_embed"].shape[1] == tiny_pose_model.backbone.vit.pos_embed.shape[1] + 1
     # ViTPose's class-token slot is added to every patch: put something there and fold it back
-    slot = torch.randn_like(theirs["backbone.pos_embed"][:, :1])
+    g = torch.Generator().manual_seed(0)
+    slot = torch.randn(theirs["backbone.pos_embed"][:, :1].shape, generator=g)
     theirs["backbone.pos_embed"] = theirs["backbone.pos_embed"] + torch.cat(
         [slot, -slot.expand_as(theirs["backbone.pos_embed"][:, 1:])], dim=1)
     # what else a Lightning checkpoint of HMR2.0 holds; skipped by the loader
@@ -120,11 +121,12 @@ def test_hmr2_checkpoint_naming_loads_strict(tiny_pose_model, tmp_path):
     path = tmp_path / "hmr2.ckpt"
     torch.save({"state_dict": theirs, "epoch": 7, "global_step": 1000}, path)
     loaded = load_hmr2_checkpoint(path, TINY)  # strict load inside
-    x = torch.randn(2, 3, TINY.image_height, TINY.image_width)
+    x = torch.randn(2, 3, TINY.image_height, TINY.image_width, generator=g)
     with torch.no_grad():
         a, b = tiny_pose_model(x), loaded(x)
-    assert torch.allclose(a.body_pose, b.body_pose, atol=1e-6)
-    assert torch.allclose(a.camera, b.camera, atol=1e-6)
+    # (p - s) + s == p only up to float32 rounding, which the network amplifies a little
+    assert torch.allclose(a.body_pose, b.body_pose, atol=1e-5)
+    assert torch.allclose(a.camera, b.camera, atol=1e-5)
     assert set(hmr2_to_ours(theirs)) == set(tiny_pose_model.state_dict())
 
 

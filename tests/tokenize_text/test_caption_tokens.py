@@ -87,5 +87,6 @@ def test_caption_artifact_is_configured():
     assert artifacts_for(_config(modalities=["caption"])) == [CAPTION_ARTIFACT]
     from fourm_core.config import ConfigError
 
-    with pytest.raises(ConfigError, match="det"):
-        artifacts_for(_config(modalities=["det"]))
+    assert artifacts_for(_config(modalities=["det"])) == ["tokens/det", "tokens/_crops"]  # a sequence modality
+    with pytest.raises(ConfigError, match="t5_caption"):
+        artifacts_for(_config(modalities=["t5_caption"]))
