@@ -106,12 +106,12 @@ def shard_status(store: ArtifactStore, dataset: str, stage_artifacts: dict[str, 
     rows: list[StatusRow] = []
     for stage, artifacts in stage_artifacts.items():
         for artifact in artifacts:
-            whole = store.read_manifest(dataset, artifact, None)
+            committed = set(store.committed_shards(dataset, artifact))
+            whole = None if committed else store.read_manifest(dataset, artifact, None)
             if whole is not None:  # an unsharded artifact: one row
                 state = "cached" if (artifact, None) in cached else "done"
                 rows.append(StatusRow(stage, artifact, None, state, whole.rows, whole.errors.count))
                 continue
-            committed = set(store.committed_shards(dataset, artifact))
             failed = store.failed_shards(dataset, artifact)
             planned = expected.get(artifact, expected.get(stage, []))
             for shard in sorted(committed | set(failed) | set(planned)):

@@ -75,23 +75,24 @@ def fused_unit(store: ArtifactStore, config: DatasetConfig, cfg, shard: int, lab
     from pseudolabel.registry import labeler_class
     from pseudolabel.spec import Batch
 
-    from .stage import _tokenizer
+    from .stage import _tokenizer, _tokenizer_ref
 
     pl = _pseudolabel(config)
     cls = labeler_class(labeler, tuple(pl.plugins))
     lab = cls(pl.settings_for(labeler), available=frozenset(cls.outputs))
     lab_ref = lab.model_ref()
     ns = cfg.tokenizer_dataset or config.name
-    toks = {m.name: _tokenizer(store, ns, _sub_tokenizer(m.tokenizer), cfg.profile) for m in mods}
+    refs = {m.name: _tokenizer_ref(store, ns, _sub_tokenizer(m.tokenizer), cfg.profile) for m in mods}
     images = store.read_manifest(config.name, IMAGES, shard)
     unit = Unit(stage="tokenize.fused", dataset=config.name, artifacts=[m.token_artifact for m in mods], shard=shard,
                 code_version=CODE_VERSION, model=lab_ref, inputs=[images.as_input()],
                 config={"labeler": labeler, "labeler_config": lab.config_for_key(),
                         "crops": cfg.crops.model_dump(mode="json"),
-                        "tokenizers": {name: ref.model_dump(mode="json") for name, (_, ref) in toks.items()}})
+                        "tokenizers": {name: ref.model_dump(mode="json") for name, ref in refs.items()}})
 
     def compute() -> UnitOutput:
         lab.setup()
+        toks = {name: _tokenizer(store, ref) for name, ref in refs.items()}
         table = store.read_table(config.name, IMAGES, shard, columns=["sample_key", "image", "caption"])
         keys, crops, errors = [], [], []
         inputs: dict[str, list[torch.Tensor]] = {m.name: [] for m in mods}
@@ -113,15 +114,16 @@ def fused_unit(store: ArtifactStore, config: DatasetConfig, cfg, shard: int, lab
             if not rgbs:
                 continue
             results = lab.label_batch(Batch(batch_keys, rgbs, captions))
-            failed = {k for k, r in zip(batch_keys, results) if isinstance(r, Exception)}
-            for key in sorted(failed):
-                reason = next(r for k, r in zip(batch_keys, results) if k == key and isinstance(r, Exception))
-                errors.append(SampleError(key, getattr(reason, "reason", "label_error"), str(reason)))
+            failed: dict[str, Exception] = {}  # a sample fails as a whole when any of its crops fails
+            for key, res in zip(batch_keys, results):
+                if isinstance(res, Exception):
+                    failed.setdefault(key, res)
+            errors += [SampleError(key, getattr(exc, "reason", "label_error"), str(exc)) for key, exc in failed.items()]
             for key, c, res in zip(batch_keys, batch_crops, results):
                 if key in failed:
                     continue
                 for m in mods:
-                    tcfg = toks[m.name][0].config
+                    tcfg = toks[m.name].config
                     arr = decode_label(m.label, res[m.label])
                     inputs[m.name].append(normalize(tcfg.target, arr, getattr(tcfg, "image_size", None),
                                                     getattr(tcfg, "in_channels", None)))
@@ -129,7 +131,7 @@ def fused_unit(store: ArtifactStore, config: DatasetConfig, cfg, shard: int, lab
                 crops.append(c)
         tables = {}
         for m in mods:
-            model, _ = toks[m.name]
+            model = toks[m.name]
             n_tokens = model.config.n_tokens
             tokens = np.zeros((0, n_tokens), np.int16)
             if inputs[m.name]:

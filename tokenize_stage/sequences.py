@@ -53,6 +53,7 @@ from fourm_core.modalities import MODALITIES, Modality
 from fourm_core.store import ArtifactStore
 from fourm_core.units import SampleError, Unit, UnitOutput, UnitResult, run_unit
 
+from .captions import text_tokenizer
 from .crops import Crop, CropConfig, crop_for
 from .registry import _sub_tokenizer
 from .seq_geometry import (crop_boxes, crop_mask, in_box_mask, persons_of_row, sam_row_masks, tight_box,
@@ -61,7 +62,7 @@ from .text.serialise import PARSED_TYPES, SERIALISERS, STRUCTURED_TYPES, token_b
 from .text.serialise import color_palette as palette_ser
 from .text.serialise import sam_instance as sam_ser
 from .text.serialise.types import Box, ColorPalette, ColorPaletteSet, Detections, HumanPoses, Metadata, Person
-from .train_tokenizer import tokenizer_artifact
+from .train_tokenizer import tokenizer_artifact, trained_ref
 
 CODE_VERSION = "tokenize.sequences/2"
 SEQUENCE_MODALITIES = tuple(SERIALISERS)  # det, color_palette, metadata, human_poses, sam_instance
@@ -83,20 +84,6 @@ def vq_tokenizer(modality: Modality) -> str | None:
 # -------------------------------------------------------------------------------------- tokenizers
 
 
-_TEXT: dict[str | None, tuple[Any, ModelRef]] = {}
-
-
-def text_tokenizer(source: str | None = None) -> tuple[Any, ModelRef]:
-    """The shared WordPiece tokenizer (``wordpiece.load_tokenizer(source)``; None = the vendored reference
-    file, what the caption path uses) and a ModelRef whose digest is the sha256 of its JSON."""
-    if source not in _TEXT:
-        from .text.wordpiece import load_tokenizer
-
-        tok = load_tokenizer(source)
-        digest = hashlib.sha256(tok.to_str().encode()).hexdigest()
-        _TEXT[source] = tok, ModelRef(id="wordpiece", source=source or "reference:text_tokenizer_4m_wordpiece_30k",
-                                      digest=digest)
-    return _TEXT[source]
 
 
 def _train_hint(name: str, profile: str, ns: str) -> str:
@@ -105,16 +92,15 @@ def _train_hint(name: str, profile: str, ns: str) -> str:
             f"train-tokenizers stage")
 
 
-def _vq(store: ArtifactStore, ns: str, modality: Modality, profile: str) -> tuple[Any, ModelRef]:
+def _vq_ref(store: ArtifactStore, ns: str, modality: Modality, profile: str) -> ModelRef:
+    """The committed VQ tokenizer's ModelRef (manifest only); the error names the missing tokenizer and the fix."""
     name = vq_tokenizer(modality)
     manifest = store.read_manifest(ns, tokenizer_artifact(name, profile), None)
     if manifest is None:
         raise FileNotFoundError(f"{modality.name} needs the {name} tokenizer, but {ns}/"
                                 f"{tokenizer_artifact(name, profile)} is not committed; "
                                 f"{_train_hint(name, profile, ns)}")
-    from .stage import _tokenizer  # the stage's loader and its per-digest cache
-
-    return _tokenizer(store, ns, name, profile)
+    return trained_ref(store, ns, name, profile)
 
 
 # ------------------------------------------------------------------------------------------ planning
@@ -258,9 +244,8 @@ def sequence_unit(store: ArtifactStore, dataset: str, cfg, shard: int, modality:
                   force: bool = False) -> UnitResult:
     """Serialise + WordPiece-encode one sequence modality of one shard (module doc) through run_unit."""
     ns = cfg.tokenizer_dataset or dataset
-    text_source = getattr(cfg, "text_tokenizer", None)  # a configured text tokenizer, if the config has one
-    tok, text_ref = text_tokenizer(text_source)
-    vq_model, vq_ref = _vq(store, ns, modality, cfg.profile) if vq_tokenizer(modality) else (None, None)
+    tok, text_ref = text_tokenizer(cfg.text_tokenizer)  # the caption path's tokenizer and ModelRef
+    vq_ref = _vq_ref(store, ns, modality, cfg.profile) if vq_tokenizer(modality) else None
     unit = Unit(stage="tokenize.sequence", dataset=dataset, artifacts=[modality.token_artifact], shard=shard,
                 code_version=CODE_VERSION, model=vq_ref or text_ref, inputs=[label_manifest.as_input()],
                 config={"modality": modality.name, "crops": cfg.crops.model_dump(mode="json"),
@@ -270,6 +255,9 @@ def sequence_unit(store: ArtifactStore, dataset: str, cfg, shard: int, modality:
     serialiser = SERIALISERS[modality.name]
 
     def compute() -> UnitOutput:
+        from .stage import _tokenizer  # the stage's loader and its per-digest cache
+
+        vq_model = _tokenizer(store, vq_ref) if vq_ref is not None else None
         table = store.read_table(dataset, modality.label_artifact, shard)
         rows = sorted(table.to_pylist(), key=lambda r: r["sample_key"])
         out: dict[str, list] = {"sample_key": [], "crop": [], "text": [], "structured": []}

@@ -36,7 +36,7 @@ from .crops import CropConfig, apply_crop, crop_for
 from .labels import iter_label_rows
 from .models.base import Tokenizer
 from .normalize import normalize
-from .train_tokenizer import load_trained, tokenizer_artifact
+from .train_tokenizer import tokenizer_artifact, trained_ref
 from .registry import _sub_tokenizer
 from .sequences import SequenceConfig
 
@@ -127,20 +127,25 @@ def plan_shards(store: ArtifactStore, config: DatasetConfig) -> list[int]:
     return sorted(shards)
 
 
-_LOADED: dict[tuple[str, str, str, str, str], tuple[Tokenizer, ModelRef]] = {}
+_LOADED: dict[tuple[str, str], Tokenizer] = {}
 
 
-def _tokenizer(store: ArtifactStore, ns: str, name: str, profile: str) -> tuple[Tokenizer, ModelRef]:
-    """The committed tokenizer, loaded once per process per weights digest (a retrain reloads)."""
-    manifest = store.read_manifest(ns, tokenizer_artifact(name, profile), None)
-    if manifest is None:
+def _tokenizer_ref(store: ArtifactStore, ns: str, name: str, profile: str) -> ModelRef:
+    """The committed tokenizer's ModelRef for a unit's cache key (its manifest only, no weights loaded)."""
+    try:
+        return trained_ref(store, ns, name, profile)
+    except FileNotFoundError:
         raise FileNotFoundError(f"tokenizer {ns}/{tokenizer_artifact(name, profile)} is not committed; train it "
-                                f"with python -m tokenize_stage train --tokenizer {name} --profile {profile}")
-    key = (store.root_uri, ns, name, profile, manifest.digest)
+                                f"with python -m tokenize_stage train --tokenizer {name} --profile {profile}") from None
+
+
+def _tokenizer(store: ArtifactStore, ref: ModelRef) -> Tokenizer:
+    """The tokenizer ``ref`` names, loaded once per process per weights digest (a retrain reloads)."""
+    key = (ref.source, ref.digest)
     if key not in _LOADED:
         if len(_LOADED) >= 16:
             _LOADED.pop(next(iter(_LOADED)))
-        _LOADED[key] = load_trained(store, ns, name, profile)
+        _LOADED[key] = Tokenizer.from_pretrained(ref.source, **store.storage_options)
     return _LOADED[key]
 
 
@@ -168,7 +173,7 @@ def _token_unit(store: ArtifactStore, config: DatasetConfig, cfg: PretokenizeCon
                 force: bool) -> UnitResult:
     ns = cfg.tokenizer_dataset or config.name
     name = _sub_tokenizer(modality.tokenizer)
-    model, ref = _tokenizer(store, ns, name, cfg.profile)
+    ref = _tokenizer_ref(store, ns, name, cfg.profile)
     label_manifest = store.read_manifest(config.name, modality.label_artifact, shard)
     column = cfg.label_columns.get(modality.label)  # None: the labelers' storage format (label_codec)
     unit = Unit(stage="tokenize", dataset=config.name, artifacts=[modality.token_artifact], shard=shard,
@@ -176,6 +181,7 @@ def _token_unit(store: ArtifactStore, config: DatasetConfig, cfg: PretokenizeCon
                 config={"modality": modality.name, "column": column, "crops": cfg.crops.model_dump(mode="json")})
 
     def compute() -> UnitOutput:
+        model = _tokenizer(store, ref)
         tcfg = model.config
         channels = getattr(tcfg, "in_channels", None)
         size = getattr(tcfg, "image_size", None)

@@ -198,14 +198,20 @@ def train_tokenizer(store: ArtifactStore, dataset: str, cfg: TrainTokenizerConfi
     return run_unit(store, unit, compute, force=force)
 
 
-def load_trained(store: ArtifactStore, dataset: str, name: str, profile: str = "production") -> tuple[Tokenizer, ModelRef]:
-    """A committed tokenizer and the ModelRef (weights digest) that pre-tokenization keys its cache on."""
+def trained_ref(store: ArtifactStore, dataset: str, name: str, profile: str = "production") -> ModelRef:
+    """The ModelRef (weights digest) of a committed tokenizer, read from its manifest: what cache keys need,
+    without loading any weights."""
     artifact = tokenizer_artifact(name, profile)
     manifest = store.read_manifest(dataset, artifact, None)
     if manifest is None:
         raise FileNotFoundError(f"no committed tokenizer {dataset}/{artifact}; train it first "
                                 f"(python -m tokenize_stage train --tokenizer {name} --profile {profile})")
     weights = next(f for f in manifest.files if f.name.endswith(".safetensors"))
-    model = Tokenizer.from_pretrained(store.uri(store.artifact_dir(dataset, artifact)), **store.storage_options)
-    return model, ModelRef(id=f"{name}:{profile}", source=store.uri(store.artifact_dir(dataset, artifact)),
-                           digest=weights.digest)
+    return ModelRef(id=f"{name}:{profile}", source=store.uri(store.artifact_dir(dataset, artifact)),
+                    digest=weights.digest)
+
+
+def load_trained(store: ArtifactStore, dataset: str, name: str, profile: str = "production") -> tuple[Tokenizer, ModelRef]:
+    """A committed tokenizer and the ModelRef (weights digest) that pre-tokenization keys its cache on."""
+    ref = trained_ref(store, dataset, name, profile)
+    return Tokenizer.from_pretrained(ref.source, **store.storage_options), ref
