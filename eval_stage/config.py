@@ -53,6 +53,8 @@ class EvalConfig(StrictModel):
     decode_steps: int | None = Field(None, gt=0, description="DDIM steps of diffusion decoders (default: theirs)")
     loss_repeats: int = Field(4, gt=0, description="masked draws per held-out sample for the token loss")
     mixture: str | None = Field(None, description="masking mixture of the held-out loss (default: the checkpoint's)")
+    baseline_samples: int = Field(256, gt=0, description="training samples the trivial baseline is fitted on "
+                                                          "(mean depth / normal map, majority class)")
     grid_samples: int = Field(3, gt=0, description="rows of the generation grid")
     seed: int = 0
     namespace: str | None = Field(None, description="where results are committed (default: dataset)")

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from fourm_core.label_codec import image_decode, npy_decode
 from fourm_core.manifest import Manifest, ModelRef
-from fourm_core.modalities import ModalityKind, get_modality
+from fourm_core.modalities import ModalityKind, get_modality, label_artifact
 from fourm_core.store import ArtifactStore
 from fourm_core.units import Unit, UnitOutput, UnitResult, run_unit
 
@@ -47,7 +47,7 @@ from .config import DEFAULT_CONDITIONS, EvalConfig
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
-CODE_VERSION = "evaluate/1"
+CODE_VERSION = "evaluate/2"
 GT_ARTIFACT = "ground_truth"
 GT_COLUMNS = {"depth": "depth", "normal": "normal", "semseg": "semseg"}  # tokenizer target -> ground_truth column
 SCORED = ("depth", "normal", "semseg")  # tokenizer targets this stage scores
@@ -175,9 +175,9 @@ def _crops(store: ArtifactStore, dataset: str, shards: list[int], inputs: list[M
     return out
 
 
-def _label_arrays(store: ArtifactStore, dataset: str, label: str, keys: set[str], shards: list[int],
+def _label_arrays(store: ArtifactStore, dataset: str, label: str, keys: set[str] | None, shards: list[int],
                   inputs: list[Manifest]) -> dict[str, np.ndarray]:
-    from fourm_core.modalities import label_artifact
+    """key -> label array of ``keys`` (None: every sample) in ``shards``."""
     from tokenize_stage.labels import iter_label_rows
 
     out: dict[str, np.ndarray] = {}
@@ -187,13 +187,14 @@ def _label_arrays(store: ArtifactStore, dataset: str, label: str, keys: set[str]
             continue
         inputs.append(m)
         for k, arr in iter_label_rows(store, dataset, label, s):
-            if k in keys and arr is not None:
+            if (keys is None or k in keys) and arr is not None:
                 out[k] = arr
     return out
 
 
-def _ground_truth(store: ArtifactStore, dataset: str, column: str, keys: set[str], shards: list[int],
+def _ground_truth(store: ArtifactStore, dataset: str, column: str, keys: set[str] | None, shards: list[int],
                   inputs: list[Manifest]) -> dict[str, np.ndarray]:
+    """key -> ground-truth array (``column``) of ``keys`` (None: every sample) in ``shards``."""
     out: dict[str, np.ndarray] = {}
     for s in shards:
         m = store.read_manifest(dataset, GT_ARTIFACT, s)
@@ -202,7 +203,7 @@ def _ground_truth(store: ArtifactStore, dataset: str, column: str, keys: set[str
         inputs.append(m)
         t = store.read_table(dataset, GT_ARTIFACT, s, columns=["sample_key", column])
         for k, v in zip(t.column("sample_key").to_pylist(), t.column(column).to_pylist()):
-            if k in keys and v is not None:
+            if (keys is None or k in keys) and v is not None:
                 out[k] = npy_decode(v)
     return out
 
@@ -313,6 +314,27 @@ def baseline_prediction(target: str, fit_refs: torch.Tensor, n: int) -> tuple[to
         majority = int(torch.bincount(ids.flatten()).argmax()) if ids.numel() else 0
         return torch.full((n, *fit_refs.shape[1:]), majority, dtype=torch.long), f"majority class ({majority - 1})"
     raise ValueError(target)
+
+
+def _fit_references(store: ArtifactStore, plan: "_Plan", modality: str, target: str, ref_name: str, size: int,
+                    limit: int) -> torch.Tensor | None:
+    """References (pseudo labels or ground truth, crop 0, evaluation space) of up to ``limit`` of the
+    checkpoint's training samples (``plan.fit_shards``): what the trivial baseline is fitted on; None if none."""
+    from tokenize_stage.crops import Crop
+
+    out: list[torch.Tensor] = []
+    scratch: list[Manifest] = []  # the plan keyed these parts already
+    for d, shards in plan.fit_shards.items():
+        if ref_name == "pseudo label":
+            arrays = _label_arrays(store, d, get_modality(modality).label, None, shards, scratch)
+        elif target in GT_COLUMNS:
+            arrays = _ground_truth(store, d, GT_COLUMNS[target], None, shards, scratch)
+        else:
+            arrays = {}
+        crops = _crops(store, d, shards, scratch) if arrays else {}
+        for k in sorted(arrays)[: limit - len(out)]:
+            out.append(prepare_reference(target, arrays[k], crops.get(k, Crop((0.0, 0.0, 1.0, 1.0), False)), size))
+    return torch.stack(out) if out else None
 
 
 # ------------------------------------------------------------------------------------------- the stage
@@ -464,7 +486,6 @@ class _Plan:
                 self.tokenizers[c] = tm
         self.inputs.extend(self.tokenizers.values())
         # the references read later (label shards, ground truth, images) are inputs of the cache key too
-        from fourm_core.modalities import label_artifact
 
         for s in self.shards:
             for t in self.targets:
@@ -477,6 +498,30 @@ class _Plan:
             m = store.read_manifest(ds, "images", s)  # RGB: a condition (rgb@224) or the grid's first column
             if m is not None:
                 self.inputs.append(m)
+
+        # the baseline is fitted on the checkpoint's own training samples ("the training-set mean depth /
+        # majority class"): the leading shards of its token inputs, up to cfg.baseline_samples samples
+        self.fit_shards: dict[str, list[int]] = {}
+        by_ds: dict[str, dict[int, int]] = {}
+        for r in ckpt.ingredients.inputs:
+            if r.shard is not None and r.artifact.startswith("tokens/tok_"):
+                m = store.read_manifest(r.dataset, r.artifact, r.shard)
+                rows = by_ds.setdefault(r.dataset, {})
+                rows[r.shard] = max(rows.get(r.shard, 0), m.rows if m is not None else 0)
+        budget = cfg.baseline_samples
+        for d, rows in sorted(by_ds.items()):
+            for s in sorted(rows):
+                if budget <= 0:
+                    break
+                self.fit_shards.setdefault(d, []).append(s)
+                budget -= rows[s]
+        for d, shards in self.fit_shards.items():
+            for s in shards:
+                parts = [label_artifact(get_modality(t).label) for t in self.targets] + [GT_ARTIFACT, "tokens/_crops"]
+                for art in parts:
+                    m = store.read_manifest(d, art, s)
+                    if m is not None and (art != GT_ARTIFACT or m.rows):
+                        self.inputs.append(m)
 
         # samples: crop 0 of keys that have the condition and every target
         need = [c for c in self.condition if c != "rgb@224"] + self.targets
@@ -649,7 +694,14 @@ def run_evaluation(store: ArtifactStore, cfg: EvalConfig, ckpt: Manifest, plan: 
             if ref_name == "pseudo label":
                 visuals[t]["pseudo label"] = ref
                 visuals[t]["pseudo_index"] = torch.tensor(idx)
-            base_pred, base_kind = baseline_prediction(target, ref, len(idx))
+            fit = _fit_references(store, plan, t, target, ref_name, size, cfg.baseline_samples)
+            if fit is None:
+                fit_from = "fitted on the evaluated references: the checkpoint's training samples have none"
+                fit = ref
+            else:
+                fit_from = f"{len(fit)} training samples"
+            base_pred, base_kind = baseline_prediction(target, fit, len(idx))
+            base_kind = f"{base_kind}, {fit_from}"
             m = score(target, pred[idx], ref)
             b = score(target, bound_pred, ref)
             z = score(target, base_pred, ref)

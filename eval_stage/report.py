@@ -72,8 +72,8 @@ def markdown_report(info: dict[str, Any], rows: list[dict[str, Any]], token_rows
         f"temperature {info['generation']['temperature']}; decoded with the committed tokenizers "
         + ", ".join(f"`{v['artifact']}`" for v in info["tokenizers"].values()),
         "* tokenizer bound: the same metric on the tokenizer's reconstruction of the reference (pseudo label: "
-        "its stored tokens; ground truth: encode + decode); baseline: fitted on the references themselves "
-        "(mean map / majority class)",
+        "its stored tokens; ground truth: encode + decode); baseline: the mean map / majority class of the "
+        "checkpoint's training samples (the baseline column says how many)",
         f"* wall time: {info['seconds'].get('total', 0):.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in info['seconds'].items() if k != 'total')})",
         "",
         "## Table 1 layout (primary metrics)",

@@ -35,6 +35,8 @@ def test_evaluation_commits_metrics_report_and_grid(first_run):
     # the ground truth of synthetic scenes is exact: the mean-depth baseline scores a real (finite) abs_rel
     gt_depth = next(r for r in rows if r["reference"] == "ground truth" and r["metric"] == "abs_rel")
     assert 0 < gt_depth["baseline"] < 10 and gt_depth["model"] is not None
+    # the baseline is fitted on the checkpoint's training samples (here all 8 samples of both shards)
+    assert {r["baseline_kind"] for r in rows if r["target"] == "tok_depth@224" and r["task"] == "depth"} == {"mean depth map, 8 training samples"}
     tokens = {r["target"] for r in rows if r["task"] == "masked tokens"}
     assert tokens and tokens <= {"tok_canny_edge@224", "tok_depth@224", "tok_normal@224", "tok_semseg@224"}
 

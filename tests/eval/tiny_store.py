@@ -16,20 +16,20 @@ import numpy as np
 import pyarrow as pa
 
 MODALITIES = ["tok_canny_edge@224", "tok_depth@224", "tok_normal@224", "tok_semseg@224"]
-TOKENIZERS = {"tok_canny_edge@224": "edge_diffusion", "tok_depth@224": "depth_diffusion",
+TOKENIZERS = {"tok_rgb@224": "rgb_diffusion", "tok_canny_edge@224": "edge_diffusion", "tok_depth@224": "depth_diffusion",
               "tok_normal@224": "normal_diffusion", "tok_semseg@224": "semseg_vqvae"}
-LABELS = {"edge_diffusion": "canny_edge", "depth_diffusion": "depth", "normal_diffusion": "normal",
+LABELS = {"rgb_diffusion": "images", "edge_diffusion": "canny_edge", "depth_diffusion": "depth", "normal_diffusion": "normal",
           "semseg_vqvae": "semseg"}
 
 
 def dataset_yaml(path: Path, name: str, n_samples: int, shard_size: int, size: int, seed: int = 0,
-                 tokenizer_dataset: str | None = None) -> Path:
+                 tokenizer_dataset: str | None = None, modalities: list[str] = MODALITIES) -> Path:
     path.write_text(
         f"name: {name}\n"
         f"sources:\n  - {{kind: synthetic, n_samples: {n_samples}, seed: {seed}, size: {size}}}\n"
         f"ingest: {{shard_size: {shard_size}, shorter_side: {size}}}\n"
         f"stages: [ingest, tokenize]\n"
-        f"tokenize:\n  profile: tiny\n  modalities: {json.dumps(MODALITIES)}\n"
+        f"tokenize:\n  profile: tiny\n  modalities: {json.dumps(modalities)}\n"
         f"  crops: {{n_crops: 1}}\n  batch_size: 16\n"
         + (f"  tokenizer_dataset: {tokenizer_dataset}\n" if tokenizer_dataset else ""))
     return path
@@ -45,7 +45,7 @@ def _commit_labels(store, dataset: str, shard: int, seed: int = 0) -> None:
     gt = store.read_table(dataset, "ground_truth", shard).to_pylist()
     images = {r["sample_key"]: image_decode(r["image"]) for r in store.read_table(dataset, "images", shard).to_pylist()}
     rng = np.random.default_rng([seed, shard])
-    rows: dict[str, list] = {lab: [] for lab in LABELS.values()}
+    rows: dict[str, list] = {lab: [] for lab in LABELS.values() if lab != "images"}  # RGB: the ingested images
     for r in gt:
         k = r["sample_key"]
         depth, normal, semseg = npy_decode(r["depth"]), npy_decode(r["normal"]), npy_decode(r["semseg"])
@@ -97,7 +97,8 @@ def _commit_tokenizer(store, dataset: str, name: str, steps: int, image_size: in
 
 def build(root: str, dataset: str = "ev", n_samples: int = 12, shard_size: int = 6, size: int = 64,
           tokenizer_steps: int = 0, train_steps: int = 2, batch_size: int = 4, dim: int = 32,
-          run: str = "tiny", workdir: Path | None = None, heldout: int = 0):
+          run: str = "tiny", workdir: Path | None = None, heldout: int = 0, modalities: list[str] = MODALITIES,
+          blr: float = 0.02):
     """Build the store under ``root``; returns (store, checkpoint manifest).
 
     ``heldout`` > 0 also builds ``<dataset>-heldout``: that many scenes of another seed, tokenized with the
@@ -112,29 +113,30 @@ def build(root: str, dataset: str = "ev", n_samples: int = 12, shard_size: int =
     store = ArtifactStore(root)
     workdir = Path(workdir or root)
     workdir.mkdir(parents=True, exist_ok=True)
-    config = load_dataset_config(dataset_yaml(workdir / f"{dataset}.yaml", dataset, n_samples, shard_size, size))
+    config = load_dataset_config(dataset_yaml(workdir / f"{dataset}.yaml", dataset, n_samples, shard_size, size,
+                                              modalities=modalities))
     shards = INGEST.plan_shards(store, config)
     for s in shards:
         INGEST.run_shard(store, config, s)
         _commit_labels(store, dataset, s)
-    for name in TOKENIZERS.values():
+    for name in (TOKENIZERS[m] for m in modalities):
         _commit_tokenizer(store, dataset, name, tokenizer_steps)
     for s in TOKENIZE.plan_shards(store, config):
         TOKENIZE.run_shard(store, config, s)
     if heldout:
         name = f"{dataset}-heldout"
         hcfg = load_dataset_config(dataset_yaml(workdir / f"{name}.yaml", name, heldout, shard_size, size, seed=1,
-                                                tokenizer_dataset=dataset))
+                                                tokenizer_dataset=dataset, modalities=modalities))
         for s in INGEST.plan_shards(store, hcfg):
             INGEST.run_shard(store, hcfg, s)
             _commit_labels(store, name, s)
         for s in TOKENIZE.plan_shards(store, hcfg):
             TOKENIZE.run_shard(store, hcfg, s)
     cfg = TrainConfig.model_validate({
-        "run_name": run, "model": {"size": "tiny", "modalities": MODALITIES,
+        "run_name": run, "model": {"size": "tiny", "modalities": modalities,
                                    "overrides": {"dim": dim, "num_heads": 2 if dim < 64 else 4}},
         "mixture": "demo", "datasets": [{"name": dataset}], "batch_size": batch_size, "steps": train_steps,
-        "blr": 0.02, "grad_clip": 1.0, "log_every": max(1, train_steps // 10), "dtype": "fp32"})
+        "blr": blr, "grad_clip": 1.0, "log_every": max(1, train_steps // 10), "dtype": "fp32"})
     return store, pretrain(store, cfg)
 
 
