@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fourm_core.config import ConfigError, StrictModel, apply_overrides, load_yaml, validate_config
 
@@ -36,6 +36,20 @@ class GenerationSpec(StrictModel):
     guidance_scale: float | None = None
 
 
+class KnnSpec(StrictModel):
+    """ImageNet-style kNN classification on predicted global embeddings (DINOv2 protocol, 4M-FACTS §8).
+
+    Gallery: up to ``gallery_samples`` of the checkpoint's training samples; queries: the evaluated samples.
+    Both are embedded the same way (global tokens generated from the condition, detokenized); class labels
+    come from the dataset's ground truth column ``label_column``."""
+
+    modality: str = Field("tok_dinov2_global", description="global-token modality to predict")
+    label_column: str = Field("label", description="ground_truth column with each image's class")
+    k: int = Field(20, gt=0)
+    temperature: float = Field(0.07, gt=0)
+    gallery_samples: int = Field(1024, gt=0)
+
+
 class EvalConfig(StrictModel):
     name: str = Field("eval", pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
     dataset: str = Field("demo", description="store namespace of the token shards, labels and ground truth")
@@ -55,10 +69,20 @@ class EvalConfig(StrictModel):
     mixture: str | None = Field(None, description="masking mixture of the held-out loss (default: the checkpoint's)")
     baseline_samples: int = Field(256, gt=0, description="training samples the trivial baseline is fitted on "
                                                           "(mean depth / normal map, majority class)")
+    ensemble: int = Field(1, gt=0, description="samples generated per target and ensembled (mean depth, mean "
+                                               "normal, majority class); > 1 needs generation.temperature > 0")
+    knn: KnnSpec | None = Field(KnnSpec(), description="kNN classification on predicted global embeddings (null: off)")
     grid_samples: int = Field(3, gt=0, description="rows of the generation grid")
     seed: int = 0
     namespace: str | None = Field(None, description="where results are committed (default: dataset)")
     device: str = Field("cpu", description="torch device (not part of the cache key)")
+
+    @model_validator(mode="after")
+    def _ensemble_needs_sampling(self) -> "EvalConfig":
+        if self.ensemble > 1 and self.generation.temperature == 0:
+            raise ValueError(f"ensemble={self.ensemble} with generation.temperature=0 would average identical "
+                             f"greedy samples; set generation.temperature > 0 (e.g. 1.0) or ensemble: 1")
+        return self
 
     def key_config(self) -> dict[str, Any]:
         """The fields that determine the results (cache key)."""

@@ -55,6 +55,7 @@ NUM_SEMSEG = 134  # 133 COCO panoptic classes + "none" (0), ids shifted by +1 (4
 # (metric, higher is better) leading each task's rows, as in the paper's table 1
 PRIMARY = {"depth": ("abs_rel", False), "normal": ("mean", False), "semseg": ("miou", True)}
 TASK = {"depth": "depth", "normal": "surface normals", "semseg": "semantic segmentation"}
+ENSEMBLE_SEED_STRIDE = 1_000_003  # sample j of an ensemble draws with seed + i + j * stride
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -300,6 +301,21 @@ def score(target: str, pred: torch.Tensor, ref: torch.Tensor) -> dict[str, float
     raise ValueError(target)
 
 
+def ensemble(target: str, preds: list[torch.Tensor]) -> torch.Tensor:
+    """S decoded samples (each (B, ...), evaluation space) -> one (B, ...) prediction: mean depth (or any
+    continuous map), renormalised mean normal, per-pixel majority class. One sample is returned as is."""
+    from .metrics import ensemble_mean, ensemble_normals, ensemble_vote
+
+    if len(preds) == 1:
+        return preds[0]
+    x = torch.stack(preds)
+    if target == "normal":
+        return ensemble_normals(x)
+    if target == "semseg":
+        return ensemble_vote(x, NUM_SEMSEG)
+    return ensemble_mean(x)
+
+
 def baseline_prediction(target: str, fit_refs: torch.Tensor, n: int) -> tuple[torch.Tensor, str]:
     """The trivial predictor fitted on references ``fit_refs`` (N, ...) repeated ``n`` times, and its name."""
     if target == "depth":
@@ -530,6 +546,9 @@ class _Plan:
         if not self.keys:
             raise ValueError(f"no sample of {ds} shards {self.shards} has tokens of every one of {need}")
         self.crops = _crops(store, ds, self.shards, self.inputs)
+        from .knn_eval import plan_knn
+
+        self.knn = plan_knn(store, cfg, self)
 
     def crop(self, key: str):
         from tokenize_stage.crops import Crop
@@ -638,22 +657,24 @@ def run_evaluation(store: ArtifactStore, cfg: EvalConfig, ckpt: Manifest, plan: 
         else:
             inputs[c] = _stack_tokens(samples, c, keys)
     g = cfg.generation
-    generated: dict[str, torch.Tensor] = {}
+    generated: dict[str, list[torch.Tensor]] = {}  # target -> cfg.ensemble samples of tokens (N, L)
     oov: dict[str, int] = {}
     for t in plan.targets:
         step = TargetStep(t, steps=g.steps, token_schedule=g.token_schedule, temperature=g.temperature,
                           top_k=g.top_k, top_p=g.top_p, guidance_scale=g.guidance_scale)
-        outs = []
-        for i in range(0, len(keys), cfg.batch_size):
-            chunk = {c: v[i:i + cfg.batch_size] for c, v in inputs.items()}
-            outs.append(generate(model, chunk, [step], seed=cfg.seed + i)[t].cpu())
-        tok = torch.cat(outs)
         V = tokenizers[t].vocab_size
-        oov[t] = int((tok >= V).sum())
-        generated[t] = tok.clamp(max=V - 1)
+        generated[t], oov[t] = [], 0
+        for j in range(cfg.ensemble):
+            outs = []
+            for i in range(0, len(keys), cfg.batch_size):
+                chunk = {c: v[i:i + cfg.batch_size] for c, v in inputs.items()}
+                outs.append(generate(model, chunk, [step], seed=cfg.seed + i + ENSEMBLE_SEED_STRIDE * j)[t].cpu())
+            tok = torch.cat(outs)
+            oov[t] += int((tok >= V).sum())
+            generated[t].append(tok.clamp(max=V - 1))
         if oov[t]:
-            plan.notes.append(f"{t}: {oov[t]} of {tok.numel()} generated tokens are outside the tokenizer's "
-                              f"vocabulary ({V}); clamped to {V - 1}")
+            plan.notes.append(f"{t}: {oov[t]} of {tok.numel() * cfg.ensemble} generated tokens are outside the "
+                              f"tokenizer's vocabulary ({V}); clamped to {V - 1}")
     timings["generate"] = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- decode and score
@@ -664,7 +685,7 @@ def run_evaluation(store: ArtifactStore, cfg: EvalConfig, ckpt: Manifest, plan: 
         tok = tokenizers[t]
         target = tok.config.target
         size = tok.config.image_size
-        pred = decoded_to_eval(target, _decode(tok, generated[t], cfg))
+        pred = ensemble(target, [decoded_to_eval(target, _decode(tok, x, cfg)) for x in generated[t]])
         recon_pseudo = decoded_to_eval(target, _decode(tok, _stack_tokens(samples, t, keys), cfg))
         visuals[t] = {"generated": pred, "tokenizer": recon_pseudo}
         if target not in SCORED:
@@ -712,6 +733,14 @@ def run_evaluation(store: ArtifactStore, cfg: EvalConfig, ckpt: Manifest, plan: 
                              "higher_is_better": bool(hib), "primary": metric == primary, "model": m[metric],
                              "tokenizer_bound": b[metric], "baseline": z[metric], "baseline_kind": base_kind,
                              "samples": len(idx)})
+    if plan.knn is not None:
+        from .knn_eval import knn_rows
+
+        knn, oov[plan.knn.modality] = knn_rows(model, tokenizers[plan.knn.modality], cfg, plan, plan.knn)
+        rows.extend(knn)
+        if oov[plan.knn.modality]:
+            plan.notes.append(f"{plan.knn.modality}: {oov[plan.knn.modality]} generated tokens are outside the "
+                              f"tokenizer's vocabulary; clamped")
     timings["score"] = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- held-out masked-token loss
@@ -737,7 +766,7 @@ def run_evaluation(store: ArtifactStore, cfg: EvalConfig, ckpt: Manifest, plan: 
         "dataset": ds, "shards": plan.shards, "held_out": plan.held_out, "samples": len(keys),
         "condition": plan.condition, "targets": plan.targets,
         "tokenizers": {m: {"artifact": tm.artifact, "digest": tm.digest} for m, tm in plan.tokenizers.items()},
-        "generation": cfg.generation.model_dump(mode="json"), "decode_steps": cfg.decode_steps,
+        "generation": cfg.generation.model_dump(mode="json"), "decode_steps": cfg.decode_steps, "ensemble": cfg.ensemble,
         "out_of_vocab_tokens": oov, "config": cfg.key_config(),
     }
     grid = generation_grid(keys[: cfg.grid_samples], rgb, plan.condition, cond_visual, plan.targets, visuals,

@@ -69,7 +69,9 @@ def markdown_report(info: dict[str, Any], rows: list[dict[str, Any]], token_rows
         + ("held out from training" if info["held_out"] else "**not held out** (the checkpoint trained on them)"),
         f"* one-to-all generation from **{', '.join(info['condition'])}** to {', '.join(info['targets']) or 'nothing'}: "
         f"MaskGIT, {info['generation']['steps']} steps, {info['generation']['token_schedule']} schedule, "
-        f"temperature {info['generation']['temperature']}; decoded with the committed tokenizers "
+        f"temperature {info['generation']['temperature']}"
+        + (f", ensemble of {info['ensemble']} samples per target" if info.get("ensemble", 1) > 1 else "")
+        + "; decoded with the committed tokenizers "
         + ", ".join(f"`{v['artifact']}`" for v in info["tokenizers"].values()),
         "* tokenizer bound: the same metric on the tokenizer's reconstruction of the reference (pseudo label: "
         "its stored tokens; ground truth: encode + decode); baseline: the mean map / majority class of the "

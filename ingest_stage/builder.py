@@ -38,7 +38,7 @@ IMAGES_SCHEMA = pa.schema([
 ])
 GROUND_TRUTH_SCHEMA = pa.schema([
     ("sample_key", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("depth", pa.binary()),
-    ("normal", pa.binary()), ("semseg", pa.binary()), ("boxes", pa.string()),
+    ("normal", pa.binary()), ("semseg", pa.binary()), ("boxes", pa.string()), ("label", pa.string()),
 ])
 TEXTS_SCHEMA = pa.schema([("sample_key", pa.string()), ("caption", pa.string()), ("source", pa.string()),
                           ("digest", pa.string())])
@@ -51,7 +51,8 @@ def _scene_row(ref: SampleRef, scene: SceneSample, cfg: IngestConfig) -> ImageRo
     w, h = target_size(scene.size, scene.size, cfg.shorter_side)
     gt = full if (w, h) == (scene.size, scene.size) else render(scene.scene, w, h)
     ground_truth = {"sample_key": ref.key, "width": w, "height": h, "depth": npy_encode(gt.depth),
-                    "normal": npy_encode(gt.normal), "semseg": npy_encode(gt.semseg), "boxes": json.dumps(gt.boxes)}
+                    "normal": npy_encode(gt.normal), "semseg": npy_encode(gt.semseg), "boxes": json.dumps(gt.boxes),
+                    "label": scene.scene.setting}  # the image's class (kNN evaluation): wood / tiles / grass
     return ImageRow(ref.key, img.data, img.width, img.height, img.orig_width, img.orig_height, gt.caption, ref.source,
                     None, img.digest, ground_truth)
 

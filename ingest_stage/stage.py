@@ -20,7 +20,7 @@ from .builder import build_image_shard, build_text_shard
 from .plan import Plan, build_plan
 
 # Bump when a change to this package changes what a shard holds for the same inputs and config.
-CODE_VERSION = "ingest/1"
+CODE_VERSION = "ingest/2"
 STAGE_NAME = "ingest"
 
 

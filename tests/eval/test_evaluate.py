@@ -26,7 +26,7 @@ def test_evaluation_commits_metrics_report_and_grid(first_run):
     [m] = res.manifests
     assert (m.dataset, m.artifact) == ("ev", "evaluations/tiny/step-00000001")
     rows = store.read_table("ev", m.artifact, None).to_pylist()
-    primary = {(r["target"], r["reference"], r["metric"]) for r in rows if r["primary"]}
+    primary = {(r["target"], r["reference"], r["metric"]) for r in rows if r["primary"] and r["task"] != "kNN classification"}
     assert primary == {(t, ref, metric) for t, metric in (("tok_depth@224", "abs_rel"), ("tok_semseg@224", "miou"))
                        for ref in ("pseudo label", "ground truth")}
     for r in rows:
@@ -38,7 +38,16 @@ def test_evaluation_commits_metrics_report_and_grid(first_run):
     # the baseline is fitted on the checkpoint's training samples (here all 8 samples of both shards)
     assert {r["baseline_kind"] for r in rows if r["target"] == "tok_depth@224" and r["task"] == "depth"} == {"mean depth map, 8 training samples"}
     tokens = {r["target"] for r in rows if r["task"] == "masked tokens"}
-    assert tokens and tokens <= {"tok_canny_edge@224", "tok_depth@224", "tok_normal@224", "tok_semseg@224"}
+    assert tokens and tokens <= {"tok_canny_edge@224", "tok_depth@224", "tok_normal@224", "tok_semseg@224",
+                                 "tok_dinov2_global"}
+    # kNN on predicted DINOv2 global embeddings: queries = the 4 evaluated samples, gallery = the 8 training
+    # samples embedded the same way, classes = the scenes' ground-truth label (k capped by the gallery)
+    knn = {r["metric"]: r for r in rows if r["task"] == "kNN classification"}
+    assert set(knn) == {"top1", "top5"} and knn["top1"]["primary"] and knn["top1"]["samples"] == 4
+    assert knn["top1"]["reference"].startswith("ground truth 'label'") and "gallery 8, k 8" in knn["top1"]["reference"]
+    for r in knn.values():
+        assert all(0 <= r[c] <= 100 for c in ("model", "tokenizer_bound", "baseline"))
+        assert r["baseline_kind"].startswith("most frequent gallery classes")
 
     files = {f.name for f in m.files}
     assert {"data.parquet", "data.report.md", "data.grid.png", "data.metrics.json"} <= files
@@ -63,7 +72,8 @@ def test_lineage_reaches_checkpoint_tokenizers_and_shards(first_run, tiny_eval_s
     parents = {(p.manifest.dataset, p.manifest.artifact) for p in node.parents}
     assert ("training", "checkpoints/tiny/step-00000001") in parents
     assert {("ev", "tokenizers/depth_diffusion-tiny"), ("ev", "tokenizers/semseg_vqvae-tiny"),
-            ("ev", "tokens/tok_depth-224"), ("ev", "labels/depth"), ("ev", "ground_truth")} <= parents
+            ("ev", "tokens/tok_depth-224"), ("ev", "labels/depth"), ("ev", "ground_truth"),
+            ("ev", "tokenizers/dinov2_global_memcodes-tiny"), ("ev", "tokens/tok_dinov2_global")} <= parents
 
 
 def test_rerun_is_cached_and_config_changes_the_key(first_run):
@@ -97,3 +107,30 @@ def test_missing_checkpoint_is_a_clear_error(tiny_eval_store):
     store, _ = tiny_eval_store
     with pytest.raises(FileNotFoundError, match="no checkpoint training/checkpoints/nope"):
         evaluate(store, load_eval_config("demo", {**TINY_EVAL_OVERRIDES, "checkpoint.run": "nope"}))
+
+
+def test_ensembling_averages_several_sampled_generations(tiny_eval_store):
+    store, _ = tiny_eval_store
+    with pytest.raises(Exception, match="generation.temperature > 0"):
+        load_eval_config("demo", {**TINY_EVAL_OVERRIDES, "ensemble": 2})
+    cfg = load_eval_config("demo", {**TINY_EVAL_OVERRIDES, "ensemble": 3, "generation.temperature": 1.0,
+                                    "knn": None, "targets": ["tok_semseg@224"]})
+    res = evaluate(store, cfg)
+    m = res.manifests[0]
+    report = store.read_bytes(store.data_path(m.dataset, m.artifact, None, ".report.md")).decode()
+    assert "ensemble of 3 samples per target" in report
+    assert not any("kNN" in r["task"] for r in store.read_table(m.dataset, m.artifact, None).to_pylist())
+
+
+def test_ensemble_combines_samples_per_target():
+    import torch
+
+    from eval_stage.evaluation import ensemble
+
+    depth = [torch.full((1, 2, 2), v) for v in (1.0, 2.0, 6.0)]
+    assert torch.equal(ensemble("depth", depth), torch.full((1, 2, 2), 3.0))
+    sem = [torch.tensor([[[1, 2]]]), torch.tensor([[[3, 2]]]), torch.tensor([[[3, 1]]])]
+    assert ensemble("semseg", sem).tolist() == [[[3, 2]]]
+    n = [torch.tensor([1.0, 0, 0]).view(1, 3, 1, 1), torch.tensor([0, 1.0, 0]).view(1, 3, 1, 1)]
+    assert torch.allclose(ensemble("normal", n).flatten(), torch.tensor([2 ** -0.5, 2 ** -0.5, 0]))
+    assert ensemble("depth", depth[:1]) is depth[0]

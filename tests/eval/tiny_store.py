@@ -15,11 +15,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-MODALITIES = ["tok_canny_edge@224", "tok_depth@224", "tok_normal@224", "tok_semseg@224"]
+MODALITIES = ["tok_canny_edge@224", "tok_depth@224", "tok_normal@224", "tok_semseg@224", "tok_dinov2_global"]
 TOKENIZERS = {"tok_rgb@224": "rgb_diffusion", "tok_canny_edge@224": "edge_diffusion", "tok_depth@224": "depth_diffusion",
-              "tok_normal@224": "normal_diffusion", "tok_semseg@224": "semseg_vqvae"}
+              "tok_normal@224": "normal_diffusion", "tok_semseg@224": "semseg_vqvae",
+              "tok_dinov2_global": "dinov2_global_memcodes"}
 LABELS = {"rgb_diffusion": "images", "edge_diffusion": "canny_edge", "depth_diffusion": "depth", "normal_diffusion": "normal",
-          "semseg_vqvae": "semseg"}
+          "semseg_vqvae": "semseg", "dinov2_global_memcodes": "dinov2_global"}
+# Stand-in for DINOv2's global embedding in this fixture: a fixed random projection of the 8x8 RGB thumbnail
+_EMBED = np.random.default_rng(1234).standard_normal((8 * 8 * 3, 768)).astype(np.float32) / np.sqrt(192)
 
 
 def dataset_yaml(path: Path, name: str, n_samples: int, shard_size: int, size: int, seed: int = 0,
@@ -52,7 +55,9 @@ def _commit_labels(store, dataset: str, shard: int, seed: int = 0) -> None:
         noisy = semseg.copy()
         flip = rng.random(semseg.shape) < 0.05
         noisy[flip] = rng.choice(np.unique(semseg), int(flip.sum()))
-        arrays = {"depth": depth * (1 + 0.05 * rng.standard_normal(depth.shape)).astype(np.float32),
+        thumb = cv2.resize(images[k], (8, 8), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0 - 0.5
+        arrays = {"dinov2_global": (thumb.reshape(-1) @ _EMBED).astype(np.float32),
+                  "depth": depth * (1 + 0.05 * rng.standard_normal(depth.shape)).astype(np.float32),
                   "normal": normal, "semseg": noisy,
                   "canny_edge": (cv2.Canny(cv2.cvtColor(images[k], cv2.COLOR_RGB2GRAY), 100, 200) > 0).astype(np.uint8) * 255}
         for lab, a in arrays.items():
@@ -75,7 +80,9 @@ def _commit_tokenizer(store, dataset: str, name: str, steps: int, image_size: in
     from tokenize_stage.registry import tokenizer_config
     from tokenize_stage.train_tokenizer import TrainTokenizerConfig, fit, tokenizer_artifact
 
-    tcfg = tokenizer_config(name, "tiny").model_copy(update={"image_size": image_size, "patch_size": patch_size})
+    tcfg = tokenizer_config(name, "tiny")
+    if hasattr(tcfg, "patch_size"):  # image tokenizers: the model's 14x14 grid
+        tcfg = tcfg.model_copy(update={"image_size": image_size, "patch_size": patch_size})
     artifact = tokenizer_artifact(name, "tiny")
     _, arrays, manifests = read_label_arrays(store, dataset, LABELS[name])
     unit = Unit(stage="test.tokenizer", dataset=dataset, artifacts=[artifact], shard=None, code_version="test/1",
