@@ -480,6 +480,8 @@ class _Plan:
         self.targets: list[str] = []
         self.tokenizers: dict[str, Manifest] = {}
         for t in cfg.targets:
+            if get_modality(t).kind == ModalityKind.SEQUENCE:
+                continue  # det: the boxes task (eval_stage.boxes_eval) plans it below
             if t in self.condition:
                 self.notes.append(f"target {t} is the condition; skipped")
                 continue
@@ -549,6 +551,9 @@ class _Plan:
         from .knn_eval import plan_knn
 
         self.knn = plan_knn(store, cfg, self)
+        from .boxes_eval import plan_boxes
+
+        self.boxes = plan_boxes(store, cfg, self)
 
     def crop(self, key: str):
         from tokenize_stage.crops import Crop
@@ -733,6 +738,14 @@ def run_evaluation(store: ArtifactStore, cfg: EvalConfig, ckpt: Manifest, plan: 
                              "higher_is_better": bool(hib), "primary": metric == primary, "model": m[metric],
                              "tokenizer_bound": b[metric], "baseline": z[metric], "baseline_kind": base_kind,
                              "samples": len(idx)})
+    box_visuals: dict[str, dict[str, list]] = {}
+    if plan.boxes is not None:
+        from .boxes_eval import box_rows
+
+        box, det_generated = box_rows(model, cfg, plan, plan.boxes, inputs)
+        rows.extend(box)
+        ref_name, ref_boxes = next(iter(sorted(plan.boxes.refs.items())))  # ground truth before pseudo label
+        box_visuals = {"det: generated": det_generated, f"det: {ref_name}": ref_boxes}
     if plan.knn is not None:
         from .knn_eval import knn_rows
 
@@ -764,13 +777,13 @@ def run_evaluation(store: ArtifactStore, cfg: EvalConfig, ckpt: Manifest, plan: 
                        "step": ckpt.stats.get("step"), "train_loss": ckpt.stats.get("loss"),
                        "domains_in": plan.domains_in, "domains_out": plan.domains_out},
         "dataset": ds, "shards": plan.shards, "held_out": plan.held_out, "samples": len(keys),
-        "condition": plan.condition, "targets": plan.targets,
+        "condition": plan.condition, "targets": plan.targets + (["det"] if plan.boxes is not None else []),
         "tokenizers": {m: {"artifact": tm.artifact, "digest": tm.digest} for m, tm in plan.tokenizers.items()},
         "generation": cfg.generation.model_dump(mode="json"), "decode_steps": cfg.decode_steps, "ensemble": cfg.ensemble,
         "out_of_vocab_tokens": oov, "config": cfg.key_config(),
     }
     grid = generation_grid(keys[: cfg.grid_samples], rgb, plan.condition, cond_visual, plan.targets, visuals,
-                           {t: tokenizers[t].config.target for t in plan.targets})
+                           {t: tokenizers[t].config.target for t in plan.targets}, box_visuals)
     timings["report"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     info["seconds"] = {k: round(v, 2) for k, v in timings.items()}

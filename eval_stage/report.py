@@ -131,8 +131,9 @@ def to_image(kind: str, x: torch.Tensor | None) -> np.ndarray | None:
 
 def generation_grid(keys: list[str], rgb: list[torch.Tensor | None], condition: list[str],
                     cond_visual: dict[str, Any], targets: list[str], visuals: dict[str, dict[str, torch.Tensor]],
-                    kinds: dict[str, str]) -> bytes:
-    """PNG: one row per sample — RGB crop, condition, then per target generated / tokenizer recon / reference."""
+                    kinds: dict[str, str], boxes: dict[str, dict[str, list]] | None = None) -> bytes:
+    """PNG: one row per sample — RGB crop, condition, then per target generated / tokenizer recon / reference;
+    ``boxes`` (column title -> key -> [(xyxy normalised, class)]) are drawn over the RGB crop."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,6 +167,9 @@ def generation_grid(keys: list[str], rgb: list[torch.Tensor | None], condition: 
             cols.append((f"{short}: ground truth", ref_col(t, "ground truth", "gt_index")))
         else:
             cols.append((f"{short}: pseudo label", ref_col(t, "pseudo label", "pseudo_index")))
+    for title, by_key in (boxes or {}).items():
+        cols.append((title, lambda i, b=by_key: ("boxes", (rgb[i] if i < len(rgb) else None,
+                                                          b.get(keys[i]) if i < len(keys) else None))))
     n_rows, n_cols = max(1, len(keys)), len(cols)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.6 * n_cols, 1.7 * n_rows + 0.3), squeeze=False)
     for i in range(n_rows):
@@ -176,6 +180,8 @@ def generation_grid(keys: list[str], rgb: list[torch.Tensor | None], condition: 
             kind, x = get(i)
             if kind == "text":
                 ax.text(0.02, 0.5, _wrap(str(x)), fontsize=5, va="center", ha="left", transform=ax.transAxes)
+            elif kind == "boxes":
+                _draw_boxes(ax, *x)
             else:
                 img = to_image(kind, x)
                 if img is not None:
@@ -191,6 +197,22 @@ def generation_grid(keys: list[str], rgb: list[torch.Tensor | None], condition: 
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+
+def _draw_boxes(ax, rgb: torch.Tensor | None, boxes: list | None) -> None:
+    """Normalised xyxy boxes with class names over the RGB crop (3, S, S) in [0, 1]."""
+    from matplotlib.patches import Rectangle
+
+    if rgb is None or boxes is None:
+        ax.text(0.5, 0.5, "n/a", fontsize=6, ha="center", va="center", transform=ax.transAxes)
+        return
+    img = to_image("rgb", rgb)
+    ax.imshow(img, interpolation="nearest")
+    h, w = img.shape[:2]
+    for (x0, y0, x1, y1), name in boxes:
+        ax.add_patch(Rectangle((x0 * w, y0 * h), (x1 - x0) * w, (y1 - y0) * h, fill=False, lw=0.8, color="yellow"))
+        ax.text(x0 * w, y0 * h, name, fontsize=4, color="black", va="bottom",
+                bbox={"facecolor": "yellow", "pad": 0.5, "lw": 0})
 
 
 def _wrap(text: str, width: int = 22, lines: int = 8) -> str:

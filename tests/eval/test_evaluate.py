@@ -39,7 +39,7 @@ def test_evaluation_commits_metrics_report_and_grid(first_run):
     assert {r["baseline_kind"] for r in rows if r["target"] == "tok_depth@224" and r["task"] == "depth"} == {"mean depth map, 8 training samples"}
     tokens = {r["target"] for r in rows if r["task"] == "masked tokens"}
     assert tokens and tokens <= {"tok_canny_edge@224", "tok_depth@224", "tok_normal@224", "tok_semseg@224",
-                                 "tok_dinov2_global"}
+                                 "tok_dinov2_global", "det"}
     # kNN on predicted DINOv2 global embeddings: queries = the 4 evaluated samples, gallery = the 8 training
     # samples embedded the same way, classes = the scenes' ground-truth label (k capped by the gallery)
     knn = {r["metric"]: r for r in rows if r["task"] == "kNN classification"}
@@ -134,3 +134,41 @@ def test_ensemble_combines_samples_per_target():
     n = [torch.tensor([1.0, 0, 0]).view(1, 3, 1, 1), torch.tensor([0, 1.0, 0]).view(1, 3, 1, 1)]
     assert torch.allclose(ensemble("normal", n).flatten(), torch.tensor([2 ** -0.5, 2 ** -0.5, 0]))
     assert ensemble("depth", depth[:1]) is depth[0]
+
+
+def test_boxes_are_generated_parsed_and_scored_by_ap(tiny_eval_store):
+    store, _ = tiny_eval_store
+    cfg = load_eval_config("demo", {**TINY_EVAL_OVERRIDES, "targets": ["det"], "knn": None})
+    res = evaluate(store, cfg)
+    m = res.manifests[0]
+    rows = [r for r in store.read_table(m.dataset, m.artifact, None).to_pylist() if r["task"] == "boxes"]
+    got = {(r["reference"], r["metric"]): r for r in rows}
+    assert set(got) == {(ref, metric) for ref in ("pseudo label", "ground truth") for metric in ("ap50", "ap")}
+    # the stored det tokens are the pseudo label's boxes, quantised to 1/1000 of the crop: AP 1 against it
+    assert got[("pseudo label", "ap50")]["tokenizer_bound"] == pytest.approx(1.0)
+    for r in rows:
+        assert r["samples"] == 4 and 0 <= r["model"] <= 1 and 0 <= r["baseline"] <= 1
+        assert r["baseline_kind"] == "class-prior mean boxes, 8 training samples"
+    assert got[("ground truth", "ap")]["primary"] and not got[("ground truth", "ap50")]["primary"]
+    info = json.loads(store.read_bytes(store.data_path(m.dataset, m.artifact, None, ".metrics.json")))["info"]
+    assert info["targets"] == ["det"]
+
+
+def test_det_sequences_parse_back_to_boxes():
+    import torch
+
+    from eval_stage.boxes_eval import class_prior, parse_det
+    from tokenize_stage.captions import text_tokenizer
+    from tokenize_stage.text.serialise import det
+    from tokenize_stage.text.serialise.types import Box, Detections
+
+    tok, _ = text_tokenizer(None)
+    dets = Detections(boxes=[Box(xyxy=(0.1, 0.2, 0.5, 0.6), class_name="cup", score=0.9),
+                             Box(xyxy=(0.3, 0.3, 0.9, 0.8), class_name="traffic light", score=0.8)])
+    ids = torch.tensor(tok.encode(det.serialise(dets)).ids + [0, 0])  # right-padded like generated rows
+    parsed = parse_det(tok, ids)
+    assert [c for _, c in parsed] == ["cup", "traffic light"]
+    assert parsed[0][0] == pytest.approx((0.1, 0.2, 0.5, 0.6), abs=1e-3)
+    assert parse_det(tok, torch.tensor([5, 17, 0])) == []  # a malformed generation gives no boxes, no error
+    prior = class_prior([[((0, 0, 0.5, 0.5), "cup")], [((0.5, 0.5, 1, 1), "cup"), ((0, 0, 1, 1), "book")]])
+    assert prior == [((0.25, 0.25, 0.75, 0.75), "cup"), ((0.0, 0.0, 1.0, 1.0), "book")]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-MODALITIES = ["tok_canny_edge@224", "tok_depth@224", "tok_normal@224", "tok_semseg@224", "tok_dinov2_global"]
+MODALITIES = ["tok_canny_edge@224", "tok_depth@224", "tok_normal@224", "tok_semseg@224", "tok_dinov2_global", "det"]
 TOKENIZERS = {"tok_rgb@224": "rgb_diffusion", "tok_canny_edge@224": "edge_diffusion", "tok_depth@224": "depth_diffusion",
               "tok_normal@224": "normal_diffusion", "tok_semseg@224": "semseg_vqvae",
               "tok_dinov2_global": "dinov2_global_memcodes"}
@@ -49,6 +49,7 @@ def _commit_labels(store, dataset: str, shard: int, seed: int = 0) -> None:
     images = {r["sample_key"]: image_decode(r["image"]) for r in store.read_table(dataset, "images", shard).to_pylist()}
     rng = np.random.default_rng([seed, shard])
     rows: dict[str, list] = {lab: [] for lab in LABELS.values() if lab != "images"}  # RGB: the ingested images
+    rows["det"] = []
     for r in gt:
         k = r["sample_key"]
         depth, normal, semseg = npy_decode(r["depth"]), npy_decode(r["normal"]), npy_decode(r["semseg"])
@@ -62,6 +63,11 @@ def _commit_labels(store, dataset: str, shard: int, seed: int = 0) -> None:
                   "canny_edge": (cv2.Canny(cv2.cvtColor(images[k], cv2.COLOR_RGB2GRAY), 100, 200) > 0).astype(np.uint8) * 255}
         for lab, a in arrays.items():
             rows[lab].append({"sample_key": k, **encode_label(lab, a)})
+        # the detector's stand-in: ground-truth boxes, jittered by ~1 % of the image, scored 0.9
+        boxes = [{"xyxy": np.clip(np.asarray(b["xyxy"]) + 0.01 * rng.standard_normal(4), 0, 1).tolist(),
+                  "class_name": b["class"], "score": 0.9} for b in json.loads(r["boxes"])]
+        rows["det"].append({"sample_key": k, "det": json.dumps({"boxes": [b for b in boxes if b["xyxy"][2] > b["xyxy"][0]
+                                                                          and b["xyxy"][3] > b["xyxy"][1]]})})
     inputs = [store.read_manifest(dataset, "ground_truth", shard).as_input()]
     for lab, rs in rows.items():
         unit = Unit(stage="test.labels", dataset=dataset, artifacts=[label_artifact(lab)], shard=shard,
@@ -126,7 +132,7 @@ def build(root: str, dataset: str = "ev", n_samples: int = 12, shard_size: int =
     for s in shards:
         INGEST.run_shard(store, config, s)
         _commit_labels(store, dataset, s)
-    for name in (TOKENIZERS[m] for m in modalities):
+    for name in (TOKENIZERS[m] for m in modalities if m in TOKENIZERS):  # det: the vendored WordPiece
         _commit_tokenizer(store, dataset, name, tokenizer_steps)
     for s in TOKENIZE.plan_shards(store, config):
         TOKENIZE.run_shard(store, config, s)

@@ -1,0 +1,193 @@
+"""The evaluation stage's boxes task: RGB -> ``det`` sequences, scored by COCO AP.
+
+The model writes each sample's ``det`` sequence autoregressively from the evaluation's condition
+(eval_stage.generate, greedy); the text tokenizer the token shards were made with turns the ids back into
+text, and the det serialiser's parser (tokenize_stage.text.serialise.det, ``strict=False``: malformed boxes
+are dropped) into boxes. The text carries no scores, so the boxes of one sequence are ranked by position
+(the k-th box scores 1 - k/(n+1)). References, cropped like the tokens (crop 0):
+
+* pseudo label: ``labels/det`` (the detection labeler's boxes);
+* ground truth: the ``boxes`` column of ``ground_truth`` (synthetic scenes).
+
+Beside the model: the tokenizer bound (the parsed stored ``det`` tokens: coordinate quantisation and the
+score threshold of the tokenize stage) and a class-prior baseline (every class of the checkpoint's training
+references, as its mean box, scored by its frequency).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from fourm_core.manifest import Manifest, ModelRef
+from fourm_core.modalities import label_artifact
+from fourm_core.store import ArtifactStore
+
+from .config import EvalConfig
+from .metrics.boxes import Boxes, box_ap
+
+if TYPE_CHECKING:
+    from .evaluation import _Plan
+
+TASK = "boxes"
+MODALITY = "det"
+REFERENCES = ("pseudo label", "ground truth")
+
+
+@dataclass
+class BoxPlan:
+    """What the boxes task reads, decided before the unit runs (so it is part of the cache key)."""
+
+    text_tokenizer: ModelRef  # the WordPiece tokenizer of the det token shards
+    keys: list[str]  # evaluated samples with a det token row
+    refs: dict[str, dict[str, list[tuple[tuple[float, ...], str]]]]  # reference -> key -> [(xyxy, class)]
+    fit: dict[str, list[list[tuple[tuple[float, ...], str]]]]  # reference -> training images' boxes
+
+
+def _class_ids() -> dict[str, int]:
+    from tokenize_stage.text.vocab import CLASS_TOKENS
+
+    return {c: i for i, c in enumerate(CLASS_TOKENS)}
+
+
+def _cropped(boxes: list[tuple[list[float], str]], crop) -> list[tuple[tuple[float, ...], str]]:
+    from tokenize_stage.seq_geometry import crop_boxes
+
+    if not boxes:
+        return []
+    xyxy, keep = crop_boxes(np.array([b for b, _ in boxes]), crop)
+    names = [c for (_, c), k in zip(boxes, keep) if k]
+    return [(tuple(float(v) for v in x), c) for x, c in zip(xyxy.tolist(), names)]
+
+
+def _read_refs(store: ArtifactStore, dataset: str, shards: list[int], keys: set[str] | None, crops: dict,
+               inputs: list[Manifest]) -> dict[str, dict[str, list]]:
+    """reference -> key -> cropped [(xyxy, class)] for the samples ``keys`` (None: all) of ``shards``."""
+    from tokenize_stage.crops import Crop
+
+    from .evaluation import GT_ARTIFACT
+
+    full = Crop((0.0, 0.0, 1.0, 1.0), False)
+    out: dict[str, dict[str, list]] = {r: {} for r in REFERENCES}
+    for s in shards:
+        m = store.read_manifest(dataset, label_artifact("det"), s)
+        if m is not None:
+            inputs.append(m)
+            t = store.read_table(dataset, label_artifact("det"), s, columns=["sample_key", "det"])
+            for k, v in zip(t.column("sample_key").to_pylist(), t.column("det").to_pylist()):
+                if v is not None and (keys is None or k in keys):
+                    boxes = [(b["xyxy"], b["class_name"]) for b in json.loads(v).get("boxes", [])]
+                    out["pseudo label"][k] = _cropped(boxes, crops.get(k, full))
+        m = store.read_manifest(dataset, GT_ARTIFACT, s)
+        if m is not None and m.rows:
+            inputs.append(m)
+            t = store.read_table(dataset, GT_ARTIFACT, s, columns=["sample_key", "boxes"])
+            for k, v in zip(t.column("sample_key").to_pylist(), t.column("boxes").to_pylist()):
+                if v is not None and (keys is None or k in keys):
+                    out["ground truth"][k] = _cropped([(b["xyxy"], b["class"]) for b in json.loads(v)],
+                                                      crops.get(k, full))
+    return out
+
+
+def plan_boxes(store: ArtifactStore, cfg: EvalConfig, plan: "_Plan") -> BoxPlan | None:
+    """The boxes task's plan when ``det`` is a target, or None with a note in ``plan.notes``."""
+    from .evaluation import _crops
+
+    if MODALITY not in cfg.targets:
+        return None
+    if MODALITY not in plan.domains_out:
+        plan.notes.append(f"target det: not an output of the checkpoint (outputs: {plan.domains_out}); skipped")
+        return None
+    if MODALITY not in plan.tokens:
+        plan.notes.append(f"target det: no det token shards of {cfg.dataset} in shards {plan.shards}; skipped")
+        return None
+    token_manifest = next((store.read_manifest(cfg.dataset, "tokens/det", s) for s in plan.shards
+                           if store.read_manifest(cfg.dataset, "tokens/det", s) is not None), None)
+    if token_manifest is None or token_manifest.ingredients.model is None:
+        plan.notes.append("target det: its token shards name no text tokenizer; skipped")
+        return None
+    keys = [k for k in plan.keys if k in plan.tokens[MODALITY]]
+    inputs: list[Manifest] = []
+    refs = _read_refs(store, cfg.dataset, plan.shards, set(keys), plan.crops, inputs)
+    refs = {r: v for r, v in refs.items() if v}
+    if not keys or not refs:
+        plan.notes.append("target det: no evaluated sample has det tokens and reference boxes "
+                          "(labels/det or ground truth); skipped")
+        return None
+    fit: dict[str, list[list]] = {r: [] for r in refs}
+    for d, shards in plan.fit_shards.items():
+        crops = _crops(store, d, shards, inputs)
+        got = _read_refs(store, d, shards, None, crops, inputs)
+        for r in refs:
+            fit[r].extend(got[r][k] for k in sorted(got[r])[: cfg.baseline_samples - len(fit[r])])
+    plan.inputs.extend(inputs)
+    return BoxPlan(token_manifest.ingredients.model, keys, refs, fit)
+
+
+def _to_boxes(items: list[tuple[tuple[float, ...], str]], ids: dict[str, int], ranked: bool) -> Boxes:
+    n = len(items)
+    return Boxes(torch.tensor([list(b) for b, _ in items], dtype=torch.float64).reshape(n, 4),
+                 torch.tensor([ids[c] for _, c in items], dtype=torch.long),
+                 torch.tensor([1 - i / (n + 1) for i in range(n)], dtype=torch.float64) if ranked else None)
+
+
+def parse_det(tokenizer, ids: torch.Tensor) -> list[tuple[tuple[float, ...], str]]:
+    """One ``det`` id row (L,) -> [(xyxy, class)] in sequence order; malformed boxes are dropped."""
+    from tokenize_stage.text.serialise import det
+    from tokenize_stage.text.wordpiece import decode
+
+    text = decode(tokenizer, [int(i) for i in ids])
+    return [(tuple(b.xyxy), b.class_name) for b in det.parse(text, strict=False).boxes]
+
+
+def class_prior(fit: list[list[tuple[tuple[float, ...], str]]]) -> list[tuple[tuple[float, ...], str]]:
+    """The baseline's prediction for any image: each training class's mean box, most frequent class first."""
+    by: dict[str, list] = {}
+    for boxes in fit:
+        for b, c in boxes:
+            by.setdefault(c, []).append(b)
+    order = sorted(by, key=lambda c: (-len(by[c]), c))
+    return [(tuple(np.mean(by[c], axis=0).tolist()), c) for c in order]
+
+
+def box_rows(model, cfg: EvalConfig, plan: "_Plan", bp: BoxPlan,
+             inputs: dict[str, torch.Tensor]) -> tuple[list[dict[str, Any]], dict[str, list]]:
+    """The boxes task's rows (AP@0.5 and AP@[0.5:0.95] per reference) and the parsed generations by key."""
+    from tokenize_stage.captions import text_tokenizer
+
+    from .generate import TargetStep, generate
+
+    ref = bp.text_tokenizer
+    tokenizer, _ = text_tokenizer(None if ref.source == "reference" else ref.source)
+    step = TargetStep(MODALITY, temperature=0.0)
+    index = {k: i for i, k in enumerate(plan.keys)}
+    rows_idx = torch.tensor([index[k] for k in bp.keys])
+    generated: list[torch.Tensor] = []
+    for i in range(0, len(bp.keys), cfg.batch_size):
+        sel = rows_idx[i:i + cfg.batch_size]
+        chunk = {c: v[sel] for c, v in inputs.items()}
+        generated.extend(generate(model, chunk, [step], seed=cfg.seed + i)[MODALITY].cpu())
+    ids = _class_ids()
+    predicted = {k: parse_det(tokenizer, g) for k, g in zip(bp.keys, generated)}
+    stored = {k: parse_det(tokenizer, torch.from_numpy(plan.tokens[MODALITY][k])) for k in bp.keys}
+    rows = []
+    for ref_name, boxes in bp.refs.items():
+        keys = [k for k in bp.keys if k in boxes]
+        if not keys:
+            continue
+        gts = [_to_boxes(boxes[k], ids, False) for k in keys]
+        prior = class_prior(bp.fit[ref_name]) if bp.fit.get(ref_name) else []
+        fit_from = f"{len(bp.fit[ref_name])} training samples" if prior else "no training references"
+        m = box_ap([_to_boxes(predicted[k], ids, True) for k in keys], gts)
+        b = box_ap([_to_boxes(stored[k], ids, True) for k in keys], gts)
+        z = box_ap([_to_boxes(prior, ids, True) for _ in keys], gts)
+        for metric in ("ap50", "ap"):
+            rows.append({"task": TASK, "target": MODALITY, "reference": ref_name, "metric": metric,
+                         "higher_is_better": True, "primary": metric == "ap", "model": m[metric],
+                         "tokenizer_bound": b[metric], "baseline": z[metric],
+                         "baseline_kind": f"class-prior mean boxes, {fit_from}", "samples": len(keys)})
+    return rows, predicted
