@@ -172,3 +172,21 @@ def test_det_sequences_parse_back_to_boxes():
     assert parse_det(tok, torch.tensor([5, 17, 0])) == []  # a malformed generation gives no boxes, no error
     prior = class_prior([[((0, 0, 0.5, 0.5), "cup")], [((0.5, 0.5, 1, 1), "cup"), ((0, 0, 1, 1), "book")]])
     assert prior == [((0.25, 0.25, 0.75, 0.75), "cup"), ((0.0, 0.0, 1.0, 1.0), "book")]
+
+
+def test_paper_table_has_the_papers_columns_and_prefers_ground_truth():
+    from eval_stage.report import paper_table
+
+    def row(task, ref, metric, model, bound, base):
+        return {"task": task, "reference": ref, "metric": metric, "model": model, "tokenizer_bound": bound,
+                "baseline": base}
+
+    rows = [row("depth", "pseudo label", "abs_rel", 0.9, 0.8, 0.7), row("depth", "ground truth", "abs_rel", 0.5, 0.2, 0.4),
+            row("semantic segmentation", "pseudo label", "miou", 0.3, 0.4, 0.04),
+            row("kNN classification", "ground truth 'label' (3 classes)", "top1", 75.0, 100.0, 37.5)]
+    header, _, model, bound, base = paper_table(rows)
+    assert header.split(" | ")[1:] == ["Normals: mean angle ↓", "Depth: abs_rel ↓", "Sem. seg.: mIoU ↑",
+                                       "Inst. seg.: mAP ↑", "IN1K-style kNN: top-1 ↑", "3DHP: MPJPE ↓", "Boxes: AP ↑ |"]
+    assert model == "| 4M (this checkpoint) | – | 0.5000 | 0.3000 | – | 75.00 | – | – |"
+    assert bound == "| tokenizer bound | – | 0.2000 | 0.4000 | – | 100.00 | – | – |"
+    assert base.startswith("| trivial baseline | – | 0.4000 | 0.0400 |")
