@@ -251,7 +251,7 @@ class Trainer:
         started = self._fit_started or t
         fields = dict(dataset=self.cfg.namespace, artifact=checkpoint_artifact(self.cfg, self.step), shard=None,
                       rows=self.step, schema={}, cache_key=ingredients.cache_key(), ingredients=ingredients,
-                      stats={"step": self.step, "tokens": self.tokens, "skipped": self.skipped,
+                      stats={"step": self.step, "tokens": self.tokens, "skipped": self.skipped, "world_size": self.d.world,
                              "loss": self.history[-1]["loss"] if self.history else None},
                       timings=Timings(started=started, finished=t, seconds=(t - started).total_seconds()),
                       host=hostname(), flow_run_id=flow_run_id())

@@ -89,3 +89,22 @@ def test_pretrain_deployments_in_prefect_yaml():
     from train_stage.config import load_train_config
 
     load_train_config(big["parameters"]["config"])
+
+
+@pytest.mark.slow
+def test_pretrain_flow_launches_torchrun_with_nproc_per_node(prefect_api, synth_root, tmp_path, monkeypatch):
+    """The cluster deployment's path (pretrain/4m-21-b sets nproc_per_node): the task launches torchrun, the
+    ranks train with DDP (gloo on CPU) and commit one checkpoint that records the flow run and the world size."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    state = pretrain(config="demo", store_root=synth_root, overrides=OVERRIDES, steps=2, nproc_per_node=2,
+                     log_dir=str(tmp_path / "logs"), return_state=True)
+    assert state.is_completed(), state
+    result = state.result()
+    assert result["status"] == "done" and result["steps"] == 2
+    m = ArtifactStore(synth_root).read_manifest("training", "checkpoints/demo/step-00000002", None)
+    assert m.stats["world_size"] == 2 and m.flow_run_id == str(state.state_details.flow_run_id)
+    # a second launch finds the committed checkpoint by its cache key and does not train again
+    again = pretrain(config="demo", store_root=synth_root, overrides=OVERRIDES, steps=2, nproc_per_node=2,
+                     log_dir=str(tmp_path / "logs"))
+    assert again["cache_key"] == m.cache_key
+    assert ArtifactStore(synth_root).read_manifest("training", "checkpoints/demo/step-00000002", None).digest == m.digest
