@@ -39,6 +39,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import batched_nms
 
 from .fast_decoder import decode_tokens, image_context, upscale_masks
+from .fast_encoder import encode
 
 
 @dataclass(frozen=True)
@@ -160,10 +161,14 @@ class FastMaskGenerator:
 
     @torch.no_grad()
     def embed(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Image embedding (1, C, g, g) and the resized input size (h, w), exactly as SamPredictor."""
+        """Image embedding (1, C, g, g) and the resized input size (h, w), as SamPredictor.
+
+        Same preprocessing and weights; the encoder's attention runs through SDPA
+        (:func:`pseudolabel.sam.fast_encoder.encode`, equal up to float rounding).
+        """
         resized = self.transform.apply_image(image)
         x = torch.as_tensor(resized, device=self.model.device).permute(2, 0, 1).contiguous()[None]
-        return self.model.image_encoder(self.model.preprocess(x)), tuple(x.shape[-2:])
+        return encode(self.model.image_encoder, self.model.preprocess(x)), tuple(x.shape[-2:])
 
     @staticmethod
     def _upsample(low: torch.Tensor, ry: BandedResize, rx: BandedResize) -> torch.Tensor:
