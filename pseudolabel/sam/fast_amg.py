@@ -3,18 +3,22 @@
 Same model, same grid, same thresholds, same survivors (for ``crop_n_layers=0`` and
 ``min_mask_region_area=0``), computed differently:
 
+* the image encoder runs the same weights with its attention through SDPA
+  (:mod:`pseudolabel.sam.fast_encoder`, equal up to float rounding);
 * the image embedding is computed once; grid points go through the prompt encoder and mask decoder
   in large batches (``multimask_output=True``, 3 masks per point, as the reference), with the
-  decoder's attention reassociated so shared and N-sized work is not repeated per prompt
-  (:mod:`pseudolabel.sam.fast_decoder`);
-* the predicted-IoU filter runs on the decoder output *before* any upsampling (the reference
-  upsamples all 3·B masks to full resolution first), so only survivors are upsampled;
+  decoder's prompt-independent work done once per image and its attention reassociated so
+  N-sized work is not repeated per prompt (:mod:`pseudolabel.sam.fast_decoder`);
+* the predicted-IoU filter runs on the decoder output *before* the upscaler: prompts whose three
+  masks all fail it are never upscaled, failing masks are never upsampled;
 * the two bilinear resizes of ``Sam.postprocess_masks`` (low-res → img_size², crop the padding,
-  → original size) are linear and separable, so they are fused into one matrix per axis:
-  ``full = Ry @ low @ Rx.T`` (a batched matmul instead of two large interpolations);
-* stability score, thresholding, boxes and box NMS (torchvision ``batched_nms``) are batched tensor
-  ops; masks stay boolean tensors (no RLE encode/decode in the hot path; the caller encodes only the
-  final kept masks for storage);
+  → original size) are linear and separable, so they are fused into one matrix per axis,
+  ``full = Ry @ low @ Rx.T``, and each matrix is applied as banded row blocks (a bilinear output
+  row reads 3 input rows; :class:`BandedResize`), on 2-D views with masks on the last axis;
+* stability counts (comparisons written as 0/1 floats and summed), boxes (from the logits' row /
+  column maxima: ``any(l > t) == max(l) > t``) and box NMS (torchvision ``batched_nms``) are
+  batched tensor ops; masks stay boolean tensors (no RLE encode/decode in the hot path; the caller
+  encodes only the final kept masks for storage);
 * ``output_size`` runs the whole post-processing in a smaller frame (e.g. 256 px longest side, as 4M
   tokenizes instances at 224²): the fused resize then targets that frame directly.
 
