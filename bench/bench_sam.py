@@ -1,11 +1,16 @@
 """Images/s of segment_anything's SamAutomaticMaskGenerator vs our FastMaskGenerator at equal settings.
 
-Runs on CPU (or CUDA with --device cuda). Models are random-init (tiny, and ViT-B-sized) so no weights
+Runs on CPU. Models are random-init (tiny, and ViT-B-sized) so no weights
 are needed; agreement (fraction of reference masks matched at IoU > 0.5, one-to-one, and mean IoU of
 matched masks) is printed next to each speed figure. The low-resolution mode is compared with the
 reference masks resized to its frame.
 
-    PYTHONPATH=. OMP_NUM_THREADS=2 python bench/bench_sam.py [--vitb-points 8] [--skip-vitb]
+    PYTHONPATH=. python bench/bench_sam.py --threads 1 [--vitb-points 8 16 32] [--skip-vitb] [--tiny-points]
+
+Each line also gives the embedding time of both generators (the reference's ``ImageEncoderViT``
+forward and ours, timed once per model on the first image) and the per-prompt cost after the
+embedding, ``(s/img - embedding) / points_per_side²``. Defaults take a few minutes; ViT-B at the
+paper's 32² grid (``--vitb-points 32``) takes ~9 minutes more on one thread, mostly the reference.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from segment_anything import SamAutomaticMaskGenerator
 
 from pseudolabel.sam.agreement import agreement
 from pseudolabel.sam.fast_amg import AmgSettings, FastMaskGenerator
+from pseudolabel.sam.fast_encoder import encode
 from pseudolabel.sam.model import build_sam
 from pseudolabel.sam.synthetic import shapes_image
 
@@ -44,6 +50,24 @@ def ref_masks(anns, shape):
     return np.stack([a["segmentation"] for a in anns]) if anns else np.zeros((0,) + shape, bool)
 
 
+_EMBED_TIMES: dict[int, tuple[float, float]] = {}
+
+
+def embed_times(model, image) -> tuple[float, float]:
+    """(reference, fast) seconds for one image embedding, measured once per model."""
+    if id(model) not in _EMBED_TIMES:
+        gen = FastMaskGenerator(model)
+        x = torch.as_tensor(gen.transform.apply_image(image)).permute(2, 0, 1).contiguous()[None]
+        x = model.preprocess(x)
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            model.image_encoder(x)
+            t1 = time.perf_counter()
+            encode(model.image_encoder, x)
+            _EMBED_TIMES[id(model)] = (t1 - t0, time.perf_counter() - t1)
+    return _EMBED_TIMES[id(model)]
+
+
 def run(label: str, model, imgs, settings: AmgSettings, low_size: int | None) -> None:
     ref_gen = SamAutomaticMaskGenerator(model, **settings.reference_kwargs())
     fast_gen = FastMaskGenerator(model, settings)
@@ -57,9 +81,13 @@ def run(label: str, model, imgs, settings: AmgSettings, low_size: int | None) ->
         fr.append(a), mi.append(b)
         n_ref, n_fast = n_ref + len(rm), n_fast + len(f)
     n = len(imgs)
+    e_ref, e_fast = embed_times(model, imgs[0])
+    prompts = settings.points_per_side ** 2
     print(f"{label}: {n} image(s) {imgs[0].shape[1]}x{imgs[0].shape[0]}, points_per_side={settings.points_per_side}")
-    print(f"  reference  {n / t_ref:8.4f} img/s  ({t_ref / n:7.2f} s/img)  masks {n_ref}")
+    print(f"  reference  {n / t_ref:8.4f} img/s  ({t_ref / n:7.2f} s/img)  masks {n_ref}  "
+          f"embedding {e_ref:6.2f} s  per prompt {(t_ref / n - e_ref) / prompts * 1000:7.2f} ms")
     print(f"  fast       {n / t_fast:8.4f} img/s  ({t_fast / n:7.2f} s/img)  masks {n_fast}  "
+          f"embedding {e_fast:6.2f} s  per prompt {(t_fast / n - e_fast) / prompts * 1000:7.2f} ms  "
           f"speed-up {t_ref / t_fast:5.2f}x  matched {np.mean(fr):.4f}  mean IoU {np.mean(mi):.4f}")
     if low_size:
         low = AmgSettings(**{**settings.__dict__, "output_size": low_size})

@@ -3,18 +3,22 @@
 Same model, same grid, same thresholds, same survivors (for ``crop_n_layers=0`` and
 ``min_mask_region_area=0``), computed differently:
 
+* the image encoder runs the same weights with its attention through SDPA
+  (:mod:`pseudolabel.sam.fast_encoder`, equal up to float rounding);
 * the image embedding is computed once; grid points go through the prompt encoder and mask decoder
   in large batches (``multimask_output=True``, 3 masks per point, as the reference), with the
-  decoder's attention reassociated so shared and N-sized work is not repeated per prompt
-  (:mod:`pseudolabel.sam.fast_decoder`);
-* the predicted-IoU filter runs on the decoder output *before* any upsampling (the reference
-  upsamples all 3·B masks to full resolution first), so only survivors are upsampled;
+  decoder's prompt-independent work done once per image and its attention reassociated so
+  N-sized work is not repeated per prompt (:mod:`pseudolabel.sam.fast_decoder`);
+* the predicted-IoU filter runs on the decoder output *before* the upscaler: prompts whose three
+  masks all fail it are never upscaled, failing masks are never upsampled;
 * the two bilinear resizes of ``Sam.postprocess_masks`` (low-res → img_size², crop the padding,
-  → original size) are linear and separable, so they are fused into one matrix per axis:
-  ``full = Ry @ low @ Rx.T`` (a batched matmul instead of two large interpolations);
-* stability score, thresholding, boxes and box NMS (torchvision ``batched_nms``) are batched tensor
-  ops; masks stay boolean tensors (no RLE encode/decode in the hot path; the caller encodes only the
-  final kept masks for storage);
+  → original size) are linear and separable, so they are fused into one matrix per axis,
+  ``full = Ry @ low @ Rx.T``, and each matrix is applied as banded row blocks (a bilinear output
+  row reads 3 input rows; :class:`BandedResize`), on 2-D views with masks on the last axis;
+* stability counts (comparisons written as 0/1 floats and summed), boxes (from the logits' row /
+  column maxima: ``any(l > t) == max(l) > t``) and box NMS (torchvision ``batched_nms``) are
+  batched tensor ops; masks stay boolean tensors (no RLE encode/decode in the hot path; the caller
+  encodes only the final kept masks for storage);
 * ``output_size`` runs the whole post-processing in a smaller frame (e.g. 256 px longest side, as 4M
   tokenizes instances at 224²): the fused resize then targets that frame directly.
 
@@ -38,7 +42,8 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import batched_nms
 
-from .fast_decoder import decode_points
+from .fast_decoder import decode_tokens, image_context, upscale_masks
+from .fast_encoder import encode
 
 
 @dataclass(frozen=True)
@@ -106,19 +111,48 @@ def resize_operator(low: int, size: int, valid: int, out: int) -> torch.Tensor:
     return down[:, 0, :, 0].T.contiguous()
 
 
-def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """(N, h, w) bool -> (N, 4) float [x0, y0, x1, y1] inclusive extents; zeros for empty masks."""
-    n, h, w = masks.shape
-    if n == 0:
-        return torch.zeros(0, 4)
-    rows, cols = masks.any(dim=2), masks.any(dim=1)  # (N, h), (N, w)
-    ar_h, ar_w = torch.arange(h), torch.arange(w)
+class BandedResize:
+    """A resize matrix (out, low) applied as blocks of output rows times the few input rows they read.
+
+    Each output row of :func:`resize_operator` has at most 3–4 nonzero taps in a contiguous band,
+    so a dense ``R @ X`` spends almost all of its multiply-adds on zeros. ``apply(x, out)`` computes
+    ``out = R @ x`` for a 2-D ``x`` (low, M) block by block (``block`` output rows, each reading only
+    its band of input rows), writing into contiguous row slices of ``out`` (out, M). Equal to the
+    dense product up to float summation order (the skipped terms are exact zeros).
+    """
+
+    def __init__(self, matrix: torch.Tensor, block: int = 32) -> None:
+        self.shape = tuple(matrix.shape)
+        self.blocks = []
+        for o0 in range(0, matrix.shape[0], block):
+            o1 = min(matrix.shape[0], o0 + block)
+            cols = matrix[o0:o1].ne(0).any(0).nonzero().flatten()
+            lo, hi = (int(cols.min()), int(cols.max()) + 1) if len(cols) else (0, 1)
+            self.blocks.append((o0, o1, lo, hi, matrix[o0:o1, lo:hi].contiguous()))
+
+    def apply(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        for o0, o1, lo, hi, m in self.blocks:
+            torch.mm(m, x[lo:hi], out=out[o0:o1])
+        return out
+
+
+def _boxes(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Inclusive xyxy extents from per-mask row / column occupancy (N, h), (N, w); zeros if empty."""
+    h, w = rows.shape[1], cols.shape[1]
+    ar_h, ar_w = torch.arange(h, device=rows.device), torch.arange(w, device=rows.device)
     y1 = torch.where(rows, ar_h, -1).amax(1)
     x1 = torch.where(cols, ar_w, -1).amax(1)
     y0 = torch.where(rows, ar_h, h).amin(1)
     x0 = torch.where(cols, ar_w, w).amin(1)
     boxes = torch.stack([x0, y0, x1, y1], dim=1)
     return torch.where((y1 >= 0)[:, None], boxes, 0).float()
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """(N, h, w) bool -> (N, 4) float [x0, y0, x1, y1] inclusive extents; zeros for empty masks."""
+    if masks.shape[0] == 0:
+        return torch.zeros(0, 4)
+    return _boxes(masks.any(dim=2), masks.any(dim=1))
 
 
 class FastMaskGenerator:
@@ -131,10 +165,26 @@ class FastMaskGenerator:
 
     @torch.no_grad()
     def embed(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Image embedding (1, C, g, g) and the resized input size (h, w), exactly as SamPredictor."""
+        """Image embedding (1, C, g, g) and the resized input size (h, w), as SamPredictor.
+
+        Same preprocessing and weights; the encoder's attention runs through SDPA
+        (:func:`pseudolabel.sam.fast_encoder.encode`, equal up to float rounding).
+        """
         resized = self.transform.apply_image(image)
         x = torch.as_tensor(resized, device=self.model.device).permute(2, 0, 1).contiguous()[None]
-        return self.model.image_encoder(self.model.preprocess(x)), tuple(x.shape[-2:])
+        return encode(self.model.image_encoder, self.model.preprocess(x)), tuple(x.shape[-2:])
+
+    @staticmethod
+    def _upsample(low: torch.Tensor, ry: BandedResize, rx: BandedResize) -> torch.Tensor:
+        """``Ry @ low @ Rxᵀ`` for (n, l, l) logits, returned as (out_w, out_h, n).
+
+        Both products are banded row-block matmuls on 2-D views with the contracted axis leading:
+        the y pass on (l_y, n·l_x), one transpose, the x pass on (l_x, out_h·n).
+        """
+        n, l, _ = low.shape
+        t = ry.apply(low.permute(1, 0, 2).reshape(l, n * l), low.new_empty(ry.shape[0], n * l))  # (out_h, n·l)
+        t = t.view(-1, n, l).permute(2, 0, 1).reshape(l, -1)  # (l_x, out_h·n)
+        return rx.apply(t, low.new_empty(rx.shape[0], t.shape[1])).view(rx.shape[0], ry.shape[0], n)
 
     @torch.no_grad()
     def generate(self, image: np.ndarray) -> MaskSet:
@@ -147,33 +197,54 @@ class FastMaskGenerator:
             max(1, round(orig_h * scale)), max(1, round(orig_w * scale)))
         size = model.image_encoder.img_size
         low = size // 4  # the decoder's mask grid: 4x the embedding grid
-        ry = resize_operator(low, size, in_h, out_h).to(emb.device)
-        rx = resize_operator(low, size, in_w, out_w).to(emb.device)
+        ry = BandedResize(resize_operator(low, size, in_h, out_h).to(emb.device))
+        rx = BandedResize(resize_operator(low, size, in_w, out_w).to(emb.device))
 
         grid = point_grid(s.points_per_side) * np.array([orig_w, orig_h])[None]  # original pixels
         prompts = torch.as_tensor(self.transform.apply_coords(grid, (orig_h, orig_w)), dtype=torch.float,
                                   device=emb.device)
         grid_t = torch.as_tensor(grid, dtype=torch.float)
         thr = model.mask_threshold
-        kept: dict[str, list[torch.Tensor]] = {k: [] for k in ("masks", "iou", "stab", "points")}
+        kept: dict[str, list[torch.Tensor]] = {k: [] for k in ("masks", "boxes", "iou", "stab", "points")}
+        buf = torch.empty(s.upsample_chunk * out_h * out_w, device=emb.device)
+        ctx = image_context(model, emb)  # prompt-independent decoder work, once per image
         for start in range(0, len(prompts), s.points_per_batch):
             pts = prompts[start:start + s.points_per_batch, None, :]  # (B, 1, 2)
-            low_masks, iou = decode_points(model, emb, pts)  # (B, 3, low, low), (B, 3)
-            low_masks, iou = low_masks.flatten(0, 1), iou.flatten(0, 1)
-            src_points = grid_t[start:start + s.points_per_batch].repeat_interleave(3, dim=0)
-            # Predicted-IoU filter first: it does not depend on the upsampled masks.
+            iou, mask_tokens, keys = decode_tokens(model, ctx, pts)  # (B, 3), (B, 3, C), (B, N, C)
+            # Predicted-IoU filter first: it does not depend on the masks, so prompts whose three
+            # masks all fail it skip the upscaler, and failing masks are never upsampled.
             keep = iou > s.pred_iou_thresh if s.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
-            low_masks, iou, src_points = low_masks[keep], iou[keep], src_points[keep.cpu()]
+            alive = keep.any(1)
+            if not bool(alive.any()):
+                continue
+            src_points = grid_t[start:start + s.points_per_batch]
+            if not bool(alive.all()):  # (boolean indexing copies, so only when something is dropped)
+                mask_tokens, keys, iou, keep, src_points = (mask_tokens[alive], keys[alive], iou[alive],
+                                                            keep[alive], src_points[alive.cpu()])
+            low_masks = upscale_masks(model, mask_tokens, keys, ctx.grid).flatten(0, 1)  # (3b, low, low)
+            iou, keep, src_points = iou.flatten(), keep.flatten(), src_points.repeat_interleave(3, dim=0)
+            if not bool(keep.all()):
+                low_masks, iou, src_points = low_masks[keep], iou[keep], src_points[keep.cpu()]
             for c in range(0, len(iou), s.upsample_chunk):
-                logits = ry @ low_masks[c:c + s.upsample_chunk] @ rx.T  # (n, out_h, out_w)
-                # float sums of the comparisons are ~2x faster than count_nonzero / bool sums on CPU
-                # and exact for counts below 2**24 (images up to ~16 Mpx).
-                hi = (logits > thr + s.stability_score_offset).flatten(1).float().sum(1)
-                lo = (logits > thr - s.stability_score_offset).flatten(1).float().sum(1)
+                chunk = low_masks[c:c + s.upsample_chunk]
+                logits = self._upsample(chunk, ry, rx)  # (out_w, out_h, n): masks on the last axis
+                n = chunk.shape[0]
+                # Stability counts: comparisons written as 0/1 floats and summed (exact below 2**24
+                # pixels; ~4x faster on CPU than summing bools), reduced over the pixel axes.
+                flat = logits.view(-1, n)
+                hi = torch.gt(flat, thr + s.stability_score_offset, out=buf[:flat.numel()].view(-1, n)).sum(0)
+                lo = torch.gt(flat, thr - s.stability_score_offset, out=buf[:flat.numel()].view(-1, n)).sum(0)
                 stab = hi / lo
                 ok = stab >= s.stability_score_thresh if s.stability_score_thresh > 0.0 else \
                     torch.ones_like(stab, dtype=torch.bool)
-                kept["masks"].append(logits[ok] > thr)
+                idx = ok.nonzero().flatten()
+                if len(idx) == 0:
+                    continue
+                # Occupied rows / columns from the logits' maxima (any(l > t) == max(l) > t): a
+                # reduction over the leading axes, vectorised over masks.
+                rows, cols = logits.amax(0)[:, idx] > thr, logits.amax(1)[:, idx] > thr  # (out_h, k), (out_w, k)
+                kept["boxes"].append(_boxes(rows.T, cols.T))
+                kept["masks"].append((logits > thr).permute(2, 1, 0)[idx])  # (k, out_h, out_w)
                 kept["iou"].append(iou[c:c + s.upsample_chunk][ok])
                 kept["stab"].append(stab[ok])
                 kept["points"].append(src_points[c:c + s.upsample_chunk][ok.cpu()])
@@ -181,7 +252,7 @@ class FastMaskGenerator:
         iou = torch.cat(kept["iou"]) if kept["iou"] else torch.zeros(0)
         stab = torch.cat(kept["stab"]) if kept["stab"] else torch.zeros(0)
         points = torch.cat(kept["points"]) if kept["points"] else torch.zeros(0, 2)
-        boxes = masks_to_boxes(masks)
+        boxes = torch.cat(kept["boxes"]) if kept["boxes"] else torch.zeros(0, 4)
         order = batched_nms(boxes, iou.float(), torch.zeros(len(boxes), dtype=torch.long),
                             iou_threshold=s.box_nms_thresh)
         return MaskSet(masks=masks[order], boxes=boxes[order], iou_preds=iou[order], stability=stab[order],

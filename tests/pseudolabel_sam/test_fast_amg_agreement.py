@@ -72,3 +72,19 @@ def test_point_grid_and_boxes_match_reference_helpers():
     masks = torch.as_tensor(rng.random((5, 9, 11)) > 0.9)
     masks[2] = False  # empty mask -> zero box in both
     np.testing.assert_array_equal(masks_to_boxes(masks).numpy(), batched_mask_to_box(masks).float().numpy())
+
+
+def test_banded_upsample_equals_postprocess_masks():
+    """The banded separable resize equals Sam.postprocess_masks' two bilinear interpolations."""
+    import torch.nn.functional as F
+
+    from pseudolabel.sam.fast_amg import BandedResize, resize_operator
+
+    low = torch.randn(5, 64, 64, generator=torch.Generator().manual_seed(0))
+    in_h, in_w, out_h, out_w = 192, 256, 181, 241  # input frame 256², padded; odd original size
+    ref = F.interpolate(low[:, None], (256, 256), mode="bilinear", align_corners=False)[..., :in_h, :in_w]
+    ref = F.interpolate(ref, (out_h, out_w), mode="bilinear", align_corners=False)[:, 0]
+    ry, rx = (BandedResize(resize_operator(64, 256, in_h, out_h), block=16),
+              BandedResize(resize_operator(64, 256, in_w, out_w), block=16))
+    out = FastMaskGenerator._upsample(low, ry, rx)  # (out_w, out_h, n)
+    torch.testing.assert_close(out.permute(2, 1, 0), ref, atol=1e-5, rtol=1e-5)
