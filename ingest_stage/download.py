@@ -137,7 +137,7 @@ class Downloader:
                 if status != 200 and status != 203:
                     raise SampleFailure(f"http_{status}", f"HTTP {status} from {current}")
                 data = self._read_body(resp, current)
-                resp.release_conn()  # read to the end: the connection goes back to the pool for the next URL
+                resp.release_conn()  # read to the end: the connection goes back to the pool (urllib3 did so at EOF)
                 resp = None
                 return data, current
             except (NewConnectionError, ConnectTimeoutError) as exc:  # refused, unreachable, connect timeout
