@@ -1,6 +1,6 @@
 """Downloader benchmark: images/s end to end (HTTP fetch + decode + resize + encode) vs decode+resize alone.
 
-    PYTHONPATH=. python bench/bench_downloader.py [--n 300] [--concurrency 8 32] [--repeats 3] [--no-pin]
+    PYTHONPATH=. python bench/bench_downloader.py [--n 300] [--concurrency 8 16 32] [--repeats 5] [--no-pin]
 
 A loopback HTTP server in a separate process serves a few hundred real-size JPEGs (640x480 to 1024x768,
 made from scikit-image's photos with random crops, flips and colour jitter). "decode+resize alone" runs
