@@ -20,6 +20,7 @@ class Routes:
         self.lock = threading.Lock()
         self.delay_s = 0.0  # extra delay for /slowok/ routes (the kill test)
         self.drips_completed = 0  # /drip.jpg bodies sent to the end
+        self.peers: list[tuple[str, int]] = []  # client address of each request: one per connection when kept alive
 
     def add(self, path: str, body: bytes, status: int = 200, ctype: str = "image/jpeg", **headers: str) -> None:
         self.static[path] = (status, {"Content-Type": ctype, **headers}, body)
@@ -48,6 +49,7 @@ def _handler(routes: Routes) -> type[BaseHTTPRequestHandler]:
             base = path.split("?")[0]
             with routes.lock:
                 routes.hits[path] += 1
+                routes.peers.append(self.client_address[:2])
                 n = routes.hits[path]
             try:
                 if base == "/flaky.jpg":  # 500 on the first request of each distinct URL, then the image

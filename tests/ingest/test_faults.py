@@ -158,3 +158,22 @@ def test_retry_then_success_and_backoff(http_server):
         with pytest.raises(Exception) as err:
             dl.fetch(http_server.url("/missing.jpg?t=backoff"))
         assert err.value.reason == "http_404" and sleeps == []  # 4xx is final: no retry
+
+
+def test_connections_are_kept_alive(http_server):
+    """A body read to the end hands its connection back for the next URL (a TCP connect per image would cost
+    CPU and latency); a body refused unread (too large) drops its connection, and the next URL gets a new one."""
+    from fourm_core.config import DownloadConfig
+    from ingest_stage.download import Downloader
+
+    routes = http_server.routes
+    with Downloader(DownloadConfig(**{**FAST_DOWNLOAD, "concurrency": 1})) as dl:
+        start = len(routes.peers)
+        for i in range(5):
+            dl.fetch(http_server.url(f"/ok.jpg?t=keepalive{i}"))
+        assert len(set(routes.peers[start:])) == 1
+        with pytest.raises(Exception) as err:
+            dl.fetch(http_server.url("/huge.jpg?t=keepalive"))  # Content-Length over the cap: never read
+        assert err.value.reason == "too_large"
+        assert dl.fetch(http_server.url("/ok.jpg?t=keepalive-after")).attempts == 1
+        assert len(set(routes.peers[start:])) == 2
