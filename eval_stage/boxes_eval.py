@@ -95,8 +95,6 @@ def _read_refs(store: ArtifactStore, dataset: str, shards: list[int], keys: set[
 
 def plan_boxes(store: ArtifactStore, cfg: EvalConfig, plan: "_Plan") -> BoxPlan | None:
     """The boxes task's plan when ``det`` is a target, or None with a note in ``plan.notes``."""
-    from .evaluation import _crops
-
     if MODALITY not in cfg.targets:
         return None
     if MODALITY not in plan.domains_out:
@@ -105,8 +103,8 @@ def plan_boxes(store: ArtifactStore, cfg: EvalConfig, plan: "_Plan") -> BoxPlan 
     if MODALITY not in plan.tokens:
         plan.notes.append(f"target det: no det token shards of {cfg.dataset} in shards {plan.shards}; skipped")
         return None
-    token_manifest = next((store.read_manifest(cfg.dataset, "tokens/det", s) for s in plan.shards
-                           if store.read_manifest(cfg.dataset, "tokens/det", s) is not None), None)
+    token_manifest = next((m for m in (store.read_manifest(cfg.dataset, "tokens/det", s) for s in plan.shards)
+                           if m is not None), None)
     if token_manifest is None or token_manifest.ingredients.model is None:
         plan.notes.append("target det: its token shards name no text tokenizer; skipped")
         return None
@@ -120,8 +118,7 @@ def plan_boxes(store: ArtifactStore, cfg: EvalConfig, plan: "_Plan") -> BoxPlan 
         return None
     fit: dict[str, list[list]] = {r: [] for r in refs}
     for d, shards in plan.fit_shards.items():
-        crops = _crops(store, d, shards, inputs)
-        got = _read_refs(store, d, shards, None, crops, inputs)
+        got = _read_refs(store, d, shards, None, plan.fit_crops.get(d, {}), inputs)
         for r in refs:
             fit[r].extend(got[r][k] for k in sorted(got[r])[: cfg.baseline_samples - len(fit[r])])
     plan.inputs.extend(inputs)

@@ -347,7 +347,7 @@ def _fit_references(store: ArtifactStore, plan: "_Plan", modality: str, target: 
             arrays = _ground_truth(store, d, GT_COLUMNS[target], None, shards, scratch)
         else:
             arrays = {}
-        crops = _crops(store, d, shards, scratch) if arrays else {}
+        crops = plan.fit_crops.get(d, {})
         for k in sorted(arrays)[: limit - len(out)]:
             out.append(prepare_reference(target, arrays[k], crops.get(k, Crop((0.0, 0.0, 1.0, 1.0), False)), size))
     return torch.stack(out) if out else None
@@ -519,24 +519,25 @@ class _Plan:
 
         # the baseline is fitted on the checkpoint's own training samples ("the training-set mean depth /
         # majority class"): the leading shards of its token inputs, up to cfg.baseline_samples samples
-        self.fit_shards: dict[str, list[int]] = {}
-        by_ds: dict[str, dict[int, int]] = {}
+        # (only the manifests of the shards taken are read: a production run trained on thousands)
+        trained_tokens: dict[str, dict[int, str]] = {}  # dataset -> shard -> one token artifact of it
         for r in ckpt.ingredients.inputs:
             if r.shard is not None and r.artifact.startswith("tokens/tok_"):
-                m = store.read_manifest(r.dataset, r.artifact, r.shard)
-                rows = by_ds.setdefault(r.dataset, {})
-                rows[r.shard] = max(rows.get(r.shard, 0), m.rows if m is not None else 0)
+                trained_tokens.setdefault(r.dataset, {}).setdefault(r.shard, r.artifact)
+        self.fit_shards: dict[str, list[int]] = {}
+        self.fit_crops: dict[str, dict[str, Any]] = {}  # dataset -> key -> crop 0 of the fit samples
         budget = cfg.baseline_samples
-        for d, rows in sorted(by_ds.items()):
-            for s in sorted(rows):
+        for d, arts in sorted(trained_tokens.items()):
+            for s in sorted(arts):
                 if budget <= 0:
                     break
                 self.fit_shards.setdefault(d, []).append(s)
-                budget -= rows[s]
+                m = store.read_manifest(d, arts[s], s)
+                budget -= m.rows if m is not None else 0
         for d, shards in self.fit_shards.items():
+            self.fit_crops[d] = _crops(store, d, shards, self.inputs)
             for s in shards:
-                parts = [label_artifact(get_modality(t).label) for t in self.targets] + [GT_ARTIFACT, "tokens/_crops"]
-                for art in parts:
+                for art in [label_artifact(get_modality(t).label) for t in self.targets] + [GT_ARTIFACT]:
                     m = store.read_manifest(d, art, s)
                     if m is not None and (art != GT_ARTIFACT or m.rows):
                         self.inputs.append(m)

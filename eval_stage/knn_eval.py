@@ -53,12 +53,10 @@ def labels_of(store: ArtifactStore, dataset: str, column: str, shards: list[int]
     out: dict[str, str] = {}
     for s in shards:
         m = store.read_manifest(dataset, GT_ARTIFACT, s)
-        if m is None or not m.rows:
-            continue
-        t = store.read_table(dataset, GT_ARTIFACT, s)
-        if column not in t.column_names:
+        if m is None or not m.rows or column not in m.schema_:
             continue
         inputs.append(m)
+        t = store.read_table(dataset, GT_ARTIFACT, s, columns=["sample_key", column])
         for k, v in zip(t.column("sample_key").to_pylist(), t.column(column).to_pylist()):
             if v is not None:
                 out[k] = str(v)
@@ -123,8 +121,7 @@ def _stack(rows: dict[str, np.ndarray], keys: list[str]) -> torch.Tensor:
 def knn_rows(model, tokenizer, cfg: EvalConfig, plan: "_Plan", kp: KnnPlan) -> tuple[list[dict[str, Any]], int]:
     """The kNN task's result rows (top-1 / top-5 in %) and the number of out-of-vocabulary ids clamped."""
     from .generate import TargetStep
-    from .metrics import knn_topk_accuracy
-    from .retrieval import embed_tokens, predict_global_tokens
+    from .retrieval import Gallery, embed_tokens, predict_global_tokens
 
     spec = cfg.knn
     assert spec is not None
@@ -146,8 +143,8 @@ def knn_rows(model, tokenizer, cfg: EvalConfig, plan: "_Plan", kp: KnnPlan) -> t
     ql, gl = torch.tensor(kp.query_labels), torch.tensor(kp.gallery_labels)
     C = len(kp.classes)
     k = min(spec.k, len(kp.gallery_keys))
-    model_acc = knn_topk_accuracy(q_pred, ql, g_pred, gl, C, k, spec.temperature)
-    bound_acc = knn_topk_accuracy(q_bound, ql, g_bound, gl, C, k, spec.temperature)
+    model_acc = Gallery(g_pred, kp.gallery_keys, gl).knn_accuracy(q_pred, ql, C, k, spec.temperature)
+    bound_acc = Gallery(g_bound, kp.gallery_keys, gl).knn_accuracy(q_bound, ql, C, k, spec.temperature)
     # baseline: rank classes by their frequency in the gallery (ties to the lower id)
     ranked = torch.sort(torch.bincount(gl, minlength=C), descending=True, stable=True).indices
     base = {f"top{t}": float((ranked[:t][None] == ql[:, None]).any(1).double().mean() * 100) for t in (1, 5)}
