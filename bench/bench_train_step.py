@@ -2,10 +2,15 @@
 
     PYTHONPATH=. python bench/bench_train_step.py --size tiny --batch 8 --steps 5
     PYTHONPATH=. python bench/bench_train_step.py --size B --batch 2 --steps 2
+    PYTHONPATH=. python bench/bench_train_step.py --size B --device cuda --compile --batch 64 --steps 20
+    PYTHONPATH=. python bench/bench_train_step.py --size B --device cuda --compile --max-batch
 
 CPU by default (fp32; MFU against --peak-flops, default 80 GFLOP/s per thread). On a GPU
-(--device cuda) it uses bf16 autocast and --peak-flops 989e12 (H100 dense bf16) unless given.
-Batches come from the real masking (4M-21 mixture, 256/256 budgets) on random tokens.
+(--device cuda) it uses bf16 autocast and --peak-flops 989e12 (H100 dense bf16) unless given, and
+prints the peak memory. --compile compiles each transformer block (what ``compile: true`` does in
+training). --max-batch searches the largest per-device batch whose full step (forward, backward, AdamW)
+fits, then measures at that batch. Batches come from the real masking (4M-21 mixture, 256/256 budgets)
+on random tokens.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import time
 
 import torch
 
+from train_stage.capacity import fits_in_memory, largest_fitting
 from train_stage.flops import PEAK_FLOPS, train_step_flops
 from train_stage.masking import Masker
 from train_stage.mixture import load_mixture
@@ -31,7 +37,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--peak-flops", type=float, default=None)
-    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="compile each transformer block (compile: true)")
+    ap.add_argument("--max-batch", action="store_true", help="GPU: find the largest batch that fits, bench at it")
     ap.add_argument("--optim", default="adamw", choices=["adamw", "none"],
                     help="none: forward + backward only (B on a small CPU box: AdamW state would need ~13 GB)")
     args = ap.parse_args()
@@ -40,28 +47,48 @@ def main() -> None:
     mix = load_mixture("4m21")
     cfg = preset(args.size, "4m21")
     model = FourM(cfg).to(dev)
-    fwd = torch.compile(model) if args.compile else model
+    if args.compile:
+        model.compile_blocks()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev.type == "cuda") if args.optim == "adamw" else None
     masker = Masker(mix)
-    g = torch.Generator().manual_seed(0)
-    batches = [masker(random_raw_batch(mix.modalities, args.batch, g, t5_dim=4096), g).to(dev)
-               for _ in range(min(args.steps, 3))]
-    peak = args.peak_flops or (PEAK_FLOPS["cpu-fp32-core"] * args.threads if dev.type == "cpu"
-                               else PEAK_FLOPS["cuda-bf16-h100"])
-    times = []
-    for i in range(args.warmup + args.steps):
-        b = batches[i % len(batches)]
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+
+    def make_batches(batch_size: int, n: int) -> list:
+        g = torch.Generator().manual_seed(0)
+        return [masker(random_raw_batch(mix.modalities, batch_size, g, t5_dim=4096), g).to(dev) for _ in range(n)]
+
+    def step(b) -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            loss = fwd(b).loss
+            loss = model(b).loss
         loss.backward()
         if opt is not None:
             opt.step()
             opt.zero_grad(set_to_none=True)
         else:
             model.zero_grad(set_to_none=True)
+
+    if args.max_batch:
+        if dev.type != "cuda":
+            raise SystemExit("--max-batch needs --device cuda: a CPU process is killed, not told, when it runs out")
+
+        def probe_step(n: int) -> None:
+            step(make_batches(n, 1)[0])
+            torch.cuda.synchronize()
+
+        args.batch = largest_fitting(fits_in_memory(probe_step), start=8)
+        print(f"largest batch that fits (forward + backward + {args.optim}): {args.batch}")
+        if args.batch == 0:
+            return
+    batches = make_batches(args.batch, min(args.steps, 3))
+    peak = args.peak_flops or (PEAK_FLOPS["cpu-fp32-core"] * args.threads if dev.type == "cpu"
+                               else PEAK_FLOPS["cuda-bf16-h100"])
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(args.warmup + args.steps):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step(batches[i % len(batches)])
         if dev.type == "cuda":
             torch.cuda.synchronize()
         if i >= args.warmup:
@@ -85,6 +112,9 @@ def main() -> None:
           f"samples/s {args.batch / step:.2f}")
     print(f"FLOPs/step {flops / 1e9:.1f} G, achieved {flops / step / 1e9:.1f} GFLOP/s, "
           f"MFU {flops / step / peak:.1%} of {peak / 1e9:.0f} GFLOP/s")
+    if dev.type == "cuda":
+        print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB of "
+              f"{torch.cuda.get_device_properties(dev).total_memory / 2**30:.1f} GiB")
 
 
 if __name__ == "__main__":

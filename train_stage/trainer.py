@@ -188,11 +188,12 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.d = dist_info or init_distributed()
         self.model = build_model(cfg).to(self.d.device)
+        if cfg.compile:  # before wrapping: FSDP2 shards the compiled blocks, names unchanged
+            self.model.compile_blocks()
         self.masker = build_masker(cfg, model_modalities(self.model))
         self.stream = build_stream(cfg, store, self.masker, self.d.rank, self.d.world)
         self.loader = ResumableLoader(self.stream, cfg.num_workers)
         self.wrapped = wrap_model(self.model, cfg, self.d)
-        self.forward = torch.compile(self.wrapped) if cfg.compile else self.wrapped
         global_batch = cfg.batch_size * cfg.grad_accum * self.d.world
         self.peak_lr = cfg.blr * global_batch / 256
         self.opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=self.peak_lr, betas=cfg.betas,
@@ -265,7 +266,7 @@ class Trainer:
     def _micro(self, batch: MaskedBatch):
         batch = batch.to(self.d.device, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            return self.forward(batch)
+            return self.wrapped(batch)
 
     def train_step(self) -> dict[str, Any]:
         cfg = self.cfg

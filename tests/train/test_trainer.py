@@ -94,19 +94,19 @@ def test_no_weight_decay_on_norms_biases_embeddings():
 def test_non_finite_loss_is_skipped(shard_store):
     t = Trainer(make_cfg(), shard_store, dist_info=Dist())
     before = params(t.model)
-    real = t.forward
+    real = t.wrapped
 
     def nan_forward(batch):
         out = real(batch)
         out.loss = out.loss * float("nan")
         return out
 
-    t.forward = nan_forward
+    t.wrapped = nan_forward
     rec = t.train_step()
     assert rec["skipped"] and t.skipped == 1
     for k, v in params(t.model).items():
         assert torch.equal(v, before[k]), k
-    t.forward = real
+    t.wrapped = real
     assert not t.train_step()["skipped"]
 
 

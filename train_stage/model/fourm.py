@@ -83,6 +83,16 @@ class FourM(nn.Module):
         return {f"decoder_embeddings.{m}.mod_emb": f"encoder_embeddings.{m}.mod_emb"
                 for m in self.decoder_embeddings if m in self.encoder_embeddings}
 
+    def compile_blocks(self, **options) -> None:
+        """Compile each transformer block in place (``nn.Module.compile``), torchtitan-style.
+
+        The blocks carry almost all FLOPs and have static shapes (the masker's fixed token counts), so
+        one encoder and one decoder graph serve every layer; the per-modality embedding and loss loops
+        (boolean selections with data-dependent sizes) stay eager instead of breaking or recompiling a
+        whole-model graph. Parameter names are unchanged, so checkpoints and FSDP2 sharding are too."""
+        for block in list(self.encoder) + list(self.decoder):
+            block.compile(fullgraph=True, **options)
+
     # ------------------------------------------------------------------------------------ embedding
 
     def _embed(self, modules: nn.ModuleDict, tokens: torch.Tensor, positions: torch.Tensor, modality: torch.Tensor,
