@@ -10,6 +10,7 @@ tokens for sequences, §9).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Callable
 
 import torch
 
@@ -49,15 +50,21 @@ class MaskedBatch:
     def batch_size(self) -> int:
         return self.enc_tokens.shape[0]
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "MaskedBatch":
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "MaskedBatch":
+        """A new batch with ``fn`` applied to every tensor (including those in ``pixels`` / ``embeddings``)."""
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, dict):
-                out[f.name] = {k: t.to(device, non_blocking=non_blocking) for k, t in v.items()}
-            else:
-                out[f.name] = v.to(device, non_blocking=non_blocking)
+            out[f.name] = {k: fn(t) for k, t in v.items()} if isinstance(v, dict) else fn(v)
         return MaskedBatch(**out)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "MaskedBatch":
+        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "MaskedBatch":
+        """Page-locked copy; ``DataLoader(pin_memory=True)`` calls this, so ``to(cuda, non_blocking=True)``
+        overlaps the copy with compute."""
+        return self.map(torch.Tensor.pin_memory)
 
     def n_tokens(self) -> int:
         """Encoder + decoder tokens that carry information (the unit of the §6 token schedule)."""

@@ -307,7 +307,9 @@ class ResumableLoader:
         if self._it is None:
             self.stream.start_batch = self.next_batch
             kw = dict(prefetch_factor=self.prefetch_factor, persistent_workers=False) if self.num_workers else {}
-            self._it = iter(DataLoader(self.stream, batch_size=None, num_workers=self.num_workers, **kw))
+            # pinned host batches let the trainer's non-blocking copy to the GPU overlap with compute
+            self._it = iter(DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
+                                       pin_memory=torch.cuda.is_available(), **kw))
         batch = next(self._it)
         self.next_batch += 1
         return batch

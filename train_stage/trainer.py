@@ -275,29 +275,32 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
-        n_tok = torch.zeros((), dtype=torch.float64)
-        loss_sum = torch.zeros(())
-        mod_loss = torch.zeros(len(self.model.config.domains_out))
-        mod_count = torch.zeros(len(self.model.config.domains_out))
+        # loss statistics stay on the device until the step ends: one host sync per step, not per micro-batch
+        dev, M = self.d.device, len(self.model.config.domains_out)
+        loss_sum = torch.zeros((), device=dev)
+        mod_loss = torch.zeros(M, device=dev)
+        mod_count = torch.zeros(M, device=dev)
         n_in = n_out = 0.0
         head = 0.0
         for _ in range(cfg.grad_accum):
-            batch = next(self.loader)
+            batch = next(self.loader)  # host tensors: the token counts below need no device sync
             out = self._micro(batch)
             (out.loss / cfg.grad_accum).backward()
-            loss_sum += out.loss.detach().float().cpu() / cfg.grad_accum
-            present = (out.modality_counts > 0).float().cpu()
-            mod_loss += out.modality_losses.float().cpu() * present
+            loss_sum += out.loss.detach().float() / cfg.grad_accum
+            present = (out.modality_counts > 0).float()
+            mod_loss += out.modality_losses.float() * present
             mod_count += present
             n_in += float(batch.enc_valid.sum())
             n_out += float(batch.dec_valid.sum())
             head += self._head_vocab_tokens(batch)
-        n_tok += n_in + n_out
+        n_tok = torch.tensor(n_in + n_out, dtype=torch.float64)
         if self.d.world > 1:  # token counts and loss are global
-            stats = torch.cat([n_tok.float().view(1), loss_sum.view(1)]).to(self.d.device)
+            stats = torch.cat([n_tok.float().view(1).to(dev), loss_sum.view(1)])
             dist.all_reduce(stats)
-            n_tok = stats[0].cpu().double()
-            loss_sum = stats[1].cpu() / self.d.world
+            n_tok = stats[0].double()
+            loss_sum = stats[1] / self.d.world
+        host = torch.cat([loss_sum.view(1), mod_loss, mod_count]).cpu()
+        loss_sum, mod_loss, mod_count, n_tok = host[0], host[1:M + 1], host[M + 1:], n_tok.cpu()
         finite = bool(torch.isfinite(loss_sum))
         params = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
