@@ -59,8 +59,10 @@ def check_tokenizer(tokenizer: nn.Module, modality: str = DEFAULT_MODALITY, *, m
     """Raise ValueError unless ``tokenizer`` detokenizes ``modality``'s global tokens.
 
     Checks: an MLP+Memcodes tokenizer (``decode``: tokens (N, L) -> (N, D)) made for this modality, with
-    L = the modality's max_tokens and D = its feature_dim; with ``model_vocab`` also a codebook the size
-    of the model's vocabulary for it (a smaller one is accepted with ``clamp_out_of_vocab=True``).
+    L = the modality's max_tokens; with ``model_vocab`` also a codebook the size of the model's vocabulary
+    for it (a smaller one is accepted with ``clamp_out_of_vocab=True``). D is not checked: it follows the
+    labeler the tokenizer was trained on (768 for DINOv2-B in production, a small width for `tiny`
+    labelers; see tokenize_stage.train_tokenizer.fit_to_labels), and queries and gallery share it.
     """
     _check_modality(None, modality)
     mod = get_modality(modality)
@@ -74,8 +76,6 @@ def check_tokenizer(tokenizer: nn.Module, modality: str = DEFAULT_MODALITY, *, m
         problems.append(f"it is the tokenizer of {cfg.modality}")
     if cfg.n_tokens != mod.max_tokens:
         problems.append(f"it has {cfg.n_tokens} tokens, {modality} has {mod.max_tokens}")
-    if mod.feature_dim and cfg.in_dim != mod.feature_dim:
-        problems.append(f"its feature size is {cfg.in_dim}, {modality} embeddings have {mod.feature_dim}")
     V = mod.vocab_size
     vocab_off = model_vocab and (cfg.codebook_size > V or (cfg.codebook_size < V and not clamp_out_of_vocab))
     if vocab_off:

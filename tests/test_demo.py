@@ -40,7 +40,11 @@ def test_demo_builds_every_stage_then_reruns_from_cache(tmp_path):
     report = re.search(r"report: (\S+data\.report\.md)", first)
     grid = re.search(r"grid:\s+(\S+data\.grid\.png)", first)
     assert report and grid and Path(grid.group(1)).stat().st_size > 10_000
-    assert "tok_depth@224" in Path(report.group(1)).read_text()
+    text = Path(report.group(1)).read_text()
+    # every task the evaluation stage scores runs on the demo: maps, boxes and kNN on predicted globals
+    for row in ("| depth (tok_depth@224) | ground truth |", "| boxes (det) | pseudo label | ap ↑ |",
+                "| kNN classification (tok_dinov2_global) | ground truth 'label'"):
+        assert row in text, row
 
     second = _demo(tmp_path / "store")
     assert re.search(r"build-dataset demo: 0 units done, \d+ cached", second), second[-3000:]

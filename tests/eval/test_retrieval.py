@@ -153,9 +153,12 @@ def test_mismatched_tokenizer_raises(tiny_model):
         assert predict_global_embeddings(tiny_model, small, inputs, steps=1, clamp_out_of_vocab=True).shape == (1, 768)
     imagebind = build_tokenizer(tokenizer_config("imagebind_global_memcodes", "tiny")
                                 .model_copy(update={"codebook_size": 8192}))
-    with pytest.raises(ValueError, match="'imagebind_global_memcodes'.*feature size is 1024.*768.*"
+    with pytest.raises(ValueError, match="'imagebind_global_memcodes'.*tokenizer of tok_imagebind_global.*"
                                          "Fix: use the 'dinov2_global_memcodes' tokenizer"):
         predict_global_embeddings(tiny_model, imagebind, inputs, steps=1)
+    # a tokenizer trained on a tiny labeler's features has that labeler's width (the demo's: 32)
+    narrow = build_tokenizer(tokenizer_config("dinov2_global_memcodes", "tiny").model_copy(update={"in_dim": 32}))
+    assert embed_tokens(narrow, torch.full((2, 16), 3)).shape == (2, 32)
     semseg = build_tokenizer(tokenizer_config("semseg_vqvae", "tiny"))
     with pytest.raises(ValueError, match="not an MLP\\+Memcodes tokenizer"):
         embed_tokens(semseg, torch.zeros(1, 16, dtype=torch.long))
