@@ -31,12 +31,13 @@ def run_torchrun(cfg, store_root: str, out: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_two_process_training_matches_one_process_with_same_global_batch(tmp_path, mode):
+@pytest.mark.parametrize("mode,compiled", [("ddp", False), ("fsdp", False), ("fsdp", True)])
+def test_two_process_training_matches_one_process_with_same_global_batch(tmp_path, mode, compiled):
+    """compiled: the 4m-21-b setting, blocks compiled in place and then sharded (against eager single)."""
     store = ArtifactStore(str(tmp_path / "store"))
     make_token_shards(store, "synth", MODS, n_shards=2, shard_size=16)
     # 2 ranks x batch 4 == 1 process x batch 4 x 2 accumulation steps: the same global batches 2s, 2s+1
-    dist_cfg = make_cfg(run_name=f"{mode}", steps=3, distributed=mode)
+    dist_cfg = make_cfg(run_name=f"{mode}", steps=3, distributed=mode, compile=compiled)
     run_torchrun(dist_cfg, store.root_uri, tmp_path / "dist.safetensors")
     single = Trainer(make_cfg(run_name="single", steps=3, grad_accum=2), store, dist_info=Dist())
     single.fit()
