@@ -29,6 +29,7 @@ from fourm_core.store import ArtifactStore
 
 from .config import EvalConfig
 from .metrics.boxes import Boxes, box_ap
+from .sequences import decode_text, generate_sequences, load_text_tokenizer, sequence_target_tokenizer
 
 if TYPE_CHECKING:
     from .evaluation import _Plan
@@ -95,18 +96,8 @@ def _read_refs(store: ArtifactStore, dataset: str, shards: list[int], keys: set[
 
 def plan_boxes(store: ArtifactStore, cfg: EvalConfig, plan: "_Plan") -> BoxPlan | None:
     """The boxes task's plan when ``det`` is a target, or None with a note in ``plan.notes``."""
-    if MODALITY not in cfg.targets:
-        return None
-    if MODALITY not in plan.domains_out:
-        plan.notes.append(f"target det: not an output of the checkpoint (outputs: {plan.domains_out}); skipped")
-        return None
-    if MODALITY not in plan.tokens:
-        plan.notes.append(f"target det: no det token shards of {cfg.dataset} in shards {plan.shards}; skipped")
-        return None
-    token_manifest = next((m for m in (store.read_manifest(cfg.dataset, "tokens/det", s) for s in plan.shards)
-                           if m is not None), None)
-    if token_manifest is None or token_manifest.ingredients.model is None:
-        plan.notes.append("target det: its token shards name no text tokenizer; skipped")
+    text_tokenizer = sequence_target_tokenizer(store, cfg, plan, MODALITY)
+    if text_tokenizer is None:
         return None
     keys = [k for k in plan.keys if k in plan.tokens[MODALITY]]
     inputs: list[Manifest] = []
@@ -122,7 +113,7 @@ def plan_boxes(store: ArtifactStore, cfg: EvalConfig, plan: "_Plan") -> BoxPlan 
         for r in refs:
             fit[r].extend(got[r][k] for k in sorted(got[r])[: cfg.baseline_samples - len(fit[r])])
     plan.inputs.extend(inputs)
-    return BoxPlan(token_manifest.ingredients.model, keys, refs, fit)
+    return BoxPlan(text_tokenizer, keys, refs, fit)
 
 
 def _to_boxes(items: list[tuple[tuple[float, ...], str]], ids: dict[str, int], ranked: bool) -> Boxes:
@@ -135,9 +126,8 @@ def _to_boxes(items: list[tuple[tuple[float, ...], str]], ids: dict[str, int], r
 def parse_det(tokenizer, ids: torch.Tensor) -> list[tuple[tuple[float, ...], str]]:
     """One ``det`` id row (L,) -> [(xyxy, class)] in sequence order; malformed boxes are dropped."""
     from tokenize_stage.text.serialise import det
-    from tokenize_stage.text.wordpiece import decode
 
-    text = decode(tokenizer, [int(i) for i in ids])
+    text = decode_text(tokenizer, ids)
     return [(tuple(b.xyxy), b.class_name) for b in det.parse(text, strict=False).boxes]
 
 
@@ -154,20 +144,8 @@ def class_prior(fit: list[list[tuple[tuple[float, ...], str]]]) -> list[tuple[tu
 def box_rows(model, cfg: EvalConfig, plan: "_Plan", bp: BoxPlan,
              inputs: dict[str, torch.Tensor]) -> tuple[list[dict[str, Any]], dict[str, list]]:
     """The boxes task's rows (AP@0.5 and AP@[0.5:0.95] per reference) and the parsed generations by key."""
-    from tokenize_stage.captions import text_tokenizer
-
-    from .generate import TargetStep, generate
-
-    ref = bp.text_tokenizer
-    tokenizer, _ = text_tokenizer(None if ref.source == "reference" else ref.source)
-    step = TargetStep(MODALITY, temperature=0.0)
-    index = {k: i for i, k in enumerate(plan.keys)}
-    rows_idx = torch.tensor([index[k] for k in bp.keys])
-    generated: list[torch.Tensor] = []
-    for i in range(0, len(bp.keys), cfg.batch_size):
-        sel = rows_idx[i:i + cfg.batch_size]
-        chunk = {c: v[sel] for c, v in inputs.items()}
-        generated.extend(generate(model, chunk, [step], seed=cfg.seed + i)[MODALITY].cpu())
+    tokenizer = load_text_tokenizer(bp.text_tokenizer)
+    generated = generate_sequences(model, cfg, plan.keys, bp.keys, MODALITY, inputs)
     ids = _class_ids()
     predicted = {k: parse_det(tokenizer, g) for k, g in zip(bp.keys, generated)}
     stored = {k: parse_det(tokenizer, torch.from_numpy(plan.tokens[MODALITY][k])) for k in bp.keys}

@@ -14,7 +14,7 @@ PRESETS = Path(__file__).parent / "presets" / "eval"
 # RGB-conditioned generation wants tok_rgb (or RGB pixels); until a store has it, the first available of
 # these stands in (Canny edges are a function of the RGB image).
 DEFAULT_CONDITIONS = ("tok_rgb@224", "tok_canny_edge@224", "tok_sam_edge@224", "caption")
-DEFAULT_TARGETS = ("tok_depth@224", "tok_normal@224", "tok_semseg@224", "det")
+DEFAULT_TARGETS = ("tok_depth@224", "tok_normal@224", "tok_semseg@224", "det", "caption")
 
 
 class CheckpointSpec(StrictModel):

@@ -47,7 +47,7 @@ from .config import DEFAULT_CONDITIONS, EvalConfig
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
-CODE_VERSION = "evaluate/2"
+CODE_VERSION = "evaluate/3"
 GT_ARTIFACT = "ground_truth"
 GT_COLUMNS = {"depth": "depth", "normal": "normal", "semseg": "semseg"}  # tokenizer target -> ground_truth column
 SCORED = ("depth", "normal", "semseg")  # tokenizer targets this stage scores
@@ -408,7 +408,7 @@ class _Plan:
     def __init__(self, store: ArtifactStore, cfg: EvalConfig, ckpt: Manifest):
         self.notes: list[str] = []
         self.inputs: list[Manifest] = []
-        ds = cfg.dataset
+        ds = self.dataset = cfg.dataset
         model_cfg = json.loads(store.read_bytes(store.data_path(ckpt.dataset, ckpt.artifact, None, ".config.json")))
         self.domains_in = list(model_cfg["domains_in"])
         self.domains_out = list(model_cfg["domains_out"])
@@ -481,7 +481,7 @@ class _Plan:
         self.tokenizers: dict[str, Manifest] = {}
         for t in cfg.targets:
             if get_modality(t).kind == ModalityKind.SEQUENCE:
-                continue  # det: the boxes task (eval_stage.boxes_eval) plans it below
+                continue  # det / caption: the boxes and captioning tasks plan them below
             if t in self.condition:
                 self.notes.append(f"target {t} is the condition; skipped")
                 continue
@@ -555,6 +555,9 @@ class _Plan:
         from .boxes_eval import plan_boxes
 
         self.boxes = plan_boxes(store, cfg, self)
+        from .caption_eval import plan_captions
+
+        self.captions = plan_captions(store, cfg, self)
 
     def crop(self, key: str):
         from tokenize_stage.crops import Crop
@@ -747,6 +750,14 @@ def run_evaluation(store: ArtifactStore, cfg: EvalConfig, ckpt: Manifest, plan: 
         rows.extend(box)
         ref_name, ref_boxes = next(iter(sorted(plan.boxes.refs.items())))  # ground truth before pseudo label
         box_visuals = {"det: generated": det_generated, f"det: {ref_name}": ref_boxes}
+    captions: list[dict[str, str]] = []
+    if plan.captions is not None:
+        from .caption_eval import caption_rows
+
+        cap, generated_captions = caption_rows(model, cfg, plan, plan.captions, inputs)
+        rows.extend(cap)
+        captions = [{"key": k, "generated": generated_captions[k], "reference": plan.captions.refs[k]}
+                    for k in plan.captions.keys[: cfg.grid_samples]]
     if plan.knn is not None:
         from .knn_eval import knn_rows
 
@@ -770,7 +781,7 @@ def run_evaluation(store: ArtifactStore, cfg: EvalConfig, ckpt: Manifest, plan: 
             ctok = tokenizers[c]
             cond_visual[c] = decoded_to_eval(ctok.config.target, _decode(ctok, inputs[c][: cfg.grid_samples], cfg))
         elif get_modality(c).kind == ModalityKind.SEQUENCE:
-            cond_visual[c] = [_caption_text(inputs[c][i]) for i in range(min(cfg.grid_samples, len(keys)))]
+            cond_visual[c] = _sequence_texts(store, plan, c, inputs[c][: cfg.grid_samples])
     rgb = [prepare_reference("rgb", images[k], samples.crops[k], 96) if k in images else None
            for k in keys[: cfg.grid_samples]]
     info = {
@@ -778,7 +789,8 @@ def run_evaluation(store: ArtifactStore, cfg: EvalConfig, ckpt: Manifest, plan: 
                        "step": ckpt.stats.get("step"), "train_loss": ckpt.stats.get("loss"),
                        "domains_in": plan.domains_in, "domains_out": plan.domains_out},
         "dataset": ds, "shards": plan.shards, "held_out": plan.held_out, "samples": len(keys),
-        "condition": plan.condition, "targets": plan.targets + (["det"] if plan.boxes is not None else []),
+        "condition": plan.condition, "targets": plan.targets + (["det"] if plan.boxes is not None else [])
+        + (["caption"] if plan.captions is not None else []), "captions": captions,
         "tokenizers": {m: {"artifact": tm.artifact, "digest": tm.digest} for m, tm in plan.tokenizers.items()},
         "generation": cfg.generation.model_dump(mode="json"), "decode_steps": cfg.decode_steps, "ensemble": cfg.ensemble,
         "out_of_vocab_tokens": oov, "config": cfg.key_config(),
@@ -792,13 +804,15 @@ def run_evaluation(store: ArtifactStore, cfg: EvalConfig, ckpt: Manifest, plan: 
     return EvalOutcome(rows, token_rows, list(plan.notes), info, md, grid)
 
 
-def _caption_text(ids: torch.Tensor) -> str:
-    try:
-        from tokenize_stage.text import load_text_tokenizer  # type: ignore[attr-defined]
+def _sequence_texts(store: ArtifactStore, plan: _Plan, modality: str, ids: torch.Tensor) -> list[str]:
+    """Rows (N, L) of a sequence condition -> text through the tokenizer its token shards were made with."""
+    from .sequences import decode_text, load_text_tokenizer, token_shard_tokenizer
 
-        return load_text_tokenizer().decode([int(i) for i in ids if int(i) > 0])
-    except Exception:  # the ids are still informative
-        return " ".join(str(int(i)) for i in ids if int(i) > 0)[:120]
+    ref = token_shard_tokenizer(store, plan.dataset, modality, plan.shards)
+    if ref is None:  # no tokenizer recorded: show the ids themselves
+        return [" ".join(str(int(i)) for i in row if int(i) > 0)[:120] for row in ids]
+    tokenizer = load_text_tokenizer(ref)
+    return [decode_text(tokenizer, row) for row in ids]
 
 
 def masked_token_rows(model, cfg: EvalConfig, plan: _Plan) -> list[dict[str, Any]]:

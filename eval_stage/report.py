@@ -131,11 +131,23 @@ def markdown_report(info: dict[str, Any], rows: list[dict[str, Any]], token_rows
         "tokenizer reconstruction of the pseudo label, and the reference (ground truth when the dataset has it).",
         "",
     ]
+    if info.get("captions"):
+        lines += ["## Captions", "", "| sample | generated | source caption |", "|---|---|---|",
+                  *[f"| `{c['key']}` | {_cell(c['generated'])} | {_cell(c['reference'])} |" for c in info["captions"]],
+                  ""]
     if rows:
         lines += ["## All metrics", "", *metric_table(rows), ""]
     if notes:
         lines += ["## Notes", "", *[f"* {n}" for n in notes], ""]
     return "\n".join(lines)
+
+
+def _cell(text: str, limit: int = 200) -> str:
+    """Free text as one Markdown table cell: no pipes or line breaks, at most ``limit`` characters."""
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    return text.replace("|", "\\|") or "(empty)"
 
 
 # ------------------------------------------------------------------------------------------- grid

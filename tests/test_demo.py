@@ -41,8 +41,9 @@ def test_demo_builds_every_stage_then_reruns_from_cache(tmp_path):
     grid = re.search(r"grid:\s+(\S+data\.grid\.png)", first)
     assert report and grid and Path(grid.group(1)).stat().st_size > 10_000
     text = Path(report.group(1)).read_text()
-    # every task the evaluation stage scores runs on the demo: maps, boxes and kNN on predicted globals
+    # every task the evaluation stage scores runs on the demo: maps, boxes, captions and kNN on predicted globals
     for row in ("| depth (tok_depth@224) | ground truth |", "| boxes (det) | pseudo label | ap ↑ |",
+                "| captioning (caption) | source caption | bleu4 ↑ |",
                 "| kNN classification (tok_dinov2_global) | ground truth 'label'"):
         assert row in text, row
 

@@ -39,7 +39,7 @@ def test_evaluation_commits_metrics_report_and_grid(first_run):
     assert {r["baseline_kind"] for r in rows if r["target"] == "tok_depth@224" and r["task"] == "depth"} == {"mean depth map, 8 training samples"}
     tokens = {r["target"] for r in rows if r["task"] == "masked tokens"}
     assert tokens and tokens <= {"tok_canny_edge@224", "tok_depth@224", "tok_normal@224", "tok_semseg@224",
-                                 "tok_dinov2_global", "det"}
+                                 "tok_dinov2_global", "det", "caption"}
     # kNN on predicted DINOv2 global embeddings: queries = the 4 evaluated samples, gallery = the 8 training
     # samples embedded the same way, classes = the scenes' ground-truth label (k capped by the gallery)
     knn = {r["metric"]: r for r in rows if r["task"] == "kNN classification"}
@@ -101,6 +101,23 @@ def test_absent_modalities_are_skipped_with_a_note(tiny_eval_store):
     assert plan.targets == ["tok_depth@224"] and plan.condition == ["tok_canny_edge@224"]
     assert any("tok_clip@224" in n and "skipped" in n for n in plan.notes)
     assert any("condition tok_rgb@224" in n for n in plan.notes)
+    # a sequence target that is also the condition is skipped with a note; the other one is planned
+    cfg = load_eval_config("demo", {**TINY_EVAL_OVERRIDES, "targets": ["caption", "det"], "condition": ["caption"],
+                                    "knn": None})
+    plan = _Plan(store, cfg, find_checkpoint(store, cfg))
+    assert plan.captions is None and "target caption: is the condition; skipped" in plan.notes
+    assert plan.boxes is not None and plan.condition == ["caption"]
+    # the grid writes a caption condition as text, through the tokenizer its token shards were made with
+    import torch
+
+    from eval_stage.evaluation import _sequence_texts
+    from eval_stage.caption_eval import words
+
+    key = plan.keys[0]
+    [text] = _sequence_texts(store, plan, "caption", torch.from_numpy(plan.tokens["caption"][key])[None])
+    by_key = {r["sample_key"]: r["text"] for s in plan.shards
+              for r in store.read_table("ev", "tokens/caption", s, columns=["sample_key", "text"]).to_pylist()}
+    assert text and words(text) == words(by_key[key])
 
 
 def test_missing_checkpoint_is_a_clear_error(tiny_eval_store):
@@ -152,6 +169,46 @@ def test_boxes_are_generated_parsed_and_scored_by_ap(tiny_eval_store):
     assert got[("ground truth", "ap")]["primary"] and not got[("ground truth", "ap50")]["primary"]
     info = json.loads(store.read_bytes(store.data_path(m.dataset, m.artifact, None, ".metrics.json")))["info"]
     assert info["targets"] == ["det"]
+
+
+def test_captions_are_generated_and_scored_by_bleu(tiny_eval_store):
+    store, _ = tiny_eval_store
+    cfg = load_eval_config("demo", {**TINY_EVAL_OVERRIDES, "targets": ["caption"], "knn": None})
+    res = evaluate(store, cfg)
+    m = res.manifests[0]
+    rows = {r["metric"]: r for r in store.read_table(m.dataset, m.artifact, None).to_pylist()
+            if r["task"] == "captioning"}
+    assert set(rows) == {"bleu4", "bleu1"} and rows["bleu4"]["primary"] and not rows["bleu1"]["primary"]
+    for r in rows.values():
+        assert r["reference"] == "source caption" and r["samples"] == 4
+        assert 0 <= r["model"] <= 1 and r["baseline_kind"] == "most frequent caption, 8 training samples"
+        # the stored tokens decode back to the (lowercased) source caption of each synthetic scene
+        assert r["tokenizer_bound"] == pytest.approx(1.0)
+    info = json.loads(store.read_bytes(store.data_path(m.dataset, m.artifact, None, ".metrics.json")))["info"]
+    assert info["targets"] == ["caption"] and len(info["captions"]) == cfg.grid_samples
+    report = store.read_bytes(store.data_path(m.dataset, m.artifact, None, ".report.md")).decode()
+    first = info["captions"][0]
+    assert "## Captions" in report and f"| `{first['key']}` |" in report and first["reference"] in report
+
+
+def test_bleu_and_the_caption_baseline():
+    from eval_stage.caption_eval import bleu, most_frequent, words
+
+    assert words("A red Cube, on the floor.") == "a red cube , on the floor ."
+    same = bleu(["A red cube on the floor."], ["a red cube on the floor ."])
+    assert same == {"bleu4": pytest.approx(1.0), "bleu1": pytest.approx(1.0)}
+    partial = bleu(["a red cube on a table"], ["a red cube on the floor"])
+    assert 0 < partial["bleu4"] < partial["bleu1"] < 1
+    assert bleu(["zebra"], ["a red cube"])["bleu1"] == 0
+    assert most_frequent(["b", "a", "b", "a", "c"]) == "a"  # ties: alphabetical, so the baseline is stable
+
+
+def test_report_caption_cells_stay_one_short_table_cell():
+    from eval_stage.report import _cell
+
+    assert _cell("a | b\nc") == "a \\| b c" and _cell("") == "(empty)"
+    long = _cell("a " * 300)
+    assert len(long) == 200 and long.endswith("…")
 
 
 def test_det_sequences_parse_back_to_boxes():

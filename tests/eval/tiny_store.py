@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-MODALITIES = ["tok_canny_edge@224", "tok_depth@224", "tok_normal@224", "tok_semseg@224", "tok_dinov2_global", "det"]
+MODALITIES = ["tok_canny_edge@224", "tok_depth@224", "tok_normal@224", "tok_semseg@224", "tok_dinov2_global", "det",
+              "caption"]
 TOKENIZERS = {"tok_rgb@224": "rgb_diffusion", "tok_canny_edge@224": "edge_diffusion", "tok_depth@224": "depth_diffusion",
               "tok_normal@224": "normal_diffusion", "tok_semseg@224": "semseg_vqvae",
               "tok_dinov2_global": "dinov2_global_memcodes"}
@@ -132,7 +133,7 @@ def build(root: str, dataset: str = "ev", n_samples: int = 12, shard_size: int =
     for s in shards:
         INGEST.run_shard(store, config, s)
         _commit_labels(store, dataset, s)
-    for name in (TOKENIZERS[m] for m in modalities if m in TOKENIZERS):  # det: the vendored WordPiece
+    for name in (TOKENIZERS[m] for m in modalities if m in TOKENIZERS):  # det, caption: the vendored WordPiece
         _commit_tokenizer(store, dataset, name, tokenizer_steps)
     for s in TOKENIZE.plan_shards(store, config):
         TOKENIZE.run_shard(store, config, s)
