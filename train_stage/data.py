@@ -303,6 +303,15 @@ class ResumableLoader:
     def __iter__(self) -> "ResumableLoader":
         return self
 
+    def close(self) -> None:
+        """Stop the worker processes now, not whenever the iterator is garbage-collected (by then the
+        workers may already be gone, and the DataLoader's own shutdown raises in ``__del__``). The position
+        is kept: the next batch starts fresh workers at ``next_batch``."""
+        it, self._it = self._it, None
+        shutdown = getattr(it, "_shutdown_workers", None)  # what DataLoader's iterator runs in its __del__
+        if shutdown is not None:
+            shutdown()
+
     def __next__(self) -> MaskedBatch:
         if self._it is None:
             self.stream.start_batch = self.next_batch

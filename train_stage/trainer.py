@@ -354,6 +354,7 @@ class Trainer:
                 self._log(rec)
             if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0 and self.step < target:
                 self.save()
+        self.loader.close()  # a later fit() resumes at the same data position with fresh workers
         manifest = self.save()
         if self.d.main:
             self._finish()

@@ -88,10 +88,16 @@ def test_resumed_loader_continues_with_the_next_unseen_batch(tmp_path):
     seen = [next(loader) for _ in range(4)]
     state = {"next_batch": 2, "seed": 0}
     assert loader.state_dict()["next_batch"] == 4
+    workers = list(loader._it._workers)
+    loader.close()  # workers stop now; the position is kept and the next batch starts new workers
+    assert not any(w.is_alive() for w in workers) and loader.state_dict()["next_batch"] == 4
+    nxt = next(loader)
+    assert loader.state_dict()["next_batch"] == 5
+    loader.close()
     fresh = ResumableLoader(TokenShardStream(str(tmp_path), [DatasetSpec("synth", 1.0, tuple(MODS))], masker(),
                                              batch_size=4), num_workers=0)
     fresh.load_state_dict(state)
-    for want in seen[2:]:
+    for want in seen[2:] + [nxt]:  # nxt: the batch after a close() is the one that was next
         got = next(fresh)
         assert torch.equal(got.enc_tokens, want.enc_tokens) and torch.equal(got.dec_labels, want.dec_labels)
     # ranks read disjoint global batches
