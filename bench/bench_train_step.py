@@ -78,7 +78,10 @@ def main() -> None:
         print(f"largest batch that fits (forward + backward + {args.optim}): {args.batch}")
         if args.batch == 0:
             return
-    batches = make_batches(args.batch, min(args.steps, 3))
+        if args.compile:  # the search's many sizes made dynamo go dynamic; training runs one static shape
+            torch._dynamo.reset()
+    # at the largest batch only the probed footprint is known to fit: one batch on the device, as probed
+    batches = make_batches(args.batch, 1 if args.max_batch else min(args.steps, 3))
     peak = args.peak_flops or (PEAK_FLOPS["cpu-fp32-core"] * args.threads if dev.type == "cpu"
                                else PEAK_FLOPS["cuda-bf16-h100"])
     if dev.type == "cuda":

@@ -3,8 +3,9 @@
 The model writes each sample's caption autoregressively from the evaluation's condition (greedy, KV cache);
 the text tokenizer of the ``tokens/caption`` shards turns the ids back into text. The reference is the
 sample's own caption as ingested (the ``text`` column of ``tokens/caption``: alt-text for web datasets, the
-scene description for the demo's synthetic scenes). Scores: corpus BLEU-4 (primary) and BLEU-1
-(torchmetrics ``BLEUScore``, add-one smoothing) on lowercased words and punctuation.
+scene description for the demo's synthetic scenes). Scores: standard corpus BLEU-4 (primary) and BLEU-1
+(torchmetrics ``bleu_score``, no smoothing: 0 when some n-gram order has no match) on lowercased words and
+punctuation.
 
 Beside the model: the tokenizer bound (the decoded stored tokens: WordPiece normalisation and truncation)
 and a baseline that answers every image with the most frequent caption of the checkpoint's training samples.
@@ -93,7 +94,7 @@ def bleu(hypotheses: list[str], references: list[str]) -> dict[str, float]:
 
     hyp = [words(h) for h in hypotheses]
     ref = [[words(r)] for r in references]
-    return {name: float(bleu_score(hyp, ref, n_gram=n, smooth=True)) for name, n in METRICS.items()}
+    return {name: float(bleu_score(hyp, ref, n_gram=n)) for name, n in METRICS.items()}
 
 
 def most_frequent(captions: list[str]) -> str:

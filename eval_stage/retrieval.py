@@ -249,7 +249,9 @@ class Gallery:
         same for every chunk size; equal scores rank the lower gallery index first. k is capped at G.
         """
         if queries.dim() != 2 or queries.shape[1] != self.embeddings.shape[1]:
-            raise ValueError(f"queries must be (Q, {self.embeddings.shape[1]}); got {tuple(queries.shape)}")
+            raise ValueError(f"queries must be (Q, {self.embeddings.shape[1]}); got {tuple(queries.shape)}. Embed "
+                             f"queries and gallery with the same tokenizer: its width follows the labeler it "
+                             f"was trained on (e.g. 768 for DINOv2-B, 32 for the tiny profile)")
         k = min(k, len(self))
         chunk = max(SIM_BLOCK, -(-chunk // SIM_BLOCK) * SIM_BLOCK)
         g = self.embeddings

@@ -48,10 +48,18 @@ def token_shard_tokenizer(store: ArtifactStore, dataset: str, modality: str, sha
 
 
 def load_text_tokenizer(ref: ModelRef):
-    """The ``tokenizers.Tokenizer`` a token shard names (the vendored reference file or its source)."""
+    """The ``tokenizers.Tokenizer`` a token shard names (the vendored reference file or its source).
+
+    Raises ValueError if the file there is no longer the one the shards were made with (another vocabulary
+    would decode the ids into other words)."""
     from tokenize_stage.captions import text_tokenizer
 
-    return text_tokenizer(None if ref.source == "reference" else ref.source)[0]
+    tokenizer, loaded = text_tokenizer(None if ref.source == "reference" else ref.source)
+    if ref.digest and loaded.digest != ref.digest:
+        raise ValueError(f"text tokenizer {ref.source!r} has sha256 {loaded.digest[:16]}, but the token shards were "
+                         f"made with {ref.digest[:16]}; restore that tokenizer there, or re-run the tokenize stage "
+                         f"with this one")
+    return tokenizer
 
 
 def decode_text(tokenizer, ids: torch.Tensor) -> str:

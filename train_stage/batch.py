@@ -63,7 +63,7 @@ class MaskedBatch:
 
     def pin_memory(self) -> "MaskedBatch":
         """Page-locked copy; ``DataLoader(pin_memory=True)`` calls this, so ``to(cuda, non_blocking=True)``
-        overlaps the copy with compute."""
+        is a true asynchronous copy and the host goes on preparing the step instead of waiting for it."""
         return self.map(torch.Tensor.pin_memory)
 
     def n_tokens(self) -> int:

@@ -284,8 +284,10 @@ def fit_grid(tokens: np.ndarray, modality: str) -> np.ndarray:
 class ResumableLoader:
     """A DataLoader over :class:`TokenShardStream` whose position can be saved and restored."""
 
-    def __init__(self, stream: TokenShardStream, num_workers: int = 0, prefetch_factor: int = 2):
+    def __init__(self, stream: TokenShardStream, num_workers: int = 0, prefetch_factor: int = 2,
+                 pin_memory: bool = False):
         self.stream = stream
+        self.pin_memory = pin_memory  # page-locked batches for a CUDA trainer
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
         self.next_batch = stream.start_batch
@@ -298,7 +300,7 @@ class ResumableLoader:
         if state.get("seed", self.stream.seed) != self.stream.seed:
             raise ValueError("data position was saved for another seed")
         self.next_batch = int(state["next_batch"])
-        self._it = None
+        self.close()
 
     def __iter__(self) -> "ResumableLoader":
         return self
@@ -316,9 +318,8 @@ class ResumableLoader:
         if self._it is None:
             self.stream.start_batch = self.next_batch
             kw = dict(prefetch_factor=self.prefetch_factor, persistent_workers=False) if self.num_workers else {}
-            # pinned host batches let the trainer's non-blocking copy to the GPU overlap with compute
             self._it = iter(DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
-                                       pin_memory=torch.cuda.is_available(), **kw))
+                                       pin_memory=self.pin_memory, **kw))
         batch = next(self._it)
         self.next_batch += 1
         return batch

@@ -192,7 +192,7 @@ class Trainer:
             self.model.compile_blocks()
         self.masker = build_masker(cfg, model_modalities(self.model))
         self.stream = build_stream(cfg, store, self.masker, self.d.rank, self.d.world)
-        self.loader = ResumableLoader(self.stream, cfg.num_workers)
+        self.loader = ResumableLoader(self.stream, cfg.num_workers, pin_memory=self.d.device.type == "cuda")
         self.wrapped = wrap_model(self.model, cfg, self.d)
         global_batch = cfg.batch_size * cfg.grad_accum * self.d.world
         self.peak_lr = cfg.blr * global_batch / 256
@@ -275,7 +275,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
-        # loss statistics stay on the device until the step ends: one host sync per step, not per micro-batch
+        # loss statistics stay on the device until the step ends: read back once per step, not per micro-batch
         dev, M = self.d.device, len(self.model.config.domains_out)
         loss_sum = torch.zeros((), device=dev)
         mod_loss = torch.zeros(M, device=dev)
@@ -347,14 +347,16 @@ class Trainer:
         self._fit_started = now()
         if self.d.main and self.log_dir is not None and self.step == 0:  # a fresh run starts a fresh log
             (self.log_dir / "log.jsonl").unlink(missing_ok=True)
-        while self.step < target:
-            rec = self.train_step()
-            self.history.append(rec)
-            if self.d.main and (self.step % self.cfg.log_every == 0 or self.step == target):
-                self._log(rec)
-            if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0 and self.step < target:
-                self.save()
-        self.loader.close()  # a later fit() resumes at the same data position with fresh workers
+        try:
+            while self.step < target:
+                rec = self.train_step()
+                self.history.append(rec)
+                if self.d.main and (self.step % self.cfg.log_every == 0 or self.step == target):
+                    self._log(rec)
+                if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0 and self.step < target:
+                    self.save()
+        finally:  # workers stop here; a later fit() resumes at the same data position with fresh ones
+            self.loader.close()
         manifest = self.save()
         if self.d.main:
             self._finish()

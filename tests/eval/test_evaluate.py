@@ -203,6 +203,18 @@ def test_bleu_and_the_caption_baseline():
     assert most_frequent(["b", "a", "b", "a", "c"]) == "a"  # ties: alphabetical, so the baseline is stable
 
 
+def test_a_changed_text_tokenizer_is_refused_with_the_fix():
+    from eval_stage.sequences import load_text_tokenizer
+    from fourm_core.manifest import ModelRef
+    from tokenize_stage.captions import text_tokenizer
+
+    _, ref = text_tokenizer(None)
+    assert load_text_tokenizer(ref).get_vocab_size() > 1000  # the one the shards name loads
+    stale = ref.model_copy(update={"digest": "0" * 64})
+    with pytest.raises(ValueError, match="token shards were made with 0000000000000000; restore that tokenizer"):
+        load_text_tokenizer(ModelRef(**stale.model_dump()))
+
+
 def test_report_caption_cells_stay_one_short_table_cell():
     from eval_stage.report import _cell
 
