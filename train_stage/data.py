@@ -13,7 +13,8 @@ whatever the number of workers.
 * Image-like tokens on a coarser square grid than the modality's (the ``tiny`` tokenizers' 4x4) are
   resampled to its grid by nearest neighbour (:func:`fit_grid`).
 * Only the needed columns (``sample_key``, ``crop``, ``tokens``) of the needed modalities are read.
-* Workers: batch ``b`` is built by worker ``b % num_workers``; DataLoader returns batches in order.
+* Workers: batch ``b`` is built by worker ``b % num_workers``; DataLoader returns batches in order. Workers
+  are spawned, not forked: the trainer's process has threads (Prefect, Ray, OpenMP) whose locks a fork copies.
 * Masking runs in the worker (``collate``), with a generator seeded by (seed, b).
 """
 
@@ -317,7 +318,9 @@ class ResumableLoader:
     def __next__(self) -> MaskedBatch:
         if self._it is None:
             self.stream.start_batch = self.next_batch
-            kw = dict(prefetch_factor=self.prefetch_factor, persistent_workers=False) if self.num_workers else {}
+            # spawned workers: a fork would copy this process's threads (Prefect, Ray, OpenMP) and their locks
+            kw = dict(prefetch_factor=self.prefetch_factor, persistent_workers=False,
+                      multiprocessing_context="spawn") if self.num_workers else {}
             self._it = iter(DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
                                        pin_memory=self.pin_memory, **kw))
         batch = next(self._it)
