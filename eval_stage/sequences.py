@@ -21,7 +21,6 @@ def sequence_target_tokenizer(store: ArtifactStore, cfg: "EvalConfig", plan: "_P
     it is not a target, is the condition, is not an output of the checkpoint or has no usable token shards."""
     if modality not in cfg.targets:
         return None
-    problem = None
     if modality in plan.condition:
         problem = "is the condition"
     elif modality not in plan.domains_out:

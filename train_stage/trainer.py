@@ -293,14 +293,13 @@ class Trainer:
             n_in += float(batch.enc_valid.sum())
             n_out += float(batch.dec_valid.sum())
             head += self._head_vocab_tokens(batch)
-        n_tok = torch.tensor(n_in + n_out, dtype=torch.float64)
+        n_tok = torch.tensor([n_in + n_out], device=dev)
         if self.d.world > 1:  # token counts and loss are global
-            stats = torch.cat([n_tok.float().view(1).to(dev), loss_sum.view(1)])
+            stats = torch.cat([n_tok, loss_sum.view(1)])
             dist.all_reduce(stats)
-            n_tok = stats[0].double()
-            loss_sum = stats[1] / self.d.world
-        host = torch.cat([loss_sum.view(1), mod_loss, mod_count]).cpu()
-        loss_sum, mod_loss, mod_count, n_tok = host[0], host[1:M + 1], host[M + 1:], n_tok.cpu()
+            n_tok, loss_sum = stats[:1], stats[1] / self.d.world
+        host = torch.cat([loss_sum.view(1), n_tok, mod_loss, mod_count]).cpu()
+        loss_sum, n_tok, mod_loss, mod_count = host[0], host[1], host[2:M + 2], host[M + 2:]
         finite = bool(torch.isfinite(loss_sum))
         params = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
