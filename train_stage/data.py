@@ -312,8 +312,13 @@ class ResumableLoader:
         is kept: the next batch starts fresh workers at ``next_batch``."""
         it, self._it = self._it, None
         shutdown = getattr(it, "_shutdown_workers", None)  # what DataLoader's iterator runs in its __del__
-        if shutdown is not None:
+        if shutdown is None:
+            return
+        try:
             shutdown()
+        except RuntimeError as e:  # a worker stopped mid-start (spawn) exits non-zero; its batches were unused
+            log.info("a data loader worker exited with an error while being stopped (%s); no batch is lost: the "
+                     "next batch is rebuilt from the saved position", e)
 
     def __next__(self) -> MaskedBatch:
         if self._it is None:
