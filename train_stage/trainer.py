@@ -253,9 +253,13 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                              set_optimizer_state_dict)
 
-        opts = StateDictOptions(full_state_dict=True)  # every rank read the full files: each keeps its shard
+        # rank 0's full tensors are broadcast and each rank slices its shard locally (without the broadcast,
+        # torch scatters uneven shards from rank 0, which aborted gloo here)
+        opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
         set_model_state_dict(self.wrapped, weights, options=opts)
-        set_optimizer_state_dict(self.wrapped, self.opt, optimizer, options=opts)
+        # parameters that never had a gradient (a modality absent so far) have no AdamW state, as uninterrupted
+        set_optimizer_state_dict(self.wrapped, self.opt, optimizer,
+                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False))
 
     def load(self, step: int | None = None) -> int:
         """Restore the latest (or given) checkpoint of this run; returns its step (0 if none)."""
@@ -406,6 +410,8 @@ class Trainer:
         finally:  # workers stop here; a later fit() resumes at the same data position with fresh ones
             self.loader.close()
         manifest = self.save()
+        if self.d.world > 1:  # every rank (and node) returns once the final checkpoint is committed
+            dist.barrier()
         if self.d.main:
             self._finish()
         return manifest
