@@ -190,6 +190,7 @@ class DatasetConfig(StrictModel):
     # own typed model before work starts (the stage owns its schema, the core does not import stages).
     pseudolabel: dict[str, Any] = Field(default_factory=dict)
     tokenize: dict[str, Any] = Field(default_factory=dict)
+    dedup: dict[str, Any] = Field(default_factory=dict)  # ingest_stage.dedup.DedupConfig
 
 
 class StoreConfig(StrictModel):

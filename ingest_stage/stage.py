@@ -82,22 +82,24 @@ def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force:
         unit = make_unit(plan, shard)  # lists the shard's samples (the cache key digests them)
     except Exception as exc:
         # a failure before run_unit (a source that cannot be listed) must leave a record for `status` too
-        _record_listing_failure(store, config, shard, exc)
+        record_early_failure(store, STAGE_NAME, config.name, artifacts_for(config), shard, exc,
+                             "while listing the shard's samples")
         raise
     if config.text_only:
         return [run_unit(store, unit, lambda: build_text_shard(plan, shard, progress), force=force)]
     return [run_unit(store, unit, lambda: build_image_shard(plan, shard, progress), force=force)]
 
 
-def _record_listing_failure(store: ArtifactStore, config: DatasetConfig, shard: int, exc: Exception) -> None:
-    label = f"{config.name}/{'+'.join(artifacts_for(config))}/shard-{shard:05d}"
-    info = {"unit": label, "stage": STAGE_NAME, "cache_key": None,
-            "error": f"{type(exc).__name__} while listing the shard's samples: {exc}",
-            "traceback": traceback.format_exc(), "time": now().isoformat(), "host": hostname(),
-            "flow_run_id": flow_run_id()}
-    for artifact in artifacts_for(config):
+def record_early_failure(store: ArtifactStore, stage: str, dataset: str, artifacts: list[str], shard: int,
+                         exc: Exception, when: str) -> None:
+    """A failure before ``run_unit`` (while building the unit: listing sources, finding inputs) recorded beside
+    the unit's artifacts like run_unit's own, so that `status` shows it."""
+    info = {"unit": f"{dataset}/{'+'.join(artifacts)}/shard-{shard:05d}", "stage": stage, "cache_key": None,
+            "error": f"{type(exc).__name__} {when}: {exc}", "traceback": traceback.format_exc(),
+            "time": now().isoformat(), "host": hostname(), "flow_run_id": flow_run_id()}
+    for artifact in artifacts:
         try:
-            store.record_failure(config.name, artifact, shard, info)
+            store.record_failure(dataset, artifact, shard, info)
         except Exception:  # the store may be what failed; the original error matters more
             pass
 

@@ -1,0 +1,310 @@
+"""The ``dedup`` stage: duplicates across shards and datasets, exact and (optionally) perceptual.
+
+Ingestion removes exact duplicates within a shard; a shard cannot see the others without making shards
+depend on each other. This separate, cached stage does the rest and **drops nothing**: per shard it
+commits ``dedup/shard-N.parquet``, one row per sample it judges a duplicate (kind ``exact`` or ``near``,
+the earlier sample it repeats, the pHash distance), for readers to filter on.
+
+"Earlier" is a fixed order: every committed part of the datasets in ``dedup.against`` (e.g. CC12M when
+ingesting COYO), then this dataset's shards 0..N-1, then earlier samples of shard N. So the first
+occurrence is kept and the result does not depend on which shard ran first; shard N needs this dataset's
+shards 0..N ingested (it fails, naming the missing ones, before they are).
+
+What it reads is only the small per-part digest file each ingest unit commits beside its data
+(``shard-N.digests.parquet``: sample_key, sha256 of the stored pixels or text, 64-bit pHash), through the
+narrow :class:`DigestSource` interface: which parts are committed (manifests) and one part's digest table.
+Nothing re-reads image shards. ``StoreDigests`` answers from the store's manifests (one listing per
+artifact, manifests re-read only when the listing changes); an index of committed units can answer the
+same two questions in place of it. The unit's cache key holds a fingerprint of every digest file it
+consulted, so a re-ingested earlier shard (or a grown ``against`` dataset) re-runs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from fourm_core.config import ConfigError, DatasetConfig, StrictModel
+from fourm_core.manifest import Manifest
+from fourm_core.stage import StageSpec
+from fourm_core.store import ArtifactStore
+from fourm_core.units import Unit, UnitOutput, UnitResult, run_unit
+
+from .builder import DIGESTS_SUFFIX
+from .stage import artifacts_for, plan_shards, record_early_failure
+
+CODE_VERSION = "dedup/1"
+STAGE_NAME = "dedup"
+
+DEDUP_SCHEMA = pa.schema([
+    ("sample_key", pa.string()), ("kind", pa.string()), ("duplicate_of", pa.string()),
+    ("duplicate_of_dataset", pa.string()), ("duplicate_of_shard", pa.int32()), ("distance", pa.int8()),
+])
+
+
+class DedupConfig(StrictModel):
+    """The ``dedup:`` section of a dataset config."""
+
+    against: list[str] = Field(default_factory=list, description="other datasets (same store) that come first")
+    near_max_distance: int | None = Field(None, ge=0, le=16, description=(
+        "pHash Hamming distance at or below which two images are near duplicates; None: exact only"))
+
+
+def dedup_config(config: DatasetConfig) -> DedupConfig:
+    try:
+        return DedupConfig.model_validate(config.dedup)
+    except Exception as exc:
+        raise ConfigError(f"dataset '{config.name}': bad 'dedup' section: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------ digest source
+
+
+class DigestSource(Protocol):
+    """What de-duplication needs from the store: kept narrow so an index of committed units can serve it."""
+
+    def parts(self, dataset: str, artifact: str) -> dict[int, Manifest]:
+        """The committed parts of an artifact: shard -> manifest."""
+
+    def digests(self, manifest: Manifest) -> pa.Table:
+        """The digest table (sample_key, digest, phash) committed with one part."""
+
+
+class StoreDigests:
+    """A :class:`DigestSource` over the store's manifests and digest files."""
+
+    def __init__(self, store: ArtifactStore):
+        self.store = store
+
+    def parts(self, dataset: str, artifact: str) -> dict[int, Manifest]:
+        d = self.store.artifact_dir(dataset, artifact)
+        try:
+            listing = self.store.fs.ls(d, detail=True, refresh=True)
+        except FileNotFoundError:
+            return {}
+        names = tuple(sorted((e["name"].rsplit("/", 1)[-1], e.get("size"), str(e.get("mtime") or e.get("ETag") or
+                                                                                 e.get("LastModified")))
+                             for e in listing if e["name"].endswith(".manifest.json")))
+        return _manifests(self.store, dataset, artifact, names)
+
+    def digests(self, manifest: Manifest) -> pa.Table:
+        entry = next((f for f in manifest.files if f.name.endswith(DIGESTS_SUFFIX)), None)
+        if entry is None:
+            raise RuntimeError(f"{manifest.uri} has no digest file: it was ingested before ingest/3; re-run ingest "
+                               f"on dataset '{manifest.dataset}' shard {manifest.shard} (python -m ingest_stage "
+                               f"--dataset {manifest.dataset} --shard {manifest.shard})")
+        return _digest_table(self.store, manifest.dataset, manifest.artifact, manifest.shard, entry.digest)
+
+
+@lru_cache(maxsize=64)
+def _manifests(store: ArtifactStore, dataset: str, artifact: str, listing: tuple) -> dict[int, Manifest]:
+    # keyed by the listing (names, sizes, times): a process running many dedup shards reads each manifest once
+    out = {}
+    for name, _, _ in listing:
+        shard = int(name[6:11])
+        m = store.read_manifest(dataset, artifact, shard)
+        if m is not None:
+            out[shard] = m
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _digest_table(store: ArtifactStore, dataset: str, artifact: str, shard: int | None, digest: str) -> pa.Table:
+    data = store.read_bytes(store.data_path(dataset, artifact, shard, DIGESTS_SUFFIX))
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise RuntimeError(f"{store.uri(store.data_path(dataset, artifact, shard, DIGESTS_SUFFIX))} does not match "
+                           f"the digest in its manifest; re-run ingest for that shard")
+    return pq.read_table(io.BytesIO(data))
+
+
+# ------------------------------------------------------------------------------------ the decision
+
+
+@dataclass
+class _Earlier:
+    """Everything that comes before a shard, as flat arrays (position = order of appearance)."""
+
+    keys: list[str]
+    datasets: list[str]
+    shards: np.ndarray
+    digests: list[str]
+    phashes: np.ndarray  # uint64; 0 where there is none (texts)
+    has_phash: np.ndarray  # bool
+
+
+def _gather(source: DigestSource, parts: list[tuple[str, Manifest]]) -> _Earlier:
+    keys, datasets, shards, digests, phashes, has = [], [], [], [], [], []
+    for dataset, m in parts:
+        t = source.digests(m)
+        n = t.num_rows
+        keys += t.column("sample_key").to_pylist()
+        digests += t.column("digest").to_pylist()
+        datasets += [dataset] * n
+        shards.append(np.full(n, m.shard if m.shard is not None else -1, np.int32))
+        ph = t.column("phash")
+        has.append(~np.asarray(ph.is_null().to_numpy(zero_copy_only=False)))
+        phashes.append(np.asarray(ph.fill_null(0).to_numpy(zero_copy_only=False)).astype(np.int64).view(np.uint64))
+    cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt))  # noqa: E731
+    return _Earlier(keys, datasets, cat(shards, np.int32), digests, cat(phashes, np.uint64), cat(has, bool))
+
+
+_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def hamming(a: np.ndarray, b: int) -> np.ndarray:
+    """Bit distance between each uint64 of ``a`` and ``b``."""
+    x = (a ^ np.uint64(b)).view(np.uint8).reshape(-1, 8)
+    return _POP8[x].sum(axis=1)
+
+
+def _chunks(d: int) -> list[tuple[int, int]]:
+    """d + 1 disjoint bit ranges covering 64 bits: two hashes within distance d agree exactly on one of them
+    (pigeonhole), so candidates are found by exact lookups per range (multi-index hashing)."""
+    edges = np.linspace(0, 64, d + 2).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _near_candidates(pool: np.ndarray, max_distance: int) -> list[tuple[np.ndarray, np.ndarray, int, int]]:
+    """Per bit range: (sorted chunk values, their positions in ``pool``, lo, hi)."""
+    out = []
+    for lo, hi in _chunks(max_distance):
+        vals = (pool >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+        order = np.argsort(vals, kind="stable")
+        out.append((vals[order], order, lo, hi))
+    return out
+
+
+def decide(shard_keys: list[str], shard_digests: list[str], shard_phashes: np.ndarray | None, earlier: _Earlier,
+           dataset: str, shard: int, near_max_distance: int | None) -> list[dict[str, Any]]:
+    """One row per duplicate sample of the shard (see module doc); samples in order, first occurrence kept."""
+    first: dict[str, int] = {}
+    for i, d in enumerate(earlier.digests):
+        first.setdefault(d, i)
+    n_prev = len(earlier.keys)
+    rows: list[dict[str, Any]] = []
+    near = near_max_distance is not None and shard_phashes is not None
+    if near:
+        pool = np.concatenate([earlier.phashes, shard_phashes])
+        valid = np.concatenate([earlier.has_phash, np.ones(len(shard_phashes), bool)])
+        index = _near_candidates(pool, near_max_distance)
+
+    def where(pos: int) -> tuple[str, str, int]:
+        if pos < n_prev:
+            return earlier.keys[pos], earlier.datasets[pos], int(earlier.shards[pos])
+        return shard_keys[pos - n_prev], dataset, shard
+
+    for i, (key, digest) in enumerate(zip(shard_keys, shard_digests)):
+        pos = n_prev + i
+        hit = first.get(digest)
+        if hit is not None:
+            k, ds, sh = where(hit)
+            rows.append({"sample_key": key, "kind": "exact", "duplicate_of": k, "duplicate_of_dataset": ds,
+                         "duplicate_of_shard": sh, "distance": 0})
+            continue
+        first.setdefault(digest, pos)
+        if not near:
+            continue
+        me = pool[pos]
+        cands = []
+        for vals, order, lo, hi in index:
+            v = (me >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+            a, b = np.searchsorted(vals, v, "left"), np.searchsorted(vals, v, "right")
+            cands.append(order[a:b])
+        c = np.unique(np.concatenate(cands))
+        c = c[(c < pos) & valid[c]]  # only what comes earlier
+        if len(c):
+            dist = hamming(pool[c], int(me))
+            ok = dist <= near_max_distance
+            if ok.any():
+                best = c[ok][np.argmin(dist[ok])]  # the closest earlier sample (first of equals: c is sorted)
+                k, ds, sh = where(int(best))
+                rows.append({"sample_key": key, "kind": "near", "duplicate_of": k, "duplicate_of_dataset": ds,
+                             "duplicate_of_shard": sh, "distance": int(dist[ok].min())})
+    return rows
+
+
+# ------------------------------------------------------------------------------------ units
+
+
+def _earlier_parts(source: DigestSource, store: ArtifactStore, config: DatasetConfig, shard: int,
+                   cfg: DedupConfig) -> tuple[list[tuple[str, Manifest]], Manifest]:
+    """(every part that comes before ``shard``, in order; the shard's own ingest part)."""
+    artifact = artifacts_for(config)[0]
+    out: list[tuple[str, Manifest]] = []
+    for other in cfg.against:  # image datasets against images, text datasets against texts
+        if other == config.name:
+            raise ConfigError(f"dataset '{config.name}': dedup.against lists the dataset itself")
+        parts = source.parts(other, artifact)
+        if not parts:
+            raise RuntimeError(f"dedup.against names dataset '{other}', which has no committed '{artifact}' parts in "
+                               f"{store.root_uri}; ingest it first or remove it from dedup.against")
+        out += [(other, parts[s]) for s in sorted(parts)]
+    mine = source.parts(config.name, artifact)
+    missing = [s for s in range(shard + 1) if s not in mine]
+    if missing:
+        raise RuntimeError(f"dedup of {config.name} shard {shard} needs its ingest shards 0..{shard}; not committed: "
+                           f"{_ranges(missing)} (run ingest for them first)")
+    out += [(config.name, mine[s]) for s in range(shard)]
+    return out, mine[shard]
+
+
+def _ranges(xs: list[int]) -> str:
+    return ", ".join(str(x) for x in xs[:20]) + (f" ... ({len(xs)} in all)" if len(xs) > 20 else "")
+
+
+def make_unit(source: DigestSource, store: ArtifactStore, config: DatasetConfig, shard: int) -> tuple[Unit, Any]:
+    cfg = dedup_config(config)
+    earlier, own = _earlier_parts(source, store, config, shard, cfg)
+    fp = hashlib.sha256()
+    for ds, m in earlier:
+        entry = next((f.digest for f in m.files if f.name.endswith(DIGESTS_SUFFIX)), m.digest)
+        fp.update(f"{ds}/{m.artifact}/{m.shard}:{entry}\n".encode())
+    unit = Unit(stage=STAGE_NAME, dataset=config.name, artifacts=["dedup"], shard=shard, code_version=CODE_VERSION,
+                config={"dedup": cfg.model_dump(mode="json"), "earlier_parts": len(earlier),
+                        "earlier_fingerprint": fp.hexdigest()},
+                inputs=[own.as_input()])
+    return unit, (earlier, own, cfg)
+
+
+def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force: bool = False,
+              source: DigestSource | None = None) -> list[UnitResult]:
+    """De-duplicate one shard against everything before it (cached; see the module doc)."""
+    source = source or StoreDigests(store)
+    try:
+        unit, (earlier_parts, own, cfg) = make_unit(source, store, config, shard)
+    except Exception as exc:
+        record_early_failure(store, STAGE_NAME, config.name, ["dedup"], shard, exc, "while finding the earlier parts")
+        raise
+
+    def compute() -> UnitOutput:
+        t0 = time.perf_counter()
+        earlier = _gather(source, earlier_parts)
+        mine = source.digests(own)
+        ph = mine.column("phash")
+        phashes = None if ph.null_count == len(ph) else np.asarray(
+            ph.fill_null(0).to_numpy(zero_copy_only=False)).astype(np.int64).view(np.uint64)
+        rows = decide(mine.column("sample_key").to_pylist(), mine.column("digest").to_pylist(), phashes, earlier,
+                      config.name, shard, cfg.near_max_distance)
+        kinds = {k: sum(r["kind"] == k for r in rows) for k in ("exact", "near")}
+        stats = {"samples": mine.num_rows, "earlier_samples": len(earlier.keys), "earlier_parts": len(earlier_parts),
+                 **kinds, "work_seconds": round(time.perf_counter() - t0, 3)}
+        return UnitOutput({"dedup": pa.Table.from_pylist(rows, schema=DEDUP_SCHEMA)}, [], stats)
+
+    return [run_unit(store, unit, compute, force=force)]
+
+
+def shard_units(store: ArtifactStore, config: DatasetConfig, shard: int) -> list[Unit]:
+    return [make_unit(StoreDigests(store), store, config, shard)[0]]
+
+
+STAGE = StageSpec(name=STAGE_NAME, plan_shards=plan_shards, run_shard=run_shard, artifacts=("dedup",), heavy=False,
+                  num_cpus=1.0, shard_units=shard_units)
