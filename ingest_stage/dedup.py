@@ -178,7 +178,7 @@ def _near_candidates(pool: np.ndarray, max_distance: int) -> list[tuple[np.ndarr
     out = []
     for lo, hi in _chunks(max_distance):
         vals = (pool >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
-        order = np.argsort(vals, kind="stable")
+        order = np.argsort(vals)  # ties in any order: the earliest match is picked by position
         out.append((vals[order], order, lo, hi))
     return out
 
@@ -186,16 +186,18 @@ def _near_candidates(pool: np.ndarray, max_distance: int) -> list[tuple[np.ndarr
 def decide(shard_keys: list[str], shard_digests: list[str], shard_phashes: np.ndarray | None, earlier: _Earlier,
            dataset: str, shard: int, near_max_distance: int | None) -> list[dict[str, Any]]:
     """One row per duplicate sample of the shard (see module doc); samples in order, first occurrence kept."""
-    first: dict[str, int] = {}
-    for i, d in enumerate(earlier.digests):
-        first.setdefault(d, i)
     n_prev = len(earlier.keys)
+    first = dict(zip(reversed(earlier.digests), range(n_prev - 1, -1, -1)))  # digest -> its first position
     rows: list[dict[str, Any]] = []
-    near = near_max_distance is not None and shard_phashes is not None
+    near = near_max_distance is not None and shard_phashes is not None and len(shard_phashes) > 0
     if near:
         pool = np.concatenate([earlier.phashes, shard_phashes])
         valid = np.concatenate([earlier.has_phash, np.ones(len(shard_phashes), bool)])
-        index = _near_candidates(pool, near_max_distance)
+        # candidate ranges of every shard sample in every bit range, found in one vectorised search per range
+        bounds = []
+        for vals, order, lo, hi in _near_candidates(pool, near_max_distance):
+            q = (shard_phashes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+            bounds.append((order, np.searchsorted(vals, q, "left"), np.searchsorted(vals, q, "right")))
 
     def where(pos: int) -> tuple[str, str, int]:
         if pos < n_prev:
@@ -210,25 +212,19 @@ def decide(shard_keys: list[str], shard_digests: list[str], shard_phashes: np.nd
             rows.append({"sample_key": key, "kind": "exact", "duplicate_of": k, "duplicate_of_dataset": ds,
                          "duplicate_of_shard": sh, "distance": 0})
             continue
-        first.setdefault(digest, pos)
+        first[digest] = pos
         if not near:
             continue
-        me = pool[pos]
-        cands = []
-        for vals, order, lo, hi in index:
-            v = (me >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
-            a, b = np.searchsorted(vals, v, "left"), np.searchsorted(vals, v, "right")
-            cands.append(order[a:b])
-        c = np.unique(np.concatenate(cands))
-        c = c[(c < pos) & valid[c]]  # only what comes earlier
-        if len(c):
-            dist = hamming(pool[c], int(me))
-            ok = dist <= near_max_distance
-            if ok.any():
-                best = c[ok][np.argmin(dist[ok])]  # the closest earlier sample (first of equals: c is sorted)
-                k, ds, sh = where(int(best))
-                rows.append({"sample_key": key, "kind": "near", "duplicate_of": k, "duplicate_of_dataset": ds,
-                             "duplicate_of_shard": sh, "distance": int(dist[ok].min())})
+        c = np.concatenate([order[a[i]:b[i]] for order, a, b in bounds])
+        c = c[(c < pos) & valid[c]]  # only what comes earlier (the sample itself is in every range)
+        if not len(c):
+            continue
+        dist = hamming(pool[c], int(pool[pos]))
+        if dist.min() <= near_max_distance:
+            best = int(c[dist == dist.min()].min())  # the closest earlier sample; the first of equals
+            k, ds, sh = where(best)
+            rows.append({"sample_key": key, "kind": "near", "duplicate_of": k, "duplicate_of_dataset": ds,
+                         "duplicate_of_shard": sh, "distance": int(dist.min())})
     return rows
 
 

@@ -4,7 +4,8 @@ One :class:`Downloader` is shared by the worker threads of a shard (urllib3's Po
 per-host connection pools are thread-safe). urllib3 is used rather than a richer client because the
 client's CPU per request is charged to every image: on an 87 KB JPEG it costs about half of httpx's
 (docs/ingest.md, Benchmark). Its own retries and redirect following are off: both are done here, so that
-they are bounded, backed off, loop-checked and scheme-checked the same way. Every failure becomes a
+they are bounded, backed off, loop-checked and scheme-checked the same way. Connections go only to public
+addresses (checked on the address actually connected to; ``download.allow_networks`` for trusted lists). Every failure becomes a
 :class:`SampleFailure` with a stable reason code; nothing here raises anything else for a bad URL or a
 bad server.
 """

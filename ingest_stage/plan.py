@@ -6,8 +6,9 @@ same shards, a shard is computable alone (no other shard's output is needed), an
 last URL list only changes the last shard(s).
 
 URL de-duplication is dataset-wide: the first occurrence of a URL (in global order) is fetched, every
-later one is recorded as ``duplicate_url`` in its own shard. Content de-duplication is per shard (a
-dataset-wide one would make shards depend on each other); see docs/ingest.md.
+later one is recorded as ``duplicate_url`` in its own shard. Content de-duplication here is per shard (a
+dataset-wide one would make shards depend on each other); across shards and datasets it is the separate
+``dedup`` stage (ingest_stage/dedup.py); see docs/ingest.md.
 """
 
 from __future__ import annotations
