@@ -117,7 +117,7 @@ def _manifests(store: ArtifactStore, dataset: str, artifact: str, listing: tuple
     return out
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1024)  # ~100 KB per 1000-sample part: at most ~100 MB held
 def _digest_table(store: ArtifactStore, dataset: str, artifact: str, shard: int | None, digest: str) -> pa.Table:
     data = store.read_bytes(store.data_path(dataset, artifact, shard, DIGESTS_SUFFIX))
     if hashlib.sha256(data).hexdigest() != digest:

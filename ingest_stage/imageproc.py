@@ -97,8 +97,13 @@ def encode(im: Image.Image, cfg: IngestConfig) -> bytes:
 def phash(im: Image.Image) -> int:
     """pHash (Zauner 2010; the imagehash package's variant): grey 32x32, 2-D DCT-II, the 8x8 lowest
     frequencies against their median -> 64 bits, returned as a signed int64 (bit 63 is the sign)."""
-    # box-resize the RGB image first, then grey: the same grey as the other order to rounding, at half the CPU
-    grey = np.asarray(im.resize((32, 32), Image.Resampling.BOX).convert("L"), dtype=np.float64)
+    # grey first, then an integer box reduction (cheap) to about 32 px before the exact 32x32 box resize:
+    # together about half the CPU of one box resize of the RGB image
+    grey = im.convert("L")
+    factor = min(grey.size) // 32
+    if factor > 1:
+        grey = grey.reduce(factor)
+    grey = np.asarray(grey.resize((32, 32), Image.Resampling.BOX), dtype=np.float64)
     low = dctn(grey, type=2, norm="ortho")[:8, :8]
     bits = (low > np.median(low)).ravel()
     return int(np.packbits(bits).view(">i8")[0])
