@@ -105,3 +105,22 @@ def test_dedup_against_itself_is_refused(make_config, store, tmp_path):
     ingest(store, cfg, 0)
     with pytest.raises(ConfigError, match="itself"):
         dedup(store, cfg.model_copy(update={"dedup": {"against": ["x"]}}), 0)
+
+
+def test_dedup_on_an_s3_store(s3_root, make_config, tmp_path):
+    """Digest files are committed and found on a real S3 server (listing entries carry ETags, not mtimes)."""
+    from fourm_core import ArtifactStore
+
+    root, options = s3_root
+    store = ArtifactStore(root, options)
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i, name in enumerate(["coffee", "rocket", "coffee"]):
+        (d / f"{i}.png").write_bytes(_photo(name, side=96))
+    cfg = make_config([{"kind": "folder", "path": str(d)}], shard_size=2, shorter_side=32)
+    for s in (0, 1):
+        ingest(store, cfg, s)
+        dedup(store, cfg, s)
+    [row] = store.read_table("t", "dedup", 1).to_pylist()
+    assert (row["sample_key"], row["duplicate_of"], row["kind"]) == ("folder-imgs/2.png", "folder-imgs/0.png", "exact")
+    assert dedup(store, cfg, 1)[0].status.value == "cached"

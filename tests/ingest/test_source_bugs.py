@@ -64,7 +64,6 @@ def test_c4_keys_have_one_prefix_and_physical_line_numbers(make_config, store, t
 
 
 def test_listing_error_leaves_a_failure_record(make_config, store, tmp_path):
-
     d = tmp_path / "wds"
     d.mkdir()
     media.write_tar(d / "a.tar", {"0.jpg": media.jpeg(seed=61)})
