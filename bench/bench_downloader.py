@@ -115,17 +115,25 @@ def end_to_end(cfg: DatasetConfig, n: int, earlier=None) -> tuple[float, float]:
 
 
 def synthetic_earlier(n: int):
-    """``n`` committed samples for the dedup decision to check against (random digests and pHashes)."""
-    from ingest_stage.dedup import _Earlier
+    """An index of ``n`` committed samples for the dedup decision to check against (random digests and pHashes,
+    in parts of 1000 as a store holds them)."""
+    import pyarrow as pa
 
-    ph = np.random.default_rng(1).integers(0, 2**63, n, dtype=np.int64).view(np.uint64)
-    return _Earlier([f"k{i}" for i in range(n)], ["other"] * n, np.zeros(n, np.int32), [f"{i:064x}" for i in range(n)],
-                    ph, np.ones(n, bool))
+    from ingest_stage.dedup import EarlierIndex
+
+    rng = np.random.default_rng(1)
+    index = EarlierIndex(4)
+    for s in range(0, n, 1000):
+        m = min(1000, n - s)
+        index.add(f"other/images/{s // 1000}", "other", s // 1000, pa.table({
+            "sample_key": [f"k{i}" for i in range(s, s + m)], "digest": [f"{i:064x}" for i in range(s, s + m)],
+            "phash": rng.integers(-2**63, 2**63 - 1, m, dtype=np.int64)}))
+    return index
 
 
 def dedup_decision(out, earlier) -> None:
     """The dedup stage's decision for this shard (exact + pHash within distance 4) against ``earlier``, from the
-    shard's digest file (the per-part files of earlier shards are read once per process and cached: not timed)."""
+    shard's digest file (the index of earlier parts is kept per process and extended part by part: not timed)."""
     import pyarrow.parquet as pq
 
     from ingest_stage.builder import DIGESTS_SUFFIX
@@ -133,7 +141,7 @@ def dedup_decision(out, earlier) -> None:
 
     t = pq.read_table(io.BytesIO(out.extra_files["images"][DIGESTS_SUFFIX]))
     phashes = np.asarray(t.column("phash").to_numpy()).astype(np.int64).view(np.uint64)
-    decide(t.column("sample_key").to_pylist(), t.column("digest").to_pylist(), phashes, earlier, "bench", 0, 4)
+    decide(t.column("sample_key").to_pylist(), t.column("digest").to_pylist(), phashes, earlier, "bench", 0)
 
 
 def main() -> int:

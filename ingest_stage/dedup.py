@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-from dataclasses import dataclass
+import threading
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -129,41 +129,9 @@ def _digest_table(store: ArtifactStore, dataset: str, artifact: str, shard: int 
 # ------------------------------------------------------------------------------------ the decision
 
 
-@dataclass
-class _Earlier:
-    """Everything that comes before a shard, as flat arrays (position = order of appearance)."""
-
-    keys: list[str]
-    datasets: list[str]
-    shards: np.ndarray
-    digests: list[str]
-    phashes: np.ndarray  # uint64; 0 where there is none (texts)
-    has_phash: np.ndarray  # bool
-
-
-def _gather(source: DigestSource, parts: list[tuple[str, Manifest]]) -> _Earlier:
-    keys, datasets, shards, digests, phashes, has = [], [], [], [], [], []
-    for dataset, m in parts:
-        t = source.digests(m)
-        n = t.num_rows
-        keys += t.column("sample_key").to_pylist()
-        digests += t.column("digest").to_pylist()
-        datasets += [dataset] * n
-        shards.append(np.full(n, m.shard if m.shard is not None else -1, np.int32))
-        ph = t.column("phash")
-        has.append(~np.asarray(ph.is_null().to_numpy(zero_copy_only=False)))
-        phashes.append(np.asarray(ph.fill_null(0).to_numpy(zero_copy_only=False)).astype(np.int64).view(np.uint64))
-    cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt))  # noqa: E731
-    return _Earlier(keys, datasets, cat(shards, np.int32), digests, cat(phashes, np.uint64), cat(has, bool))
-
-
-_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
-
 def hamming(a: np.ndarray, b: int) -> np.ndarray:
     """Bit distance between each uint64 of ``a`` and ``b``."""
-    x = (a ^ np.uint64(b)).view(np.uint8).reshape(-1, 8)
-    return _POP8[x].sum(axis=1)
+    return np.bitwise_count(a ^ np.uint64(b))
 
 
 def _chunks(d: int) -> list[tuple[int, int]]:
@@ -173,58 +141,129 @@ def _chunks(d: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def _near_candidates(pool: np.ndarray, max_distance: int) -> list[tuple[np.ndarray, np.ndarray, int, int]]:
-    """Per bit range: (sorted chunk values, their positions in ``pool``, lo, hi)."""
-    out = []
-    for lo, hi in _chunks(max_distance):
-        vals = (pool >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
-        order = np.argsort(vals)  # ties in any order: the earliest match is picked by position
-        out.append((vals[order], order, lo, hi))
-    return out
+def _chunk(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    return (values >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
 
 
-def decide(shard_keys: list[str], shard_digests: list[str], shard_phashes: np.ndarray | None, earlier: _Earlier,
-           dataset: str, shard: int, near_max_distance: int | None) -> list[dict[str, Any]]:
-    """One row per duplicate sample of the shard (see module doc); samples in order, first occurrence kept."""
-    n_prev = len(earlier.keys)
-    first = dict(zip(reversed(earlier.digests), range(n_prev - 1, -1, -1)))  # digest -> its first position
+class EarlierIndex:
+    """Everything that comes before a shard: first position of each digest, and (for near duplicates) the
+    pHashes sorted per bit range. Built part by part and kept per process, so the shards of one run extend
+    it by one part each instead of rebuilding it from every earlier part."""
+
+    def __init__(self, near_max_distance: int | None):
+        self.near = near_max_distance
+        self.parts: list[str] = []  # "dataset/artifact/shard:digest-file sha" of each part, in order
+        self.keys: list[str] = []
+        self.datasets: list[str] = []
+        self.shards: list[int] = []
+        self.first: dict[str, int] = {}
+        self.phashes = np.zeros(0, np.uint64)
+        self.ranges = [(lo, hi, np.zeros(0, np.uint64), np.zeros(0, np.int64)) for lo, hi in
+                       (_chunks(near_max_distance) if near_max_distance is not None else [])]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, part: str, dataset: str, shard: int, table: pa.Table) -> None:
+        """Append one part's digest table (rows after everything already in)."""
+        start = len(self.keys)
+        keys = table.column("sample_key").to_pylist()
+        for i, d in enumerate(table.column("digest").to_pylist()):
+            self.first.setdefault(d, start + i)
+        self.parts.append(part)
+        self.keys += keys
+        self.datasets += [dataset] * len(keys)
+        self.shards += [shard] * len(keys)
+        if self.near is None:
+            return
+        ph = table.column("phash")
+        has = ~np.asarray(ph.is_null().to_numpy(zero_copy_only=False))
+        new = np.asarray(ph.fill_null(0).to_numpy(zero_copy_only=False)).astype(np.int64).view(np.uint64)
+        self.phashes = np.concatenate([self.phashes, new])
+        pos = np.arange(start, start + len(keys))[has]  # texts have no pHash: never near anything
+        for j, (lo, hi, vals, order) in enumerate(self.ranges):
+            v = _chunk(new[has], lo, hi)
+            o = np.argsort(v)
+            at = np.searchsorted(vals, v[o])  # merge: O(size) per part, not a re-sort of everything
+            self.ranges[j] = (lo, hi, np.insert(vals, at, v[o]), np.insert(order, at, pos[o]))
+
+    def where(self, pos: int) -> tuple[str, str, int]:
+        return self.keys[pos], self.datasets[pos], self.shards[pos]
+
+    def nearest(self, phashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each query hash: (closest indexed position within the bound, or -1; its distance)."""
+        best = np.full(len(phashes), -1, np.int64)
+        dist = np.full(len(phashes), 65, np.int64)
+        if self.near is None or not len(self.keys):
+            return best, dist
+        bounds = [(order, np.searchsorted(vals, _chunk(phashes, lo, hi), "left"),
+                   np.searchsorted(vals, _chunk(phashes, lo, hi), "right")) for lo, hi, vals, order in self.ranges]
+        for i in range(len(phashes)):
+            c = np.concatenate([order[a[i]:b[i]] for order, a, b in bounds])
+            if len(c):
+                d = hamming(self.phashes[c], int(phashes[i]))
+                m = d.min()
+                if m <= self.near:
+                    best[i], dist[i] = c[d == m].min(), m  # the first of the closest
+        return best, dist
+
+
+_INDEXES: dict[tuple, EarlierIndex] = {}
+# Held while an index is extended and used: shards decided in parallel threads must not see each other's parts.
+_LOCK = threading.Lock()
+
+
+def earlier_index(source: DigestSource, parts: list[tuple[str, Manifest]], near: int | None,
+                  cache_key: tuple) -> EarlierIndex:
+    """The index of ``parts`` (in order), extending this process's cached one when it holds a prefix of them."""
+    names = [_part_name(ds, m) for ds, m in parts]
+    index = _INDEXES.get(cache_key)
+    if index is None or index.near != near or index.parts != names[:len(index.parts)]:
+        index = EarlierIndex(near)
+    for (ds, m), name in list(zip(parts, names))[len(index.parts):]:
+        index.add(name, ds, m.shard if m.shard is not None else -1, source.digests(m))
+    _INDEXES.clear()  # one index per process: the last dataset's (its next shard extends it)
+    _INDEXES[cache_key] = index
+    return index
+
+
+def _part_name(dataset: str, m: Manifest) -> str:
+    entry = next((f.digest for f in m.files if f.name.endswith(DIGESTS_SUFFIX)), m.digest)
+    return f"{dataset}/{m.artifact}/{m.shard}:{entry}"
+
+
+def decide(shard_keys: list[str], shard_digests: list[str], shard_phashes: np.ndarray | None, earlier: EarlierIndex,
+           dataset: str, shard: int) -> list[dict[str, Any]]:
+    """One row per duplicate sample of the shard (see module doc); samples in order, first occurrence kept.
+    ``earlier`` is not changed: the shard's own samples are checked against each other here."""
     rows: list[dict[str, Any]] = []
-    near = near_max_distance is not None and shard_phashes is not None and len(shard_phashes) > 0
+    local: dict[str, int] = {}
+    near = earlier.near is not None and shard_phashes is not None and len(shard_phashes) > 0
     if near:
-        pool = np.concatenate([earlier.phashes, shard_phashes])
-        valid = np.concatenate([earlier.has_phash, np.ones(len(shard_phashes), bool)])
-        # candidate ranges of every shard sample in every bit range, found in one vectorised search per range
-        bounds = []
-        for vals, order, lo, hi in _near_candidates(pool, near_max_distance):
-            q = (shard_phashes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
-            bounds.append((order, np.searchsorted(vals, q, "left"), np.searchsorted(vals, q, "right")))
+        best, dist = earlier.nearest(shard_phashes)
 
-    def where(pos: int) -> tuple[str, str, int]:
-        if pos < n_prev:
-            return earlier.keys[pos], earlier.datasets[pos], int(earlier.shards[pos])
-        return shard_keys[pos - n_prev], dataset, shard
+    def row(key: str, kind: str, of: tuple[str, str, int], distance: int) -> dict[str, Any]:
+        return {"sample_key": key, "kind": kind, "duplicate_of": of[0], "duplicate_of_dataset": of[1],
+                "duplicate_of_shard": of[2], "distance": distance}
 
+    kept = np.zeros(len(shard_keys), bool)  # the shard's samples that are not exact duplicates (near candidates)
     for i, (key, digest) in enumerate(zip(shard_keys, shard_digests)):
-        pos = n_prev + i
-        hit = first.get(digest)
+        hit = earlier.first.get(digest)
         if hit is not None:
-            k, ds, sh = where(hit)
-            rows.append({"sample_key": key, "kind": "exact", "duplicate_of": k, "duplicate_of_dataset": ds,
-                         "duplicate_of_shard": sh, "distance": 0})
+            rows.append(row(key, "exact", earlier.where(hit), 0))
             continue
-        first[digest] = pos
-        if not near:
+        if digest in local:
+            rows.append(row(key, "exact", (shard_keys[local[digest]], dataset, shard), 0))
             continue
-        c = np.concatenate([order[a[i]:b[i]] for order, a, b in bounds])
-        c = c[(c < pos) & valid[c]]  # only what comes earlier (the sample itself is in every range)
-        if not len(c):
-            continue
-        dist = hamming(pool[c], int(pool[pos]))
-        if dist.min() <= near_max_distance:
-            best = int(c[dist == dist.min()].min())  # the closest earlier sample; the first of equals
-            k, ds, sh = where(best)
-            rows.append({"sample_key": key, "kind": "near", "duplicate_of": k, "duplicate_of_dataset": ds,
-                         "duplicate_of_shard": sh, "distance": int(dist.min())})
+        local[digest] = i
+        if near:
+            d_in = np.where(kept[:i], hamming(shard_phashes[:i], int(shard_phashes[i])), 65)
+            j = int(np.argmin(d_in)) if i else -1  # the first of the closest
+            if best[i] >= 0 and (j < 0 or dist[i] <= d_in[j]):  # earlier parts come first on a tie
+                rows.append(row(key, "near", earlier.where(int(best[i])), int(dist[i])))
+            elif j >= 0 and d_in[j] <= earlier.near:
+                rows.append(row(key, "near", (shard_keys[j], dataset, shard), int(d_in[j])))
+            kept[i] = True
     return rows
 
 
@@ -262,8 +301,7 @@ def make_unit(source: DigestSource, store: ArtifactStore, config: DatasetConfig,
     earlier, own = _earlier_parts(source, store, config, shard, cfg)
     fp = hashlib.sha256()
     for ds, m in earlier:
-        entry = next((f.digest for f in m.files if f.name.endswith(DIGESTS_SUFFIX)), m.digest)
-        fp.update(f"{ds}/{m.artifact}/{m.shard}:{entry}\n".encode())
+        fp.update(f"{_part_name(ds, m)}\n".encode())
     unit = Unit(stage=STAGE_NAME, dataset=config.name, artifacts=["dedup"], shard=shard, code_version=CODE_VERSION,
                 config={"dedup": cfg.model_dump(mode="json"), "earlier_parts": len(earlier),
                         "earlier_fingerprint": fp.hexdigest()},
@@ -283,15 +321,17 @@ def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force:
 
     def compute() -> UnitOutput:
         t0 = time.perf_counter()
-        earlier = _gather(source, earlier_parts)
         mine = source.digests(own)
         ph = mine.column("phash")
         phashes = None if ph.null_count == len(ph) else np.asarray(
             ph.fill_null(0).to_numpy(zero_copy_only=False)).astype(np.int64).view(np.uint64)
-        rows = decide(mine.column("sample_key").to_pylist(), mine.column("digest").to_pylist(), phashes, earlier,
-                      config.name, shard, cfg.near_max_distance)
+        with _LOCK:
+            earlier = earlier_index(source, earlier_parts, cfg.near_max_distance, (store.root_uri, config.name))
+            rows = decide(mine.column("sample_key").to_pylist(), mine.column("digest").to_pylist(), phashes,
+                          earlier, config.name, shard)
+            n_earlier = len(earlier)
         kinds = {k: sum(r["kind"] == k for r in rows) for k in ("exact", "near")}
-        stats = {"samples": mine.num_rows, "earlier_samples": len(earlier.keys), "earlier_parts": len(earlier_parts),
+        stats = {"samples": mine.num_rows, "earlier_samples": n_earlier, "earlier_parts": len(earlier_parts),
                  **kinds, "work_seconds": round(time.perf_counter() - t0, 3)}
         return UnitOutput({"dedup": pa.Table.from_pylist(rows, schema=DEDUP_SCHEMA)}, [], stats)
 
