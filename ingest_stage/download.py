@@ -79,8 +79,11 @@ def is_blocked(ip: str, allow: tuple[Network, ...] = ()) -> bool:
     """True for loopback, private, link-local, multicast, reserved, shared and unspecified addresses (anything
     not globally routable, incl. IPv4-mapped IPv6 forms of them) unless an ``allow`` network holds the address."""
     addr = ipaddress.ip_address(ip.split("%")[0])  # drop an IPv6 zone id
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+    if isinstance(addr, ipaddress.IPv6Address):
+        # an IPv4 address inside an IPv6 one (mapped ::ffff:a.b.c.d, 6to4 2002::/16, Teredo) is judged as itself
+        embedded = addr.ipv4_mapped or addr.sixtofour or (addr.teredo[1] if addr.teredo else None)
+        if embedded is not None:
+            addr = embedded
     if any(addr in net for net in allow):
         return False
     return not addr.is_global or addr.is_multicast

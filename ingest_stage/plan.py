@@ -112,11 +112,27 @@ def check_key_prefixes(config: DatasetConfig, sources: list[Source]) -> None:
         seen[prefix] = s
 
 
+def check_score_filters(config: DatasetConfig, sources: list[Source]) -> None:
+    """Score filters need every image source to keep the filtered columns; otherwise every sample would be
+    refused as ``score_filter`` (unknown is not 'passes'): refuse the config instead, naming the fix."""
+    f = config.ingest.filters
+    wanted = set(f.min_scores) | set(f.max_scores)
+    if not wanted or config.text_only:
+        return
+    for s in sources:
+        kept = set(getattr(s.cfg, "keep_columns", []) or [])
+        if not wanted <= kept:
+            raise ConfigError(f"dataset '{config.name}': ingest.filters filter on {sorted(wanted)} but source "
+                              f"{s.position} ({s.cfg.kind}) keeps {sorted(kept) or 'no columns'}; add them to its "
+                              f"keep_columns (url_parquet) or drop the score filters")
+
+
 def build_plan(config: DatasetConfig) -> Plan:
     """List every source (cached per process where it is costly) and lay the samples out in shards."""
     sources = [make_source(cfg, i) for i, cfg in enumerate(config.sources)]
     check_kinds(config, sources)
     check_key_prefixes(config, sources)
+    check_score_filters(config, sources)
     counts = [s.count() for s in sources]
     first_of = None
     if config.ingest.dedupe and any(s.remote for s in sources):

@@ -28,6 +28,7 @@ NO_ALLOW = {**FAST_DOWNLOAD, "allow_networks": [], "retries": 0}
     ("127.0.0.1", True), ("10.1.2.3", True), ("172.16.0.1", True), ("192.168.1.1", True),
     ("169.254.169.254", True), ("224.0.0.1", True), ("0.0.0.0", True), ("100.64.0.1", True), ("::1", True),
     ("fe80::1%eth0", True), ("::ffff:127.0.0.1", True), ("ff02::1", True), ("fc00::1", True),
+    ("2002:7f00:1::1", True), ("2001:0:4136:e378:8000:63bf:80ff:fffe", True),  # 6to4 / Teredo of 127.0.0.1
     ("8.8.8.8", False), ("2001:4860:4860::8888", False),
 ])
 def test_address_classes(ip, blocked):
@@ -117,6 +118,17 @@ def test_scores_kept_in_meta_and_filtered_before_fetching(http_server, make_conf
     assert http_server.routes.hits["/ok.jpg?t=score2"] == 0  # refused from the list, never fetched
     m = store.read_manifest("t", "images", 0)
     assert m.errors.by_reason == {"score_filter": 2} and m.stats["no_caption"] == 1
+
+
+def test_score_filters_need_the_columns_kept(make_config, store, tmp_path):
+    from fourm_core.config import ConfigError
+    from ingest_stage import plan_shards
+
+    pq.write_table(pa.table({"url": ["http://x/a.jpg"], "text": ["a"], "aesthetic": [5.0]}), tmp_path / "p.parquet")
+    cfg = make_config([{"kind": "url_parquet", "path": str(tmp_path / "p.parquet")}],
+                      filters={"min_scores": {"aesthetic": 4.5}})
+    with pytest.raises(ConfigError, match="keep_columns"):
+        plan_shards(store, cfg)
 
 
 def test_caption_cleaning_and_required_captions(http_server, make_config, store, tmp_path):
