@@ -78,7 +78,7 @@ def test_listing_error_leaves_a_failure_record(make_config, store, tmp_path):
     assert 0 in failed and "holds no files" in failed[0]["error"]
 
 
-def test_folder_suffixes_are_case_insensitive_and_skips_are_counted(make_config, store, tmp_path):
+def test_folder_suffixes_are_case_insensitive_and_skips_are_counted(make_config, store, tmp_path, capsys):
     d = tmp_path / "imgs"
     d.mkdir()
     from PIL import Image
@@ -91,6 +91,10 @@ def test_folder_suffixes_are_case_insensitive_and_skips_are_counted(make_config,
     run_shard(store, cfg, 0)
     assert store.read_table("t", "images", 0).num_rows == 5
     assert store.read_manifest("t", "images", 0).stats["skipped_files"] == 2
+    yaml_path = tmp_path / "f.yaml"
+    yaml_path.write_text(f"name: f\nsources: [{{kind: folder, path: {d}}}]\n")
+    assert main(["--dataset", str(yaml_path), "--root", str(tmp_path / "s2"), "--no-progress"]) == 0
+    assert "skipped_files 2" in capsys.readouterr().out  # the CLI reports what it skipped
 
 
 def test_two_folders_with_the_same_file_name_keep_both_images(make_config, store, tmp_path):
