@@ -18,9 +18,7 @@ from fourm_core.coco import NUM_PANOPTIC
 
 from ..codecs import png_encode
 from ..spec import RGB, Batch
-from .model_base import HFModelSettings, ModelLabeler, resize_batch
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+from .model_base import HFModelSettings, ModelLabeler, resize_batch, IMAGENET_MEAN, IMAGENET_STD
 
 
 class SemsegSettings(HFModelSettings):
