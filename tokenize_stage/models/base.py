@@ -140,6 +140,21 @@ def build_tokenizer(config: Any) -> Tokenizer:
     raise ValueError(f"unknown tokenizer architecture {config.architecture!r}")
 
 
+def source_digest(source: str | os.PathLike, **storage_options: Any) -> tuple[str, str]:
+    """(local directory, sha256 over the weight and config files) of a tokenizer source in any supported
+    layout: what a unit that uses released weights keys its cache on."""
+    directory = _resolve(str(source), storage_options)
+    names = sorted(f for f in os.listdir(directory)
+                   if f in (CONFIG_NAME, WEIGHTS_NAME, STORE_CONFIG_NAME, STORE_WEIGHTS_NAME) or f.endswith(".pth"))
+    if not names:
+        raise FileNotFoundError(f"{source} holds no tokenizer files ({CONFIG_NAME} + {WEIGHTS_NAME} or <id>.pth)")
+    h = hashlib.sha256()
+    for name in names:
+        h.update(name.encode())
+        h.update(Path(directory, name).read_bytes())
+    return directory, h.hexdigest()
+
+
 def _files_in(directory: str) -> tuple[str, str]:
     for cfg, w in ((CONFIG_NAME, WEIGHTS_NAME), (STORE_CONFIG_NAME, STORE_WEIGHTS_NAME)):
         if os.path.exists(os.path.join(directory, cfg)) and os.path.exists(os.path.join(directory, w)):
