@@ -110,3 +110,13 @@ def test_our_training_builds_and_reloads_the_ml4m_layout(tmp_path, name):
     tokens = model.encode(x)
     assert loaded.config == model.config and torch.equal(loaded.encode(x), tokens)
     assert loaded.decode(tokens).shape == model.decode(tokens).shape
+
+
+def test_check_command_loads_a_released_folder(capsys):
+    from tokenize_stage.__main__ import main
+
+    assert main(["check", str(FIXTURES / "tiny" / "sam_mask")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["tokenizer"] == "mask_vq" and out["strict_load"] == "ok" and out["tokens_shape"] == [2, 16]
+    weights = load_file(str(FIXTURES / "tiny" / "sam_mask" / "model.safetensors"))
+    assert out["parameters"] == sum(v.numel() for k, v in weights.items() if "_codebook" not in k)
