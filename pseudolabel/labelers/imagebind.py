@@ -6,9 +6,9 @@ bias), built with timm's ``VisionTransformer``; the head is LayerNorm -> CLS -> 
 bias) and the embedding is L2-normalised (ImageBind's vision postprocessor). As in apple/ml-4m, whose
 released tokenizers were trained on exactly these: ``features`` = the last layer's patch tokens after the
 head LayerNorm, ``imagebind_global`` = token 0 of that same 1280-d output (not the 1024-d projected,
-normalised embedding); inputs are ImageNet-normalised (the reference's tokenizer data pipeline). Real ImageBind weights (``imagebind_huge.pth``) load
-after conversion to safetensors with :func:`convert_imagebind_state_dict` (key mapping below), saved
-as ``model.safetensors`` beside a ``config.json`` (``{"embed_dim": 1280, "depth": 32, ...}``).
+normalised embedding); inputs are ImageNet-normalised (the reference's tokenizer data pipeline).
+Real ImageBind weights (``imagebind_huge.pth``) load after conversion to safetensors with
+:func:`convert_imagebind_state_dict` (key mapping below), saved as ``model.safetensors`` beside a ``config.json`` (``{"embed_dim": 1280, "depth": 32, ...}``).
 Licence of the released weights: CC-BY-NC-4.0 (ImageBind).
 """
 
@@ -79,7 +79,7 @@ def convert_imagebind_state_dict(sd: dict) -> dict:
 
 
 class ImageBindSettings(HFModelSettings):
-    model: str = "imagebind_huge"  # a local dir converted with convert_imagebind_state_dict (docs/labelers.md)
+    model: str = "./models/imagebind_huge"  # a local dir converted with convert_imagebind_state_dict (docs/labelers.md)
 
 
 class ImageBindLabeler(ModelLabeler):
