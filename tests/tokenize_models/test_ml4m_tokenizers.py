@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tokenize_stage.models import Tokenizer, build_tokenizer
-from tokenize_stage.models.ml4m import Ml4mFormatError, config_from_ml4m, state_dict_from_ml4m
+from tokenize_stage.models.ml4m import (Ml4mFormatError, config_from_ml4m, save_ml4m, state_dict_from_ml4m,
+                                        state_dict_to_ml4m)
 from tokenize_stage.registry import tokenizer_config
 from tokenize_stage.synthetic import synthetic_batch
 
@@ -67,6 +68,8 @@ def test_released_key_table_loads_strictly(keys):
     released = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
     model.load_state_dict(state_dict_from_ml4m(released, config), strict=True, assign=True)
     assert sum(p.numel() for p in model.parameters()) == table["n_params"]
+    exported = state_dict_to_ml4m(model.state_dict(), config)  # and back: the same names and shapes
+    assert {k: tuple(v.shape) for k, v in exported.items()} == shapes
     assert config.name == HUB_TO_OURS[table["hub_id"]]
 
 
@@ -120,3 +123,24 @@ def test_check_command_loads_a_released_folder(capsys):
     assert out["tokenizer"] == "mask_vq" and out["strict_load"] == "ok" and out["tokens_shape"] == [2, 16]
     weights = load_file(str(FIXTURES / "tiny" / "sam_mask" / "model.safetensors"))
     assert out["parameters"] == sum(v.numel() for k, v in weights.items() if "_codebook" not in k)
+
+
+@pytest.mark.parametrize("fixture", sorted(TINY))
+def test_export_reproduces_the_released_files(tmp_path, fixture):
+    """Loading a released folder and writing it back in the release format gives the same tensors, bit for
+    bit, and the same config (MLP tokenizers: up to the image/patch sizes they do not use)."""
+    folder = FIXTURES / "tiny" / fixture
+    save_ml4m(Tokenizer.from_pretrained(folder), tmp_path)
+    ref, ours = load_file(str(folder / "model.safetensors")), load_file(str(tmp_path / "model.safetensors"))
+    assert set(ref) == set(ours) and all(torch.equal(ref[k], ours[k]) for k in ref)
+    ref_cfg, our_cfg = (json.loads((d / "config.json").read_text()) for d in (folder, tmp_path))
+    unused = {"image_size", "patch_size"} if ref_cfg["quant_type"] == "memcodes" else set()
+    assert {k: v for k, v in our_cfg.items() if k not in unused} == {k: v for k, v in ref_cfg.items() if k not in unused}
+
+
+def test_our_ml4m_diffusion_tokenizer_exports_and_reloads(tmp_path):
+    model = build_tokenizer(tokenizer_config("normal_diffusion", "tiny", layout="ml4m")).eval()
+    save_ml4m(model, tmp_path)
+    loaded = Tokenizer.from_pretrained(tmp_path, tokenizer="normal_diffusion")
+    x = synthetic_batch(model.config, 2, seed=3)
+    assert torch.equal(loaded.encode(x), model.encode(x))

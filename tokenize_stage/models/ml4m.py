@@ -14,7 +14,10 @@ ours supplied, so ``load_state_dict(strict=True)`` proves the load is complete.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -231,3 +234,108 @@ def _load_pth(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     else:
         cfg["n_channels"] = sd["encoder.proj.weight"].shape[1]
     return cfg, sd
+
+
+# ------------------------------------------------------------------------------------------ export
+# Our name -> the released one: the inverse of NAME_MAP (checked against it key by key on export).
+_INVERSE: list[tuple[str, str | None]] = [
+    (r"encoder\.vit\.pos_emb", "encoder.pos_emb"),
+    (r"(encoder|decoder)\.(?:vit\.)?blocks\.(\d+)\.mlp\.0\.(.*)", r"\1.blocks.\2.mlp.fc1.\3"),
+    (r"(encoder|decoder)\.(?:vit\.)?blocks\.(\d+)\.mlp\.2\.(.*)", r"\1.blocks.\2.mlp.fc2.\3"),
+    (r"encoder\.vit\.blocks\.(\d+)\.(.*)", r"encoder.blocks.\1.\2"),
+    (r"encoder\.vit\.norm_mlp\.(.*)", r"encoder.norm_mlp.\1"),
+    (r"(encoder|decoder)\.(?:vit\.)?post_mlp\.0\.(.*)", r"\1.post_mlp.fc1.\2"),
+    (r"(encoder|decoder)\.(?:vit\.)?post_mlp\.2\.(.*)", r"\1.post_mlp.fc2.\2"),
+    (r"(encoder|decoder)\.inp\.(.*)", r"\1.linear_in.\2"),
+    (r"(encoder|decoder)\.out\.1\.(.*)", r"\1.linear_out.\2"),
+    (r"(encoder|decoder)\.blocks\.(\d+)\.net\.1\.(.*)", r"\1.blocks.\2.block.0.\3"),
+    (r"(encoder|decoder)\.blocks\.(\d+)\.net\.3\.(.*)", r"\1.blocks.\2.block.2.\3"),
+    (r"(encoder|decoder)\.blocks\.(\d+)\.net\.0\.(.*)", r"\1.layernorms.\2.\3"),
+    (r"head\.(.*)", r"decoder.out_proj.\1"),
+    (r"out_conv\.(.*)", r"decoder.out_conv.\1"),
+    (r"quantizer\.project_in\.(.*)", r"quant_proj.\1"),
+    (r"quantizer\.project_out\.(.*)", r"post_quant_proj.\1"),
+    (r"quantizer\.embed", "quantize._codebook.embed"),
+    (r"quantizer\.cluster_size", "quantize._codebook.cluster_size"),
+    (r"quantizer\.embed_sum", None),  # derived on load
+    (r"quantizer\.(codes|to_k\.weight|to_v\.weight)", r"quantize.\1"),
+    (r"unet\.(.*)", r"decoder.\1"),
+]
+
+
+def state_dict_to_ml4m(sd: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
+    """Our tensors of an ml4m-layout tokenizer -> the released names and shapes (what the reference code and
+    ``state_dict_from_ml4m`` read). Every name is checked to map back to itself."""
+    if config.layout != "ml4m":
+        raise Ml4mFormatError(f"{config.name} is in our native layout; only the ml4m layout has a released format")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        ref = key
+        for pattern, target in _INVERSE:
+            m = re.fullmatch(pattern, key)
+            if m:
+                ref = None if target is None else m.expand(target)
+                break
+        if ref is None:
+            continue
+        if _rename(ref, config) != key:
+            raise Ml4mFormatError(f"{key} has no released name ({ref!r} maps back to {_rename(ref, config)!r})")
+        if ref.split(".")[0] in ("quant_proj", "post_quant_proj") and ref.endswith("weight") and value.ndim == 2:
+            value = value.reshape(*value.shape, 1, 1)  # Linear -> Conv2d 1x1
+        out[ref] = value
+    if "quantize._codebook.embed" in out:
+        out["quantize._codebook.initted"] = torch.ones(1, device=out["quantize._codebook.embed"].device)
+    return out
+
+
+def config_to_ml4m(config: Any) -> dict:
+    """Our ml4m-layout config -> the constructor kwargs the reference's ``PyTorchModelHubMixin`` records."""
+    from fourm_core.modalities import MODALITIES
+
+    common = dict(codebook_size=config.codebook_size, norm_codes=True, norm_latents=False, sync_codebook=False,
+                  kmeans_init=False, code_replacement_policy="batch_random", undo_std=False)
+    if config.architecture == "mlp_memcodes":
+        mlp = f"BottleneckMLP/B_{config.blocks}-Wi_{config.width}" + (
+            f"-Ex_{config.expansion}" if config.expansion != 4 else "")
+        return dict(common, image_size=224, image_size_dec=None, n_channels=config.in_dim, n_labels=None,
+                    enc_type=mlp, dec_type=mlp, post_mlp=False, patch_proj=False, patch_size_dec=None,
+                    patch_size=16 if config.target == "pose" else 14,  # unused by MLPs; the released values
+                    quant_type="memcodes", num_codebooks=config.n_tokens,
+                    latent_dim=config.n_tokens * config.token_dim, out_conv=False, commitment_weight=1.0,
+                    ema_decay=0.99)
+    preset = {h: p for p, h in VIT_HEADS.items()}.get(config.heads)
+    if preset is None:
+        raise Ml4mFormatError(f"{config.heads} heads match no reference ViT preset ({VIT_HEADS})")
+    features = config.target == "features"
+    # feature maps: the reference keeps the labeler's patch size and sizes the position table in pixels
+    patch = MODALITIES[config.modality].patch_size if features else config.patch_size
+    side = config.pos_grid or config.grid[0]
+    out = dict(common, image_size=side * patch, n_channels=config.class_embed_dim or config.in_channels,
+               enc_type=f"{preset}_enc", post_mlp=config.post_mlp, patch_size=patch, quant_type="lucid",
+               latent_dim=config.codebook_dim, commitment_weight=config.commitment_weight, ema_decay=config.ema_decay)
+    if config.architecture == "diffusion_vq":
+        out = dict(out, dec_type="unet_patched", patch_size_dec=config.unet_patch_size,
+                   num_train_timesteps=config.train_timesteps, prediction_type=config.prediction_type,
+                   beta_schedule=config.beta_schedule, zero_terminal_snr=config.zero_terminal_snr)
+        ch = list(config.unet_channels)
+        preset = (ch == [ch[0] * m for m in (1, 2, 2, 2)] and config.layers_per_block == 3
+                  and config.norm_groups == 32 and tuple(config.unet_attention_rates) == (4, 8))
+        if not preset:  # our extension (read back by unet_config_from_ml4m); the reference cannot build these
+            out["unet"] = {"channels": ch, "res_blocks": config.layers_per_block, "groups": config.norm_groups,
+                           "attention_rates": list(config.unet_attention_rates)}
+        return out
+    return dict(out, dec_type=f"{preset}_dec", image_size_dec=None, patch_size_dec=None, num_codebooks=1,
+                n_labels=config.in_channels if config.class_embed_dim else None, patch_proj=not features,
+                out_conv=config.out_conv)
+
+
+def save_ml4m(model: Any, directory: str | os.PathLike) -> Path:
+    """Write an ml4m-layout tokenizer as the release does: ``config.json`` (sorted, indent 2) + ``model.safetensors``."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = state_dict_to_ml4m(model.state_dict_for_save(), model.config)
+    save_file(tensors, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(config_to_ml4m(model.config), sort_keys=True, indent=2))
+    return directory

@@ -169,13 +169,17 @@ class PatchedUNet(nn.Module):
 def unet_config_from_ml4m(cfg: dict, shapes: dict[str, tuple[int, ...]]) -> dict:
     """DiffusionVQConfig fields for a released DiVAE (``unet_patched``: p=4, 256 channels, 3 ResBlocks per
     level, multipliers (1, 2, 2, 2), attention at 4x and 8x); sizes checked against the weights' shapes."""
-    if cfg.get("dec_type") != "unet_patched":
+    if cfg.get("dec_type") != "unet_patched":  # the release's only diffusion decoder preset
         raise ValueError(f"dec_type {cfg.get('dec_type')!r}: only the released 'unet_patched' decoder is supported")
     patch = int(cfg.get("patch_size_dec") or 4)
     model_channels = shapes["decoder.input_blocks.0.0.weight"][0]
+    # "unet": our extension for decoders smaller than the preset (tiny tests); the release never has it
+    small = cfg.get("unet") or {}
     return dict(unet_decoder="ml4m", unet_patch_size=patch,
-                unet_channels=tuple(model_channels * m for m in (1, 2, 2, 2)), layers_per_block=3,
-                unet_attention_rates=(4, 8), norm_groups=32, cond_channels=int(cfg["latent_dim"]),
+                unet_channels=tuple(small.get("channels", [model_channels * m for m in (1, 2, 2, 2)])),
+                layers_per_block=int(small.get("res_blocks", 3)),
+                unet_attention_rates=tuple(small.get("attention_rates", (4, 8))), norm_groups=int(small.get("groups", 32)),
+                cond_channels=int(cfg["latent_dim"]),
                 train_timesteps=int(cfg.get("num_train_timesteps", 1000)),
                 prediction_type=str(cfg.get("prediction_type", "sample")),
                 beta_schedule=str(cfg.get("beta_schedule", "linear")),
