@@ -90,21 +90,16 @@ def find_checkpoint(store: ArtifactStore, cfg: EvalConfig) -> Manifest | None:
 
 def load_checkpoint(store: ArtifactStore, manifest: Manifest, device: str = "cpu"):
     """The FourM model of a committed checkpoint (weights verified against the manifest digest)."""
-    from safetensors.torch import load as load_safetensors
-
-    from train_stage.model import FourM, FourMConfig
-    from train_stage.model.hub import load_state
+    from train_stage.model.hub import model_from_bytes
 
     ns, art = manifest.dataset, manifest.artifact
-    data = json.loads(store.read_bytes(store.data_path(ns, art, None, ".config.json")))
-    data.setdefault("share_modality_embeddings", True)
+    config = store.read_bytes(store.data_path(ns, art, None, ".config.json"))
     weights = store.read_bytes(store.data_path(ns, art, None, ".safetensors"))
     import hashlib
 
     if hashlib.sha256(weights).hexdigest() != manifest.digest:
         raise IOError(f"{manifest.uri} does not match the digest of its manifest")
-    model = FourM(FourMConfig.model_validate(data))
-    load_state(model, load_safetensors(weights))
+    model = model_from_bytes(config, weights, source=manifest.uri)
     return model.to(device).eval()
 
 

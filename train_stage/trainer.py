@@ -32,7 +32,7 @@ from .flops import PEAK_FLOPS, train_step_flops
 from .masking import Masker
 from .mixture import load_mixture
 from .model import FourM, preset
-from .model.hub import load_state
+from .model.hub import load_state, reference_state, safetensors_metadata
 
 STAGE = "train"
 CODE_VERSION = "1"  # bump when a change alters what a given config trains
@@ -165,14 +165,9 @@ def _rng_state() -> dict[str, torch.Tensor]:
 
 
 def _full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Unwrapped, unsharded weights (FSDP2 DTensors are gathered)."""
+    """Unwrapped, unsharded weights (FSDP2 DTensors are gathered; ``reference_state`` copies them to the CPU)."""
     inner = model.module if hasattr(model, "module") else model
-    out = {}
-    for k, v in inner.state_dict().items():
-        if hasattr(v, "full_tensor"):
-            v = v.full_tensor()
-        out[k] = v.detach().to("cpu").contiguous().clone()
-    return out
+    return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in inner.state_dict().items()}
 
 
 # ------------------------------------------------------------------------------------ trainer
@@ -223,7 +218,7 @@ class Trainer:
         step = steps[-1] if step is None else step
         art = checkpoint_artifact(self.cfg, step)
         weights = self.store.read_bytes(self.store.data_path(self.cfg.namespace, art, None, ".safetensors"))
-        load_state(self.model, load_safetensors(weights))
+        load_state(self.model, load_safetensors(weights), safetensors_metadata(weights))
         raw = self.store.read_bytes(self.store.data_path(self.cfg.namespace, art, None, ".trainer.pt"))
         state = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
         self.opt.load_state_dict(state["optimizer"])
@@ -237,13 +232,13 @@ class Trainer:
 
     def save(self) -> Manifest | None:
         """Commit weights (safetensors, §9 names), config.json and trainer state with lineage."""
-        weights = _full_state_dict(self.wrapped)
+        weights, metadata = reference_state(_full_state_dict(self.wrapped), self.model.tied_parameter_names())
         state = self.trainer_state()
         if not self.d.main:
             return None
         buf = io.BytesIO()
         torch.save(state, buf)
-        files = {".safetensors": save_safetensors(weights, metadata={"format": "pt"}),
+        files = {".safetensors": save_safetensors(weights, metadata=metadata),
                  ".config.json": self.model.config.to_json().encode(),
                  ".trainer.pt": buf.getvalue(),
                  ".history.json": json.dumps(self.history).encode()}

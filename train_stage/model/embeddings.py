@@ -17,13 +17,19 @@ from fourm_core.modalities import Modality, ModalityKind
 from .config import FourMConfig
 from .posemb import sincos_1d, sincos_2d
 
-_MAX_SINCOS_1D = 512  # 1-D tables are built for 512 positions and truncated (§9)
+_MAX_SINCOS_1D = 512  # 1-D tables: 512 rows, whatever the modality's max_tokens (§9)
 
 
 def position_table(mod: Modality, cfg: FourMConfig) -> torch.Tensor:
-    """(1, max_tokens, D) fixed sin-cos table for a modality."""
+    """(1, P, D) fixed sin-cos table of a modality: P = 512 for sequences, the grid size otherwise.
+
+    The released checkpoints store every 1-D table with all 512 rows (their ``[:max_length]`` slice
+    acts on the leading unit dimension), so ours has 512 rows too; positions stay < ``max_tokens``.
+    """
     if mod.kind in (ModalityKind.SEQUENCE, ModalityKind.EMBEDDING_SEQ):
-        return sincos_1d(_MAX_SINCOS_1D, cfg.dim)[:, : mod.max_tokens]
+        if mod.max_tokens > _MAX_SINCOS_1D:
+            raise ValueError(f"{mod.name}: max_tokens {mod.max_tokens} exceeds the {_MAX_SINCOS_1D} 1-D positions")
+        return sincos_1d(_MAX_SINCOS_1D, cfg.dim)
     if mod.grid is not None:
         h, w = mod.grid
     else:  # global tokens: a small square grid (16 tokens -> 4x4)
@@ -33,9 +39,20 @@ def position_table(mod: Modality, cfg: FourMConfig) -> torch.Tensor:
 
 
 class _PosModEmbedding(nn.Module):
+    """``pos_emb`` (1, P, D) and ``mod_emb`` (1, 1, D).
+
+    Global-token modalities (tok_dinov2_global, tok_imagebind_global) have a learned position table,
+    as in the released models (a parameter, trained, with weight decay off); every other modality a
+    fixed sin-cos buffer.
+    """
+
     def __init__(self, mod: Modality, cfg: FourMConfig):
         super().__init__()
-        self.register_buffer("pos_emb", position_table(mod, cfg))
+        if mod.kind == ModalityKind.GLOBAL_TOKENS:
+            self.pos_emb = nn.Parameter(torch.zeros(1, mod.max_tokens, cfg.dim))
+            nn.init.normal_(self.pos_emb, std=0.02)
+        else:
+            self.register_buffer("pos_emb", position_table(mod, cfg))
         self.mod_emb = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         nn.init.normal_(self.mod_emb, std=0.02)
 
