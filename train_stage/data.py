@@ -13,6 +13,10 @@ whatever the number of workers.
 * Image-like tokens on a coarser square grid than the modality's (the ``tiny`` tokenizers' 4x4) are
   resampled to its grid by nearest neighbour (:func:`fit_grid`).
 * Only the needed columns (``sample_key``, ``crop``, ``tokens``) of the needed modalities are read.
+* Raw inputs, only for a model that takes them: ``rgb@224`` pixels come from the ingested ``images``
+  shard, cropped with the sample's box and flip from ``tokens/_crops`` (the crop its tokens were made
+  from), resized to 224² and ImageNet-normalised (``pixels.py``); ``t5_caption`` embeddings come from
+  the ``labels/t5_caption`` shard (one per sample, the same for every crop).
 * Workers: batch ``b`` is built by worker ``b % num_workers``; DataLoader returns batches in order. Workers
   are spawned, not forked: the trainer's process has threads (Prefect, Ray, OpenMP) whose locks a fork copies.
 * Masking runs in the worker (``collate``), with a generator seeded by (seed, b).
@@ -28,12 +32,31 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from fourm_core.crops import Crop
+from fourm_core.label_codec import f16_decode, image_decode
 from fourm_core.manifest import InputRef
 from fourm_core.modalities import ModalityKind, get_modality
 from fourm_core.store import ArtifactStore
 
 from .batch import MaskedBatch
 from .masking import Masker, RawBatch
+from .pixels import model_pixels
+
+CROPS_ARTIFACT = "tokens/_crops"  # (sample_key, crop, box, flip): the crops the token shards were made from
+_RAW_KINDS = (ModalityKind.PIXELS, ModalityKind.EMBEDDING_SEQ)  # read from images / label shards, not tokens
+
+
+def source_artifact(modality: str) -> str:
+    """The store artifact a modality is read from: its token shards, or for the raw inputs (RGB pixels,
+    T5 embeddings) the artifact they are derived from (``images``, ``labels/t5_caption``)."""
+    mod = get_modality(modality)
+    return mod.label_artifact if mod.kind in _RAW_KINDS else mod.token_artifact
+
+
+def needed_artifacts(modality: str) -> list[str]:
+    """Artifacts a modality needs per shard (pixels also need the crops, to cut the same box)."""
+    src = source_artifact(modality)
+    return [src, CROPS_ARTIFACT] if get_modality(modality).kind == ModalityKind.PIXELS else [src]
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +66,15 @@ class MissingTokenShardsError(FileNotFoundError):
 
 
 def missing_token_shards_message(store: ArtifactStore, dataset: str, missing: list[str]) -> str:
-    have = sorted(a for a in store.artifacts(dataset) if a.startswith("tokens/") and a != "tokens/_crops")
+    have = sorted(a for a in store.artifacts(dataset) if a.startswith("tokens/") and a != CROPS_ARTIFACT)
     root = store.root if store.is_local else store.root_uri
-    return (f"dataset {dataset!r} in {store.root_uri} has no committed token shards for "
-            + ", ".join(f"{get_modality(m).token_artifact} ({m})" for m in missing)
+    return (f"dataset {dataset!r} in {store.root_uri} has no committed shards for "
+            + ", ".join(f"{'/'.join(needed_artifacts(m))} ({m})" for m in missing)
             + f"; its token artifacts: {', '.join(have) or 'none'}. Make them with the build-dataset flow, "
             f"`python -m pipelines run --dataset {dataset} --root {root}` (for the demo: "
             f"`python -m pipelines demo --root {root}`), with a tokenizer for each of those modalities configured "
-            "(dataset config `tokenize`), or train on the modalities it has (train config `model.modalities` / "
-            "`datasets[].modalities`).")
+            "(dataset config `tokenize`; RGB pixels need the ingested `images`, T5 embeddings the `t5` labeler), or "
+            "train on the modalities it has (train config `model.modalities` / `datasets[].modalities`).")
 
 
 @dataclass(frozen=True)
@@ -67,7 +90,8 @@ def dataset_shards(store: ArtifactStore, d: DatasetSpec, warn: bool = False) -> 
     """The shards of ``d`` that have a committed token shard for every one of its modalities.
 
     Raises :class:`MissingTokenShardsError` when a modality has none (naming them and the command)."""
-    per_mod = {m: set(store.committed_shards(d.name, get_modality(m).token_artifact)) for m in d.modalities}
+    per_mod = {m: set.intersection(*(set(store.committed_shards(d.name, a)) for a in needed_artifacts(m)))
+               for m in d.modalities}
     missing = [m for m, shards in per_mod.items() if not shards]
     if missing:
         raise MissingTokenShardsError(missing_token_shards_message(store, d.name, missing))
@@ -87,21 +111,47 @@ def token_input_refs(store: ArtifactStore, datasets: list[DatasetSpec]) -> list[
     refs = []
     for d in datasets:
         shards = dataset_shards(store, d)
-        for m in d.modalities:
+        artifacts = dict.fromkeys(a for m in d.modalities for a in needed_artifacts(m))
+        for a in artifacts:
             for s in shards:
-                refs.append(store.read_manifest(d.name, get_modality(m).token_artifact, s).as_input())
+                refs.append(store.read_manifest(d.name, a, s).as_input())
     return refs
 
 
 class _Shard:
-    """One shard of one dataset: per modality, tokens of (sample_key, crop) as flat numpy + offsets."""
+    """One shard of one dataset: per modality, tokens of (sample_key, crop) as flat numpy + offsets; for a
+    pixel modality the encoded images and the crops, for T5 the embedding rows (decoded when batched)."""
 
     def __init__(self, store: ArtifactStore, dataset: str, shard: int, modalities: tuple[str, ...]):
         self.tables: dict[str, tuple[dict[tuple[str, int], int], np.ndarray, np.ndarray]] = {}
+        self.images: dict[str, bytes] = {}
+        self.crops: dict[tuple[str, int], Crop] = {}
+        self.embeddings: dict[str, dict[str, tuple[bytes, int, int]]] = {}
+        self.where = f"{dataset} shard {shard}"
         keys: dict[str, None] = {}  # every sample of any modality, in first-seen order
         crops: dict[str, int] = {}
         for m in modalities:
-            t = store.read_table(dataset, get_modality(m).token_artifact, shard, columns=["sample_key", "crop", "tokens"])
+            mod = get_modality(m)
+            if mod.kind == ModalityKind.PIXELS:
+                t = store.read_table(dataset, source_artifact(m), shard, columns=["sample_key", "image"])
+                sk = t.column("sample_key").to_pylist()
+                self.images = dict(zip(sk, t.column("image").to_pylist()))
+                c = store.read_table(dataset, CROPS_ARTIFACT, shard, columns=["sample_key", "crop", "box", "flip"])
+                for k, i, box, flip in zip(c.column("sample_key").to_pylist(), c.column("crop").to_pylist(),
+                                           c.column("box").to_pylist(), c.column("flip").to_pylist()):
+                    self.crops[(k, int(i))] = Crop(tuple(float(v) for v in box), bool(flip))
+                keys.update(dict.fromkeys(sk))
+                continue
+            if mod.kind == ModalityKind.EMBEDDING_SEQ:
+                t = store.read_table(dataset, source_artifact(m), shard,
+                                     columns=["sample_key", "embedding", "n_tokens", "dim"])
+                sk = t.column("sample_key").to_pylist()
+                self.embeddings[m] = {k: (e, int(n), int(d)) for k, e, n, d in zip(
+                    sk, t.column("embedding").to_pylist(), t.column("n_tokens").to_pylist(),
+                    t.column("dim").to_pylist()) if e is not None}
+                keys.update(dict.fromkeys(sk))
+                continue
+            t = store.read_table(dataset, mod.token_artifact, shard, columns=["sample_key", "crop", "tokens"])
             sk = t.column("sample_key").to_pylist()
             cr = t.column("crop").to_numpy()
             lst = t.column("tokens").combine_chunks()
@@ -123,6 +173,31 @@ class _Shard:
                 return None
         return values[offsets[i]:offsets[i + 1]]
 
+    def pixels(self, modality: str, key: str, crop: int) -> torch.Tensor | None:
+        """(n_patches, P·P·3) ImageNet-normalised patches of the sample's crop, None without an image."""
+        data = self.images.get(key)
+        if data is None:
+            return None
+        box = self.crops.get((key, crop)) or self.crops.get((key, 0))
+        if box is None:
+            raise ValueError(f"{self.where}: sample {key!r} has an image but no row in {CROPS_ARTIFACT}, so its "
+                             "pixels cannot be cut like its tokens; re-run the tokenize stage for this shard")
+        mod = get_modality(modality)
+        return model_pixels(image_decode(data), box, mod.grid[0] * mod.patch_size, mod.patch_size)
+
+    def embedding(self, modality: str, key: str) -> np.ndarray | None:
+        """(n_tokens, dim) float32 rows of the sample's embedding sequence, None without one."""
+        row = self.embeddings[modality].get(key)
+        if row is None:
+            return None
+        data, n, dim = row
+        want = get_modality(modality).feature_dim
+        if dim != want:
+            raise ValueError(f"{self.where}: {source_artifact(modality)} rows are {dim}-d but the model's "
+                             f"{modality} embedding takes {want}-d vectors (T5-XXL); label the dataset with the "
+                             "production T5 labeler, or leave t5_caption out of the model's modalities")
+        return f16_decode(data, (n, dim))
+
 
 class TokenShardStream(IterableDataset):
     """Yields masked batches from committed token shards; see the module docstring."""
@@ -141,11 +216,6 @@ class TokenShardStream(IterableDataset):
         self.start_batch = start_batch
         store = self._store()
         self.shards = [dataset_shards(store, d, warn=True) for d in datasets]
-        self.rows = []
-        for d, shards in zip(datasets, self.shards):
-            # rows per shard from the manifests: sample count = rows / crops is unknown here, read lazily
-            self.rows.append([store.read_manifest(d.name, get_modality(d.modalities[0]).token_artifact, s).rows
-                              for s in shards])
         w = np.array([d.weight for d in datasets], dtype=np.float64)
         self.weights = w / w.sum()
 
@@ -230,30 +300,63 @@ class TokenShardStream(IterableDataset):
         return self.collate([samples[i] for i in order])
 
     def collate(self, samples) -> RawBatch:
-        B = len(samples)
+        """(dataset, shard, key, crop) per sample -> the unmasked batch (absent modalities have length 0)."""
         raw = RawBatch(dataset=torch.tensor([d for d, *_ in samples], dtype=torch.long),
                        keys=[key for _, _, key, _ in samples])
         for m in self.masker.modalities:
             mod = get_modality(m)
-            if mod.kind in (ModalityKind.PIXELS, ModalityKind.EMBEDDING_SEQ):
-                continue  # not in token shards (see docs/training.md)
-            L = mod.max_tokens
-            tok = np.zeros((B, L), dtype=np.int32)
-            n = np.zeros(B, dtype=np.int64)
-            for j, (d, shard, key, crop) in enumerate(samples):
-                if m not in self.datasets[d].modalities:
-                    continue
-                t = shard.tokens(m, key, crop)
-                if t is None:
-                    continue
-                if mod.is_image_like:
-                    t = fit_grid(t, m)
-                t = t[:L]
-                tok[j, : len(t)] = t
-                n[j] = len(t)
-            raw.tokens[m] = torch.from_numpy(tok)
-            raw.lengths[m] = torch.from_numpy(n)
+            has = [m in self.datasets[d].modalities for d, *_ in samples]
+            if mod.kind == ModalityKind.PIXELS:
+                self._collate_pixels(raw, m, samples, has)
+            elif mod.kind == ModalityKind.EMBEDDING_SEQ:
+                self._collate_embeddings(raw, m, samples, has)
+            else:
+                self._collate_tokens(raw, m, samples, has)
         return raw
+
+    @staticmethod
+    def _collate_tokens(raw: RawBatch, m: str, samples, has: list[bool]) -> None:
+        mod = get_modality(m)
+        L = mod.max_tokens
+        tok = np.zeros((len(samples), L), dtype=np.int32)
+        n = np.zeros(len(samples), dtype=np.int64)
+        for j, (d, shard, key, crop) in enumerate(samples):
+            t = shard.tokens(m, key, crop) if has[j] else None
+            if t is None:
+                continue
+            if mod.is_image_like:
+                t = fit_grid(t, m)
+            t = t[:L]
+            tok[j, : len(t)] = t
+            n[j] = len(t)
+        raw.tokens[m] = torch.from_numpy(tok)
+        raw.lengths[m] = torch.from_numpy(n)
+
+    @staticmethod
+    def _collate_pixels(raw: RawBatch, m: str, samples, has: list[bool]) -> None:
+        """pixels[m] (B, n_patches, P·P·3) when any sample has an image (zeros for those without)."""
+        mod = get_modality(m)
+        rows = [shard.pixels(m, key, crop) if has[j] else None for j, (d, shard, key, crop) in enumerate(samples)]
+        n = torch.tensor([0 if r is None else mod.max_tokens for r in rows], dtype=torch.long)
+        if n.any():
+            shape = next(r for r in rows if r is not None).shape
+            raw.pixels[m] = torch.stack([torch.zeros(shape) if r is None else r for r in rows])
+        raw.lengths[m] = n
+
+    @staticmethod
+    def _collate_embeddings(raw: RawBatch, m: str, samples, has: list[bool]) -> None:
+        """embeddings[m] (B, L, F), L = the longest sequence of the batch (at most max_tokens), zero-padded."""
+        mod = get_modality(m)
+        rows = [shard.embedding(m, key) if has[j] else None for j, (d, shard, key, crop) in enumerate(samples)]
+        rows = [None if r is None else r[: mod.max_tokens] for r in rows]
+        n = torch.tensor([0 if r is None else len(r) for r in rows], dtype=torch.long)
+        if n.any():
+            out = torch.zeros(len(rows), int(n.max()), mod.feature_dim)
+            for j, r in enumerate(rows):
+                if r is not None:
+                    out[j, : len(r)] = torch.from_numpy(r)
+            raw.embeddings[m] = out
+        raw.lengths[m] = n
 
 
 def _grid(modality: str) -> tuple[int, int]:

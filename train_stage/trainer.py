@@ -35,7 +35,7 @@ from .model import FourM, preset
 from .model.hub import load_state, reference_state, safetensors_metadata
 
 STAGE = "train"
-CODE_VERSION = "1"  # bump when a change alters what a given config trains
+CODE_VERSION = "2"  # bump when a change alters what a given config trains (2: learned global-token positions)
 
 
 # ------------------------------------------------------------------------------------ building blocks
@@ -64,11 +64,17 @@ def model_modalities(model: FourM) -> list[str]:
     return list(dict.fromkeys(c.domains_in + c.domains_out))
 
 
+def dataset_specs(cfg: TrainConfig) -> list[DatasetSpec]:
+    """The datasets the run reads, each with the modalities it provides: the dataset's own list, or every
+    modality of the model, raw inputs included (RGB pixels, T5 embeddings) when the model takes them."""
+    mc = preset(cfg.model.size, cfg.model.modalities, **cfg.model.overrides)
+    mods = list(dict.fromkeys(mc.domains_in + mc.domains_out))
+    return [DatasetSpec(d.name, d.weight, tuple(d.modalities or mods)) for d in cfg.datasets]
+
+
 def build_stream(cfg: TrainConfig, store: ArtifactStore, masker: Masker, rank: int = 0, world: int = 1) -> TokenShardStream:
-    tokenised = [m for m in masker.modalities if get_modality(m).kind.value not in ("pixels", "embedding_seq")]
-    specs = [DatasetSpec(d.name, d.weight, tuple(d.modalities or tokenised)) for d in cfg.datasets]
-    return TokenShardStream(store.root_uri, specs, masker, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world,
-                            storage_options=store.storage_options)
+    return TokenShardStream(store.root_uri, dataset_specs(cfg), masker, cfg.batch_size, seed=cfg.seed, rank=rank,
+                            world_size=world, storage_options=store.storage_options)
 
 
 def train_ingredients(cfg: TrainConfig, inputs: list) -> Ingredients:

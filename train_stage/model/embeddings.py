@@ -72,6 +72,14 @@ class TokenEncoderEmbedding(_PosModEmbedding):
         return self.token_emb(ids)
 
 
+def _no_input(module: nn.Module, ids: torch.Tensor, field: str, dim: int) -> torch.Tensor:
+    """(0, D) for a batch that does not carry this optional input; slots without the input are an error."""
+    if ids.numel():
+        raise ValueError(f"the batch has {ids.numel()} slots of a modality whose {field} it does not carry "
+                         f"(MaskedBatch.{field} lacks it); the masker only makes slots for samples that have it")
+    return ids.new_zeros((0, dim), dtype=module.mod_emb.dtype)
+
+
 class PatchEncoderEmbedding(_PosModEmbedding):
     """RGB pixels: a linear projection ``proj`` of flattened (ph pw c) patches, no bias (input only)."""
 
@@ -80,7 +88,8 @@ class PatchEncoderEmbedding(_PosModEmbedding):
         self.proj = nn.Linear(mod.feature_dim * mod.patch_size**2, cfg.dim, bias=False)
 
     def content(self, ids: torch.Tensor, batch_idx: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
-        assert extra is not None, "pixel modality without pixels in the batch"
+        if extra is None:  # a batch without this optional input (e.g. text-only samples): no slots to fill
+            return _no_input(self, ids, "pixels", self.proj.out_features)
         return self.proj(extra[batch_idx, ids])
 
 
@@ -92,7 +101,8 @@ class EmbSeqEncoderEmbedding(_PosModEmbedding):
         self.emb_proj = nn.Linear(mod.feature_dim, cfg.dim)
 
     def content(self, ids: torch.Tensor, batch_idx: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
-        assert extra is not None, "embedding modality without embeddings in the batch"
+        if extra is None:
+            return _no_input(self, ids, "embeddings", self.emb_proj.out_features)
         L = extra.shape[1]
         rows = extra[batch_idx, ids.clamp(max=L - 1)]
         # id L marks a masked span, which enters as a zero vector (§5)
