@@ -187,3 +187,34 @@ def test_hub_id_resolves_through_the_hub_cache(tmp_path, monkeypatch):
     assert torch.equal(model.mask_token, load_file(str(FIXTURES / "tiny" / "model.safetensors"))["mask_token"])
     with pytest.raises(FileNotFoundError, match="not a directory"):
         from_pretrained(str(tmp_path / "missing" / "dir"))
+
+
+def test_released_checkpoint_imports_into_the_store_and_evaluation_loads_it(tmp_path):
+    """``python -m train_stage import-pretrained`` commits the files unchanged as a store checkpoint that the
+    evaluation stage finds and loads; a second import is cached; a file that does not load is refused."""
+    from eval_stage.config import CheckpointSpec
+    from eval_stage.evaluation import find_checkpoint, load_checkpoint
+    from fourm_core import ArtifactStore
+    from train_stage.__main__ import main
+
+    main(["import-pretrained", str(FIXTURES / "tiny"), "--run", "ref-tiny", "--store", str(tmp_path / "store")])
+    store = ArtifactStore(str(tmp_path / "store"))
+    cfg = type("Cfg", (), {"checkpoint": CheckpointSpec(run="ref-tiny")})()
+    m = find_checkpoint(store, cfg)
+    assert m.artifact == "checkpoints/ref-tiny/step-00000000"
+    assert store.read_bytes(store.data_path(m.dataset, m.artifact, None, ".safetensors")) == \
+        (FIXTURES / "tiny" / "model.safetensors").read_bytes()
+    model = load_checkpoint(store, m)
+    assert torch.equal(model.mask_token, from_pretrained(FIXTURES / "tiny").mask_token)
+    from train_stage.released import import_pretrained
+
+    assert import_pretrained(store, str(FIXTURES / "tiny"), "ref-tiny").timings == m.timings  # cached
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((FIXTURES / "tiny" / "config.json").read_text())
+    state = load_file(str(FIXTURES / "tiny" / "model.safetensors"))
+    state.pop("mask_token")
+    save_file(state, str(bad / "model.safetensors"))
+    with pytest.raises(RuntimeError, match="mask_token"):
+        import_pretrained(store, str(bad), "bad")
+    assert store.read_manifest("training", "checkpoints/bad/step-00000000", None) is None
