@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fourm_core.config import ConfigError, StrictModel, load_yaml, validate_config
 
@@ -23,6 +23,16 @@ class DataSpec(StrictModel):
     weight: float = Field(1.0, gt=0)
     mixture: str | None = Field(None, description="masking mixture for this dataset (default: the run's)")
     modalities: list[str] | None = Field(None, description="modalities it provides (default: the model's)")
+
+
+class InitSpec(StrictModel):
+    """A committed checkpoint to start from (fine-tuning): ``<namespace>/checkpoints/<run>/step-NNNNNNNN``.
+
+    Ours, or a released one committed with ``python -m train_stage import-pretrained``."""
+
+    run: str
+    namespace: str = "training"
+    step: int | None = Field(None, ge=0, description="default: the run's latest checkpoint")
 
 
 class TrainConfig(StrictModel):
@@ -53,6 +63,15 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(0, ge=0, description="0: only at the end")
     peak_flops: float | None = Field(None, gt=0, description="per device, for MFU")
     namespace: str = Field("training", description="store 'dataset' under which checkpoints are committed")
+    init_from: InitSpec | None = Field(None, description="start from this checkpoint's weights and architecture "
+                                                         "(fine-tuning; `model` is then not used)")
+
+    @model_validator(mode="after")
+    def _finetune_names_its_data(self) -> "TrainConfig":
+        if self.init_from is not None and any(d.modalities is None for d in self.datasets):
+            raise ValueError("with init_from, every dataset lists the modalities it provides (datasets[].modalities):"
+                             " the model's are the checkpoint's, usually more than a fine-tuning dataset has")
+        return self
 
 
 def load_train_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -22,9 +22,9 @@ from fourm_core.manifest import Manifest
 from fourm_core.store import ArtifactStore
 
 from .config import TrainConfig, load_train_config
-from .data import MissingTokenShardsError, missing_token_shards_message, needed_artifacts, token_input_refs
+from .data import MissingTokenShardsError, missing_token_shards_message, needed_artifacts
 from .model import preset
-from .trainer import (Trainer, checkpoint_artifact, dataset_specs, list_checkpoints, train_ingredients,
+from .trainer import (Trainer, checkpoint_artifact, dataset_specs, list_checkpoints, run_inputs, train_ingredients,
                       write_logs)
 
 DEMO_DATASET = "demo"
@@ -67,7 +67,7 @@ def run_pretrain(store: ArtifactStore, train_config: TrainConfig | str, log_dir:
     check_token_shards(store, cfg)
     log_dir = Path(log_dir) if log_dir else None
     # the cache key from the config and the token-shard manifests alone: a cached run builds no model
-    key = train_ingredients(cfg, token_input_refs(store, dataset_specs(cfg))).cache_key()
+    key = train_ingredients(cfg, run_inputs(store, cfg)).cache_key()
     final = store.read_manifest(cfg.namespace, checkpoint_artifact(cfg, cfg.steps), None)
     if final is not None and not force and final.cache_key == key:
         history = json.loads(store.read_bytes(store.data_path(cfg.namespace, final.artifact, None, ".history.json")))

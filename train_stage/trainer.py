@@ -27,7 +27,7 @@ from fourm_core.store import ArtifactStore
 
 from .batch import MaskedBatch
 from .config import TrainConfig
-from .data import DatasetSpec, ResumableLoader, TokenShardStream
+from .data import DatasetSpec, ResumableLoader, TokenShardStream, token_input_refs
 from .flops import PEAK_FLOPS, train_step_flops
 from .masking import Masker
 from .mixture import load_mixture
@@ -41,9 +41,40 @@ CODE_VERSION = "2"  # bump when a change alters what a given config trains (2: l
 # ------------------------------------------------------------------------------------ building blocks
 
 
-def build_model(cfg: TrainConfig) -> FourM:
+def init_checkpoint(store: ArtifactStore, cfg: TrainConfig) -> Manifest | None:
+    """The manifest of the checkpoint ``cfg.init_from`` names (None without init_from); missing: an error."""
+    spec = cfg.init_from
+    if spec is None:
+        return None
+    prefix = f"checkpoints/{spec.run}/step-"
+    steps = sorted(int(a[len(prefix):]) for a in store.artifacts(spec.namespace) if a.startswith(prefix))
+    step = spec.step if spec.step is not None else (steps[-1] if steps else None)
+    m = None if step is None else store.read_manifest(spec.namespace, f"{prefix}{step:08d}", None)
+    if m is None:
+        raise FileNotFoundError(f"init_from: no committed checkpoint {spec.namespace}/{prefix}"
+                                f"{'*' if step is None else f'{step:08d}'} in {store.root_uri} (committed steps: "
+                                f"{steps or 'none'}); train it first, or import a released one with "
+                                f"`python -m train_stage import-pretrained SOURCE --run {spec.run}`")
+    return m
+
+
+def build_model(cfg: TrainConfig, store: ArtifactStore | None = None) -> FourM:
+    """A fresh model of ``cfg.model``, or with ``init_from`` the checkpoint's model (strict load)."""
     torch.manual_seed(cfg.seed)
-    return FourM(preset(cfg.model.size, cfg.model.modalities, **cfg.model.overrides))
+    init = init_checkpoint(store, cfg) if store is not None else None
+    if init is None:
+        return FourM(preset(cfg.model.size, cfg.model.modalities, **cfg.model.overrides))
+    from .model.hub import model_from_bytes
+
+    config = store.read_bytes(store.data_path(init.dataset, init.artifact, None, ".config.json"))
+    weights = store.read_bytes(store.data_path(init.dataset, init.artifact, None, ".safetensors"))
+    return model_from_bytes(config, weights, source=init.uri)
+
+
+def run_inputs(store: ArtifactStore, cfg: TrainConfig) -> list:
+    """A run's lineage inputs: every token shard it reads, and the checkpoint it starts from."""
+    init = init_checkpoint(store, cfg)
+    return token_input_refs(store, dataset_specs(cfg)) + ([init.as_input()] if init else [])
 
 
 def build_masker(cfg: TrainConfig, model_mods: list[str]) -> Masker:
@@ -188,7 +219,7 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.d = dist_info or init_distributed()
-        self.model = build_model(cfg).to(self.d.device)
+        self.model = build_model(cfg, store).to(self.d.device)
         if cfg.compile:  # before wrapping: FSDP2 shards the compiled blocks, names unchanged
             self.model.compile_blocks()
         self.masker = build_masker(cfg, model_modalities(self.model))
@@ -260,7 +291,7 @@ class Trainer:
         return self.store.commit(fields, files, ".safetensors")
 
     def ingredients(self) -> Ingredients:
-        return train_ingredients(self.cfg, self.stream.input_refs())
+        return train_ingredients(self.cfg, run_inputs(self.store, self.cfg))
 
     # -------------------------------------------------------------------------------- steps
 
