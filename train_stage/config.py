@@ -35,6 +35,16 @@ class InitSpec(StrictModel):
     step: int | None = Field(None, ge=0, description="default: the run's latest checkpoint")
 
 
+class LoraSpec(StrictModel):
+    """LoRA fine-tuning (train_stage/lora.py): adapters of rank ``rank`` on the trunk's projections."""
+
+    rank: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0, description="adapter scale alpha / rank")
+    targets: list[str] = Field(default_factory=lambda: ["qkv", "attn.proj", "self_attn.proj", "cross_attn.q",
+                                                        "cross_attn.kv", "cross_attn.proj", "fc1", "fc2", "fc3"],
+                               min_length=1, description="linear layers adapted (name suffixes)")
+
+
 class TrainConfig(StrictModel):
     run_name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
     model: ModelSpec = ModelSpec()
@@ -66,8 +76,13 @@ class TrainConfig(StrictModel):
     init_from: InitSpec | None = Field(None, description="start from this checkpoint's weights and architecture "
                                                          "(fine-tuning; `model` is then not used)")
 
+    lora: LoraSpec | None = Field(None, description="train LoRA adapters only (needs init_from); the committed "
+                                                    "weights are merged, data.lora.safetensors holds the adapters")
+
     @model_validator(mode="after")
     def _finetune_names_its_data(self) -> "TrainConfig":
+        if self.lora is not None and self.init_from is None:
+            raise ValueError("lora needs init_from: LoRA adapts a trained checkpoint")
         if self.init_from is not None and any(d.modalities is None for d in self.datasets):
             raise ValueError("with init_from, every dataset lists the modalities it provides (datasets[].modalities):"
                              " the model's are the checkpoint's, usually more than a fine-tuning dataset has")

@@ -220,6 +220,10 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.d = dist_info or init_distributed()
         self.model = build_model(cfg, store).to(self.d.device)
+        if cfg.lora:  # only the adapters train; the base stays the starting checkpoint's
+            from .lora import add_lora
+
+            add_lora(self.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
         if cfg.compile:  # before wrapping: FSDP2 shards the compiled blocks, names unchanged
             self.model.compile_blocks()
         self.masker = build_masker(cfg, model_modalities(self.model))
@@ -254,8 +258,14 @@ class Trainer:
             return 0
         step = steps[-1] if step is None else step
         art = checkpoint_artifact(self.cfg, step)
-        weights = self.store.read_bytes(self.store.data_path(self.cfg.namespace, art, None, ".safetensors"))
-        load_state(self.model, load_safetensors(weights), safetensors_metadata(weights))
+        if self.cfg.lora:  # the frozen base is the starting checkpoint's (already built): load the adapters
+            from .lora import load_lora
+
+            load_lora(self.model, load_safetensors(self.store.read_bytes(
+                self.store.data_path(self.cfg.namespace, art, None, ".lora.safetensors"))))
+        else:
+            weights = self.store.read_bytes(self.store.data_path(self.cfg.namespace, art, None, ".safetensors"))
+            load_state(self.model, load_safetensors(weights), safetensors_metadata(weights))
         raw = self.store.read_bytes(self.store.data_path(self.cfg.namespace, art, None, ".trainer.pt"))
         state = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
         self.opt.load_state_dict(state["optimizer"])
@@ -268,8 +278,18 @@ class Trainer:
         return self.step
 
     def save(self) -> Manifest | None:
-        """Commit weights (safetensors, §9 names), config.json and trainer state with lineage."""
-        weights, metadata = reference_state(_full_state_dict(self.wrapped), self.model.tied_parameter_names())
+        """Commit weights (safetensors, §9 names), config.json and trainer state with lineage.
+
+        A LoRA run commits the merged plain weights (they load strictly like any checkpoint) and its adapters
+        in ``.lora.safetensors`` (what a resume loads)."""
+        full = _full_state_dict(self.wrapped)
+        extra = {}
+        if self.cfg.lora:
+            from .lora import lora_state, merged_state
+
+            extra[".lora.safetensors"] = save_safetensors(reference_state(lora_state(full), {})[0])
+            full = merged_state(full, self.cfg.lora.rank, self.cfg.lora.alpha)
+        weights, metadata = reference_state(full, self.model.tied_parameter_names())
         state = self.trainer_state()
         if not self.d.main:
             return None
@@ -278,7 +298,7 @@ class Trainer:
         files = {".safetensors": save_safetensors(weights, metadata=metadata),
                  ".config.json": self.model.config.to_json().encode(),
                  ".trainer.pt": buf.getvalue(),
-                 ".history.json": json.dumps(self.history).encode()}
+                 ".history.json": json.dumps(self.history).encode(), **extra}
         ingredients = self.ingredients()
         t = now()
         started = self._fit_started or t

@@ -39,6 +39,7 @@ def _task_loss(store, cfg, model) -> float:
         return sum(float(model(stream.make_batch(b)).loss) for b in range(4)) / 4
 
 
+@pytest.mark.slow
 def test_finetune_demo_beats_the_pretrained_model_and_resumes_bit_for_bit(pretrained):
     store, base = pretrained
     cfg = load_train_config("finetune_demo", FT)
@@ -67,3 +68,35 @@ def test_finetune_needs_a_committed_checkpoint_and_named_modalities(pretrained):
     cfg = load_train_config("finetune_demo", {**FT, "init_from": {"run": "nope"}})
     with pytest.raises(FileNotFoundError, match="import-pretrained"):
         run_pretrain(store, cfg)
+
+
+@pytest.mark.slow
+def test_lora_finetune_merges_into_a_plain_checkpoint_and_resumes_bit_for_bit(pretrained):
+    """LoRA (peft) on the trunk: only adapters train; the committed weights are the merged plain model (strict
+    load, equal outputs to base + adapters), the adapters are kept for resume, and a resume is bit-exact."""
+    from safetensors.torch import load as load_bytes
+
+    from train_stage.lora import add_lora, load_lora
+    from train_stage.model import from_pretrained
+
+    store, base = pretrained
+    cfg = load_train_config("finetune_demo", {**FT, "run_name": "finetune-lora", "lora": {"rank": 4, "alpha": 8}})
+    before = _task_loss(store, cfg, build_model(cfg, store))
+    res = run_pretrain(store, cfg)
+    m = res.manifest
+    merged = from_pretrained(store.uri(store.artifact_dir(m.dataset, m.artifact)))  # plain, strict
+    start = build_model(cfg, store)
+    for name in ("decoder_embeddings.tok_depth@224.to_logits.weight", "encoder_embeddings.tok_rgb@224.token_emb.weight"):
+        assert torch.equal(merged.state_dict()[name], start.state_dict()[name]), name  # frozen: not trained
+    assert not torch.equal(merged.encoder[0].attn.qkv.weight, start.encoder[0].attn.qkv.weight)  # merged adapters
+    adapted = add_lora(build_model(cfg, store), 4, 8, cfg.lora.targets)
+    load_lora(adapted, load_bytes(store.read_bytes(store.data_path(m.dataset, m.artifact, None, ".lora.safetensors"))))
+    batch = TokenShardStream(store.root_uri, [DatasetSpec("synth", 1.0, ("tok_rgb@224", "tok_depth@224"))],
+                             build_masker(cfg, list(dict.fromkeys(merged.config.domains_in + merged.config.domains_out))),
+                             batch_size=4, seed=5).make_batch(0)
+    with torch.no_grad():
+        torch.testing.assert_close(merged.eval()(batch).loss, adapted.eval()(batch).loss, atol=1e-5, rtol=0)
+    assert _task_loss(store, cfg, merged) < before - 0.02  # LoRA moves less in 12 steps than full fine-tuning
+    store.remove(store.manifest_path("training", m.artifact, None))
+    again = run_pretrain(store, cfg)
+    assert again.resumed_from == 6 and again.manifest.digest == m.digest
