@@ -30,6 +30,7 @@ from prefect.runtime import flow_run
 
 from fourm_core.store import ArtifactStore
 
+from pipelines.errors import retry_unless_permanent
 from pipelines.ops import storage_options_from
 from pipelines.shard_job import FLOW_RUN_ENV
 
@@ -45,8 +46,8 @@ def _config(config: str, overrides: dict[str, Any] | None, steps: int | None):
     return load_train_config(config, over or None)
 
 
-@task(task_run_name="pretrain-{run_name}", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE,
-      persist_result=False)
+@task(task_run_name="pretrain-{run_name}", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_permanent,
+      cache_policy=NO_CACHE, persist_result=False)
 def train(run_name: str, config: dict[str, Any], store_root: str, storage_options: dict[str, Any] | None,
           log_dir: str | None, force: bool, nproc_per_node: int | None,
           torchrun_args: list[str] | None) -> dict[str, Any]:
