@@ -60,11 +60,18 @@ def api(api_url: str, path: str, body: dict | list | None = None, method: str | 
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(f"{api_url}/{path}", data=data, headers={"Content-Type": "application/json"},
                                  method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            raw = r.read()
-    except urllib.error.HTTPError as err:  # the server says why in the body
-        raise AssertionError(f"{method or ('POST' if data else 'GET')} {path}: HTTP {err.code}: {err.read()[:2000]!r}")
+    for attempt in range(5):
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                raw = r.read()
+            break
+        except urllib.error.HTTPError as err:
+            # 503: the SQLite-backed test server was busy (database locked) on a loaded machine; ask again
+            if err.code == 503 and attempt < 4:
+                time.sleep(1 + attempt)
+                continue
+            raise AssertionError(f"{method or ('POST' if data else 'GET')} {path}: HTTP {err.code}: "
+                                 f"{err.read()[:2000]!r}") from None  # the server says why in the body
     return json.loads(raw) if raw else None
 
 

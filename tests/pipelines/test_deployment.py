@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
@@ -23,10 +22,7 @@ from tests.conftest import TINY_EVAL_OVERRIDES
 from tests.eval.tiny_store import MODALITIES as TINY_MODALITIES
 from tests.pipelines.cluster import REPO, api, start_cluster
 from tests.pipelines.fake_stage import CONFIG_YAML, REGISTRATION
-from train_stage.config import load_train_config
-from train_stage.synthetic import make_token_shards
 
-DEMO_MODS = list(load_train_config("demo").model.modalities)  # what pretrain/demo trains on
 DEPLOYMENTS = {("build_dataset", n): "fourm-cpu" for n in ("cc12m", "coyo700m", "c4", "demo")} | \
     {("pretrain", "demo"): "fourm-gpu", ("pretrain", "4m-21-b"): "fourm-gpu", ("evaluate", "demo"): "fourm-gpu",
      ("evaluate", "4m-21-b"): "fourm-gpu", ("chain", "demo"): "fourm-cpu", ("chain", "4m-21-b"): "fourm-cpu"}
@@ -73,30 +69,16 @@ def test_deploy_puts_gpu_deployments_on_the_gpu_pool_and_pulls_the_commit(cluste
     assert by_entry[("build_dataset", "cc12m")]["parameters"]["dataset"] == "cc12m"
 
 
-def test_runs_on_two_workers_in_their_own_folders(cluster, tmp_path, fk_config, tiny_eval_store):
+def test_build_dataset_run_and_rerun_on_a_worker_in_its_own_folder(cluster, tmp_path, fk_config):
     store_root = tmp_path / "store"
     demo_params = {"dataset": str(fk_config), "store_root": str(store_root), "ray_address": "off"}
     flow_run_id = cluster.run("build-dataset/demo", demo_params)
     first_manifest = _store(store_root).read_manifest("fk", "numbers", 0)
     # the ops re-run of one shard, as deployment parameters (-p values are JSON)
     rerun_id = cluster.run("build-dataset/demo", {**demo_params, "stages": ["fake"], "shards": [1], "force": True})
-    # pretrain/demo (fourm-gpu) on synthetic token shards of another dataset (the real demo's take minutes)
-    make_token_shards(_store(store_root), "synth", DEMO_MODS, n_shards=1, shard_size=8)
-    overrides = {"datasets": [{"name": "synth", "weight": 1.0}], "model.overrides": {"dim": 32, "num_heads": 2}}
-    train_id = cluster.run("pretrain/demo", {"store_root": str(store_root), "steps": 3,
-                                             "log_dir": str(tmp_path / "runs"), "overrides": overrides})
-    # evaluate/demo (fourm-gpu) on a small real store (its own seed, so the worker computes and commits it)
-    eval_store, _ = tiny_eval_store
-    eval_run_id = cluster.run("evaluate/demo", {"store_root": eval_store.root_uri,
-                                                "overrides": {**TINY_EVAL_OVERRIDES, "seed": 11}})
 
-    pools = {i: api(cluster.server.api_url, f"flow_runs/{i}")["work_pool_name"]
-             for i in (flow_run_id, train_id, eval_run_id)}
-    assert pools == {flow_run_id: "fourm-cpu", train_id: "fourm-gpu", eval_run_id: "fourm-gpu"}
-    for pool in ("fourm-cpu", "fourm-gpu"):  # each worker cloned the deployed commit for its runs
-        assert "Cloned repository" in cluster.log(pool) or "git_clone" in cluster.log(pool), cluster.log(pool)[-3000:]
-    evaluation = _store(eval_store.root).read_manifest("ev", "evaluations/tiny/step-00000001", None)
-    assert evaluation.flow_run_id == eval_run_id and evaluation.ingredients.config["seed"] == 11
+    assert api(cluster.server.api_url, f"flow_runs/{flow_run_id}")["work_pool_name"] == "fourm-cpu"
+    assert "Executing deployment step: git_clone" in cluster.log("fourm-cpu")
     store = _store(store_root)
     assert store.committed_shards("fk", "numbers") == [0, 1, 2]
     assert store.committed_shards("fk", "doubled") == [0, 1, 2]
@@ -107,10 +89,6 @@ def test_runs_on_two_workers_in_their_own_folders(cluster, tmp_path, fk_config, 
     assert store.read_manifest("fk", "numbers", 1).flow_run_id == rerun_id
     record = store.latest_run_record("fk")
     assert [(u["shard"], u["status"]) for u in record["units"]] == [(1, "done")] and record["force"] is True
-    ckpt = store.read_manifest("training", "checkpoints/demo/step-00000003", None)
-    assert ckpt.flow_run_id == train_id and {i.dataset for i in ckpt.ingredients.inputs} == {"synth"}
-    assert ckpt.ingredients.git_commit == cluster.commit
-    assert (tmp_path / "runs" / "loss.png").exists()
     status = subprocess.run([sys.executable, "-m", "pipelines", "status", "fk", "--root", str(store_root)],
                             cwd=REPO, capture_output=True, text=True, timeout=120,
                             env={**cluster.env, "PYTHONPATH": str(REPO)})
@@ -125,26 +103,25 @@ def test_a_schedule_fires_and_a_worker_runs_it(cluster, tmp_path, fk_config):
     deployment = _deployments(cluster)[("build_dataset", "cc12m")]
     store_root = tmp_path / "store"
     anchor = datetime.now(timezone.utc) + timedelta(seconds=3)
-    [schedule] = api(url, f"deployments/{deployment['id']}/schedules", [{
-        "schedule": {"interval": 3600, "anchor_date": anchor.isoformat()}, "active": True,
+    # one run only: the next one would be an hour later, after the session
+    api(url, f"deployments/{deployment['id']}/schedules", [{
+        "schedule": {"interval": 3600, "anchor_date": anchor.isoformat()}, "active": True, "max_scheduled_runs": 1,
         "parameters": {"dataset": str(fk_config), "store_root": str(store_root), "ray_address": "off"}}])
-    try:
-        deadline, runs = time.monotonic() + 120, []
-        while time.monotonic() < deadline and not runs:
-            runs = [r for r in api(url, "flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}}})
-                    if r["auto_scheduled"]]
-            time.sleep(1)
-        assert runs, "the scheduler created no run:\n" + cluster.server_log()[-4000:]
-        first = min(runs, key=lambda r: r["expected_start_time"])
-        assert cluster.wait(first["id"], 180) == "COMPLETED", cluster.log("fourm-cpu")[-4000:]
-    finally:
-        api(url, f"deployments/{deployment['id']}/schedules/{schedule['id']}", method="DELETE")
+    deadline, runs = time.monotonic() + 120, []
+    while time.monotonic() < deadline and not runs:
+        runs = [r for r in api(url, "flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}}})
+                if r["auto_scheduled"]]
+        time.sleep(1)
+    assert runs, "the scheduler created no run:\n" + cluster.server_log()[-4000:]
+    first = min(runs, key=lambda r: r["expected_start_time"])
+    assert cluster.wait(first["id"], 180) == "COMPLETED", cluster.log("fourm-cpu")[-4000:]
     assert _store(store_root).read_manifest("fk", "doubled", 2).flow_run_id == first["id"]
 
 
 def test_chain_runs_build_then_pretrain_then_evaluate(cluster, tmp_path, fk_config, tiny_eval_store):
-    """chain/demo at tiny size on one store: each step is its own flow run on its own pool; evaluate gets the
-    checkpoint pretrain committed; the second chain run finds every step cached."""
+    """chain/demo at tiny size on one store: build-dataset/demo (fourm-cpu), then pretrain/demo and evaluate/demo
+    on the fourm-gpu worker, each its own flow run running the cloned commit; evaluate gets the checkpoint
+    pretrain committed."""
     eval_store, _ = tiny_eval_store
     root = tmp_path / "store"
     shutil.copytree(eval_store.root, root)  # a store with token shards and tokenizers to train and evaluate on
@@ -158,14 +135,18 @@ def test_chain_runs_build_then_pretrain_then_evaluate(cluster, tmp_path, fk_conf
                                                     if not k.startswith("checkpoint.")}}}
     chain_id = cluster.run("chain/demo", params, timeout=400)
     store = _store(root)
+    built = store.read_manifest("fk", "doubled", 0)
     ckpt = store.read_manifest("training", "checkpoints/chain/step-00000002", None)
     evaluation = store.read_manifest("ev", "evaluations/chain/step-00000002", None)
-    built = store.read_manifest("fk", "doubled", 0)
-    assert ckpt is not None and evaluation is not None and built is not None
+    assert built is not None and ckpt is not None and evaluation is not None
     runs = {i: api(cluster.server.api_url, f"flow_runs/{i}") for i in (built.flow_run_id, ckpt.flow_run_id,
                                                                        evaluation.flow_run_id)}
     assert [r["work_pool_name"] for r in runs.values()] == ["fourm-cpu", "fourm-gpu", "fourm-gpu"]
-    assert len(set(runs)) == 3 and chain_id not in runs  # three flow runs of their own
+    assert len(runs) == 3 and chain_id not in runs  # three flow runs of their own
+    assert {r["parent_task_run_id"] is not None for r in runs.values()} == {True}  # started by the chain
+    assert "Executing deployment step: git_clone" in cluster.log("fourm-gpu")
+    assert ckpt.ingredients.git_commit == evaluation.ingredients.git_commit == cluster.commit
+    assert {i.dataset for i in ckpt.ingredients.inputs} == {"ev"} and (tmp_path / "runs" / "loss.png").exists()
     evaluated = [(i.dataset, i.artifact, i.digest) for i in evaluation.ingredients.inputs] + \
         [(m.id, m.source, m.digest) for m in [evaluation.ingredients.model] if m is not None]
     assert any(ckpt.digest in entry for entry in evaluated), evaluated  # the checkpoint pretrain just committed
