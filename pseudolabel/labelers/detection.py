@@ -1,8 +1,8 @@
-"""Object boxes in the COCO-80 label space (4M ``det``), score ≥ 0.6, on transformers' detection models.
+"""Object boxes in the COCO-80 label space (4M ``det``), score ≥ 0.6.
 
-Wraps :mod:`pseudolabel.detection`. The paper used ViTDet-H (detectron2, not installable here); any
-transformers ``*ForObjectDetection`` of a supported family loads instead (default RT-DETR R101 trained on
-COCO+Objects365, Apache-2.0), and its class names are mapped onto COCO-80 by name. Stored per image: the
+Wraps :mod:`pseudolabel.detection`. Default: the papers' detector, ViTDet-H with a Cascade Mask R-CNN head
+(detectron2's COCO checkpoint converted with ``python -m pseudolabel convert-vitdet``); RT-DETR, DETR and
+Deformable-DETR (transformers) load as faster options, their class names mapped onto COCO-80 by name. Stored per image: the
 ``Detections`` JSON (normalised xyxy, class name, score) plus the COCO-clutter and instance-diversity counts.
 """
 
@@ -18,8 +18,8 @@ from .model_base import HFModelSettings, ModelLabeler
 
 
 class DetectionSettings(HFModelSettings):
-    model: str = "PekingU/rtdetr_r101vd_coco_o365"
-    family: str = Field("rt_detr", description="detector family: rt_detr, detr or deformable_detr")
+    model: str = "./models/vitdet_h"  # python -m pseudolabel convert-vitdet model_final_*.pkl ./models/vitdet_h
+    family: str = Field("vitdet", description="detector family: vitdet, rt_detr, detr or deformable_detr")
     threshold: float = Field(0.6, ge=0, le=1, description="keep boxes with score >= threshold (4M: 0.6)")
     max_detections: int = Field(100, gt=0, description="boxes kept per image, best first")
     input_size: int | None = Field(None, gt=0, description="network input side; None = the family's default")
@@ -29,7 +29,7 @@ class DetectionLabeler(ModelLabeler):
     name: ClassVar[str] = "detection"
     outputs: ClassVar[tuple[str, ...]] = ("det",)
     needs: ClassVar[tuple[str, ...]] = (RGB,)
-    code_version: ClassVar[str] = "1"
+    code_version: ClassVar[str] = "2"  # 2: ViTDet-H Cascade by default
     Settings: ClassVar[type[HFModelSettings]] = DetectionSettings
     default_batch_size: ClassVar[int] = 8
     resources: ClassVar[Resources] = Resources(num_cpus=1, num_gpus=0.25, memory_mb=3072)
