@@ -56,6 +56,10 @@ class TrainTokenizersConfig(StrictModel):
     sampling_steps: int | None = Field(None, gt=0, description="DDIM steps in diffusion reports")
     model_grid: bool = Field(False, description="tiny profile: the modality's full token grid (what the model "
                                                 "trains on) instead of the cheap 4x4 one")
+    shards: list[int] | None = Field(None, description="the declared training subset (label shards). A growing "
+                                                       "dataset sets it: the tokenizers' cache keys then hold only "
+                                                       "these shards, so new shards neither retrain them nor "
+                                                       "re-tokenize old shards. None: every committed label shard")
 
     @field_validator("tokenizers")
     @classmethod
