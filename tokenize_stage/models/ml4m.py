@@ -215,16 +215,14 @@ def _load_pth(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     sd = ckpt["model"]
     domain = str(args.get("domain", ""))
     cfg = dict(args)
+    cfg["image_size"] = args.get("input_size") or args.get("input_size_max") or args.get("image_size")
     if any(w in domain for w in ("CLIP", "DINO", "ImageBind")):
         cfg["patch_proj"] = False
     elif "sam" in domain and "mask_size" in args:
-        cfg["image_size"] = args["mask_size"]
+        cfg["image_size"] = args["mask_size"]  # the reference's renaming: masks are mask_size²
     cfg["quant_type"] = args.get("quantizer_type", args.get("quant_type"))
     cfg["enc_type"] = args.get("encoder_type", args.get("enc_type"))
     cfg["dec_type"] = args.get("decoder_type", args.get("dec_type"))
-    cfg.setdefault("image_size", args.get("input_size") or args.get("input_size_max"))
-    if args.get("input_size") or args.get("input_size_max"):
-        cfg["image_size"] = args.get("input_size") or args.get("input_size_max")
     if args.get("quantizer_ema_decay") is not None:
         cfg["ema_decay"] = args["quantizer_ema_decay"]
     if "cls_emb.weight" in sd:
