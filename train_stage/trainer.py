@@ -27,23 +27,54 @@ from fourm_core.store import ArtifactStore
 
 from .batch import MaskedBatch
 from .config import TrainConfig
-from .data import DatasetSpec, ResumableLoader, TokenShardStream
+from .data import DatasetSpec, ResumableLoader, TokenShardStream, token_input_refs
 from .flops import PEAK_FLOPS, train_step_flops
 from .masking import Masker
 from .mixture import load_mixture
 from .model import FourM, preset
-from .model.hub import load_state
+from .model.hub import load_state, reference_state, safetensors_metadata
 
 STAGE = "train"
-CODE_VERSION = "1"  # bump when a change alters what a given config trains
+CODE_VERSION = "2"  # bump when a change alters what a given config trains (2: learned global-token positions)
 
 
 # ------------------------------------------------------------------------------------ building blocks
 
 
-def build_model(cfg: TrainConfig) -> FourM:
+def init_checkpoint(store: ArtifactStore, cfg: TrainConfig) -> Manifest | None:
+    """The manifest of the checkpoint ``cfg.init_from`` names (None without init_from); missing: an error."""
+    spec = cfg.init_from
+    if spec is None:
+        return None
+    prefix = f"checkpoints/{spec.run}/step-"
+    steps = sorted(int(a[len(prefix):]) for a in store.artifacts(spec.namespace) if a.startswith(prefix))
+    step = spec.step if spec.step is not None else (steps[-1] if steps else None)
+    m = None if step is None else store.read_manifest(spec.namespace, f"{prefix}{step:08d}", None)
+    if m is None:
+        raise FileNotFoundError(f"init_from: no committed checkpoint {spec.namespace}/{prefix}"
+                                f"{'*' if step is None else f'{step:08d}'} in {store.root_uri} (committed steps: "
+                                f"{steps or 'none'}); train it first, or import a released one with "
+                                f"`python -m train_stage import-pretrained SOURCE --run {spec.run}`")
+    return m
+
+
+def build_model(cfg: TrainConfig, store: ArtifactStore | None = None) -> FourM:
+    """A fresh model of ``cfg.model``, or with ``init_from`` the checkpoint's model (strict load)."""
     torch.manual_seed(cfg.seed)
-    return FourM(preset(cfg.model.size, cfg.model.modalities, **cfg.model.overrides))
+    init = init_checkpoint(store, cfg) if store is not None else None
+    if init is None:
+        return FourM(preset(cfg.model.size, cfg.model.modalities, **cfg.model.overrides))
+    from .model.hub import model_from_bytes
+
+    config = store.read_bytes(store.data_path(init.dataset, init.artifact, None, ".config.json"))
+    weights = store.read_bytes(store.data_path(init.dataset, init.artifact, None, ".safetensors"))
+    return model_from_bytes(config, weights, source=init.uri)
+
+
+def run_inputs(store: ArtifactStore, cfg: TrainConfig) -> list:
+    """A run's lineage inputs: every token shard it reads, and the checkpoint it starts from."""
+    init = init_checkpoint(store, cfg)
+    return token_input_refs(store, dataset_specs(cfg)) + ([init.as_input()] if init else [])
 
 
 def build_masker(cfg: TrainConfig, model_mods: list[str]) -> Masker:
@@ -64,11 +95,17 @@ def model_modalities(model: FourM) -> list[str]:
     return list(dict.fromkeys(c.domains_in + c.domains_out))
 
 
+def dataset_specs(cfg: TrainConfig) -> list[DatasetSpec]:
+    """The datasets the run reads, each with the modalities it provides: the dataset's own list, or every
+    modality of the model, raw inputs included (RGB pixels, T5 embeddings) when the model takes them."""
+    mc = preset(cfg.model.size, cfg.model.modalities, **cfg.model.overrides)
+    mods = list(dict.fromkeys(mc.domains_in + mc.domains_out))
+    return [DatasetSpec(d.name, d.weight, tuple(d.modalities or mods)) for d in cfg.datasets]
+
+
 def build_stream(cfg: TrainConfig, store: ArtifactStore, masker: Masker, rank: int = 0, world: int = 1) -> TokenShardStream:
-    tokenised = [m for m in masker.modalities if get_modality(m).kind.value not in ("pixels", "embedding_seq")]
-    specs = [DatasetSpec(d.name, d.weight, tuple(d.modalities or tokenised)) for d in cfg.datasets]
-    return TokenShardStream(store.root_uri, specs, masker, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world,
-                            storage_options=store.storage_options)
+    return TokenShardStream(store.root_uri, dataset_specs(cfg), masker, cfg.batch_size, seed=cfg.seed, rank=rank,
+                            world_size=world, storage_options=store.storage_options)
 
 
 def train_ingredients(cfg: TrainConfig, inputs: list) -> Ingredients:
@@ -181,14 +218,9 @@ def _test_pause(point: str, step: int, rank: int) -> None:
 
 
 def _full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Unwrapped, unsharded weights (FSDP2 DTensors are gathered)."""
+    """Unwrapped, unsharded weights (FSDP2 DTensors are gathered; ``reference_state`` copies them to the CPU)."""
     inner = model.module if hasattr(model, "module") else model
-    out = {}
-    for k, v in inner.state_dict().items():
-        if hasattr(v, "full_tensor"):
-            v = v.full_tensor()
-        out[k] = v.detach().to("cpu").contiguous().clone()
-    return out
+    return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in inner.state_dict().items()}
 
 
 # ------------------------------------------------------------------------------------ trainer
@@ -203,7 +235,11 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.d = dist_info or init_distributed()
-        self.model = build_model(cfg).to(self.d.device)
+        self.model = build_model(cfg, store).to(self.d.device)
+        if cfg.lora:  # only the adapters train; the base stays the starting checkpoint's
+            from .lora import add_lora
+
+            add_lora(self.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
         if cfg.compile:  # before wrapping: FSDP2 shards the compiled blocks, names unchanged
             self.model.compile_blocks()
         self.masker = build_masker(cfg, model_modalities(self.model))
@@ -245,9 +281,11 @@ class Trainer:
         return get_optimizer_state_dict(self.wrapped, self.opt,
                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
-    def _load_weights_and_optimizer(self, weights: dict[str, torch.Tensor], optimizer: dict[str, Any]) -> None:
+    def _load_weights_and_optimizer(self, weights: bytes | None, optimizer: dict[str, Any]) -> None:
+        """``weights``: the checkpoint's safetensors bytes (None: LoRA adapters, already loaded)."""
         if not self._sharded():
-            load_state(self.model, weights)
+            if weights is not None:
+                load_state(self.model, load_safetensors(weights), safetensors_metadata(weights))
             self.opt.load_state_dict(optimizer)
             return
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
@@ -256,7 +294,8 @@ class Trainer:
         # rank 0's full tensors are broadcast and each rank slices its shard locally (without the broadcast,
         # torch scatters uneven shards from rank 0, which aborted gloo here)
         opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-        set_model_state_dict(self.wrapped, weights, options=opts)
+        if weights is not None:
+            set_model_state_dict(self.wrapped, load_safetensors(weights), options=opts)
         # parameters that never had a gradient (a modality absent so far) have no AdamW state, as uninterrupted
         set_optimizer_state_dict(self.wrapped, self.opt, optimizer,
                                  options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False))
@@ -271,10 +310,17 @@ class Trainer:
         if self.store.read_manifest(self.cfg.namespace, art, None) is None:
             # files without a manifest are a checkpoint whose write was cut short: never resume from one
             raise FileNotFoundError(f"checkpoint {self.cfg.namespace}/{art} is not committed (no manifest)")
-        weights = self.store.read_bytes(self.store.data_path(self.cfg.namespace, art, None, ".safetensors"))
+        weights = None
+        if self.cfg.lora:  # the frozen base is the starting checkpoint's (already built): load the adapters
+            from .lora import load_lora
+
+            load_lora(self.model, load_safetensors(self.store.read_bytes(
+                self.store.data_path(self.cfg.namespace, art, None, ".lora.safetensors"))))
+        else:
+            weights = self.store.read_bytes(self.store.data_path(self.cfg.namespace, art, None, ".safetensors"))
         raw = self.store.read_bytes(self.store.data_path(self.cfg.namespace, art, None, ".trainer.pt"))
         state = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
-        self._load_weights_and_optimizer(load_safetensors(weights), state["optimizer"])
+        self._load_weights_and_optimizer(weights, state["optimizer"])
         # the loss history so far: the final checkpoint of a resumed run carries the whole run's history
         self.history = json.loads(self.store.read_bytes(
             self.store.data_path(self.cfg.namespace, art, None, ".history.json")))
@@ -287,17 +333,27 @@ class Trainer:
         return self.step
 
     def save(self) -> Manifest | None:
-        """Commit weights (safetensors, §9 names), config.json and trainer state with lineage."""
-        weights = _full_state_dict(self.wrapped)
+        """Commit weights (safetensors, §9 names), config.json and trainer state with lineage.
+
+        A LoRA run commits the merged plain weights (they load strictly like any checkpoint) and its adapters
+        in ``.lora.safetensors`` (what a resume loads)."""
+        full = _full_state_dict(self.wrapped)
+        extra = {}
+        if self.cfg.lora:
+            from .lora import lora_state, merged_state
+
+            extra[".lora.safetensors"] = save_safetensors(reference_state(lora_state(full), {})[0])
+            full = merged_state(full, self.cfg.lora.rank, self.cfg.lora.alpha)
+        weights, metadata = reference_state(full, self.model.tied_parameter_names())
         state = self.trainer_state()
         if not self.d.main:
             return None
         buf = io.BytesIO()
         torch.save(state, buf)
-        files = {".safetensors": save_safetensors(weights, metadata={"format": "pt"}),
+        files = {".safetensors": save_safetensors(weights, metadata=metadata),
                  ".config.json": self.model.config.to_json().encode(),
                  ".trainer.pt": buf.getvalue(),
-                 ".history.json": json.dumps(self.history).encode()}
+                 ".history.json": json.dumps(self.history).encode(), **extra}
         ingredients = self.ingredients()
         t = now()
         started = self._fit_started or t
@@ -311,7 +367,7 @@ class Trainer:
                                  before_manifest=lambda: _test_pause("checkpoint", self.step, self.d.rank))
 
     def ingredients(self) -> Ingredients:
-        return train_ingredients(self.cfg, self.stream.input_refs())
+        return train_ingredients(self.cfg, run_inputs(self.store, self.cfg))
 
     # -------------------------------------------------------------------------------- steps
 
