@@ -70,6 +70,7 @@ def _run_deployment(env: dict, api: str, params: dict, tmp_path: Path, name: str
     return flow_run_id
 
 
+@pytest.mark.timeout(900)  # five deployment runs through one worker; on the shared 2-core box ~10 min
 def test_deployment_run_on_a_real_server_and_worker(tmp_path, tiny_eval_store):
     config = tmp_path / "fk.yaml"
     config.write_text(CONFIG_YAML.format(name="fk"))
@@ -85,12 +86,13 @@ def test_deployment_run_on_a_real_server_and_worker(tmp_path, tiny_eval_store):
                        tmp_path / "worker.log", env=env, cwd=str(tmp_path))
         out = _prefect(env, "--no-prompt", "deploy", "--all")
         for name in ("build-dataset/cc12m", "build-dataset/coyo700m", "build-dataset/c4", "build-dataset/demo",
-                     "pretrain/demo", "pretrain/4m-21-b", "evaluate/demo", "evaluate/4m-21-b"):
+                     "pretrain/demo", "pretrain/4m-21-b", "finetune/demo", "evaluate/demo", "evaluate/4m-21-b"):
             assert name in out, out
         found = _api(server.api_url, "deployments/filter", {})
         by_entry = {(d["entrypoint"].rsplit(":", 1)[1], d["name"]): d for d in found}
         assert set(by_entry) == {("build_dataset", n) for n in ("cc12m", "coyo700m", "c4", "demo")} | \
-            {("pretrain", "demo"), ("pretrain", "4m-21-b"), ("evaluate", "demo"), ("evaluate", "4m-21-b")}
+            {("pretrain", "demo"), ("pretrain", "4m-21-b"), ("finetune", "demo"), ("evaluate", "demo"),
+             ("evaluate", "4m-21-b")}
         assert {d["work_pool_name"] for d in found} == {"fourm-process"}
         deployments = {n: d for (f, n), d in by_entry.items() if f == "build_dataset"}
         assert by_entry[("pretrain", "4m-21-b")]["parameters"]["nproc_per_node"] == 8
@@ -111,6 +113,12 @@ def test_deployment_run_on_a_real_server_and_worker(tmp_path, tiny_eval_store):
                                                          "log_dir": str(tmp_path / "runs"),
                                                          "overrides": json.dumps(overrides)},
                                    tmp_path, "pretrain/demo")
+        # finetune/demo from that checkpoint, RGB -> depth on the same synthetic shards
+        ft = {"datasets": [{"name": "synth", "weight": 1.0, "modalities": ["tok_rgb@224", "tok_depth@224"]}],
+              "checkpoint_every": 0, "batch_size": 2}
+        ft_id = _run_deployment(env, server.api_url, {"store_root": str(store_root), "steps": "2",
+                                                      "log_dir": str(tmp_path / "runs-ft"),
+                                                      "overrides": json.dumps(ft)}, tmp_path, "finetune/demo")
         # evaluate/demo on a small real store (its own seed, so the worker computes and commits it)
         eval_store, _ = tiny_eval_store
         eval_params = {"store_root": eval_store.root_uri, "overrides": json.dumps({**TINY_EVAL_OVERRIDES, "seed": 11})}
@@ -133,6 +141,8 @@ def test_deployment_run_on_a_real_server_and_worker(tmp_path, tiny_eval_store):
     ckpt = store.read_manifest("training", "checkpoints/demo/step-00000003", None)
     assert ckpt.flow_run_id == train_id and {i.dataset for i in ckpt.ingredients.inputs} == {"synth"}
     assert (tmp_path / "runs" / "loss.png").exists()
+    tuned = store.read_manifest("training", "checkpoints/finetune-demo/step-00000002", None)
+    assert tuned.flow_run_id == ft_id and ckpt.as_input() in tuned.ingredients.inputs  # started from pretrain/demo
     status = subprocess.run([sys.executable, "-m", "pipelines", "status", "fk", "--root", str(store_root)],
                             cwd=REPO, capture_output=True, text=True, timeout=120,
                             env={**server.env, "PYTHONPATH": str(REPO)})
