@@ -4,8 +4,8 @@
 ``python -m pseudolabel convert-sam sam_vit_h_4b8939.pth DIR`` and
 ``python -m pseudolabel convert-hmr2 hmr2.safetensors DIR`` and
 ``python -m pseudolabel convert-omnidata omnidata_dpt_depth_v2.ckpt DIR --task depth`` and
-``python -m pseudolabel convert-imagebind imagebind_huge.pth DIR`` (released checkpoints -> the labelers' model
-dirs)."""
+``python -m pseudolabel convert-imagebind imagebind_huge.pth DIR`` and
+``python -m pseudolabel convert-vitdet model_final.pkl DIR`` (released checkpoints -> the labelers' model dirs)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,12 @@ def _convert_imagebind(a: argparse.Namespace) -> None:
     imagebind.ImageBindLabeler().save(model, a.out)
 
 
+def _convert_vitdet(a: argparse.Namespace) -> None:
+    from .detection.vitdet_convert import convert_checkpoint
+
+    convert_checkpoint(a.checkpoint, a.out, a.profile)
+
+
 # command -> (what the checkpoint argument is, converter)
 CONVERTERS = {
     "convert-sam": ("sam_vit_h_4b8939.pth (.pth / .safetensors state dict)", _convert_sam),
@@ -56,6 +62,8 @@ CONVERTERS = {
     "convert-omnidata": ("omnidata_dpt_depth_v2.ckpt / omnidata_dpt_normal_v2.ckpt (.ckpt / .pth / .safetensors)",
                          _convert_omnidata),
     "convert-imagebind": ("imagebind_huge.pth (a plain state dict of every modality)", _convert_imagebind),
+    "convert-vitdet": ("detectron2's COCO cascade_mask_rcnn_vitdet_h model_final_*.pkl (or .pth / .safetensors)",
+                       _convert_vitdet),
 }
 
 
@@ -94,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("out", help="directory to write (safetensors weights + config)")
         if argv[0] == "convert-omnidata":
             p.add_argument("--task", choices=["depth", "normal"], required=True)
-        if argv[0] in ("convert-omnidata", "convert-imagebind"):
+        if argv[0] in ("convert-omnidata", "convert-imagebind", "convert-vitdet"):
             p.add_argument("--profile", choices=["full", "tiny"], default="full", help="network size (tiny: tests)")
         a = p.parse_args(argv[1:])
         convert(a)
