@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import flow
 
-from pipelines.pretrain import _config, pretrain
+from pipelines.pretrain import pretrain, train_config
 
 
 @flow(name="finetune", persist_result=False, log_prints=True)
@@ -24,7 +24,7 @@ def finetune(config: str = "finetune_demo", store_root: str | None = None,
              retries: int = 1) -> dict[str, Any]:
     """Fine-tune per the train config ``config`` (a preset such as ``finetune_demo`` or a YAML path with
     ``init_from``); parameters as for ``pretrain``."""
-    cfg = _config(config, overrides, steps)
+    cfg = train_config(config, overrides, steps)
     if cfg.init_from is None:
         raise ValueError(f"train config {config!r} has no init_from: a fine-tuning names the checkpoint it starts "
                          "from (init_from: {run: ...}); use the pretrain flow to train from scratch")
