@@ -94,3 +94,22 @@ def test_detect_rejects_bad_images():
     d = build_detector("rt_detr", "tiny")
     with pytest.raises(ValueError, match="uint8"):
         detect(d, [np.zeros((10, 10, 3), np.float32)])
+
+
+def test_labeler_keeps_persons_down_to_the_4d_humans_threshold(images):
+    """Persons scoring 0.55 are stored (4D-Humans crops persons > 0.5), cars at 0.55 are not (< 0.6); the counts
+    and the det tokens still use 0.6."""
+    from pseudolabel.registry import labeler_class
+    from pseudolabel.spec import Batch
+
+    cls = labeler_class("detection")
+    lab = cls(cls.Settings(model="tiny", family="rt_detr", input_size=128))
+    lab.setup()
+    person, car, dog = (COCO_THING_CLASSES.index(n) for n in ("person", "car", "dog"))
+    _scores_fixed(lab.detector, {person: 0.55, car: 0.55, dog: 0.7})
+    rows = lab.label_batch(Batch(["a", "b", "c"], images, [None] * 3))
+    for row in rows:
+        dets = Detections.model_validate_json(row["det"]["det"])
+        assert {b.class_name for b in dets.boxes} == {"person", "dog"}
+        assert row["det"]["n_coco_instances"] == sum(b.class_name == "dog" for b in dets.boxes)
+        assert "person" not in det.serialise(dets, score_threshold=0.6)
