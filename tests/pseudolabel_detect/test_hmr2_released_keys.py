@@ -40,10 +40,15 @@ DROPPED_KEYS = set().union(*DROPPED.values())
 
 
 @pytest.fixture(scope="module")
-def ours() -> dict[str, torch.Size]:
+def full_meta() -> HMR2:
+    """Our model at the FULL (ViT-H) config with meta tensors: names and shapes, no memory."""
     with torch.device("meta"):
-        model = HMR2(FULL)
-    return {k: v.shape for k, v in model.state_dict().items()}
+        return HMR2(FULL)
+
+
+@pytest.fixture(scope="module")
+def ours(full_meta) -> dict[str, torch.Size]:
+    return {k: v.shape for k, v in full_meta.state_dict().items()}
 
 
 def _released_meta() -> dict[str, torch.Tensor]:
@@ -61,20 +66,17 @@ def test_every_released_key_is_mapped_or_dropped_on_purpose():
     assert unmapped == DROPPED_KEYS
 
 
-def test_released_weights_map_onto_ours_one_to_one_with_the_same_shapes(ours):
+def test_released_weights_map_onto_ours_one_to_one_with_the_same_shapes(ours, full_meta):
     sources = Counter(map_hmr2_key(k) for k in RELEASED if k not in DROPPED_KEYS)
     assert set(sources) == set(ours)
     assert [k for k, n in sources.items() if n != 1] == []  # each of ours comes from exactly one released key
     converted = hmr2_to_ours(_released_meta())  # the real conversion, including the pos_embed class-slot fold
     assert {k: v.shape for k, v in converted.items()} == ours
-    with torch.device("meta"):
-        model = HMR2(FULL)
-    model.load_state_dict(converted, strict=True)  # what load_hmr2_checkpoint does
+    full_meta.load_state_dict(converted, strict=True)  # what load_hmr2_checkpoint does
 
 
-def test_inverse_mapping_gives_the_released_names_and_shapes(ours):
-    with torch.device("meta"):
-        back = ours_to_hmr2(HMR2(FULL).state_dict())
+def test_inverse_mapping_gives_the_released_names_and_shapes(full_meta):
+    back = ours_to_hmr2(full_meta.state_dict())
     assert {k: list(v.shape) for k, v in back.items()} == {
         k: s for k, s in RELEASED.items() if k not in DROPPED_KEYS}
 
@@ -90,11 +92,9 @@ def test_no_dead_rules():
     assert SKIPPED_NAMES <= set(RELEASED)
 
 
-def test_layer_norm_eps_as_released():
+def test_layer_norm_eps_as_released(full_meta):
     # not visible in the key list but needed to reproduce the outputs: ViTPose builds its norms with
     # partial(nn.LayerNorm, eps=1e-6); the decoder's PreNorm uses nn.LayerNorm(dim) (eps 1e-5)
-    with torch.device("meta"):
-        model = HMR2(FULL)
-    eps = {n: m.eps for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)}
+    eps = {n: m.eps for n, m in full_meta.named_modules() if isinstance(m, torch.nn.LayerNorm)}
     assert {e for n, e in eps.items() if n.startswith("backbone.")} == {1e-6}
     assert {e for n, e in eps.items() if n.startswith("head.")} == {1e-5}
