@@ -86,10 +86,20 @@ class StatusRow:
     stage: str
     artifact: str
     shard: int | None  # None: a whole-dataset artifact (e.g. a trained tokenizer)
-    state: str  # done | cached | failed | missing
+    state: str  # done | cached | failed | missing | unreadable
     rows: int = 0
     errors: int = 0
     detail: str = ""
+    seconds: float = 0.0  # how long the unit took to make (its manifest's timings)
+
+
+def cached_units(record: dict[str, Any]) -> set[tuple[str, int | None]]:
+    """(artifact, shard) pairs a run record reports as cached: the compact ``cached`` map (artifact ->
+    shards; ``null`` for an unsharded part) and, from older records, units listed with status cached."""
+    out = {(a, u.get("shard")) for u in record.get("units", []) if u.get("status") == "cached"
+           for a in u.get("artifacts", [])}
+    out.update((a, s) for a, shards in record.get("cached", {}).items() for s in shards)
+    return out
 
 
 def shard_status(store: ArtifactStore, dataset: str, stage_artifacts: dict[str, tuple[str, ...]],
@@ -98,30 +108,35 @@ def shard_status(store: ArtifactStore, dataset: str, stage_artifacts: dict[str, 
     plans it on fewer shards (missing = planned, no manifest).
 
     A committed shard is 'cached' when the latest run found it already committed, 'done' otherwise; a
-    failure record newer than the manifest (or with no manifest) makes it 'failed'.
+    failure record (the last attempt failed, or no manifest) makes it 'failed'; a manifest that cannot be
+    read is 'unreadable' with its path, and every other row still shows. Reads each artifact's index
+    (one snapshot and a short listing each, see ``fourm_core.index``), not one manifest per unit.
     """
     last = store.latest_run_record(dataset) or {}
-    cached = {(a, u.get("shard")) for u in last.get("units", []) if u.get("status") == "cached"
-              for a in u.get("artifacts", [])}
+    cached = cached_units(last)
     rows: list[StatusRow] = []
+    store.preload(dataset, [a for arts in stage_artifacts.values() for a in arts])
     for stage, artifacts in stage_artifacts.items():
         for artifact in artifacts:
-            committed = set(store.committed_shards(dataset, artifact))
-            whole = None if committed else store.read_manifest(dataset, artifact, None)
-            if whole is not None:  # an unsharded artifact: one row
+            index = store.index(dataset, artifact)
+            whole = index.get(None)
+            if whole is not None and whole.committed and not index.committed():  # an unsharded artifact: one row
                 state = "cached" if (artifact, None) in cached else "done"
-                rows.append(StatusRow(stage, artifact, None, state, whole.rows, whole.errors.count))
+                rows.append(StatusRow(stage, artifact, None, state, whole.rows, whole.errors, seconds=whole.seconds))
                 continue
-            failed = store.failed_shards(dataset, artifact)
             planned = expected.get(artifact, expected.get(stage, []))
-            for shard in sorted(committed | set(failed) | set(planned)):
-                if shard in failed:
-                    rows.append(StatusRow(stage, artifact, shard, "failed", detail=failed[shard].get("error", "")))
-                elif shard in committed:
-                    m = store.read_manifest(dataset, artifact, shard)
-                    assert m is not None
-                    state = "cached" if (artifact, shard) in cached else "done"
-                    rows.append(StatusRow(stage, artifact, shard, state, m.rows, m.errors.count))
-                else:
+            parts = {p for p in index.entries if p is not None}
+            for shard in sorted(parts | set(planned)):
+                entry = index.get(shard)
+                if entry is None:
                     rows.append(StatusRow(stage, artifact, shard, "missing"))
+                elif entry.problem:
+                    rows.append(StatusRow(stage, artifact, shard, "unreadable", detail=entry.problem))
+                elif entry.failure_json:
+                    rows.append(StatusRow(stage, artifact, shard, "failed",
+                                          detail=(entry.failure() or {}).get("error", "")))
+                else:
+                    state = "cached" if (artifact, shard) in cached else "done"
+                    rows.append(StatusRow(stage, artifact, shard, state, entry.rows, entry.errors,
+                                          seconds=entry.seconds))
     return rows

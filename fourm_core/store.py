@@ -7,7 +7,14 @@ or ``s3://bucket/prefix``.
 
 Commit protocol: every data file is written first (locally to a temporary name, then renamed; on
 object stores each PUT is atomic), the manifest last. A part without a manifest does not exist for
-readers, so a crash at any point leaves nothing readable that is partial.
+readers, so a crash at any point leaves nothing readable that is partial. Each commit (and each failure
+record) is bracketed by two journal marks of the artifact's index (``fourm_core.index``), so the index
+never vouches for a part whose manifest may have changed.
+
+Reads: by default every manifest read is a GET of the manifest itself. A store made with
+``use_index=True`` (the orchestrator, ``status``, ``lineage``, planning) answers ``read_manifest``,
+``committed_shards``, ``failed_shards`` and ``artifacts`` from the per-artifact index instead, loaded once
+per artifact until :meth:`ArtifactStore.invalidate`.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import index as _index
 from .manifest import Manifest, sha256_bytes
 
 
@@ -41,7 +49,9 @@ def part_name(shard: int | None) -> str:
 class ArtifactStore:
     """Reads and commits artifacts under one root (local folder or ``s3://bucket/prefix``)."""
 
-    def __init__(self, root: str, storage_options: dict[str, Any] | None = None):
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None, use_index: bool = False):
+        self.use_index = use_index
+        self._indexes: dict[tuple[str, str], _index.ArtifactIndex] = {}
         self.root_uri = root.rstrip("/") or "/"
         self.fs, path = fsspec.core.url_to_fs(self.root_uri, **(storage_options or {}))
         self.storage_options = storage_options or {}
@@ -104,12 +114,34 @@ class ArtifactStore:
             pass
 
     def invalidate(self) -> None:
-        """Forget cached listings (object stores cache directory listings)."""
+        """Forget cached listings (object stores cache directory listings) and loaded indexes."""
         self.fs.invalidate_cache()
+        self._indexes.clear()
+
+    def index(self, dataset: str, artifact: str) -> _index.ArtifactIndex:
+        """The artifact's index (loaded once per store until :meth:`invalidate`)."""
+        key = (dataset, artifact)
+        if key not in self._indexes:
+            self._indexes[key] = _index.load_index(self, dataset, artifact)
+        return self._indexes[key]
+
+    def preload(self, dataset: str, artifacts: Iterable[str]) -> None:
+        """Load several artifacts' indexes at once (their snapshot reads and listings overlap)."""
+        todo = [a for a in dict.fromkeys(artifacts) if (dataset, a) not in self._indexes]
+        if not todo:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(8, len(todo))) as pool:
+            for a, ix in zip(todo, pool.map(lambda a: _index.load_index(self, dataset, a), todo)):
+                self._indexes[(dataset, a)] = ix
 
     # ------------------------------------------------------------------------------------ manifests
 
     def read_manifest(self, dataset: str, artifact: str, shard: int | None) -> Manifest | None:
+        if self.use_index:
+            entry = self.index(dataset, artifact).get(shard)
+            return entry.manifest() if entry is not None else None
         try:
             return Manifest.from_json(self.read_bytes(self.manifest_path(dataset, artifact, shard)))
         except FileNotFoundError:
@@ -120,6 +152,8 @@ class ArtifactStore:
 
     def committed_shards(self, dataset: str, artifact: str) -> list[int]:
         """Shard indices of ``artifact`` that have a manifest, in order."""
+        if self.use_index:
+            return self.index(dataset, artifact).committed()
         d = self.artifact_dir(dataset, artifact)
         try:
             names = [posixpath.basename(p) for p in self.fs.ls(d, detail=False, refresh=True)]
@@ -128,6 +162,8 @@ class ArtifactStore:
         return sorted(int(n[6:11]) for n in names if n.startswith("shard-") and n.endswith(".manifest.json"))
 
     def failed_shards(self, dataset: str, artifact: str) -> dict[int, dict[str, Any]]:
+        if self.use_index:
+            return {p: f for p, f in self.index(dataset, artifact).failed().items() if p is not None}
         d = self.artifact_dir(dataset, artifact)
         try:
             names = [posixpath.basename(p) for p in self.fs.ls(d, detail=False, refresh=True)]
@@ -148,6 +184,12 @@ class ArtifactStore:
 
     def artifacts(self, dataset: str) -> list[str]:
         """Every artifact (possibly nested, e.g. ``labels/depth``) of a dataset with at least one manifest."""
+        if self.use_index:
+            indexed = _index.indexed_artifacts(self, dataset)
+            if indexed:
+                self.preload(dataset, indexed)
+                return [a for a in indexed if any(e.manifest_json for e in self._indexes[(dataset, a)].entries.values())]
+            # a store written before the index existed: find the artifacts once (their indexes bootstrap)
         base = self.path(dataset)
         try:
             found = self.fs.find(base, withdirs=False)
@@ -190,6 +232,8 @@ class ArtifactStore:
         from .manifest import FileEntry
 
         dataset, artifact, shard = manifest_fields["dataset"], manifest_fields["artifact"], manifest_fields["shard"]
+        # The index's journal mark comes before anything changes, its pair after the last change (index.py).
+        nonce = _index.write_mark(self, dataset, artifact, shard, "open")
         self.remove(self.manifest_path(dataset, artifact, shard))  # an old manifest must not vouch for new bytes
         entries = []
         for suffix, data in files.items():
@@ -205,10 +249,15 @@ class ArtifactStore:
         )
         self.write_bytes(self.manifest_path(dataset, artifact, shard), manifest.to_json().encode())
         self.remove(self.failure_path(dataset, artifact, shard))
+        _index.write_mark(self, dataset, artifact, shard, "done", nonce)
+        self._indexes.pop((dataset, artifact), None)
         return manifest
 
     def record_failure(self, dataset: str, artifact: str, shard: int | None, info: dict[str, Any]) -> None:
+        nonce = _index.write_mark(self, dataset, artifact, shard, "open")
         self.write_bytes(self.failure_path(dataset, artifact, shard), json.dumps(info, indent=2, default=str).encode())
+        _index.write_mark(self, dataset, artifact, shard, "done", nonce)
+        self._indexes.pop((dataset, artifact), None)
 
     # ------------------------------------------------------------------------------------------ runs
 

@@ -100,7 +100,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .ops import dataset_status, storage_options_from
     from .report import status_counts, status_table
 
-    store = ArtifactStore(args.root, storage_options_from(args.storage_options))
+    store = ArtifactStore(args.root, storage_options_from(args.storage_options), use_index=True)
     rows, record = dataset_status(store, args.dataset)
     if args.json:
         print(json.dumps([r.__dict__ for r in rows], indent=2))

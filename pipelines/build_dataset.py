@@ -23,6 +23,7 @@ from fourm_core.store import ArtifactStore
 
 from pipelines import ray_runtime, report
 from pipelines.ops import storage_options_from
+from pipelines.planning import compact_units, split_cached
 from pipelines.shard_job import FLOW_RUN_ENV, plan_job, run_shard_job
 from pipelines.stages import get_stages, registry
 
@@ -76,7 +77,7 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
     specs = get_stages(list(stages or config.stages))
     targets = registry()
     cfg = config.model_dump(mode="json")
-    store = ArtifactStore(store_root, storage_options)
+    store = ArtifactStore(store_root, storage_options, use_index=True)
     run_id = flow_run.id
     if run_id:
         os.environ[FLOW_RUN_ENV] = run_id  # units run in this process record it in their manifests
@@ -98,16 +99,10 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
                 raise ValueError(f"stage {spec.name!r} has no shard(s) {unknown} for dataset {config.name!r}; "
                                  f"planned shards: {planned[:20]}{' ...' if len(planned) > 20 else ''}")
             logger.info("stage %s: %d of %d shards selected", spec.name, len(selected), len(planned))
-            # Shards whose every unit is already committed with its cache key are reported from their
-            # manifests without dispatching anything (no task, no Ray start): a re-run of a built dataset
-            # costs one manifest read per unit.
-            to_run = []
-            for shard in selected:
-                cached = None if force else spec.cached_results(store, config, shard)
-                if cached is None:
-                    to_run.append(shard)
-                else:
-                    summaries.extend(r.summary() for r in cached)
+            # Shards whose every unit is already committed with its cache key are reported from the index
+            # without dispatching anything (no task, no Ray start): one snapshot read per artifact.
+            cached, to_run = split_cached(store, spec, config, selected, force)
+            summaries.extend(cached)
             if len(to_run) < len(selected):
                 logger.info("stage %s: %d shard(s) already committed (cached)", spec.name, len(selected) - len(to_run))
             on_ray = use_ray and spec.heavy and bool(to_run)
@@ -129,6 +124,7 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
                                       "artifacts": list(spec.dataset_artifacts(config)), "shard": shard,
                                       "status": "failed",
                                       "rows": 0, "errors": 0, "uris": [], "error": f"{type(exc).__name__}: {exc}"})
+            store.invalidate()  # the next stage plans on what this one committed
             if failed_here:
                 # Later stages read this stage's shards; running them on a partial input would hide the gap.
                 logger.error("stage %s: %d shard(s) failed; later stages not run", spec.name, failed_here)
@@ -143,7 +139,8 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
               "stage_artifacts": {s.name: list(s.dataset_artifacts(config)) for s in specs},
               "artifact_plan": {a: s.expected_shards(config, a, plan[s.name]) for s in specs if s.name in plan
                                 for a in s.dataset_artifacts(config)},
-              "not_run": [s.name for s in specs if s.name not in plan], "units": summaries}
+              "not_run": [s.name for s in specs if s.name not in plan]}
+    record["units"], record["cached"] = compact_units(summaries)
     record_id = f"{started:%Y%m%dT%H%M%S%f}-{(run_id or 'local')[:8]}"
     store.write_run_record(config.name, record_id, record)
     _publish(config.name, store.root_uri, run_id, summaries)

@@ -63,6 +63,8 @@ def dataset_status(store: ArtifactStore, dataset: str) -> tuple[list[StatusRow],
 
 
 def _stage_of(store: ArtifactStore, dataset: str, artifact: str) -> str:
+    if store.use_index:
+        return next((e.stage for e in store.index(dataset, artifact).entries.values() if e.stage), "?")
     shards = store.committed_shards(dataset, artifact)
     m = store.read_manifest(dataset, artifact, shards[0] if shards else None)
     return m.ingredients.stage if m else "?"
