@@ -69,7 +69,7 @@ WHOLE = -1  # the part number of an unsharded artifact (tokenizer, checkpoint) i
 SNAPSHOT_SCHEMA = pa.schema([
     ("part", pa.int32()), ("cache_key", pa.string()), ("digest", pa.string()), ("rows", pa.int64()),
     ("errors", pa.int64()), ("seconds", pa.float64()), ("stage", pa.string()), ("data_bytes", pa.int64()),
-    ("manifest", pa.string()), ("failure", pa.string()), ("problem", pa.string()),
+    ("uri", pa.string()), ("manifest", pa.string()), ("failure", pa.string()), ("problem", pa.string()),
 ])
 
 
@@ -83,7 +83,7 @@ class PartEntry:
     ``problem`` when the manifest exists but cannot be read (status shows it with the manifest's path)."""
 
     part: int | None
-    manifest_json: str | None = None
+    has_manifest: bool = False
     failure_json: str | None = None
     problem: str | None = None
     cache_key: str | None = None
@@ -93,11 +93,22 @@ class PartEntry:
     seconds: float = 0.0
     stage: str | None = None
     data_bytes: int | None = None
+    uri: str | None = None
+    _json: str | None = field(default=None, repr=False)
+    _lazy: tuple[pa.Array, int] | None = field(default=None, repr=False)  # (snapshot column, row): parsed on use
     _manifest: Manifest | None = field(default=None, repr=False)
+    resolved: Manifest | None = field(default=None, repr=False)  # with URIs under the reading store's root
+
+    @property
+    def manifest_json(self) -> str | None:
+        if self._json is None and self._lazy is not None:
+            column, i = self._lazy
+            self._json = column[i].as_py()
+        return self._json
 
     @property
     def committed(self) -> bool:
-        return self.manifest_json is not None and self.problem is None
+        return self.has_manifest and self.problem is None
 
     def manifest(self) -> Manifest | None:
         if self._manifest is None and self.committed:
@@ -114,7 +125,7 @@ class PartEntry:
         if manifest_bytes is None:
             return entry
         text = manifest_bytes.decode("utf-8", "replace")
-        entry.manifest_json = text
+        entry.has_manifest, entry._json = True, text
         try:
             m = Manifest.from_json(text)
         except Exception as err:  # noqa: BLE001 - any parse/validation error: report the file, keep going
@@ -122,23 +133,28 @@ class PartEntry:
             return entry
         entry._manifest = m
         entry.cache_key, entry.digest, entry.rows, entry.errors = m.cache_key, m.digest, m.rows, m.errors.count
-        entry.seconds, entry.stage = m.timings.seconds, m.ingredients.stage
-        main = posixpath.basename(m.uri)
-        entry.data_bytes = next((f.bytes for f in m.files if f.name == main), None)
+        entry.seconds, entry.stage, entry.uri = m.timings.seconds, m.ingredients.stage, m.uri
+        entry.data_bytes = m.main_bytes()
         return entry
 
     def row(self) -> dict[str, Any]:
         return {"part": WHOLE if self.part is None else self.part, "cache_key": self.cache_key, "digest": self.digest,
                 "rows": self.rows, "errors": self.errors, "seconds": self.seconds, "stage": self.stage,
-                "data_bytes": self.data_bytes, "manifest": self.manifest_json, "failure": self.failure_json,
-                "problem": self.problem}
+                "data_bytes": self.data_bytes, "uri": self.uri, "manifest": self.manifest_json,
+                "failure": self.failure_json, "problem": self.problem}
 
     @classmethod
-    def from_row(cls, r: dict[str, Any]) -> "PartEntry":
-        part = None if r["part"] == WHOLE else int(r["part"])
-        return cls(part=part, manifest_json=r["manifest"], failure_json=r["failure"], problem=r["problem"],
-                   cache_key=r["cache_key"], digest=r["digest"], rows=r["rows"] or 0, errors=r["errors"] or 0,
-                   seconds=r["seconds"] or 0.0, stage=r["stage"], data_bytes=r["data_bytes"])
+    def from_snapshot(cls, table: pa.Table) -> list["PartEntry"]:
+        """Entries of a snapshot table; manifests stay in the Arrow column until a reader asks for one."""
+        cols = {name: table.column(name).to_pylist() for name in table.column_names if name != "manifest"}
+        manifests = table.column("manifest").combine_chunks()
+        has = manifests.is_valid().to_pylist()
+        return [cls(part=None if cols["part"][i] == WHOLE else cols["part"][i], has_manifest=has[i],
+                    failure_json=cols["failure"][i], problem=cols["problem"][i], cache_key=cols["cache_key"][i],
+                    digest=cols["digest"][i], rows=cols["rows"][i] or 0, errors=cols["errors"][i] or 0,
+                    seconds=cols["seconds"][i] or 0.0, stage=cols["stage"][i], data_bytes=cols["data_bytes"][i],
+                    uri=cols["uri"][i], _lazy=(manifests, i) if has[i] else None)
+                for i in range(table.num_rows)]
 
 
 def _first_line(err: Exception) -> str:
@@ -263,7 +279,7 @@ def load_index(store: "ArtifactStore", dataset: str, artifact: str, compact: boo
     else:
         table = pq.read_table(io.BytesIO(snap))
         watermark = int((table.schema.metadata or {}).get(b"watermark", b"0"))
-        entries = {e.part: e for e in (PartEntry.from_row(r) for r in table.to_pylist())}
+        entries = {e.part: e for e in PartEntry.from_snapshot(table)}
     marks = _marks_after(store, dataset, artifact, watermark)
     touched_set = {p for _, p, _, _ in marks}
     if bootstrapped:  # parts committed before the index existed have no marks: take them from a listing

@@ -42,6 +42,14 @@ class DigestMismatchError(IOError):
     """A committed file's bytes do not match the digest its manifest records."""
 
 
+class CorruptPartError(IOError):
+    """A committed part's data cannot be read or is not what its manifest describes (truncated, tampered)."""
+
+
+class ManifestError(ValueError):
+    """A manifest file exists but is not a valid manifest (its path is in the message)."""
+
+
 def part_name(shard: int | None) -> str:
     return f"shard-{shard:05d}" if shard is not None else ""
 
@@ -52,6 +60,7 @@ class ArtifactStore:
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None, use_index: bool = False):
         self.use_index = use_index
         self._indexes: dict[tuple[str, str], _index.ArtifactIndex] = {}
+        self._sizes: dict[tuple[str, str, str], dict[int, int]] = {}
         self.root_uri = root.rstrip("/") or "/"
         self.fs, path = fsspec.core.url_to_fs(self.root_uri, **(storage_options or {}))
         self.storage_options = storage_options or {}
@@ -117,6 +126,7 @@ class ArtifactStore:
         """Forget cached listings (object stores cache directory listings) and loaded indexes."""
         self.fs.invalidate_cache()
         self._indexes.clear()
+        self._sizes.clear()
 
     def index(self, dataset: str, artifact: str) -> _index.ArtifactIndex:
         """The artifact's index (loaded once per store until :meth:`invalidate`)."""
@@ -141,14 +151,57 @@ class ArtifactStore:
     def read_manifest(self, dataset: str, artifact: str, shard: int | None) -> Manifest | None:
         if self.use_index:
             entry = self.index(dataset, artifact).get(shard)
-            return entry.manifest() if entry is not None else None
+            if entry is None or entry.problem:
+                if entry is not None:
+                    raise ManifestError(entry.problem)
+                return None
+            if entry.resolved is None and entry.committed:
+                entry.resolved = self.resolve(entry.manifest())  # type: ignore[arg-type]
+            return entry.resolved
         try:
-            return Manifest.from_json(self.read_bytes(self.manifest_path(dataset, artifact, shard)))
+            return self.read_manifest_at(self.manifest_path(dataset, artifact, shard))
         except FileNotFoundError:
             return None
 
     def read_manifest_at(self, manifest_path: str) -> Manifest:
-        return Manifest.from_json(self.read_bytes(manifest_path))
+        data = self.read_bytes(manifest_path)
+        try:
+            return self.resolve(Manifest.from_json(data))
+        except ValueError as err:
+            raise ManifestError(f"unreadable manifest {self.uri(manifest_path)}: {str(err).splitlines()[0]}; "
+                                f"re-run the stage that made it (python -m pipelines status shows the unit)") from None
+
+    # Manifests name files relative to the store root, so a copied or moved store stays self-consistent;
+    # in memory they carry full URIs under *this* root. Manifests written with absolute URIs (before
+    # relative ones) read unchanged.
+
+    def relative(self, uri: str) -> str:
+        for prefix in (self.root_uri.rstrip("/") + "/", self.root.rstrip("/") + "/"):
+            if uri.startswith(prefix):
+                return uri[len(prefix):]
+        return uri
+
+    def absolute(self, uri: str) -> str:
+        if "://" in uri or uri.startswith("/") or not uri:
+            return uri
+        return self.uri(self.path(uri))
+
+    def _map_uris(self, m: Manifest, fn) -> Manifest:
+        ing = m.ingredients
+        inputs = [i.model_copy(update={"uri": fn(i.uri)}) for i in ing.inputs]
+        model = ing.model.model_copy(update={"source": fn(ing.model.source)}) if ing.model else None
+        return m.model_copy(update={"uri": fn(m.uri),
+                                    "ingredients": ing.model_copy(update={"inputs": inputs, "model": model})})
+
+    def resolve(self, m: Manifest) -> Manifest:
+        """``m`` with its URIs under this root, changed in place (callers pass a manifest they just parsed:
+        copying costs more than the parse, and the orchestrator resolves one per unit)."""
+        m.uri = self.absolute(m.uri)
+        for ref in m.ingredients.inputs:
+            ref.uri = self.absolute(ref.uri)
+        if m.ingredients.model is not None:
+            m.ingredients.model.source = self.absolute(m.ingredients.model.source)
+        return m
 
     def committed_shards(self, dataset: str, artifact: str) -> list[int]:
         """Shard indices of ``artifact`` that have a manifest, in order."""
@@ -188,7 +241,7 @@ class ArtifactStore:
             indexed = _index.indexed_artifacts(self, dataset)
             if indexed:
                 self.preload(dataset, indexed)
-                return [a for a in indexed if any(e.manifest_json for e in self._indexes[(dataset, a)].entries.values())]
+                return [a for a in indexed if any(e.has_manifest for e in self._indexes[(dataset, a)].entries.values())]
             # a store written before the index existed: find the artifacts once (their indexes bootstrap)
         base = self.path(dataset)
         try:
@@ -212,8 +265,62 @@ class ArtifactStore:
         path = self.data_path(dataset, artifact, shard)
         data = self.read_bytes(path)
         if verify and sha256_bytes(data) != manifest.digest:
-            raise DigestMismatchError(f"{self.uri(path)} does not match the digest in its manifest")
-        return pq.read_table(io.BytesIO(data), columns=columns)
+            raise DigestMismatchError(f"{self.uri(path)} does not match the digest in its manifest; "
+                                      f"{self._redo(manifest)}")
+        expected = manifest.main_bytes()
+        if expected is not None and len(data) != expected:  # truncated or replaced: free to check here
+            raise CorruptPartError(f"{self.uri(path)} has {len(data)} bytes but its manifest records {expected} "
+                                   f"(truncated or replaced); {self._redo(manifest)}")
+        try:
+            return pq.read_table(io.BytesIO(data), columns=columns)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise CorruptPartError(f"{self.uri(path)} is not readable Parquet ({err}); {self._redo(manifest)}") from None
+
+    def _redo(self, m: Manifest) -> str:
+        from .rerun import rerun_commands
+
+        return f"re-make it with: {rerun_commands(m.dataset, m.ingredients.stage, m.shard, self.root_uri)[0]}"
+
+    def size_of(self, uri: str) -> int | None:
+        """Bytes of the file at ``uri`` under this store (one HEAD on S3), None when it is missing."""
+        path = uri.split("://", 1)[1] if "://" in uri else uri
+        try:
+            return int(self.fs.size(path))
+        except FileNotFoundError:
+            return None
+
+    def data_intact(self, m: Manifest) -> bool:
+        """The cheap integrity check of the cached path: the main data file exists with the committed size."""
+        expected = m.main_bytes()
+        if expected is None:
+            return True
+        if m.shard is not None and self.use_index:
+            return self.data_sizes(m.dataset, m.artifact).get(m.shard) == expected
+        return self.size_of(m.uri) == expected
+
+    def data_sizes(self, dataset: str, artifact: str) -> dict[int, int]:
+        """shard -> bytes of every ``shard-NNNNN.parquet`` of an artifact, from one listing (cached per store
+        like the indexes): the cached check's size comparison without one request per unit."""
+        key = ("sizes", dataset, artifact)
+        if key not in self._sizes:
+            sizes = {}
+
+            def data_file(name: str) -> bool:
+                return name.startswith("shard-") and name.endswith(".parquet") and not name.endswith(".errors.parquet")
+
+            try:
+                if self.is_local:  # stat only the data files (fsspec's ls stats every entry)
+                    with os.scandir(self.artifact_dir(dataset, artifact)) as it:
+                        sizes = {int(e.name[6:11]): e.stat().st_size for e in it if data_file(e.name)}
+                else:
+                    for info in self.fs.ls(self.artifact_dir(dataset, artifact), detail=True, refresh=True):
+                        name = posixpath.basename(info["name"])
+                        if data_file(name):
+                            sizes[int(name[6:11])] = int(info["size"])
+            except FileNotFoundError:
+                pass
+            self._sizes[key] = sizes
+        return self._sizes[key]
 
     def read_errors(self, dataset: str, artifact: str, shard: int | None) -> pa.Table | None:
         path = self.data_path(dataset, artifact, shard, ".errors.parquet")
@@ -247,8 +354,10 @@ class ArtifactStore:
             digest=sha256_bytes(files[main]),
             files=entries,
         )
-        self.write_bytes(self.manifest_path(dataset, artifact, shard), manifest.to_json().encode())
+        on_disk = self._map_uris(manifest, self.relative)
+        self.write_bytes(self.manifest_path(dataset, artifact, shard), on_disk.to_json().encode())
         self.remove(self.failure_path(dataset, artifact, shard))
+        self._sizes.pop(("sizes", dataset, artifact), None)
         _index.write_mark(self, dataset, artifact, shard, "done", nonce)
         self._indexes.pop((dataset, artifact), None)
         return manifest

@@ -1,7 +1,8 @@
 """``python -m pipelines`` (also ``fourm``): run, re-run and inspect dataset builds.
 
     status  <dataset> [--root R]                 stage x shard table: done / cached / failed / missing
-    lineage <artifact path or URI> [--root R]    the upstream tree of one committed part
+    lineage <artifact path or URI> [--root R] [--depth N]   the upstream tree of one committed part
+    verify  <dataset> [--stage S] [--shard N ...] [--root R]  re-read data, check digests and rows vs manifests
     run     [--dataset D] [--root R] [--stages S ...] [--shards N ...] [--force]
     rerun   --dataset D --stage S [--shard N ...] [--root R]   redo exactly those units
     pretrain [CONFIG] [--root R] [--steps N] [--log-dir D] [--force] [--set F=V]   the pretrain flow (CONFIG:
@@ -42,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("dataset", help="preset name, YAML path, or the dataset's folder name in the store")
     store_args(sp)
     sp.add_argument("--json", action="store_true", help="machine-readable rows")
+
+    sp = sub.add_parser("verify", help="re-read committed data and check it against its manifests")
+    sp.add_argument("dataset", help="preset name, YAML path, or the dataset's folder name in the store")
+    sp.add_argument("--stage", default=None, help="only this stage's artifacts")
+    sp.add_argument("--shard", action="append", type=int, default=None, help="repeatable; default: every shard")
+    store_args(sp)
 
     sp = sub.add_parser("lineage", help="upstream tree of one artifact part")
     sp.add_argument("part", help="data path, manifest path or URI, e.g. store/demo/images/shard-00000.parquet")
@@ -113,10 +120,35 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"stages {record.get('stages')}" + (f", shards {record['shards']}" if record.get("shards") else "")
               + (", forced" if record.get("force") else ""))
     print(status_table(rows))
+    for r in rows:
+        if r.state == "unreadable":  # the full path and error: the table clips details
+            print(f"{r.detail}")
     if record and record.get("not_run"):
         print(f"not run by the latest run (an earlier stage failed): {', '.join(record['not_run'])}")
     print(f"\n{status_counts(rows)}  (store {store.root if store.is_local else store.root_uri})")
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from fourm_core.rerun import rerun_commands
+    from fourm_core.store import ArtifactStore
+
+    from .ops import dataset_name, storage_options_from, verify_dataset
+
+    store = ArtifactStore(args.root, storage_options_from(args.storage_options), use_index=True)
+    checks = verify_dataset(store, args.dataset, args.stage, args.shard)
+    bad = [c for c in checks if not c.ok]
+    for c in bad:
+        where = f"{c.dataset}/{c.artifact}" + ("" if c.shard is None else f" shard {c.shard}")
+        print(f"BAD {where}:")
+        for problem in c.problems:
+            print(f"  {problem}")
+        stage = c.stage or args.stage
+        if stage:
+            cli, deployment = rerun_commands(args.dataset, stage, c.shard, store.root_uri, dataset_name(args.dataset))
+            print(f"  re-run: {cli}\n      or: {deployment}")
+    print(f"{len(checks)} part(s) verified, {len(bad)} bad  (store {store.root_uri})")
+    return 1 if bad else 0
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
@@ -271,7 +303,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"status": cmd_status, "lineage": cmd_lineage, "run": cmd_run, "rerun": cmd_rerun,
+COMMANDS = {"status": cmd_status, "lineage": cmd_lineage, "verify": cmd_verify, "run": cmd_run, "rerun": cmd_rerun,
             "pretrain": cmd_pretrain, "demo": cmd_demo, "evaluate": cmd_evaluate}
 
 

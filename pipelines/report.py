@@ -23,7 +23,8 @@ def status_table(rows: list[StatusRow]) -> str:
 
 def status_counts(rows: list[StatusRow]) -> str:
     counts = Counter(r.state for r in rows)
-    return ", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "cached", "failed", "missing"))
+    states = ("done", "cached", "failed", "missing") + (("unreadable",) if counts.get("unreadable") else ())
+    return ", ".join(f"{counts.get(s, 0)} {s}" for s in states)
 
 
 def unit_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
