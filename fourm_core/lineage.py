@@ -14,6 +14,7 @@ class LineageNode:
     manifest: Manifest
     parents: list["LineageNode"] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # inputs whose manifest no longer exists or changed
+    not_expanded: list[str] = field(default_factory=list)  # inputs past the depth limit (one line each)
 
 
 def parse_part(store: ArtifactStore, path: str) -> tuple[str, str, int | None]:
@@ -34,19 +35,23 @@ def parse_part(store: ArtifactStore, path: str) -> tuple[str, str, int | None]:
     return dataset, artifact, None
 
 
-def lineage(store: ArtifactStore, dataset: str, artifact: str, shard: int | None, _depth: int = 0) -> LineageNode:
+def lineage(store: ArtifactStore, dataset: str, artifact: str, shard: int | None, depth: int | None = None,
+            _depth: int = 0) -> LineageNode:
+    """The upstream tree of one part; ``depth`` limits how many levels of inputs are expanded (None: all)."""
     m = store.read_manifest(dataset, artifact, shard)
     if m is None:
         raise FileNotFoundError(f"no manifest for {dataset}/{artifact} shard {shard} under {store.root_uri}")
     node = LineageNode(m)
-    if _depth > 32:
+    if _depth > 32 or (depth is not None and _depth >= depth):
+        node.not_expanded = [f"{r.dataset}/{r.artifact}" + ("" if r.shard is None else f" shard {r.shard}")
+                             + f" (digest {r.digest[:16]})" for r in m.ingredients.inputs]
         return node
     for ref in m.ingredients.inputs:
         parent = store.read_manifest(ref.dataset, ref.artifact, ref.shard)
         if parent is None or parent.digest != ref.digest:
             node.missing.append(f"{ref.uri} ({'gone' if parent is None else 'changed since'})")
             continue
-        node.parents.append(lineage(store, ref.dataset, ref.artifact, ref.shard, _depth + 1))
+        node.parents.append(lineage(store, ref.dataset, ref.artifact, ref.shard, depth, _depth + 1))
     return node
 
 
@@ -71,6 +76,12 @@ def describe(node: LineageNode, indent: str = "") -> list[str]:
     for i, parent in enumerate(node.parents):
         lines.append(f"{indent}  <- input {i + 1}/{len(node.parents)} (digest {parent.manifest.digest[:16]})")
         lines.extend(describe(parent, indent + "     "))
+    if node.not_expanded:
+        shown = node.not_expanded[:10]
+        lines.append(f"{indent}  inputs ({len(node.not_expanded)}, not expanded: raise --depth):")
+        lines += [f"{indent}    <- {text}" for text in shown]
+        if len(node.not_expanded) > len(shown):
+            lines.append(f"{indent}    ... and {len(node.not_expanded) - len(shown)} more")
     return lines
 
 

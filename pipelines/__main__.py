@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("part", help="data path, manifest path or URI, e.g. store/demo/images/shard-00000.parquet")
     sp.add_argument("--root", default=None, help="store root, when PART is relative to it (demo/images/shard-00000)")
     sp.add_argument("--storage-options", default=None)
+    sp.add_argument("--depth", type=int, default=None, help="levels of inputs to expand (default: all)")
 
     def flow_args(sp: argparse.ArgumentParser) -> None:
         store_args(sp)
@@ -123,10 +124,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in rows:
         if r.state == "unreadable":  # the full path and error: the table clips details
             print(f"{r.detail}")
+    _print_reruns(rows, args.dataset, store.root_uri)
     if record and record.get("not_run"):
         print(f"not run by the latest run (an earlier stage failed): {', '.join(record['not_run'])}")
     print(f"\n{status_counts(rows)}  (store {store.root if store.is_local else store.root_uri})")
     return 0
+
+
+def _print_reruns(rows: list, dataset: str, root: str) -> None:
+    """The commands that redo every failed / missing / unreadable unit, one per stage."""
+    from fourm_core.rerun import rerun_commands
+
+    from .ops import dataset_name
+
+    todo: dict[str, set[int | None]] = {}
+    for r in rows:
+        if r.state in ("failed", "missing", "unreadable"):
+            todo.setdefault(r.stage, set()).add(r.shard)
+    for stage, shards in todo.items():
+        listed = sorted(s for s in shards if s is not None)
+        cli, deployment = rerun_commands(dataset, stage, None if None in shards else listed, root, dataset_name(dataset))
+        print(f"re-run {stage} ({len(shards)} shard(s)): {cli}\n    or: {deployment}")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -154,7 +172,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_lineage(args: argparse.Namespace) -> int:
     from .ops import lineage_text, storage_options_from
 
-    print(lineage_text(args.part, args.root, storage_options_from(args.storage_options)))
+    print(lineage_text(args.part, args.root, storage_options_from(args.storage_options), args.depth))
     return 0
 
 

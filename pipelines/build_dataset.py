@@ -88,6 +88,7 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
     ray_connected = False
     summaries: list[dict[str, Any]] = []
     plan: dict[str, list[int]] = {}
+    error: Exception | None = None  # a failure outside the units (planning, the cached check, Ray start)
     try:
         for spec in specs:
             target = targets[spec.name]
@@ -129,6 +130,8 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
                 # Later stages read this stage's shards; running them on a partial input would hide the gap.
                 logger.error("stage %s: %d shard(s) failed; later stages not run", spec.name, failed_here)
                 break
+    except Exception as exc:  # still write the run record and the artifacts, then fail the run with it
+        error = exc
     finally:
         if we_started_ray:
             ray_runtime.shutdown()
@@ -139,11 +142,14 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
               "stage_artifacts": {s.name: list(s.dataset_artifacts(config)) for s in specs},
               "artifact_plan": {a: s.expected_shards(config, a, plan[s.name]) for s in specs if s.name in plan
                                 for a in s.dataset_artifacts(config)},
-              "not_run": [s.name for s in specs if s.name not in plan]}
+              "not_run": [s.name for s in specs if s.name not in plan],
+              "error": f"{type(error).__name__}: {error}" if error else None}
     record["units"], record["cached"] = compact_units(summaries)
     record_id = f"{started:%Y%m%dT%H%M%S%f}-{(run_id or 'local')[:8]}"
     store.write_run_record(config.name, record_id, record)
-    _publish(config.name, store.root_uri, run_id, summaries)
+    _publish(config.name, store.root_uri, run_id, summaries, record["error"])
+    if error is not None:
+        raise error
 
     failed = [s for s in summaries if s["status"] == "failed"]
     if failed:
@@ -154,9 +160,12 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
             "units": [{k: s[k] for k in ("unit", "stage", "shard", "status", "rows", "errors")} for s in summaries]}
 
 
-def _publish(dataset: str, store_root: str, run_id: str | None, summaries: list[dict[str, Any]]) -> None:
-    """Prefect artifacts: the window onto our manifests in the Prefect UI."""
-    key = "build-dataset-" + "".join(c if c.isalnum() else "-" for c in dataset.lower())
+def _publish(dataset: str, store_root: str, run_id: str | None, summaries: list[dict[str, Any]],
+             error: str | None = None) -> None:
+    """Prefect artifacts: the window onto our manifests in the Prefect UI (keys per dataset *and* store)."""
+    key = report.artifact_key("build-dataset", dataset, store_root=store_root)
     create_table_artifact(key=key, table=report.unit_rows(summaries), description=f"stage x shard units of {dataset}")
-    create_markdown_artifact(key=key + "-summary", markdown=report.markdown_summary(dataset, store_root, run_id, summaries),
-                             description=f"build-dataset summary for {dataset}")
+    markdown = report.markdown_summary(dataset, store_root, run_id, summaries)
+    if error:
+        markdown += f"\n\n## The run failed outside its units\n\n`{error}`"
+    create_markdown_artifact(key=key + "-summary", markdown=markdown, description=f"build-dataset summary for {dataset}")

@@ -142,6 +142,12 @@ def _manifest_path(path: str) -> str:
     return posixpath.join(path, "manifest.json")
 
 
-def lineage_text(uri: str, root: str | None = None, storage_options: dict[str, Any] | None = None) -> str:
+def lineage_text(uri: str, root: str | None = None, storage_options: dict[str, Any] | None = None,
+                 depth: int | None = None) -> str:
+    """The part's upstream tree (``depth`` levels of inputs; None: all) and the commands that re-make it."""
+    from fourm_core.rerun import rerun_commands
+
     store, m = open_part(uri, root, storage_options)
-    return "\n".join(describe(lineage(store, m.dataset, m.artifact, m.shard)))
+    lines = describe(lineage(store, m.dataset, m.artifact, m.shard, depth))
+    cli, deployment = rerun_commands(m.dataset, m.ingredients.stage, m.shard, store.root_uri)
+    return "\n".join(lines + [f"re-make this part: {cli}", f"               or: {deployment}"])

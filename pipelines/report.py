@@ -8,6 +8,15 @@ from typing import Any, Iterable, Sequence
 from fourm_core.lineage import StatusRow
 
 
+def artifact_key(*parts: str, store_root: str | None = None) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) from ``parts`` and, when given, a short digest
+    of the store root: runs on two stores keep their own "latest" instead of overwriting each other's."""
+    import hashlib
+
+    key = "-".join("".join(c if c.isalnum() else "-" for c in p.lower()) for p in parts).strip("-")
+    return f"{key}-{hashlib.sha256(store_root.encode()).hexdigest()[:8]}" if store_root else key
+
+
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A fixed-width text table."""
     rows = [[("" if v is None else str(v)) for v in r] for r in rows]

@@ -47,7 +47,10 @@ def test_pretrain_flow_trains_then_is_cached(prefect_api, synth_root, tmp_path, 
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        assert any(a.key == "pretrain-demo" for a in client.read_latest_artifacts())
+        from pipelines.report import artifact_key
+
+        key = artifact_key("pretrain", "demo", store_root=store.root_uri)
+        assert any(a.key == key for a in client.read_latest_artifacts())
 
     # the CLI runs the same flow: cached now, and it says where everything is
     capsys.readouterr()
