@@ -8,12 +8,9 @@ The synthetic dataset has three stages with the real stages' shape (``StageSpec`
 ``Unit.ingredients()`` exactly as ``run_unit`` does, so a re-run finds every unit cached.
 
 The store is written as the commit protocol plus one compaction leave it: every artifact's index
-snapshot, and (``--manifests all``, the default on local disk) every part's data file and manifest. On
-S3 at 200 PUT/s here, 600 000 objects would take an hour to create, so by default only the first
-``--s3-manifest-shards`` shards get their manifests and data files there (lineage reads those; status,
-planning and the cached check read the index only, so their cost does not depend on the other parts'
-files existing). ``old status`` extrapolates the pre-index cost (one manifest GET per unit) from timed
-GETs of real manifests.
+snapshot, every part's data file and manifest, and a fully-cached run record. (On S3 here SeaweedFS takes
+~200 PUT/s, so 10 000 shards = 600 000 objects take about an hour to create.) ``old status`` extrapolates
+the pre-index cost (one manifest GET per unit) from timed GETs of real manifests.
 
     PYTHONPATH=. python bench/bench_control_plane.py [--shards 1000 3000 10000] [--s3-shards 1000 3000]
         [--no-s3] [--no-local]
@@ -33,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from fourm_core import index as ix
 from fourm_core.config import DatasetConfig
@@ -62,8 +58,9 @@ def _images_units(store: ArtifactStore, config: DatasetConfig, shard: int) -> li
 def _label_units(store: ArtifactStore, config: DatasetConfig, shard: int) -> list[Unit]:
     images = store.read_manifest(config.name, IMAGES, shard)
     assert images is not None
+    ref = images.as_input()
     return [Unit(stage="synth-label", dataset=config.name, artifacts=[a], shard=shard, code_version=f"{a}/1",
-                 config={"labeler": a, "batch_size": 32}, inputs=[images.as_input()]) for a in LABELS]
+                 config={"labeler": a, "batch_size": 32}, inputs=[ref]) for a in LABELS]
 
 
 def _token_units(store: ArtifactStore, config: DatasetConfig, shard: int) -> list[Unit]:
@@ -110,7 +107,7 @@ def build_store(root: str, options: dict | None, n: int, manifest_shards: int) -
     digests = {s: hashlib.sha256(b).hexdigest() for s, b in data.items()}
     now = datetime.now(timezone.utc)
     files: list[tuple[str, bytes]] = []
-    snapshots: dict[str, list[dict]] = {}
+    snapshots: dict[str, list[ix.PartEntry]] = {}
     manifests: dict[tuple[str, int], Manifest] = {}
 
     class Lookup(ArtifactStore):  # the synthetic stages' units read upstream manifests from memory here
@@ -132,26 +129,30 @@ def build_store(root: str, options: dict | None, n: int, manifest_shards: int) -
                 manifests[(artifact, shard)] = m
                 text = m.to_json()
                 entry = ix.PartEntry.from_truth(shard, text.encode(), None, "")
-                snapshots.setdefault(artifact, []).append(entry.row())
+                snapshots.setdefault(artifact, []).append(entry)
                 if shard < manifest_shards:
                     files.append((data_path, data[shard]))
                     files.append((store.manifest_path(DATASET, artifact, shard), text.encode()))
     t_gen = time.perf_counter() - t0
     watermark = ix.now_us() - ix.MARGIN_US
-    for artifact, rows in snapshots.items():
-        table = pa.Table.from_pylist(rows, schema=ix.SNAPSHOT_SCHEMA).replace_schema_metadata(
-            {"watermark": str(watermark), "written": str(ix.now_us())})
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
-        files.append((ix.snapshot_path(store, DATASET, artifact), sink.getvalue().to_pybytes()))
+    for artifact, entries in snapshots.items():
+        files += ix.snapshot_files(store, DATASET, artifact, entries, watermark)
     # the record a fully-cached run writes (cached units compactly)
     record = {"dataset": DATASET, "stages": [s.name for s in STAGES], "plan": {s.name: list(range(n)) for s in STAGES},
               "stage_artifacts": {s.name: list(s.artifacts) for s in STAGES}, "units": [],
               "cached": {a: list(range(n)) for a in [IMAGES, *LABELS, *TOKENS]}, "finished": now.isoformat()}
     files.append((store.path(DATASET, "_runs", "00000000T000000-bench.json"), json.dumps(record).encode()))
     t1 = time.perf_counter()
+
+    def write(path: str, data: bytes) -> None:
+        if store.is_local:  # no fsync per file: a benchmark fixture, not a commit
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_bytes(data)
+        else:
+            store.write_bytes(path, data)
+
     with ThreadPoolExecutor(32 if not store.is_local else 4) as pool:
-        list(pool.map(lambda f: store.write_bytes(*f), files))
+        list(pool.map(lambda f: write(*f), files))
     return {"generate_s": t_gen, "write_s": time.perf_counter() - t1, "objects": len(files)}
 
 
@@ -206,7 +207,6 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shards", type=int, nargs="+", default=[1000, 3000, 10000], help="local-disk sizes")
     p.add_argument("--s3-shards", type=int, nargs="+", default=[1000, 3000, 10000], help="S3 sizes")
-    p.add_argument("--s3-manifest-shards", type=int, default=50)
     p.add_argument("--no-s3", action="store_true")
     p.add_argument("--no-local", action="store_true")
     args = p.parse_args()
@@ -225,15 +225,17 @@ def main() -> None:
             try:
                 for n in args.s3_shards:
                     root = f"s3://{server.bucket}/cp-{n}"
-                    build = build_store(root, server.storage_options, n, args.s3_manifest_shards)
-                    results.append(("s3", n, build, measure(root, server.storage_options, n, args.s3_manifest_shards)))
+                    build = build_store(root, server.storage_options, n, n)
+                    results.append(("s3", n, build, measure(root, server.storage_options, n, n)))
                     print(_line(*results[-1]), flush=True)
             finally:
                 kill(server.proc)
 
 
 def _line(where: str, n: int, build: dict, m: dict) -> str:
-    return (f"{where:5s} {n:6d} shards ({30 * n:7d} units): status {m['status_s']:6.2f} s | re-run plan + cached "
+    import os
+
+    return (f"[load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores] {where:5s} {n:6d} shards ({30 * n:7d} units): status {m['status_s']:6.2f} s | re-run plan + cached "
             f"check {m['rerun_plan_and_cached_check_s']:6.2f} s | lineage {m['lineage_s']:5.2f} s | old status "
             f"(1 GET/unit, extrapolated) {m['old_status_extrapolated_s']:7.1f} s | built in "
             f"{build['generate_s']:.0f}+{build['write_s']:.0f} s ({build['objects']} objects)")

@@ -40,6 +40,7 @@ import io
 import json
 import os
 import posixpath
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -66,10 +67,11 @@ READ_THREADS = 16  # parallel truth reads (GETs) of re-read parts
 
 WHOLE = -1  # the part number of an unsharded artifact (tokenizer, checkpoint) in the snapshot
 
+MANIFESTS_SCHEMA = pa.schema([("part", pa.int32()), ("manifest", pa.string())])
 SNAPSHOT_SCHEMA = pa.schema([
     ("part", pa.int32()), ("cache_key", pa.string()), ("digest", pa.string()), ("rows", pa.int64()),
     ("errors", pa.int64()), ("seconds", pa.float64()), ("stage", pa.string()), ("data_bytes", pa.int64()),
-    ("uri", pa.string()), ("manifest", pa.string()), ("failure", pa.string()), ("problem", pa.string()),
+    ("uri", pa.string()), ("has_manifest", pa.bool_()), ("failure", pa.string()), ("problem", pa.string()),
 ])
 
 
@@ -95,15 +97,14 @@ class PartEntry:
     data_bytes: int | None = None
     uri: str | None = None
     _json: str | None = field(default=None, repr=False)
-    _lazy: tuple[pa.Array, int] | None = field(default=None, repr=False)  # (snapshot column, row): parsed on use
+    _lazy: "ManifestsFile | None" = field(default=None, repr=False)  # where the JSON is, read on first use
     _manifest: Manifest | None = field(default=None, repr=False)
     resolved: Manifest | None = field(default=None, repr=False)  # with URIs under the reading store's root
 
     @property
     def manifest_json(self) -> str | None:
         if self._json is None and self._lazy is not None:
-            column, i = self._lazy
-            self._json = column[i].as_py()
+            self._json = self._lazy.get(self.part)
         return self._json
 
     @property
@@ -140,21 +141,45 @@ class PartEntry:
     def row(self) -> dict[str, Any]:
         return {"part": WHOLE if self.part is None else self.part, "cache_key": self.cache_key, "digest": self.digest,
                 "rows": self.rows, "errors": self.errors, "seconds": self.seconds, "stage": self.stage,
-                "data_bytes": self.data_bytes, "uri": self.uri, "manifest": self.manifest_json,
+                "data_bytes": self.data_bytes, "uri": self.uri, "has_manifest": self.has_manifest,
                 "failure": self.failure_json, "problem": self.problem}
 
     @classmethod
-    def from_snapshot(cls, table: pa.Table) -> list["PartEntry"]:
-        """Entries of a snapshot table; manifests stay in the Arrow column until a reader asks for one."""
-        cols = {name: table.column(name).to_pylist() for name in table.column_names if name != "manifest"}
-        manifests = table.column("manifest").combine_chunks()
-        has = manifests.is_valid().to_pylist()
-        return [cls(part=None if cols["part"][i] == WHOLE else cols["part"][i], has_manifest=has[i],
+    def from_snapshot(cls, table: pa.Table, manifests: "ManifestsFile") -> list["PartEntry"]:
+        """Entries of a snapshot table; their manifests are read from ``manifests`` when first asked for."""
+        cols = {name: table.column(name).to_pylist() for name in table.column_names}
+        return [cls(part=None if cols["part"][i] == WHOLE else cols["part"][i], has_manifest=cols["has_manifest"][i],
                     failure_json=cols["failure"][i], problem=cols["problem"][i], cache_key=cols["cache_key"][i],
                     digest=cols["digest"][i], rows=cols["rows"][i] or 0, errors=cols["errors"][i] or 0,
                     seconds=cols["seconds"][i] or 0.0, stage=cols["stage"][i], data_bytes=cols["data_bytes"][i],
-                    uri=cols["uri"][i], _lazy=(manifests, i) if has[i] else None)
+                    uri=cols["uri"][i], _lazy=manifests if cols["has_manifest"][i] else None)
                 for i in range(table.num_rows)]
+
+
+class ManifestsFile:
+    """The manifests (JSON) of one snapshot generation, in their own file beside the snapshot: ``status`` and
+    the cached check read only the small snapshot; the first ``read_manifest`` of an artifact reads this.
+    If a later compaction already removed it, each part falls back to its manifest (one GET)."""
+
+    def __init__(self, store: "ArtifactStore", dataset: str, artifact: str, name: str | None):
+        self.store, self.dataset, self.artifact, self.name = store, dataset, artifact, name
+        self._by_part: dict[int | None, str] | None = None
+        self._lock = threading.Lock()
+
+    def get(self, part: int | None) -> str | None:
+        with self._lock:
+            if self._by_part is None:
+                self._by_part = {}
+                data = _read_optional(self.store, posixpath.join(index_dir(self.store, self.dataset, self.artifact),
+                                                                 self.name)) if self.name else None
+                if data is not None:
+                    t = pq.read_table(io.BytesIO(data))
+                    self._by_part = {None if p == WHOLE else p: m for p, m in
+                                     zip(t.column("part").to_pylist(), t.column("manifest").to_pylist())}
+        if part in self._by_part:
+            return self._by_part[part]
+        raw = _read_optional(self.store, self.store.manifest_path(self.dataset, self.artifact, part))
+        return raw.decode("utf-8", "replace") if raw is not None else None
 
 
 def _first_line(err: Exception) -> str:
@@ -254,6 +279,7 @@ class ArtifactIndex:
     watermark: int
     reread: int = 0  # parts re-read from their manifests in this load (journal marks newer than the snapshot)
     bootstrapped: bool = False
+    manifests_name: str | None = None  # the snapshot generation's manifests file
 
     def committed(self) -> list[int]:
         return sorted(p for p, e in self.entries.items() if p is not None and e.committed)
@@ -274,12 +300,16 @@ def load_index(store: "ArtifactStore", dataset: str, artifact: str, compact: boo
     snap = _read_optional(store, snapshot_path(store, dataset, artifact))
     bootstrapped = snap is None
     entries: dict[int | None, PartEntry] = {}
+    manifests_name = None
     if snap is None:
         watermark = t_list - MARGIN_US  # every commit finished before this is visible to the listing below
     else:
         table = pq.read_table(io.BytesIO(snap))
-        watermark = int((table.schema.metadata or {}).get(b"watermark", b"0"))
-        entries = {e.part: e for e in PartEntry.from_snapshot(table)}
+        meta = table.schema.metadata or {}
+        watermark = int(meta.get(b"watermark", b"0"))
+        manifests_name = meta.get(b"manifests", b"").decode() or None
+        entries = {e.part: e for e in PartEntry.from_snapshot(table, ManifestsFile(store, dataset, artifact,
+                                                                                    manifests_name))}
     marks = _marks_after(store, dataset, artifact, watermark)
     touched_set = {p for _, p, _, _ in marks}
     if bootstrapped:  # parts committed before the index existed have no marks: take them from a listing
@@ -290,7 +320,7 @@ def load_index(store: "ArtifactStore", dataset: str, artifact: str, compact: boo
             entries.pop(part, None)
         else:
             entries[part] = entry
-    index = ArtifactIndex(dataset, artifact, entries, watermark, len(touched), bootstrapped)
+    index = ArtifactIndex(dataset, artifact, entries, watermark, len(touched), bootstrapped, manifests_name)
     if compact and (bootstrapped or touched):
         _compact(store, index, marks, t_list)
     return index
@@ -323,15 +353,20 @@ def _compact(store: "ArtifactStore", index: ArtifactIndex, marks: list[tuple[int
         return
     if (now_us() - t_list) / 1e6 > MAX_COMPACT_SECONDS:
         return
-    rows = [e.row() for e in sorted(index.entries.values(), key=lambda e: -1 if e.part is None else e.part)]
-    table = pa.Table.from_pylist(rows, schema=SNAPSHOT_SCHEMA).replace_schema_metadata(
-        {"watermark": str(new_w), "written": str(now_us())})
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
+    files = snapshot_files(store, index.dataset, index.artifact, list(index.entries.values()), new_w)
     try:
-        store.write_bytes(snapshot_path(store, index.dataset, index.artifact), sink.getvalue().to_pybytes())
+        for path, data in files:  # the manifests first, then the snapshot that names them
+            store.write_bytes(path, data)
     except OSError:
         return
+    folder = index_dir(store, index.dataset, index.artifact)
+    manifests_name = posixpath.basename(files[0][0])
+    # Keep the manifests file this load started from (readers of the previous snapshot may still want it).
+    keep = {manifests_name, index.manifests_name}
+    for name in _ls(store, folder):
+        if name.startswith("manifests-") and name not in keep:
+            store.remove(posixpath.join(folder, name))
+    index.manifests_name = manifests_name
     index.watermark = new_w
     base = marks_dir(store, index.dataset, index.artifact)
     for bucket in _ls(store, base):
@@ -340,6 +375,27 @@ def _compact(store: "ArtifactStore", index: ArtifactIndex, marks: list[tuple[int
                 store.fs.rm(posixpath.join(base, bucket), recursive=True)
             except (FileNotFoundError, OSError):
                 pass
+
+
+def snapshot_files(store: "ArtifactStore", dataset: str, artifact: str, entries: list[PartEntry],
+                   watermark: int) -> list[tuple[str, bytes]]:
+    """(path, bytes) of a snapshot generation: its manifests file (a name of its own, so a concurrent compactor
+    never overwrites it), then the snapshot naming it. Written in this order."""
+    ordered = sorted(entries, key=lambda e: -1 if e.part is None else e.part)
+    manifests_name = f"manifests-{uuid.uuid4().hex[:12]}.parquet"
+    man = pa.Table.from_pylist([{"part": WHOLE if e.part is None else e.part, "manifest": e.manifest_json}
+                                for e in ordered if e.has_manifest], schema=MANIFESTS_SCHEMA)
+    table = pa.Table.from_pylist([e.row() for e in ordered], schema=SNAPSHOT_SCHEMA).replace_schema_metadata(
+        {"watermark": str(watermark), "written": str(now_us()), "manifests": manifests_name})
+    folder = index_dir(store, dataset, artifact)
+    return [(posixpath.join(folder, manifests_name), _parquet(man)),
+            (snapshot_path(store, dataset, artifact), _parquet(table))]
+
+
+def _parquet(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
 
 
 def indexed_artifacts(store: "ArtifactStore", dataset: str) -> list[str]:

@@ -139,3 +139,20 @@ def test_sigkill_during_commits_leaves_index_exact(store_root):
 def test_sigkill_during_commits_leaves_index_exact_on_s3(s3_root):
     root, options = s3_root
     _kill_loop(root, options, kills=2)
+
+
+def test_manifests_file_is_read_lazily_and_falls_back_to_the_manifest(store_root):
+    """status reads only the snapshot; the manifests file of an old generation may be gone by the time a reader
+    asks for a manifest: it then reads that part's manifest itself."""
+    store = ArtifactStore(store_root)
+    for shard in range(3):
+        _commit(store, shard, shard)
+    ix.load_index(store, "d", "a")  # writes generation 1
+    old_reader = ix.load_index(store, "d", "a")
+    assert old_reader.reread == 0 and old_reader.get(1)._json is None  # nothing parsed or read yet
+    for i in (10, 11):  # two more generations: generation 1's manifests file is collected
+        _commit(store, 0, i)
+        ix.load_index(store, "d", "a")
+    folder = Path(ix.index_dir(store, "d", "a"))
+    assert old_reader.manifests_name not in {p.name for p in folder.iterdir()}
+    assert old_reader.get(1).manifest().cache_key == store.read_manifest("d", "a", 1).cache_key
