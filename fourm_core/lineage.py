@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import lease
 from .manifest import Manifest
 from .store import ArtifactStore
 
@@ -97,7 +99,7 @@ class StatusRow:
     stage: str
     artifact: str
     shard: int | None  # None: a whole-dataset artifact (e.g. a trained tokenizer)
-    state: str  # done | cached | failed | missing | unreadable
+    state: str  # done | cached | failed | missing | unreadable | running | stale
     rows: int = 0
     errors: int = 0
     detail: str = ""
@@ -137,9 +139,15 @@ def shard_status(store: ArtifactStore, dataset: str, stage_artifacts: dict[str, 
                 continue
             planned = expected.get(artifact, expected.get(stage, []))
             parts = {p for p in index.entries if p is not None}
-            for shard in sorted(parts | set(planned)):
+            leases = {p: lz for p, lz in lease.running(store, dataset, artifact).items() if p is not None}
+            for shard in sorted(parts | set(planned) | set(leases)):
                 entry = index.get(shard)
-                if entry is None:
+                if shard in leases:  # being computed now (or its worker died: stale)
+                    lz = leases[shard]
+                    rows.append(StatusRow(stage, artifact, shard, lz["state"], seconds=time.time() - lz["started"],
+                                          detail=f"{lz.get('host')} pid {lz.get('pid')}, last heartbeat "
+                                                 f"{lz['age_s']:.0f}s ago"))
+                elif entry is None:
                     rows.append(StatusRow(stage, artifact, shard, "missing"))
                 elif entry.problem:
                     rows.append(StatusRow(stage, artifact, shard, "unreadable", detail=entry.problem))

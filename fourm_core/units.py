@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from .config import normalise
 from .manifest import (ErrorSummary, Ingredients, InputRef, Manifest, ModelRef, Timings, flow_run_id, git_commit,
                        hostname, now)
+from . import lease
 from .index import PartEntry
 from .store import ArtifactStore, table_schema, table_to_parquet_bytes
 
@@ -93,6 +94,10 @@ class UnitOutput:
     errors: list[SampleError] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     extra_files: dict[str, dict[str, bytes]] = field(default_factory=dict)  # artifact -> suffix -> bytes
+    # Wall seconds of the work behind this unit when it happened before ``compute`` was called (a stage that
+    # computes several units in one pass, e.g. pseudolabel's shared pass): the manifest records this, not the
+    # near-zero time of handing over precomputed tables.
+    seconds: float | None = None
 
 
 @dataclass
@@ -196,7 +201,9 @@ def run_unit(store: ArtifactStore, unit: Unit, compute: Callable[[], UnitOutput]
             return UnitResult(unit.label, unit.stage, unit.artifacts, unit.shard, UnitStatus.CACHED, cached, time.perf_counter() - t0)
     started = now()
     try:
-        output = compute()
+        with lease.held(store, unit.dataset, unit.artifacts, unit.shard,
+                        {"unit": unit.label, "stage": unit.stage, "host": hostname(), "flow_run_id": flow_run_id()}):
+            output = compute()
         missing = set(unit.artifacts) - set(output.tables)
         if missing:
             raise RuntimeError(f"unit {unit.label} produced no table for {sorted(missing)}")
@@ -215,11 +222,12 @@ def run_unit(store: ArtifactStore, unit: Unit, compute: Callable[[], UnitOutput]
                 schema=table_schema(table), cache_key=key, ingredients=ingredients,
                 errors=summary if i == 0 else ErrorSummary(), stats=output.stats,
                 timings=Timings(started=started, finished=finished,
-                                seconds=(finished - started).total_seconds()),
+                                seconds=(finished - started).total_seconds() + (output.seconds or 0.0)),
                 host=hostname(), flow_run_id=flow_run_id(),
             )
             manifests.append(store.commit(fields, files, ".parquet"))
-        return UnitResult(unit.label, unit.stage, unit.artifacts, unit.shard, UnitStatus.DONE, manifests, time.perf_counter() - t0)
+        return UnitResult(unit.label, unit.stage, unit.artifacts, unit.shard, UnitStatus.DONE, manifests,
+                          time.perf_counter() - t0 + (output.seconds or 0.0))
     except Exception as exc:  # unit-level failure: record it where `status` will find it
         info = {"unit": unit.label, "stage": unit.stage, "cache_key": key, "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(), "time": now().isoformat(), "host": hostname(),

@@ -15,6 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -114,17 +115,27 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
             futures = [task_fn.submit(spec.name, target, cfg, store.root_uri, storage_options, shard, force,
                                       on_ray, spec.num_cpus, spec.num_gpus, run_id)
                        for shard in to_run]
-            selected = to_run
             failed_here = 0
-            for shard, fut in zip(selected, futures):
-                try:
-                    summaries.extend(fut.result())
-                except Exception as exc:  # retries exhausted: keep going with the other shards, report below
-                    failed_here += 1
-                    summaries.append({"unit": f"{config.name}/{spec.name}/shard-{shard:05d}", "stage": spec.name,
-                                      "artifacts": list(spec.dataset_artifacts(config)), "shard": shard,
-                                      "status": "failed",
-                                      "rows": 0, "errors": 0, "uris": [], "error": f"{type(exc).__name__}: {exc}"})
+            pending = dict(zip(futures, to_run))
+            progress = report.Progress(spec.name, len(to_run))
+            stage_units: list[dict[str, Any]] = []
+            while pending:  # collect as shards finish; log progress at least every PROGRESS_EVERY_S
+                done, _ = wait(list(pending), timeout=report.PROGRESS_EVERY_S)
+                for fut in done:
+                    shard = pending.pop(fut)
+                    try:
+                        units = fut.result()
+                    except Exception as exc:  # retries exhausted: keep going with the other shards, report below
+                        failed_here += 1
+                        units = [{"unit": f"{config.name}/{spec.name}/shard-{shard:05d}", "stage": spec.name,
+                                  "artifacts": list(spec.dataset_artifacts(config)), "shard": shard,
+                                  "status": "failed", "rows": 0, "errors": 0, "uris": [],
+                                  "error": f"{type(exc).__name__}: {exc}"}]
+                    stage_units += units
+                    progress.update(units)
+                logger.info(progress.line())
+            progress.close()
+            summaries.extend(sorted(stage_units, key=lambda u: (u["shard"] is None, u["shard"] or 0)))
             store.invalidate()  # the next stage plans on what this one committed
             if failed_here:
                 # Later stages read this stage's shards; running them on a partial input would hide the gap.

@@ -126,3 +126,14 @@ def test_worker_and_ops_modules_do_not_import_prefect_or_ray():
             "print(sorted(m for m in ('prefect', 'ray', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+def test_progress_line_has_counts_rate_and_eta():
+    from pipelines.report import Progress
+
+    p = Progress("ingest", 4)
+    p.update([{"status": "done", "rows": 100}])
+    p.update([{"status": "failed", "rows": 0}])
+    line = p.line()
+    assert line.startswith("stage ingest: 2/4 shards (1 failed), 100 samples, ") and "samples/s" in line
+    assert "ETA " in line and "ETA ?" not in line
