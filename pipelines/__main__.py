@@ -124,7 +124,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in rows:
         if r.state == "unreadable":  # the full path and error: the table clips details
             print(f"{r.detail}")
-    _print_reruns(rows, args.dataset, store.root_uri)
+    _print_reruns(rows, args.dataset, store.root if store.is_local else store.root_uri)
     if record and record.get("not_run"):
         print(f"not run by the latest run (an earlier stage failed): {', '.join(record['not_run'])}")
     print(f"\n{status_counts(rows)}  (store {store.root if store.is_local else store.root_uri})")
@@ -163,7 +163,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"  {problem}")
         stage = c.stage or args.stage
         if stage:
-            cli, deployment = rerun_commands(args.dataset, stage, c.shard, store.root_uri, dataset_name(args.dataset))
+            cli, deployment = rerun_commands(args.dataset, stage, c.shard, store.root if store.is_local else store.root_uri,
+                                             dataset_name(args.dataset))
             print(f"  re-run: {cli}\n      or: {deployment}")
     print(f"{len(checks)} part(s) verified, {len(bad)} bad  (store {store.root_uri})")
     return 1 if bad else 0
