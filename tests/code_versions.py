@@ -21,13 +21,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TABLE = Path(__file__).with_name("code_versions.json")
 
-_LABELERS = ["canny", "clip", "depth", "detection", "dinov2", "human_poses", "imagebind", "metadata", "normals",
-             "palette", "sam", "semseg", "t5"]
-
 # name -> (version location "path.py:NAME" / "path.py:Class.attr" or a list of them, source globs)
 ENTRIES: dict[str, tuple[str | list[str], list[str]]] = {
     "ingest": ("ingest_stage/stage.py:CODE_VERSION",
-               ["ingest_stage/[!_]*.py", "ingest_stage/sources/*.py", "ingest_stage/synthetic/*.py"]),
+               ["ingest_stage/[!_]*.py", "ingest_stage/sources/*.py", "ingest_stage/synthetic/*.py",
+                "!ingest_stage/dedup.py"]),
+    "ingest.dedup": ("ingest_stage/dedup.py:CODE_VERSION", ["ingest_stage/dedup.py"]),
     "tokenize.pretokenize": ("tokenize_stage/stage.py:CODE_VERSION",
                              ["tokenize_stage/stage.py", "tokenize_stage/normalize.py", "tokenize_stage/labels.py",
                               "tokenize_stage/models/**/*.py"]),
@@ -52,18 +51,19 @@ def _labeler_entries() -> dict[str, tuple[str | list[str], list[str]]]:
     """One entry per labeler class that sets ``code_version`` in its module, found in the source (importing
     the labelers would import torch and the model libraries)."""
     out: dict[str, tuple[str | list[str], list[str]]] = {}
-    locations = []
-    for mod in _LABELERS:
-        path = f"pseudolabel/labelers/{mod}.py"
-        for node in ast.parse((REPO / path).read_text()).body:
-            if isinstance(node, ast.ClassDef) and _class_attr(node, "code_version") is not None:
-                loc = f"{path}:{node.name}.code_version"
-                out[f"pseudolabel.{mod}.{node.name}"] = (loc, [path])
-                locations.append(loc)
-    out["pseudolabel.shared"] = (locations, ["pseudolabel/[!_]*.py", "pseudolabel/labelers/dpt_common.py",
-                                             "pseudolabel/labelers/model_base.py", "pseudolabel/labelers/meta_providers.py",
-                                             "pseudolabel/detection/*.py", "pseudolabel/sam/*.py",
-                                             "pseudolabel/humans/*.py"])
+    locations, helpers = [], []
+    for file in sorted((REPO / "pseudolabel" / "labelers").glob("[!_]*.py")):
+        path = str(file.relative_to(REPO))
+        versioned = [node for node in ast.parse(file.read_text()).body
+                     if isinstance(node, ast.ClassDef) and _class_attr(node, "code_version") is not None]
+        for node in versioned:
+            loc = f"{path}:{node.name}.code_version"
+            out[f"pseudolabel.{file.stem}.{node.name}"] = (loc, [path])
+            locations.append(loc)
+        if not versioned:
+            helpers.append(path)  # shared by several labelers
+    out["pseudolabel.shared"] = (locations, ["pseudolabel/[!_]*.py", *helpers, "pseudolabel/detection/*.py",
+                                             "pseudolabel/sam/*.py", "pseudolabel/humans/*.py"])
     return out
 
 
@@ -100,7 +100,10 @@ def _version(location: str | list[str]) -> str:
 
 
 def _files(globs: list[str]) -> list[Path]:
-    found = sorted({p for g in globs for p in REPO.glob(g) if p.is_file() and p.name != "__main__.py"})
+    """Files matching the globs, minus those of ``!glob`` entries and ``__main__.py`` (CLIs)."""
+    drop = {p for g in globs if g.startswith("!") for p in REPO.glob(g[1:])}
+    found = sorted({p for g in globs if not g.startswith("!") for p in REPO.glob(g)
+                    if p.is_file() and p.name != "__main__.py"} - drop)
     if not found:
         raise FileNotFoundError(f"no source files match {globs}")
     return found
