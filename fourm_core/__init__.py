@@ -1,6 +1,7 @@
 """Shared contracts of the 4M pipeline: modality registry, typed configs, artifact store, commit protocol,
 cache keys, manifests and lineage. Imports no torch model, no Prefect and no Ray."""
 
+from . import lease
 from .config import ConfigError, DatasetConfig, StoreConfig, load_dataset_config
 from .manifest import InputRef, Manifest, ModelRef
 from .modalities import MODALITIES, Modality, ModalityKind, get_modality

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import lease
 from .manifest import Manifest
 from .store import ArtifactStore
 
@@ -14,6 +16,7 @@ class LineageNode:
     manifest: Manifest
     parents: list["LineageNode"] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # inputs whose manifest no longer exists or changed
+    not_expanded: list[str] = field(default_factory=list)  # inputs past the depth limit (one line each)
 
 
 def parse_part(store: ArtifactStore, path: str) -> tuple[str, str, int | None]:
@@ -34,19 +37,23 @@ def parse_part(store: ArtifactStore, path: str) -> tuple[str, str, int | None]:
     return dataset, artifact, None
 
 
-def lineage(store: ArtifactStore, dataset: str, artifact: str, shard: int | None, _depth: int = 0) -> LineageNode:
+def lineage(store: ArtifactStore, dataset: str, artifact: str, shard: int | None, depth: int | None = None,
+            _depth: int = 0) -> LineageNode:
+    """The upstream tree of one part; ``depth`` limits how many levels of inputs are expanded (None: all)."""
     m = store.read_manifest(dataset, artifact, shard)
     if m is None:
         raise FileNotFoundError(f"no manifest for {dataset}/{artifact} shard {shard} under {store.root_uri}")
     node = LineageNode(m)
-    if _depth > 32:
+    if _depth > 32 or (depth is not None and _depth >= depth):
+        node.not_expanded = [f"{r.dataset}/{r.artifact}" + ("" if r.shard is None else f" shard {r.shard}")
+                             + f" (digest {r.digest[:16]})" for r in m.ingredients.inputs]
         return node
     for ref in m.ingredients.inputs:
         parent = store.read_manifest(ref.dataset, ref.artifact, ref.shard)
         if parent is None or parent.digest != ref.digest:
             node.missing.append(f"{ref.uri} ({'gone' if parent is None else 'changed since'})")
             continue
-        node.parents.append(lineage(store, ref.dataset, ref.artifact, ref.shard, _depth + 1))
+        node.parents.append(lineage(store, ref.dataset, ref.artifact, ref.shard, depth, _depth + 1))
     return node
 
 
@@ -71,6 +78,12 @@ def describe(node: LineageNode, indent: str = "") -> list[str]:
     for i, parent in enumerate(node.parents):
         lines.append(f"{indent}  <- input {i + 1}/{len(node.parents)} (digest {parent.manifest.digest[:16]})")
         lines.extend(describe(parent, indent + "     "))
+    if node.not_expanded:
+        shown = node.not_expanded[:10]
+        lines.append(f"{indent}  inputs ({len(node.not_expanded)}, not expanded: raise --depth):")
+        lines += [f"{indent}    <- {text}" for text in shown]
+        if len(node.not_expanded) > len(shown):
+            lines.append(f"{indent}    ... and {len(node.not_expanded) - len(shown)} more")
     return lines
 
 
@@ -86,10 +99,20 @@ class StatusRow:
     stage: str
     artifact: str
     shard: int | None  # None: a whole-dataset artifact (e.g. a trained tokenizer)
-    state: str  # done | cached | failed | missing
+    state: str  # done | cached | failed | missing | unreadable | running | stale
     rows: int = 0
     errors: int = 0
     detail: str = ""
+    seconds: float = 0.0  # how long the unit took to make (its manifest's timings)
+
+
+def cached_units(record: dict[str, Any]) -> set[tuple[str, int | None]]:
+    """(artifact, shard) pairs a run record reports as cached: the compact ``cached`` map (artifact ->
+    shards; ``null`` for an unsharded part) and, from older records, units listed with status cached."""
+    out = {(a, u.get("shard")) for u in record.get("units", []) if u.get("status") == "cached"
+           for a in u.get("artifacts", [])}
+    out.update((a, s) for a, shards in record.get("cached", {}).items() for s in shards)
+    return out
 
 
 def shard_status(store: ArtifactStore, dataset: str, stage_artifacts: dict[str, tuple[str, ...]],
@@ -98,30 +121,41 @@ def shard_status(store: ArtifactStore, dataset: str, stage_artifacts: dict[str, 
     plans it on fewer shards (missing = planned, no manifest).
 
     A committed shard is 'cached' when the latest run found it already committed, 'done' otherwise; a
-    failure record newer than the manifest (or with no manifest) makes it 'failed'.
+    failure record (the last attempt failed, or no manifest) makes it 'failed'; a manifest that cannot be
+    read is 'unreadable' with its path, and every other row still shows. Reads each artifact's index
+    (one snapshot and a short listing each, see ``fourm_core.index``), not one manifest per unit.
     """
     last = store.latest_run_record(dataset) or {}
-    cached = {(a, u.get("shard")) for u in last.get("units", []) if u.get("status") == "cached"
-              for a in u.get("artifacts", [])}
+    cached = cached_units(last)
     rows: list[StatusRow] = []
+    store.preload(dataset, [a for arts in stage_artifacts.values() for a in arts])
     for stage, artifacts in stage_artifacts.items():
         for artifact in artifacts:
-            committed = set(store.committed_shards(dataset, artifact))
-            whole = None if committed else store.read_manifest(dataset, artifact, None)
-            if whole is not None:  # an unsharded artifact: one row
+            index = store.index(dataset, artifact)
+            whole = index.get(None)
+            if whole is not None and whole.committed and not index.committed():  # an unsharded artifact: one row
                 state = "cached" if (artifact, None) in cached else "done"
-                rows.append(StatusRow(stage, artifact, None, state, whole.rows, whole.errors.count))
+                rows.append(StatusRow(stage, artifact, None, state, whole.rows, whole.errors, seconds=whole.seconds))
                 continue
-            failed = store.failed_shards(dataset, artifact)
             planned = expected.get(artifact, expected.get(stage, []))
-            for shard in sorted(committed | set(failed) | set(planned)):
-                if shard in failed:
-                    rows.append(StatusRow(stage, artifact, shard, "failed", detail=failed[shard].get("error", "")))
-                elif shard in committed:
-                    m = store.read_manifest(dataset, artifact, shard)
-                    assert m is not None
-                    state = "cached" if (artifact, shard) in cached else "done"
-                    rows.append(StatusRow(stage, artifact, shard, state, m.rows, m.errors.count))
-                else:
+            parts = {p for p in index.entries if p is not None}
+            leases = {p: lz for p, lz in lease.running(store, dataset, artifact).items() if p is not None}
+            for shard in sorted(parts | set(planned) | set(leases)):
+                entry = index.get(shard)
+                if shard in leases:  # being computed now (or its worker died: stale)
+                    lz = leases[shard]
+                    rows.append(StatusRow(stage, artifact, shard, lz["state"], seconds=time.time() - lz["started"],
+                                          detail=f"{lz.get('host')} pid {lz.get('pid')}, last heartbeat "
+                                                 f"{lz['age_s']:.0f}s ago"))
+                elif entry is None:
                     rows.append(StatusRow(stage, artifact, shard, "missing"))
+                elif entry.problem:
+                    rows.append(StatusRow(stage, artifact, shard, "unreadable", detail=entry.problem))
+                elif entry.failure_json:
+                    rows.append(StatusRow(stage, artifact, shard, "failed",
+                                          detail=(entry.failure() or {}).get("error", "")))
+                else:
+                    state = "cached" if (artifact, shard) in cached else "done"
+                    rows.append(StatusRow(stage, artifact, shard, state, entry.rows, entry.errors,
+                                          seconds=entry.seconds))
     return rows

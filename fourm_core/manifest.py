@@ -105,6 +105,11 @@ class Manifest(BaseModel):
     def from_json(cls, text: str | bytes) -> "Manifest":
         return cls.model_validate_json(text)
 
+    def main_bytes(self) -> int | None:
+        """Size of the main data file as committed (None for manifests that do not list it)."""
+        name = self.uri.rstrip("/").rsplit("/", 1)[-1]
+        return next((f.bytes for f in self.files if f.name == name), None)
+
     def as_input(self) -> InputRef:
         return InputRef(dataset=self.dataset, artifact=self.artifact, shard=self.shard, uri=self.uri,
                         digest=self.digest)

@@ -7,7 +7,14 @@ or ``s3://bucket/prefix``.
 
 Commit protocol: every data file is written first (locally to a temporary name, then renamed; on
 object stores each PUT is atomic), the manifest last. A part without a manifest does not exist for
-readers, so a crash at any point leaves nothing readable that is partial.
+readers, so a crash at any point leaves nothing readable that is partial. Each commit (and each failure
+record) is bracketed by two journal marks of the artifact's index (``fourm_core.index``), so the index
+never vouches for a part whose manifest may have changed.
+
+Reads: by default every manifest read is a GET of the manifest itself. A store made with
+``use_index=True`` (the orchestrator, ``status``, ``lineage``, planning) answers ``read_manifest``,
+``committed_shards``, ``failed_shards`` and ``artifacts`` from the per-artifact index instead, loaded once
+per artifact until :meth:`ArtifactStore.invalidate`.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import index as _index
 from .manifest import Manifest, sha256_bytes
 
 
@@ -34,6 +42,14 @@ class DigestMismatchError(IOError):
     """A committed file's bytes do not match the digest its manifest records."""
 
 
+class CorruptPartError(IOError):
+    """A committed part's data cannot be read or is not what its manifest describes (truncated, tampered)."""
+
+
+class ManifestError(ValueError):
+    """A manifest file exists but is not a valid manifest (its path is in the message)."""
+
+
 def part_name(shard: int | None) -> str:
     return f"shard-{shard:05d}" if shard is not None else ""
 
@@ -41,7 +57,10 @@ def part_name(shard: int | None) -> str:
 class ArtifactStore:
     """Reads and commits artifacts under one root (local folder or ``s3://bucket/prefix``)."""
 
-    def __init__(self, root: str, storage_options: dict[str, Any] | None = None):
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None, use_index: bool = False):
+        self.use_index = use_index
+        self._indexes: dict[tuple[str, str], _index.ArtifactIndex] = {}
+        self._sizes: dict[tuple[str, str, str], dict[int, int]] = {}
         self.root_uri = root.rstrip("/") or "/"
         self.fs, path = fsspec.core.url_to_fs(self.root_uri, **(storage_options or {}))
         self.storage_options = storage_options or {}
@@ -104,22 +123,88 @@ class ArtifactStore:
             pass
 
     def invalidate(self) -> None:
-        """Forget cached listings (object stores cache directory listings)."""
+        """Forget cached listings (object stores cache directory listings) and loaded indexes."""
         self.fs.invalidate_cache()
+        self._indexes.clear()
+        self._sizes.clear()
+
+    def index(self, dataset: str, artifact: str) -> _index.ArtifactIndex:
+        """The artifact's index (loaded once per store until :meth:`invalidate`)."""
+        key = (dataset, artifact)
+        if key not in self._indexes:
+            self._indexes[key] = _index.load_index(self, dataset, artifact)
+        return self._indexes[key]
+
+    def preload(self, dataset: str, artifacts: Iterable[str]) -> None:
+        """Load several artifacts' indexes at once (their snapshot reads and listings overlap)."""
+        todo = [a for a in dict.fromkeys(artifacts) if (dataset, a) not in self._indexes]
+        if not todo:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(8, len(todo))) as pool:
+            for a, ix in zip(todo, pool.map(lambda a: _index.load_index(self, dataset, a), todo)):
+                self._indexes[(dataset, a)] = ix
 
     # ------------------------------------------------------------------------------------ manifests
 
     def read_manifest(self, dataset: str, artifact: str, shard: int | None) -> Manifest | None:
+        if self.use_index:
+            entry = self.index(dataset, artifact).get(shard)
+            if entry is None or entry.problem:
+                if entry is not None:
+                    raise ManifestError(entry.problem)
+                return None
+            if entry.resolved is None and entry.committed:
+                entry.resolved = self.resolve(entry.manifest())  # type: ignore[arg-type]
+            return entry.resolved
         try:
-            return Manifest.from_json(self.read_bytes(self.manifest_path(dataset, artifact, shard)))
+            return self.read_manifest_at(self.manifest_path(dataset, artifact, shard))
         except FileNotFoundError:
             return None
 
     def read_manifest_at(self, manifest_path: str) -> Manifest:
-        return Manifest.from_json(self.read_bytes(manifest_path))
+        data = self.read_bytes(manifest_path)
+        try:
+            return self.resolve(Manifest.from_json(data))
+        except ValueError as err:
+            raise ManifestError(f"unreadable manifest {self.uri(manifest_path)}: {str(err).splitlines()[0]}; "
+                                f"re-run the stage that made it (python -m pipelines status shows the unit)") from None
+
+    # Manifests name files relative to the store root, so a copied or moved store stays self-consistent;
+    # in memory they carry full URIs under *this* root. Manifests written with absolute URIs (before
+    # relative ones) read unchanged.
+
+    def relative(self, uri: str) -> str:
+        for prefix in (self.root_uri.rstrip("/") + "/", self.root.rstrip("/") + "/"):
+            if uri.startswith(prefix):
+                return uri[len(prefix):]
+        return uri
+
+    def absolute(self, uri: str) -> str:
+        if "://" in uri or uri.startswith("/") or not uri:
+            return uri
+        return self.uri(self.path(uri))
+
+    def _map_uris(self, m: Manifest, fn) -> Manifest:
+        ing = m.ingredients
+        # Model sources stay as given: they may be hub ids or names ("tiny", "reference"), not store paths.
+        inputs = [i.model_copy(update={"uri": fn(i.uri)}) for i in ing.inputs]
+        return m.model_copy(update={"uri": fn(m.uri), "ingredients": ing.model_copy(update={"inputs": inputs})})
+
+    def resolve(self, m: Manifest) -> Manifest:
+        """``m`` with its URIs under this root, changed in place (callers pass a manifest they just parsed:
+        copying costs more than the parse, and the orchestrator resolves one per unit)."""
+        # __dict__: plain attribute stores, skipping pydantic's per-assignment hook (measurable per unit)
+        m.__dict__["uri"] = self.absolute(m.uri)
+        for ref in m.ingredients.inputs:
+            ref.__dict__["uri"] = self.absolute(ref.uri)
+        return m
 
     def committed_shards(self, dataset: str, artifact: str) -> list[int]:
         """Shard indices of ``artifact`` that have a manifest, in order."""
+        if self.use_index:
+            return self.index(dataset, artifact).committed()
         d = self.artifact_dir(dataset, artifact)
         try:
             names = [posixpath.basename(p) for p in self.fs.ls(d, detail=False, refresh=True)]
@@ -128,6 +213,8 @@ class ArtifactStore:
         return sorted(int(n[6:11]) for n in names if n.startswith("shard-") and n.endswith(".manifest.json"))
 
     def failed_shards(self, dataset: str, artifact: str) -> dict[int, dict[str, Any]]:
+        if self.use_index:
+            return {p: f for p, f in self.index(dataset, artifact).failed().items() if p is not None}
         d = self.artifact_dir(dataset, artifact)
         try:
             names = [posixpath.basename(p) for p in self.fs.ls(d, detail=False, refresh=True)]
@@ -148,6 +235,12 @@ class ArtifactStore:
 
     def artifacts(self, dataset: str) -> list[str]:
         """Every artifact (possibly nested, e.g. ``labels/depth``) of a dataset with at least one manifest."""
+        if self.use_index:
+            indexed = _index.indexed_artifacts(self, dataset)
+            if indexed:
+                self.preload(dataset, indexed)
+                return [a for a in indexed if any(e.has_manifest for e in self._indexes[(dataset, a)].entries.values())]
+            # a store written before the index existed: find the artifacts once (their indexes bootstrap)
         base = self.path(dataset)
         try:
             found = self.fs.find(base, withdirs=False)
@@ -170,8 +263,62 @@ class ArtifactStore:
         path = self.data_path(dataset, artifact, shard)
         data = self.read_bytes(path)
         if verify and sha256_bytes(data) != manifest.digest:
-            raise DigestMismatchError(f"{self.uri(path)} does not match the digest in its manifest")
-        return pq.read_table(io.BytesIO(data), columns=columns)
+            raise DigestMismatchError(f"{self.uri(path)} does not match the digest in its manifest; "
+                                      f"{self._redo(manifest)}")
+        expected = manifest.main_bytes()
+        if expected is not None and len(data) != expected:  # truncated or replaced: free to check here
+            raise CorruptPartError(f"{self.uri(path)} has {len(data)} bytes but its manifest records {expected} "
+                                   f"(truncated or replaced); {self._redo(manifest)}")
+        try:
+            return pq.read_table(io.BytesIO(data), columns=columns)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise CorruptPartError(f"{self.uri(path)} is not readable Parquet ({err}); {self._redo(manifest)}") from None
+
+    def _redo(self, m: Manifest) -> str:
+        from .rerun import rerun_commands
+
+        return f"re-make it with: {rerun_commands(m.dataset, m.ingredients.stage, m.shard, self.root_uri)[0]}"
+
+    def size_of(self, uri: str) -> int | None:
+        """Bytes of the file at ``uri`` under this store (one HEAD on S3), None when it is missing."""
+        path = uri.split("://", 1)[1] if "://" in uri else uri
+        try:
+            return int(self.fs.size(path))
+        except FileNotFoundError:
+            return None
+
+    def data_intact(self, m: Manifest) -> bool:
+        """The cheap integrity check of the cached path: the main data file exists with the committed size."""
+        expected = m.main_bytes()
+        if expected is None:
+            return True
+        if m.shard is not None and self.use_index:
+            return self.data_sizes(m.dataset, m.artifact).get(m.shard) == expected
+        return self.size_of(m.uri) == expected
+
+    def data_sizes(self, dataset: str, artifact: str) -> dict[int, int]:
+        """shard -> bytes of every ``shard-NNNNN.parquet`` of an artifact, from one listing (cached per store
+        like the indexes): the cached check's size comparison without one request per unit."""
+        key = ("sizes", dataset, artifact)
+        if key not in self._sizes:
+            sizes = {}
+
+            def data_file(name: str) -> bool:
+                return name.startswith("shard-") and name.endswith(".parquet") and not name.endswith(".errors.parquet")
+
+            try:
+                if self.is_local:  # stat only the data files (fsspec's ls stats every entry)
+                    with os.scandir(self.artifact_dir(dataset, artifact)) as it:
+                        sizes = {int(e.name[6:11]): e.stat().st_size for e in it if data_file(e.name)}
+                else:
+                    for info in self.fs.ls(self.artifact_dir(dataset, artifact), detail=True, refresh=True):
+                        name = posixpath.basename(info["name"])
+                        if data_file(name):
+                            sizes[int(name[6:11])] = int(info["size"])
+            except FileNotFoundError:
+                pass
+            self._sizes[key] = sizes
+        return self._sizes[key]
 
     def read_errors(self, dataset: str, artifact: str, shard: int | None) -> pa.Table | None:
         path = self.data_path(dataset, artifact, shard, ".errors.parquet")
@@ -192,6 +339,8 @@ class ArtifactStore:
         from .manifest import FileEntry
 
         dataset, artifact, shard = manifest_fields["dataset"], manifest_fields["artifact"], manifest_fields["shard"]
+        # The index's journal mark comes before anything changes, its pair after the last change (index.py).
+        nonce = _index.write_mark(self, dataset, artifact, shard, "open")
         self.remove(self.manifest_path(dataset, artifact, shard))  # an old manifest must not vouch for new bytes
         entries = []
         for suffix, data in files.items():
@@ -207,12 +356,19 @@ class ArtifactStore:
         )
         if before_manifest is not None:
             before_manifest()
-        self.write_bytes(self.manifest_path(dataset, artifact, shard), manifest.to_json().encode())
+        on_disk = self._map_uris(manifest, self.relative)
+        self.write_bytes(self.manifest_path(dataset, artifact, shard), on_disk.to_json().encode())
         self.remove(self.failure_path(dataset, artifact, shard))
+        self._sizes.pop(("sizes", dataset, artifact), None)
+        _index.write_mark(self, dataset, artifact, shard, "done", nonce)
+        self._indexes.pop((dataset, artifact), None)
         return manifest
 
     def record_failure(self, dataset: str, artifact: str, shard: int | None, info: dict[str, Any]) -> None:
+        nonce = _index.write_mark(self, dataset, artifact, shard, "open")
         self.write_bytes(self.failure_path(dataset, artifact, shard), json.dumps(info, indent=2, default=str).encode())
+        _index.write_mark(self, dataset, artifact, shard, "done", nonce)
+        self._indexes.pop((dataset, artifact), None)
 
     # ------------------------------------------------------------------------------------------ runs
 

@@ -8,6 +8,8 @@ and records unit-level failures so that ``status`` can show them.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import traceback
 from collections import Counter
@@ -24,6 +26,8 @@ from pydantic import BaseModel
 from .config import normalise
 from .manifest import (ErrorSummary, Ingredients, InputRef, Manifest, ModelRef, Timings, flow_run_id, git_commit,
                        hostname, now)
+from . import lease
+from .index import PartEntry
 from .store import ArtifactStore, table_schema, table_to_parquet_bytes
 
 ERRORS_SCHEMA = pa.schema([("sample_key", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
@@ -62,14 +66,19 @@ class Unit:
     model: ModelRef | None = None
 
     def ingredients(self) -> Ingredients:
-        import json
-
         return Ingredients(stage=self.stage, code_version=self.code_version, config=json.loads(normalise(self.config)),
                            inputs=self.inputs, model=self.model, git_commit=git_commit())
 
     @property
     def cache_key(self) -> str:
-        return self.ingredients().cache_key()
+        """``self.ingredients().cache_key()``, without building the pydantic model (the orchestrator computes
+        one per unit for every unit of a dataset; tests/core/test_units.py checks the two agree)."""
+        enc = json.encoder.encode_basestring_ascii  # what json.dumps does for one str, without its overhead
+        inputs = ",".join(enc(x) for x in sorted(f"{i.dataset}/{i.artifact}/{i.shard}:{i.digest}" for i in self.inputs))
+        model = enc(self.model.digest) if self.model else "null"
+        blob = (f'{{"code_version":{enc(self.code_version)},"config":{normalise(self.config)},'
+                f'"inputs":[{inputs}],"model":{model},"stage":{enc(self.stage)}}}')
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     @property
     def label(self) -> str:
@@ -85,6 +94,10 @@ class UnitOutput:
     errors: list[SampleError] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     extra_files: dict[str, dict[str, bytes]] = field(default_factory=dict)  # artifact -> suffix -> bytes
+    # Wall seconds of the work behind this unit when it happened before ``compute`` was called (a stage that
+    # computes several units in one pass, e.g. pseudolabel's shared pass): the manifest records this, not the
+    # near-zero time of handing over precomputed tables.
+    seconds: float | None = None
 
 
 @dataclass
@@ -94,7 +107,7 @@ class UnitResult:
     artifacts: list[str]
     shard: int | None
     status: UnitStatus
-    manifests: list[Manifest] = field(default_factory=list)
+    manifests: list[Manifest] | list[PartEntry] = field(default_factory=list)  # entries: from the index
     seconds: float = 0.0
     error: str | None = None
 
@@ -108,19 +121,38 @@ class UnitResult:
             "status": self.status.value,
             "seconds": round(self.seconds, 3),
             "rows": sum(m.rows for m in self.manifests),
-            "errors": sum(m.errors.count for m in self.manifests[:1]),
+            "errors": sum(_error_count(m) for m in self.manifests[:1]),
             "uris": [m.uri for m in self.manifests],
             "error": self.error,
         }
 
 
-def is_cached(store: ArtifactStore, unit: Unit, key: str | None = None) -> list[Manifest] | None:
-    """The committed manifests of ``unit`` if all exist with the unit's cache key, else None."""
+def _error_count(m: Manifest | PartEntry) -> int:
+    return m.errors if isinstance(m, PartEntry) else m.errors.count
+
+
+def is_cached(store: ArtifactStore, unit: Unit, key: str | None = None) -> list[Manifest] | list[PartEntry] | None:
+    """The committed manifests of ``unit`` if all exist with the unit's cache key, else None. A store reading
+    through the index answers with its entries (cache key, rows, uri) without parsing any manifest."""
     key = key or unit.cache_key
+    if store.use_index:
+        entries = [store.index(unit.dataset, a).get(unit.shard) for a in unit.artifacts]
+        if not all(e is not None and e.committed and e.cache_key == key for e in entries):
+            return None
+        for a, e in zip(unit.artifacts, entries):  # a truncated or missing data file is recomputed, not trusted
+            if unit.shard is None:
+                if not store.data_intact(store.read_manifest(unit.dataset, a, None)):  # type: ignore[arg-type]
+                    return None
+            elif e.data_bytes is not None and store.data_sizes(unit.dataset, a).get(unit.shard) != e.data_bytes:
+                return None
+        return entries  # type: ignore[return-value]
     found = []
     for artifact in unit.artifacts:
-        m = store.read_manifest(unit.dataset, artifact, unit.shard)
-        if m is None or m.cache_key != key:
+        try:
+            m = store.read_manifest(unit.dataset, artifact, unit.shard)
+        except ValueError:  # an unreadable manifest (ManifestError): recompute the unit, which rewrites it
+            return None
+        if m is None or m.cache_key != key or not store.data_intact(m):
             return None
         found.append(m)
     return found
@@ -165,10 +197,13 @@ def run_unit(store: ArtifactStore, unit: Unit, compute: Callable[[], UnitOutput]
     if not force:
         cached = is_cached(store, unit, key)
         if cached is not None:
+            cached = [m.manifest() if isinstance(m, PartEntry) else m for m in cached]  # callers read stats
             return UnitResult(unit.label, unit.stage, unit.artifacts, unit.shard, UnitStatus.CACHED, cached, time.perf_counter() - t0)
     started = now()
     try:
-        output = compute()
+        with lease.held(store, unit.dataset, unit.artifacts, unit.shard,
+                        {"unit": unit.label, "stage": unit.stage, "host": hostname(), "flow_run_id": flow_run_id()}):
+            output = compute()
         missing = set(unit.artifacts) - set(output.tables)
         if missing:
             raise RuntimeError(f"unit {unit.label} produced no table for {sorted(missing)}")
@@ -187,11 +222,12 @@ def run_unit(store: ArtifactStore, unit: Unit, compute: Callable[[], UnitOutput]
                 schema=table_schema(table), cache_key=key, ingredients=ingredients,
                 errors=summary if i == 0 else ErrorSummary(), stats=output.stats,
                 timings=Timings(started=started, finished=finished,
-                                seconds=(finished - started).total_seconds()),
+                                seconds=(finished - started).total_seconds() + (output.seconds or 0.0)),
                 host=hostname(), flow_run_id=flow_run_id(),
             )
             manifests.append(store.commit(fields, files, ".parquet"))
-        return UnitResult(unit.label, unit.stage, unit.artifacts, unit.shard, UnitStatus.DONE, manifests, time.perf_counter() - t0)
+        return UnitResult(unit.label, unit.stage, unit.artifacts, unit.shard, UnitStatus.DONE, manifests,
+                          time.perf_counter() - t0 + (output.seconds or 0.0))
     except Exception as exc:  # unit-level failure: record it where `status` will find it
         info = {"unit": unit.label, "stage": unit.stage, "cache_key": key, "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(), "time": now().isoformat(), "host": hostname(),

@@ -1,7 +1,8 @@
 """``python -m pipelines`` (also ``fourm``): run, re-run and inspect dataset builds.
 
     status  <dataset> [--root R]                 stage x shard table: done / cached / failed / missing
-    lineage <artifact path or URI> [--root R]    the upstream tree of one committed part
+    lineage <artifact path or URI> [--root R] [--depth N]   the upstream tree of one committed part
+    verify  <dataset> [--stage S] [--shard N ...] [--root R]  re-read data, check digests and rows vs manifests
     run     [--dataset D] [--root R] [--stages S ...] [--shards N ...] [--force]
     rerun   --dataset D --stage S [--shard N ...] [--root R]   redo exactly those units
     pretrain [CONFIG] [--root R] [--steps N] [--log-dir D] [--force] [--set F=V]   the pretrain flow (CONFIG:
@@ -43,10 +44,17 @@ def _parser() -> argparse.ArgumentParser:
     store_args(sp)
     sp.add_argument("--json", action="store_true", help="machine-readable rows")
 
+    sp = sub.add_parser("verify", help="re-read committed data and check it against its manifests")
+    sp.add_argument("dataset", help="preset name, YAML path, or the dataset's folder name in the store")
+    sp.add_argument("--stage", default=None, help="only this stage's artifacts")
+    sp.add_argument("--shard", action="append", type=int, default=None, help="repeatable; default: every shard")
+    store_args(sp)
+
     sp = sub.add_parser("lineage", help="upstream tree of one artifact part")
     sp.add_argument("part", help="data path, manifest path or URI, e.g. store/demo/images/shard-00000.parquet")
     sp.add_argument("--root", default=None, help="store root, when PART is relative to it (demo/images/shard-00000)")
     sp.add_argument("--storage-options", default=None)
+    sp.add_argument("--depth", type=int, default=None, help="levels of inputs to expand (default: all)")
 
     def flow_args(sp: argparse.ArgumentParser) -> None:
         store_args(sp)
@@ -101,7 +109,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .ops import dataset_status, storage_options_from
     from .report import status_counts, status_table
 
-    store = ArtifactStore(args.root, storage_options_from(args.storage_options))
+    store = ArtifactStore(args.root, storage_options_from(args.storage_options), use_index=True)
     rows, record = dataset_status(store, args.dataset)
     if args.json:
         print(json.dumps([r.__dict__ for r in rows], indent=2))
@@ -114,16 +122,59 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"stages {record.get('stages')}" + (f", shards {record['shards']}" if record.get("shards") else "")
               + (", forced" if record.get("force") else ""))
     print(status_table(rows))
+    for r in rows:
+        if r.state == "unreadable":  # the full path and error: the table clips details
+            print(f"{r.detail}")
+    _print_reruns(rows, args.dataset, store.root if store.is_local else store.root_uri)
     if record and record.get("not_run"):
         print(f"not run by the latest run (an earlier stage failed): {', '.join(record['not_run'])}")
     print(f"\n{status_counts(rows)}  (store {store.root if store.is_local else store.root_uri})")
     return 0
 
 
+def _print_reruns(rows: list, dataset: str, root: str) -> None:
+    """The commands that redo every failed / missing / unreadable unit, one per stage."""
+    from fourm_core.rerun import rerun_commands
+
+    from .ops import dataset_name
+
+    todo: dict[str, set[int | None]] = {}
+    for r in rows:
+        if r.state in ("failed", "missing", "unreadable"):
+            todo.setdefault(r.stage, set()).add(r.shard)
+    for stage, shards in todo.items():
+        listed = sorted(s for s in shards if s is not None)
+        cli, deployment = rerun_commands(dataset, stage, None if None in shards else listed, root, dataset_name(dataset))
+        print(f"re-run {stage} ({len(shards)} shard(s)): {cli}\n    or: {deployment}")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from fourm_core.rerun import rerun_commands
+    from fourm_core.store import ArtifactStore
+
+    from .ops import dataset_name, storage_options_from, verify_dataset
+
+    store = ArtifactStore(args.root, storage_options_from(args.storage_options), use_index=True)
+    checks = verify_dataset(store, args.dataset, args.stage, args.shard)
+    bad = [c for c in checks if not c.ok]
+    for c in bad:
+        where = f"{c.dataset}/{c.artifact}" + ("" if c.shard is None else f" shard {c.shard}")
+        print(f"BAD {where}:")
+        for problem in c.problems:
+            print(f"  {problem}")
+        stage = c.stage or args.stage
+        if stage:
+            cli, deployment = rerun_commands(args.dataset, stage, c.shard, store.root if store.is_local else store.root_uri,
+                                             dataset_name(args.dataset))
+            print(f"  re-run: {cli}\n      or: {deployment}")
+    print(f"{len(checks)} part(s) verified, {len(bad)} bad  (store {store.root_uri})")
+    return 1 if bad else 0
+
+
 def cmd_lineage(args: argparse.Namespace) -> int:
     from .ops import lineage_text, storage_options_from
 
-    print(lineage_text(args.part, args.root, storage_options_from(args.storage_options)))
+    print(lineage_text(args.part, args.root, storage_options_from(args.storage_options), args.depth))
     return 0
 
 
@@ -272,7 +323,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"status": cmd_status, "lineage": cmd_lineage, "run": cmd_run, "rerun": cmd_rerun,
+COMMANDS = {"status": cmd_status, "lineage": cmd_lineage, "verify": cmd_verify, "run": cmd_run, "rerun": cmd_rerun,
             "pretrain": cmd_pretrain, "demo": cmd_demo, "evaluate": cmd_evaluate}
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -25,6 +26,7 @@ from fourm_core.store import ArtifactStore
 from pipelines import ray_runtime, report
 from pipelines.errors import UnknownShardError, retry_unless_permanent
 from pipelines.ops import storage_options_from
+from pipelines.planning import compact_units, split_cached
 from pipelines.shard_job import FLOW_RUN_ENV, plan_job, run_shard_job
 from pipelines.stages import get_stages, registry
 
@@ -88,7 +90,7 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
                          f"(e.g. overrides {{\"pseudolabel.runner\": \"local\"}})")
     targets = registry()
     cfg = config.model_dump(mode="json")
-    store = ArtifactStore(store_root, storage_options)
+    store = ArtifactStore(store_root, storage_options, use_index=True)
     run_id = flow_run.id
     if run_id:
         os.environ[FLOW_RUN_ENV] = run_id  # units run in this process record it in their manifests
@@ -99,6 +101,7 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
     ray_connected = False
     summaries: list[dict[str, Any]] = []
     plan: dict[str, list[int]] = {}
+    error: Exception | None = None  # a failure outside the units (planning, the cached check, Ray start)
     try:
         for spec in specs:
             target = targets[spec.name]
@@ -110,16 +113,10 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
                 raise UnknownShardError(f"stage {spec.name!r} has no shard(s) {unknown} for dataset {config.name!r}; "
                                  f"planned shards: {planned[:20]}{' ...' if len(planned) > 20 else ''}")
             logger.info("stage %s: %d of %d shards selected", spec.name, len(selected), len(planned))
-            # Shards whose every unit is already committed with its cache key are reported from their
-            # manifests without dispatching anything (no task, no Ray start): a re-run of a built dataset
-            # costs one manifest read per unit.
-            to_run = []
-            for shard in selected:
-                cached = None if force else spec.cached_results(store, config, shard)
-                if cached is None:
-                    to_run.append(shard)
-                else:
-                    summaries.extend(r.summary() for r in cached)
+            # Shards whose every unit is already committed with its cache key are reported from the index
+            # without dispatching anything (no task, no Ray start): one snapshot read per artifact.
+            cached, to_run = split_cached(store, spec, config, selected, force)
+            summaries.extend(cached)
             if len(to_run) < len(selected):
                 logger.info("stage %s: %d shard(s) already committed (cached)", spec.name, len(selected) - len(to_run))
             on_ray = ray_target.uses_ray and spec.heavy and bool(to_run)
@@ -130,21 +127,34 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
             futures = [task_fn.submit(spec.name, target, cfg, store.root_uri, storage_options, shard, force,
                                       on_ray, spec.num_cpus, spec.num_gpus, run_id)
                        for shard in to_run]
-            selected = to_run
             failed_here = 0
-            for shard, fut in zip(selected, futures):
-                try:
-                    summaries.extend(fut.result())
-                except Exception as exc:  # retries exhausted: keep going with the other shards, report below
-                    failed_here += 1
-                    summaries.append({"unit": f"{config.name}/{spec.name}/shard-{shard:05d}", "stage": spec.name,
-                                      "artifacts": list(spec.dataset_artifacts(config)), "shard": shard,
-                                      "status": "failed",
-                                      "rows": 0, "errors": 0, "uris": [], "error": f"{type(exc).__name__}: {exc}"})
+            pending = dict(zip(futures, to_run))
+            progress = report.Progress(spec.name, len(to_run))
+            stage_units: list[dict[str, Any]] = []
+            while pending:  # collect as shards finish; log progress at least every PROGRESS_EVERY_S
+                done, _ = wait(list(pending), timeout=report.PROGRESS_EVERY_S)
+                for fut in done:
+                    shard = pending.pop(fut)
+                    try:
+                        units = fut.result()
+                    except Exception as exc:  # retries exhausted: keep going with the other shards, report below
+                        failed_here += 1
+                        units = [{"unit": f"{config.name}/{spec.name}/shard-{shard:05d}", "stage": spec.name,
+                                  "artifacts": list(spec.dataset_artifacts(config)), "shard": shard,
+                                  "status": "failed", "rows": 0, "errors": 0, "uris": [],
+                                  "error": f"{type(exc).__name__}: {exc}"}]
+                    stage_units += units
+                    progress.update(units)
+                logger.info(progress.line())
+            progress.close()
+            summaries.extend(sorted(stage_units, key=lambda u: (u["shard"] is None, u["shard"] or 0)))
+            store.invalidate()  # the next stage plans on what this one committed
             if failed_here:
                 # Later stages read this stage's shards; running them on a partial input would hide the gap.
                 logger.error("stage %s: %d shard(s) failed; later stages not run", spec.name, failed_here)
                 break
+    except Exception as exc:  # still write the run record and the artifacts, then fail the run with it
+        error = exc
     finally:
         if we_started_ray:
             ray_runtime.shutdown()
@@ -155,10 +165,14 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
               "stage_artifacts": {s.name: list(s.dataset_artifacts(config)) for s in specs},
               "artifact_plan": {a: s.expected_shards(config, a, plan[s.name]) for s in specs if s.name in plan
                                 for a in s.dataset_artifacts(config)},
-              "not_run": [s.name for s in specs if s.name not in plan], "units": summaries}
+              "not_run": [s.name for s in specs if s.name not in plan],
+              "error": f"{type(error).__name__}: {error}" if error else None}
+    record["units"], record["cached"] = compact_units(summaries)
     record_id = f"{started:%Y%m%dT%H%M%S%f}-{(run_id or 'local')[:8]}"
     store.write_run_record(config.name, record_id, record)
-    _publish(config.name, store.root_uri, run_id, summaries)
+    _publish(config.name, store.root_uri, run_id, summaries, record["error"])
+    if error is not None:
+        raise error
 
     failed = [s for s in summaries if s["status"] == "failed"]
     if failed:
@@ -169,9 +183,12 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
             "units": [{k: s[k] for k in ("unit", "stage", "shard", "status", "rows", "errors")} for s in summaries]}
 
 
-def _publish(dataset: str, store_root: str, run_id: str | None, summaries: list[dict[str, Any]]) -> None:
-    """Prefect artifacts: the window onto our manifests in the Prefect UI."""
-    key = "build-dataset-" + "".join(c if c.isalnum() else "-" for c in dataset.lower())
+def _publish(dataset: str, store_root: str, run_id: str | None, summaries: list[dict[str, Any]],
+             error: str | None = None) -> None:
+    """Prefect artifacts: the window onto our manifests in the Prefect UI (keys per dataset *and* store)."""
+    key = report.artifact_key("build-dataset", dataset, store_root=store_root)
     create_table_artifact(key=key, table=report.unit_rows(summaries), description=f"stage x shard units of {dataset}")
-    create_markdown_artifact(key=key + "-summary", markdown=report.markdown_summary(dataset, store_root, run_id, summaries),
-                             description=f"build-dataset summary for {dataset}")
+    markdown = report.markdown_summary(dataset, store_root, run_id, summaries)
+    if error:
+        markdown += f"\n\n## The run failed outside its units\n\n`{error}`"
+    create_markdown_artifact(key=key + "-summary", markdown=markdown, description=f"build-dataset summary for {dataset}")

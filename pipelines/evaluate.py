@@ -20,6 +20,7 @@ from fourm_core.store import ArtifactStore
 
 from pipelines.errors import retry_unless_permanent
 from pipelines.ops import storage_options_from
+from pipelines.report import artifact_key
 from pipelines.shard_job import FLOW_RUN_ENV
 
 
@@ -33,11 +34,6 @@ def evaluate_unit(run: str, config: dict[str, Any], store_root: str, storage_opt
 
     store = ArtifactStore(store_root, storage_options)
     return result_summary(store, evaluate(store, EvalConfig.model_validate(config), force=force))
-
-
-def artifact_key(*parts: str) -> str:
-    """Prefect artifact keys: lowercase letters, digits and dashes."""
-    return "-".join("".join(c if c.isalnum() else "-" for c in p.lower()) for p in parts).strip("-")
 
 
 def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -69,7 +65,7 @@ def evaluate(config: str = "demo", store_root: str | None = None, storage_option
         os.environ[FLOW_RUN_ENV] = flow_run.id  # the unit's manifest records the flow run
     summary = evaluate_unit.with_options(retries=retries)(cfg.checkpoint.run, cfg.model_dump(mode="json"),
                                                           store.root_uri, storage_options, force)
-    key = artifact_key("evaluate", cfg.dataset, cfg.checkpoint.run)
+    key = artifact_key("evaluate", cfg.dataset, cfg.checkpoint.run, store_root=store.root_uri)
     create_table_artifact(key=key, table=table_rows(summary["rows"]),
                           description=f"evaluation of {cfg.checkpoint.namespace}/{cfg.checkpoint.run} on {cfg.dataset}")
     create_markdown_artifact(key=key + "-report", markdown=summary["report_markdown"]

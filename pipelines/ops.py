@@ -17,6 +17,7 @@ from fourm_core.config import ConfigError, load_dataset_config
 from fourm_core.lineage import StatusRow, describe, lineage, shard_status
 from fourm_core.manifest import Manifest
 from fourm_core.store import ArtifactStore
+from fourm_core.verify import PartCheck, verify_parts
 
 STORAGE_OPTIONS_ENV = "FOURM_STORAGE_OPTIONS"  # JSON, e.g. {"endpoint_url": "http://s3.local:8333"}
 
@@ -47,22 +48,51 @@ def dataset_status(store: ArtifactStore, dataset: str) -> tuple[list[StatusRow],
     """Stage x shard rows of ``dataset`` and the latest run record they were judged against."""
     name = dataset_name(dataset)
     record = store.latest_run_record(name)
+    stage_artifacts, expected = _stage_artifacts(store, name, record)
+    return shard_status(store, name, stage_artifacts, expected), record
+
+
+def _stage_artifacts(store: ArtifactStore, name: str, record: dict[str, Any] | None
+                     ) -> tuple[dict[str, tuple[str, ...]], dict[str, list[int]]]:
+    """stage -> its artifacts (from the run record, plus artifacts committed outside a recorded run, under the
+    stage their manifests name), and the planned shards per stage / artifact."""
     stage_artifacts: dict[str, tuple[str, ...]] = {}
     expected: dict[str, list[int]] = {}
     if record:
         stage_artifacts = {s: tuple(a) for s, a in record.get("stage_artifacts", {}).items()}
         expected = {s: list(p) for s, p in record.get("plan", {}).items()}
         expected.update({a: list(p) for a, p in record.get("artifact_plan", {}).items()})
-    # Artifacts committed outside a recorded run (stage CLIs, older runs) still show, under their stage.
     known = {a for arts in stage_artifacts.values() for a in arts}
     for artifact in store.artifacts(name):
         if artifact not in known:
             stage = _stage_of(store, name, artifact)
             stage_artifacts[stage] = stage_artifacts.get(stage, ()) + (artifact,)
-    return shard_status(store, name, stage_artifacts, expected), record
+    return stage_artifacts, expected
+
+
+def verify_dataset(store: ArtifactStore, dataset: str, stage: str | None = None,
+                   shards: list[int] | None = None) -> list[PartCheck]:
+    """Re-read every committed part of ``dataset`` (or of one stage / some shards) against its manifest."""
+    name = dataset_name(dataset)
+    stage_artifacts, _ = _stage_artifacts(store, name, store.latest_run_record(name))
+    if stage is not None:
+        if stage not in stage_artifacts:
+            raise LookupError(f"no artifacts of stage {stage!r} in {name!r} under {store.root_uri}; "
+                              f"stages: {', '.join(stage_artifacts) or '-'}")
+        stage_artifacts = {stage: stage_artifacts[stage]}
+    parts = []
+    for artifacts in stage_artifacts.values():
+        for artifact in artifacts:
+            index = store.index(name, artifact)
+            for part, entry in sorted(index.entries.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
+                if (entry.has_manifest or entry.problem) and (shards is None or part in shards):
+                    parts.append((name, artifact, part))
+    return verify_parts(store, parts)
 
 
 def _stage_of(store: ArtifactStore, dataset: str, artifact: str) -> str:
+    if store.use_index:
+        return next((e.stage for e in store.index(dataset, artifact).entries.values() if e.stage), "?")
     shards = store.committed_shards(dataset, artifact)
     m = store.read_manifest(dataset, artifact, shards[0] if shards else None)
     return m.ingredients.stage if m else "?"
@@ -112,6 +142,12 @@ def _manifest_path(path: str) -> str:
     return posixpath.join(path, "manifest.json")
 
 
-def lineage_text(uri: str, root: str | None = None, storage_options: dict[str, Any] | None = None) -> str:
+def lineage_text(uri: str, root: str | None = None, storage_options: dict[str, Any] | None = None,
+                 depth: int | None = None) -> str:
+    """The part's upstream tree (``depth`` levels of inputs; None: all) and the commands that re-make it."""
+    from fourm_core.rerun import rerun_commands
+
     store, m = open_part(uri, root, storage_options)
-    return "\n".join(describe(lineage(store, m.dataset, m.artifact, m.shard)))
+    lines = describe(lineage(store, m.dataset, m.artifact, m.shard, depth))
+    cli, deployment = rerun_commands(m.dataset, m.ingredients.stage, m.shard, store.root_uri)
+    return "\n".join(lines + [f"re-make this part: {cli}", f"               or: {deployment}"])

@@ -127,12 +127,14 @@ def pretrain(config: str = "demo", store_root: str | None = None, storage_option
     result["checkpoint_dir"] = store.uri(store.artifact_dir(result["namespace"], result["artifact"]))
     logger.info("pretrain %s: %s, checkpoint %s (loss %s -> %s)", cfg.run_name, result["status"],
                 result["checkpoint_dir"], result.get("loss_start"), result.get("loss_end"))
-    _publish(cfg.run_name, result)
+    _publish(cfg.run_name, result, store.root_uri)
     return result
 
 
-def _publish(run_name: str, result: dict[str, Any]) -> None:
-    key = "pretrain-" + "".join(c if c.isalnum() else "-" for c in run_name.lower())
+def _publish(run_name: str, result: dict[str, Any], store_root: str) -> None:
+    from pipelines.report import artifact_key
+
+    key = artifact_key("pretrain", run_name, store_root=store_root)
     lines = [f"# pretrain {run_name}: {result['status']}", "",
              f"* checkpoint: `{result['checkpoint_dir']}` (step {result.get('steps')})",
              f"* cache key: `{result['cache_key']}`",

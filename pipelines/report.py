@@ -8,6 +8,56 @@ from typing import Any, Iterable, Sequence
 from fourm_core.lineage import StatusRow
 
 
+PROGRESS_EVERY_S = 30.0  # the flow logs each stage's progress at least this often
+
+
+class Progress:
+    """Units done / total, samples per second and ETA of one stage, for the run log (and a tqdm bar when the
+    flow runs in a terminal)."""
+
+    def __init__(self, stage: str, total: int):
+        import sys
+        import time
+
+        self.stage, self.total, self.done, self.failed, self.samples = stage, total, 0, 0, 0
+        self.t0 = time.monotonic()
+        self._bar = None
+        if total and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=stage, unit="shard", leave=False)
+
+    def update(self, units: list[dict[str, Any]]) -> None:
+        self.done += 1
+        self.failed += any(u["status"] == "failed" for u in units)
+        self.samples += sum(u.get("rows", 0) for u in units[:1])  # a shard's samples: its first unit's rows
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def line(self) -> str:
+        import time
+
+        elapsed = time.monotonic() - self.t0
+        rate = self.samples / elapsed if elapsed > 0 else 0.0
+        eta = (elapsed / self.done * (self.total - self.done)) if self.done else float("nan")
+        eta_text = "?" if eta != eta else f"{eta:.0f}s"
+        return (f"stage {self.stage}: {self.done}/{self.total} shards" + (f" ({self.failed} failed)" if self.failed else "")
+                + f", {self.samples} samples, {rate:.1f} samples/s, {elapsed:.0f}s elapsed, ETA {eta_text}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def artifact_key(*parts: str, store_root: str | None = None) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) from ``parts`` and, when given, a short digest
+    of the store root: runs on two stores keep their own "latest" instead of overwriting each other's."""
+    import hashlib
+
+    key = "-".join("".join(c if c.isalnum() else "-" for c in p.lower()) for p in parts).strip("-")
+    return f"{key}-{hashlib.sha256(store_root.encode()).hexdigest()[:8]}" if store_root else key
+
+
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A fixed-width text table."""
     rows = [[("" if v is None else str(v)) for v in r] for r in rows]
@@ -17,13 +67,17 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def status_table(rows: list[StatusRow]) -> str:
-    body = [(r.stage, r.artifact, "-" if r.shard is None else f"{r.shard:05d}", r.state, r.rows, r.errors, _clip(r.detail, 70)) for r in rows]
-    return format_table(["stage", "artifact", "shard", "state", "rows", "errors", "detail"], body)
+    body = [(r.stage, r.artifact, "-" if r.shard is None else f"{r.shard:05d}", r.state, r.rows, r.errors,
+             f"{r.seconds:.2f}" if r.state in ("done", "cached", "running", "stale") else "", _clip(r.detail, 70))
+            for r in rows]
+    return format_table(["stage", "artifact", "shard", "state", "rows", "errors", "seconds", "detail"], body)
 
 
 def status_counts(rows: list[StatusRow]) -> str:
     counts = Counter(r.state for r in rows)
-    return ", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "cached", "failed", "missing"))
+    states = ("done", "cached", "failed", "missing") + tuple(s for s in ("running", "stale", "unreadable")
+                                                             if counts.get(s))
+    return ", ".join(f"{counts.get(s, 0)} {s}" for s in states)
 
 
 def unit_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:

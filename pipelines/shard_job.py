@@ -44,4 +44,5 @@ def plan_job(target: str, config: dict[str, Any], store_root: str,
     """The shard indices the stage at ``target`` has for this dataset."""
     spec = load_spec(target)
     cfg = validate_config(DatasetConfig, config, "<build-dataset config>")
-    return list(spec.plan_shards(ArtifactStore(store_root, storage_options), cfg))
+    # Planning reads committed shards of the stage's inputs: through the index (one snapshot per artifact).
+    return list(spec.plan_shards(ArtifactStore(store_root, storage_options, use_index=True), cfg))

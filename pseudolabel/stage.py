@@ -147,9 +147,11 @@ def run_labelers(store: ArtifactStore, dataset: str, shard: int, cfg: Pseudolabe
                 raise RuntimeError(f"labeler {lab.name} was not run for this shard")
             tables = {label_artifact(k): v for k, v in result.tables[lab.name].items()}
             n_in = images_m.rows
+            # The shared pass did this unit's work: its share of the pass is the unit's duration (status, Prefect).
             return UnitOutput(tables, errors=result.errors[lab.name],
                               stats={"rows_in": n_in, "labeled": next(iter(tables.values())).num_rows,
-                                     "shard_pass_seconds": round(seconds, 3), "labelers_in_pass": len(stale)})
+                                     "shard_pass_seconds": round(seconds, 3), "labelers_in_pass": len(stale)},
+                              seconds=seconds / max(len(stale), 1))
 
         results.append(run_unit(store, unit, compute, force=force and lab in stale, raise_on_failure=False))
     if any(r.status is UnitStatus.FAILED for r in results):

@@ -353,7 +353,7 @@ class Trainer:
         files = {".safetensors": save_safetensors(weights, metadata=metadata),
                  ".config.json": self.model.config.to_json().encode(),
                  ".trainer.pt": buf.getvalue(),
-                 ".history.json": json.dumps(self.history).encode(), **extra}
+                 ".history.json": json.dumps(self.history).encode(), **extra, **self._log_files()}
         ingredients = self.ingredients()
         t = now()
         started = self._fit_started or t
@@ -365,6 +365,28 @@ class Trainer:
                       host=hostname(), flow_run_id=flow_run_id())
         return self.store.commit(fields, files, ".safetensors",
                                  before_manifest=lambda: _test_pause("checkpoint", self.step, self.d.rank))
+
+    def _log_files(self) -> dict[str, bytes]:
+        """The run's logs, committed beside the checkpoint (the worker's working directory is not durable):
+        ``log.jsonl``, the loss curve and a tar of the TensorBoard event files (``tar xf`` it, then
+        ``tensorboard --logdir``)."""
+        import tarfile
+        import tempfile
+
+        out = {".log.jsonl": "".join(json.dumps(r) + "\n" for r in self.history).encode()}
+        if self.history:
+            with tempfile.TemporaryDirectory() as tmp:
+                plot_loss(self.history, self.model.config.domains_out, Path(tmp) / "loss.png")
+                out[".loss.png"] = (Path(tmp) / "loss.png").read_bytes()
+        tb = self.log_dir / "tb" if self.log_dir is not None else None
+        if tb is not None and tb.is_dir():
+            if self._writer is not None:
+                self._writer.flush()
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as tar:
+                tar.add(str(tb), arcname="tb")
+            out[".tb.tar"] = buf.getvalue()
+        return out
 
     def ingredients(self) -> Ingredients:
         return train_ingredients(self.cfg, run_inputs(self.store, self.cfg))

@@ -153,3 +153,24 @@ def test_collecting_units_records_without_computing_or_committing(store):
     assert [u.shard for u in units] == [0, 1] and calls == []
     assert store.committed_shards("ds", "numbers") == []
     assert run_unit(store, _unit(shard=0), _compute(calls, 0)).status is UnitStatus.DONE  # normal again after
+
+
+def test_fast_cache_key_equals_the_manifests_ingredients_key():
+    """Unit.cache_key is computed without pydantic for speed; it must equal Ingredients.cache_key()."""
+    from pydantic import BaseModel
+
+    from fourm_core.manifest import InputRef, ModelRef
+
+    class Cfg(BaseModel):
+        size: int = 3
+        scale: list[float] = [0.5, 1.0]
+        name: str = "ü ✓"
+        nested: dict = {"b": {"z": 1, "a": None}, "a": True}
+
+    refs = [InputRef(dataset="d", artifact="x/y", shard=s, uri=f"u{s}", digest=f"{s}" * 8) for s in (3, 1)]
+    units = [Unit(stage="s", dataset="d", artifacts=["a"], shard=0, code_version="v/1"),
+             Unit(stage="s", dataset="d", artifacts=["a"], shard=None, code_version="v/2", config=Cfg(), inputs=refs,
+                  model=ModelRef(id="m", source="tiny", digest="abc")),
+             Unit(stage="t", dataset="d", artifacts=["a", "b"], shard=7, code_version="v", config={"k": [1, 2.5, "x"]})]
+    for u in units:
+        assert u.cache_key == u.ingredients().cache_key()

@@ -24,9 +24,12 @@ def test_evaluate_flow_commits_and_publishes(prefect_api, tiny_eval_store, capsy
 
     with get_client(sync_client=True) as client:
         keys = {a.key: a for a in client.read_latest_artifacts()}
-    assert keys["evaluate-ev-tiny"].type == "table"
-    assert keys["evaluate-ev-tiny-report"].type == "markdown"
-    assert "tokenizer bound" in keys["evaluate-ev-tiny-report"].data
+    from pipelines.report import artifact_key
+
+    key = artifact_key("evaluate", "ev", "tiny", store_root=store.root_uri)  # per dataset, run and store
+    assert keys[key].type == "table"
+    assert keys[key + "-report"].type == "markdown"
+    assert "tokenizer bound" in keys[key + "-report"].data
 
     # the CLI runs the same flow: nothing changed, so the committed result is reused
     args = ["evaluate", "demo", "--root", store.root_uri] + [f"--set={k}={_json(v)}" for k, v in overrides.items()]

@@ -37,7 +37,10 @@ def test_build_cached_rerun_on_ray(prefect_api, ray_local, fake_dataset, tmp_pat
 
     with get_client(sync_client=True) as client:
         artifact = client.read_latest_artifacts()
-    assert any(a.key == "build-dataset-fk" for a in artifact)
+    from pipelines.report import artifact_key
+
+    key = artifact_key("build-dataset", "fk", store_root=store.root_uri)
+    assert key.startswith("build-dataset-fk-") and any(a.key == key for a in artifact)
 
     second = build_dataset(dataset=fake_dataset, store_root=root)
     assert set(_statuses(second).values()) == {"cached"}
@@ -90,6 +93,23 @@ def test_unit_failing_after_retries_fails_the_run_and_shows_in_status(prefect_ap
     assert main(["rerun", "--dataset", fake_dataset, "--stage", "fake", "--shard", "0", "--root", root,
                  "--ray-address", "off"]) == 0
     assert store.committed_shards("fk", "numbers") == [0, 1, 2] and store.failed_shards("fk", "numbers") == {}
+
+
+def test_run_failing_at_planning_still_writes_its_record_and_artifact(prefect_api, fake_dataset, tmp_path):
+    root = str(tmp_path / "store")
+    state = build_dataset(dataset=fake_dataset, store_root=root, ray_address="off", shards=[99], return_state=True)
+    with pytest.raises(ValueError, match=r"no shard\(s\) \[99\]"):
+        state.result()
+    record = ArtifactStore(root).latest_run_record("fk")
+    assert record["error"].startswith("ValueError: stage 'fake' has no shard(s) [99]") and record["shards"] == [99]
+    from prefect.client.orchestration import get_client
+
+    from pipelines.report import artifact_key
+
+    with get_client(sync_client=True) as client:
+        arts = {a.key: a for a in client.read_latest_artifacts()}
+    summary = arts[artifact_key("build-dataset", "fk", store_root=ArtifactStore(root).root_uri) + "-summary"]
+    assert "failed outside its units" in summary.data and "[99]" in summary.data
 
 
 def test_bad_config_fails_before_any_task(prefect_api, tmp_path):

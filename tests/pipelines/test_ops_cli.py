@@ -80,6 +80,31 @@ def test_lineage_from_any_path_form(built, capsys):
     assert store.root == built and m.shard == 0
 
 
+def test_status_and_lineage_print_the_rerun_commands(built, fake_dataset, capsys):
+    assert main(["status", fake_dataset, "--root", built]) == 0
+    out = capsys.readouterr().out
+    # shard 2 of fake is planned but missing; fake_down has nothing missing
+    assert f"re-run fake (1 shard(s)): python -m pipelines rerun --dataset {fake_dataset} --stage fake --shard 2 " \
+           f"--root {built}" in out
+    assert """prefect deployment run build-dataset/fk --param 'stages=["fake"]' --param 'shards=[2]' --param force=true""" \
+           in out and "re-run fake_down" not in out
+    assert main(["lineage", f"{built}/fk/doubled/shard-00001.parquet"]) == 0
+    out = capsys.readouterr().out
+    assert f"re-make this part: python -m pipelines rerun --dataset fk --stage fake_down --shard 1 --root {built}" in out
+    assert "prefect deployment run build-dataset/fk" in out
+
+
+def test_lineage_depth_limits_the_tree(built, capsys):
+    part = f"{built}/fk/doubled/shard-00001.parquet"
+    assert main(["lineage", part, "--depth", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "inputs (1, not expanded: raise --depth):" in out and "<- fk/numbers shard 1 (digest" in out
+    assert "stage:      fake (" not in out  # the input's own block is not shown
+    assert main(["lineage", part, "--depth", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "stage:      fake (" in out and "not expanded" not in out
+
+
 def test_operator_errors_are_messages_not_tracebacks(built, tmp_path, capsys):
     assert main(["lineage", f"{built}/fk/numbers/shard-00009.parquet"]) == 2
     assert "not a committed artifact part" in capsys.readouterr().err
@@ -101,3 +126,14 @@ def test_worker_and_ops_modules_do_not_import_prefect_or_ray():
             "print(sorted(m for m in ('prefect', 'ray', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+def test_progress_line_has_counts_rate_and_eta():
+    from pipelines.report import Progress
+
+    p = Progress("ingest", 4)
+    p.update([{"status": "done", "rows": 100}])
+    p.update([{"status": "failed", "rows": 0}])
+    line = p.line()
+    assert line.startswith("stage ingest: 2/4 shards (1 failed), 100 samples, ") and "samples/s" in line
+    assert "ETA " in line and "ETA ?" not in line

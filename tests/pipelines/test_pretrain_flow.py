@@ -43,11 +43,25 @@ def test_pretrain_flow_trains_then_is_cached(prefect_api, synth_root, tmp_path, 
     assert first["manifest"].endswith("manifest.json") and Path(first["manifest"]).exists()
     assert {i.dataset for i in m.ingredients.inputs} == {"synth"} and first["inputs"] == 2 * len(DEMO_MODS)  # 2 shards per modality
     assert Path(first["loss_png"]).stat().st_size > 0
+    # the logs are committed beside the checkpoint too (the worker's working directory is not durable)
+    import io
+    import tarfile
+
+    names = {f.name for f in m.files}
+    assert {"data.log.jsonl", "data.loss.png", "data.tb.tar"} <= names, names
+    log = store.read_bytes(store.data_path("training", first["artifact"], None, ".log.jsonl")).decode().splitlines()
+    assert [json.loads(line)["step"] for line in log][-1] == 4
+    tb = tarfile.open(fileobj=io.BytesIO(store.read_bytes(store.data_path("training", first["artifact"], None,
+                                                                           ".tb.tar"))))
+    assert any("events.out.tfevents" in n for n in tb.getnames())
 
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        assert any(a.key == "pretrain-demo" for a in client.read_latest_artifacts())
+        from pipelines.report import artifact_key
+
+        key = artifact_key("pretrain", "demo", store_root=store.root_uri)
+        assert any(a.key == key for a in client.read_latest_artifacts())
 
     # the CLI runs the same flow: cached now, and it says where everything is
     capsys.readouterr()

@@ -26,6 +26,8 @@ def test_full_tiny_run_commits_every_label_then_caches(images_store, tmp_path):
         assert t.column("sample_key").to_pylist() == [f"s00-{i:03d}" for i in range(4)]
     m = images_store.read_manifest("demo", "labels/depth", 0)
     assert m.ingredients.model.id == "depth:tiny" and len(m.ingredients.model.digest) == 64
+    # the unit's duration is its share of the shared pass (not the ~0 s of handing over its tables)
+    assert m.timings.seconds >= m.stats["shard_pass_seconds"] / m.stats["labelers_in_pass"] > 0
     assert m.ingredients.inputs[0].artifact == "images"
     meta = images_store.read_manifest("demo", "labels/metadata", 0)
     assert {i.artifact for i in meta.ingredients.inputs} == {"images", "labels/semseg", "labels/depth", "labels/normal",

@@ -1,0 +1,251 @@
+"""The control plane at scale: ``status``, a fully-cached re-run's planning + cached check, and ``lineage``
+of one token shard, on a synthetic store of N shards x 30 artifacts, on local disk and on S3 (SeaweedFS
+on 127.0.0.1, tests/servers.py).
+
+The synthetic dataset has three stages with the real stages' shape (``StageSpec`` with ``plan_shards`` and
+``shard_units``): ``images`` (1 unit per shard), 19 ``labels/lNN`` (inputs: the images part) and 10
+``tokens/tNN`` (inputs: one label part each) — 30 committed units per shard, cache keys computed by
+``Unit.ingredients()`` exactly as ``run_unit`` does, so a re-run finds every unit cached.
+
+The store is written as the commit protocol plus one compaction leave it: every artifact's index
+snapshot, every part's data file and manifest, and a fully-cached run record. (On S3 here SeaweedFS takes
+~200 PUT/s, so 10 000 shards = 600 000 objects take about an hour to create.) ``old status`` extrapolates
+the pre-index cost (one manifest GET per unit) from timed GETs of real manifests.
+
+    PYTHONPATH=. python bench/bench_control_plane.py [--shards 1000 3000 10000] [--s3-shards 1000 3000]
+        [--no-s3] [--no-local]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from fourm_core import index as ix
+from fourm_core.config import DatasetConfig
+from fourm_core.manifest import FileEntry, Manifest, Timings
+from fourm_core.stage import StageSpec
+from fourm_core.store import ArtifactStore, table_to_parquet_bytes
+from fourm_core.units import Unit
+
+DATASET = "cp"
+IMAGES = "images"
+LABELS = [f"labels/l{i:02d}" for i in range(1, 20)]
+TOKENS = [f"tokens/t{i:02d}" for i in range(1, 11)]
+
+
+# ------------------------------------------------------------------------------ the synthetic stages
+
+def _n_shards(config: DatasetConfig) -> int:
+    return config.sources[0].n_samples  # one shard per "sample" of the synthetic source
+
+
+def _images_units(store: ArtifactStore, config: DatasetConfig, shard: int) -> list[Unit]:
+    return [Unit(stage="synth-ingest", dataset=config.name, artifacts=[IMAGES], shard=shard, code_version="si/1",
+                 config={"shard_size": 1000, "slice": [shard * 1000, shard * 1000 + 1000]})]
+
+
+def _label_units(store: ArtifactStore, config: DatasetConfig, shard: int) -> list[Unit]:
+    images = store.read_manifest(config.name, IMAGES, shard)
+    assert images is not None
+    ref = images.as_input()
+    return [Unit(stage="synth-label", dataset=config.name, artifacts=[a], shard=shard, code_version=f"{a}/1",
+                 config={"labeler": a, "batch_size": 32}, inputs=[ref]) for a in LABELS]
+
+
+def _token_units(store: ArtifactStore, config: DatasetConfig, shard: int) -> list[Unit]:
+    out = []
+    for label, token in zip(LABELS, TOKENS):
+        m = store.read_manifest(config.name, label, shard)
+        assert m is not None
+        out.append(Unit(stage="synth-tokenize", dataset=config.name, artifacts=[token], shard=shard,
+                        code_version="st/1", config={"modality": token, "crops": {"n": 1}}, inputs=[m.as_input()]))
+    return out
+
+
+def _no_run(*args: Any, **kwargs: Any) -> list:
+    raise AssertionError("the benchmark re-run must find every unit cached")
+
+
+STAGES = [
+    StageSpec(name="synth-ingest", plan_shards=lambda store, config: list(range(_n_shards(config))),
+              run_shard=_no_run, artifacts=(IMAGES,), shard_units=_images_units),
+    StageSpec(name="synth-label", plan_shards=lambda store, config: store.committed_shards(config.name, IMAGES),
+              run_shard=_no_run, artifacts=tuple(LABELS), shard_units=_label_units),
+    StageSpec(name="synth-tokenize", plan_shards=lambda store, config: store.committed_shards(config.name, LABELS[0]),
+              run_shard=_no_run, artifacts=tuple(TOKENS), shard_units=_token_units),
+]
+
+
+def _config(n: int) -> DatasetConfig:
+    return DatasetConfig.model_validate({"name": DATASET, "sources": [{"kind": "synthetic", "n_samples": n}]})
+
+
+# ------------------------------------------------------------------------------------- the store
+
+def _data(shard: int) -> bytes:
+    return table_to_parquet_bytes(pa.table({"sample_key": [f"s{shard}-{i}" for i in range(4)], "v": [1, 2, 3, 4]}))
+
+
+def build_store(root: str, options: dict | None, n: int, manifest_shards: int) -> dict[str, float]:
+    """Write the synthetic store: every artifact's index snapshot, and data + manifest files of the first
+    ``manifest_shards`` shards. Returns timings of the build."""
+    store = ArtifactStore(root, options)
+    cfg = _config(n)
+    t0 = time.perf_counter()
+    data = {s: _data(s) for s in range(n)}
+    digests = {s: hashlib.sha256(b).hexdigest() for s, b in data.items()}
+    now = datetime.now(timezone.utc)
+    files: list[tuple[str, bytes]] = []
+    snapshots: dict[str, list[ix.PartEntry]] = {}
+    manifests: dict[tuple[str, int], Manifest] = {}
+
+    class Lookup(ArtifactStore):  # the synthetic stages' units read upstream manifests from memory here
+        def read_manifest(self, dataset: str, artifact: str, shard: int | None) -> Manifest | None:
+            return manifests.get((artifact, shard))  # type: ignore[arg-type]
+
+    lookup = Lookup(root, options)
+    for spec in STAGES:
+        for shard in range(n):
+            for unit in spec.shard_units(lookup, cfg, shard):  # type: ignore[misc]
+                artifact = unit.artifacts[0]
+                ing = unit.ingredients()
+                data_path = store.data_path(DATASET, artifact, shard)
+                m = Manifest(dataset=DATASET, artifact=artifact, shard=shard, uri=store.uri(data_path),
+                             digest=digests[shard],
+                             files=[FileEntry(name=Path(data_path).name, digest=digests[shard], bytes=len(data[shard]))],
+                             rows=4, schema={"sample_key": "string", "v": "int64"}, cache_key=ing.cache_key(),
+                             ingredients=ing, timings=Timings(started=now, finished=now, seconds=1.5), host="bench")
+                manifests[(artifact, shard)] = m
+                text = m.to_json()
+                entry = ix.PartEntry.from_truth(shard, text.encode(), None, "")
+                snapshots.setdefault(artifact, []).append(entry)
+                if shard < manifest_shards:
+                    files.append((data_path, data[shard]))
+                    files.append((store.manifest_path(DATASET, artifact, shard), text.encode()))
+    t_gen = time.perf_counter() - t0
+    watermark = ix.now_us() - ix.MARGIN_US
+    for artifact, entries in snapshots.items():
+        files += ix.snapshot_files(store, DATASET, artifact, entries, watermark)
+    # the record a fully-cached run writes (cached units compactly)
+    record = {"dataset": DATASET, "stages": [s.name for s in STAGES], "plan": {s.name: list(range(n)) for s in STAGES},
+              "stage_artifacts": {s.name: list(s.artifacts) for s in STAGES}, "units": [],
+              "cached": {a: list(range(n)) for a in [IMAGES, *LABELS, *TOKENS]}, "finished": now.isoformat()}
+    files.append((store.path(DATASET, "_runs", "00000000T000000-bench.json"), json.dumps(record).encode()))
+    t1 = time.perf_counter()
+
+    def write(path: str, data: bytes) -> None:
+        if store.is_local:  # no fsync per file: a benchmark fixture, not a commit
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_bytes(data)
+        else:
+            store.write_bytes(path, data)
+
+    with ThreadPoolExecutor(32 if not store.is_local else 4) as pool:
+        list(pool.map(lambda f: write(*f), files))
+    return {"generate_s": t_gen, "write_s": time.perf_counter() - t1, "objects": len(files)}
+
+
+# --------------------------------------------------------------------------------- measurements
+
+CPU: dict[str, float] = {}  # this process's CPU seconds per measurement (load-independent on a shared box)
+
+
+def _timed(fn, name: str = "") -> tuple[float, Any]:
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    if name:
+        CPU[name] = time.process_time() - c0
+    return time.perf_counter() - t0, out
+
+
+def measure(root: str, options: dict | None, n: int, manifest_shards: int) -> dict[str, Any]:
+    from pipelines.ops import dataset_status, lineage_text
+    from pipelines.planning import split_cached
+    from pipelines.report import status_counts, status_table
+
+    def status() -> int:
+        rows, _ = dataset_status(ArtifactStore(root, options, use_index=True), DATASET)
+        status_table(rows)
+        status_counts(rows)
+        return len(rows)
+
+    def rerun_check() -> int:
+        cfg = _config(n)
+        cached_units = 0
+        for spec in STAGES:
+            store = ArtifactStore(root, options, use_index=True)  # as plan_job and the flow make theirs
+            planned = spec.plan_shards(store, cfg)
+            cached, to_run = split_cached(store, spec, cfg, list(planned), force=False)
+            assert not to_run and len(planned) == n, (spec.name, len(planned), to_run[:5])
+            cached_units += len(cached)
+        return cached_units
+
+    store = ArtifactStore(root, options)
+    token_part = store.uri(store.data_path(DATASET, TOKENS[0], 0))
+    out: dict[str, Any] = {}
+    out["status_s"], rows = _timed(status, "status")
+    assert rows == 30 * n, rows
+    out["rerun_plan_and_cached_check_s"], units = _timed(rerun_check, "rerun")
+    assert units == 30 * n, units
+    out["lineage_s"], text = _timed(lambda: lineage_text(token_part, None, options))
+    assert "images shard 0" in text, text
+    # the pre-index cost: one manifest GET per unit (what status and the cached check each did)
+    k = min(manifest_shards, 20)
+    paths = [store.manifest_path(DATASET, a, s) for s in range(k) for a in [IMAGES, *LABELS, *TOKENS]]
+    t, _ = _timed(lambda: [store.read_bytes(p) for p in paths])
+    out["old_status_extrapolated_s"] = t / len(paths) * 30 * n
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shards", type=int, nargs="+", default=[1000, 3000, 10000], help="local-disk sizes")
+    p.add_argument("--s3-shards", type=int, nargs="+", default=[1000, 3000, 10000], help="S3 sizes")
+    p.add_argument("--no-s3", action="store_true")
+    p.add_argument("--no-local", action="store_true")
+    args = p.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.no_local:
+            for n in args.shards:
+                root = str(Path(tmp) / f"local-{n}")
+                build = build_store(root, None, n, n)
+                results.append(("local", n, build, measure(root, None, n, n)))
+                print(_line(*results[-1]), flush=True)
+        if not args.no_s3:
+            from tests.servers import kill, start_seaweedfs
+
+            server = start_seaweedfs(Path(tmp) / "s3")
+            try:
+                for n in args.s3_shards:
+                    root = f"s3://{server.bucket}/cp-{n}"
+                    build = build_store(root, server.storage_options, n, n)
+                    results.append(("s3", n, build, measure(root, server.storage_options, n, n)))
+                    print(_line(*results[-1]), flush=True)
+            finally:
+                kill(server.proc)
+
+
+def _line(where: str, n: int, build: dict, m: dict) -> str:
+    import os
+
+    return (f"[load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores] {where:5s} {n:6d} shards ({30 * n:7d} units): "
+            f"status {m['status_s']:6.2f} s (cpu {CPU['status']:.2f}) | re-run plan + cached check "
+            f"{m['rerun_plan_and_cached_check_s']:6.2f} s (cpu {CPU['rerun']:.2f}) | lineage {m['lineage_s']:5.2f} s | old status "
+            f"(1 GET/unit, extrapolated) {m['old_status_extrapolated_s']:7.1f} s | built in "
+            f"{build['generate_s']:.0f}+{build['write_s']:.0f} s ({build['objects']} objects)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Running units: a lease with a heartbeat while a unit computes; status shows it running, and stale once
+its worker is SIGKILLed (the heartbeat stops)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from fourm_core import ArtifactStore, Unit, UnitOutput, UnitStatus, lease, run_unit
+from fourm_core.lineage import shard_status
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _status(store: ArtifactStore) -> dict:
+    rows = shard_status(store, "ls", {"w": ("a",)}, {"w": [0, 1, 2, 3]})
+    return {r.shard: r for r in rows}
+
+
+def test_running_unit_shows_as_running_then_done(store):
+    go = threading.Event()
+
+    def compute() -> UnitOutput:
+        go.wait(30)
+        return UnitOutput({"a": pa.table({"sample_key": ["k"]})})
+
+    unit = Unit(stage="w", dataset="ls", artifacts=["a"], shard=1, code_version="w/1")
+    results = []
+    worker = threading.Thread(target=lambda: results.append(run_unit(store, unit, compute)))
+    worker.start()
+    deadline = time.monotonic() + 20
+    while _status(store)[1].state != "running":
+        assert time.monotonic() < deadline, "the running unit never showed"
+        time.sleep(0.05)
+    row = _status(store)[1]
+    assert f"pid {os.getpid()}" in row.detail and _status(store)[0].state == "missing"
+    go.set()
+    worker.join(30)
+    assert results[0].status is UnitStatus.DONE
+    assert _status(store)[1].state == "done" and lease.running(store, "ls", "a") == {}
+
+
+def test_killed_worker_leaves_a_stale_lease(store_root):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FOURM_LEASE_HEARTBEAT_S": "0.2"}
+    proc = subprocess.Popen([sys.executable, "-m", "tests.core.lease_worker", store_root], env=env,
+                            stdout=subprocess.PIPE, text=True, cwd=str(REPO))
+    try:
+        assert proc.stdout.readline().strip() == "computing"
+        store = ArtifactStore(store_root)
+        time.sleep(0.5)  # a few heartbeats
+        leases = lease.running(store, "ls", "a", now=time.time())
+        assert leases[3]["pid"] == proc.pid
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    later = time.time() + lease.STALE_AFTER * 0.2 + 1.0  # as seen after the heartbeats stopped
+    old = lease.HEARTBEAT_S
+    try:
+        lease.HEARTBEAT_S = 0.2
+        assert lease.running(store, "ls", "a", now=later)[3]["state"] == "stale"
+    finally:
+        lease.HEARTBEAT_S = old
