@@ -240,12 +240,14 @@ class TokenShardStream(IterableDataset):
             L = mod.max_tokens
             tok = np.zeros((B, L), dtype=np.int32)
             n = np.zeros(B, dtype=np.int64)
+            present = np.zeros(B, dtype=bool)  # an empty sequence (no boxes) is present: it is masked as "[EOS]"
             for j, (d, shard, key, crop) in enumerate(samples):
                 if m not in self.datasets[d].modalities:
                     continue
                 t = shard.tokens(m, key, crop)
                 if t is None:
                     continue
+                present[j] = True
                 if mod.is_image_like:
                     t = fit_grid(t, m)
                 t = t[:L]
@@ -253,6 +255,7 @@ class TokenShardStream(IterableDataset):
                 n[j] = len(t)
             raw.tokens[m] = torch.from_numpy(tok)
             raw.lengths[m] = torch.from_numpy(n)
+            raw.present[m] = torch.from_numpy(present)
         return raw
 
 

@@ -35,7 +35,7 @@ from .model import FourM, preset
 from .model.hub import load_state
 
 STAGE = "train"
-CODE_VERSION = "1"  # bump when a change alters what a given config trains
+CODE_VERSION = "2"  # bump when a change alters what a given config trains (2: reference sentinels, [EOS], budgets)
 
 
 # ------------------------------------------------------------------------------------ building blocks

@@ -1,3 +1,4 @@
+import pydantic
 import pytest
 
 from fourm_core.config import ConfigError, DatasetConfig, load_dataset_config, preset_names
@@ -56,5 +57,5 @@ def test_unknown_preset_lists_presets():
 
 def test_dataset_config_is_frozen():
     cfg = DatasetConfig(name="x", sources=[{"kind": "synthetic"}])
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         cfg.name = "y"

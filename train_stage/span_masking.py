@@ -1,0 +1,159 @@
+"""T5-style span masking of sequence modalities with the reference's conventions, a batch at a time.
+
+Conventions (those of the released 4M models, checked against the reference vectors in
+``tests/fixtures/ml4m/text``):
+
+* the sequence is its tokens followed by ``[EOS]``, truncated to ``max_tokens`` (so a full sequence loses
+  its ``[EOS]``); metadata is masked in whole 2-token chunks and ``[EOS]`` is a chunk of its own;
+* a unit is kept when ``u <= keep_prob`` (u uniform); masked runs are spans ``1..n``: the input replaces
+  span k by sentinel ``[S_k]`` (id ``4 + k``), the target is ``[S_1] span_1 ... [S_n] span_n [S_{n+1}]``
+  (it ends with the next sentinel; ``[EOS]`` stays inside the sequence, in the input or in a span);
+* an input longer than its budget is masked again with ``keep_prob * 0.9`` until it fits; a zero input
+  budget masks everything and keeps no input;
+* a target longer than its budget is cut to a window that starts at a sentinel drawn among all but the
+  last one, or, when less than the budget is left from there, at the first sentinel after which the rest
+  fits.
+
+Everything is vectorised over the batch: the keep-probability decay redraws only the rows still over
+their budget.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PAD, EOS, SENTINEL0, N_SENTINELS = 0, 3, 4, 200  # 4M-FACTS §2: [S_k] is id 4 + k
+KEEP_DECAY = 0.9
+DECAY_ROUNDS = 16  # keep-probability redraws evaluated together (see draw_kept)
+
+
+def sentinel(k: torch.Tensor) -> torch.Tensor:
+    """Id of sentinel ``[S_k]``, k clamped to the 200 the vocabulary has."""
+    return SENTINEL0 + k.clamp(0, N_SENTINELS - 1)
+
+
+def with_eos(tok: torch.Tensor, length: torch.Tensor, present: torch.Tensor, max_tokens: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append ``[EOS]`` and truncate to ``max_tokens``: (B, W) ids + (B,) lengths -> (B, max_tokens), (B,).
+
+    Absent rows (``present`` False) get length 0. ``tok`` may be narrower than ``max_tokens`` (unpadded).
+    """
+    B, W = tok.shape
+    out = tok.new_zeros((B, max_tokens + 1))
+    w = min(W, max_tokens)
+    out[:, :w] = tok[:, :w]
+    n = length.long().clamp(max=max_tokens)
+    out.scatter_(1, n[:, None], torch.full((B, 1), EOS, dtype=out.dtype))
+    n = torch.where(present, (n + 1).clamp(max=max_tokens), torch.zeros_like(n))
+    return out[:, :max_tokens], n
+
+
+def input_length(kept: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, L) kept / valid tokens -> (B,) input length: kept tokens + one sentinel per masked span."""
+    masked = valid & ~kept
+    start = masked.clone()
+    start[:, 1:] &= ~masked[:, :-1]
+    return kept.sum(1) + start.sum(1)
+
+
+def draw_kept(n: torch.Tensor, keep_prob: torch.Tensor, budget: torch.Tensor, L: int, chunk: int,
+              generator: torch.Generator) -> torch.Tensor:
+    """Which of the ``n`` valid tokens of each row stay in the input: (B, L) bool.
+
+    Units of ``chunk`` tokens are kept with ``keep_prob`` (B,); rows whose input (kept tokens + span
+    sentinels) exceeds ``budget`` (B,) are redrawn with ``keep_prob * 0.9`` until it fits. Rows with a zero
+    budget keep nothing (their input is empty, see :func:`span_mask`).
+    """
+    B = n.shape[0]
+    unit = torch.arange(L) // chunk
+    n_units = (L + chunk - 1) // chunk
+    valid = torch.arange(L)[None] < n[:, None]
+    p = torch.where(budget > 0, keep_prob.double(), torch.zeros_like(keep_prob, dtype=torch.float64))
+    kept = (torch.rand(B, n_units, generator=generator, dtype=torch.float64) <= p[:, None])[:, unit] & valid
+    rows = torch.nonzero((input_length(kept, valid) > budget) & (budget > 0)).flatten()
+    # the redraws are independent, so DECAY_ROUNDS of them are drawn at once per row and the first that
+    # fits is taken: the same distribution as one at a time, in far fewer tensor operations
+    decay = KEEP_DECAY ** torch.arange(1, DECAY_ROUNDS + 1, dtype=torch.float64)
+    while rows.numel():
+        R = rows.numel()
+        probs = p[rows, None] * decay[None]  # (R, K)
+        u = torch.rand(R, DECAY_ROUNDS, n_units, generator=generator, dtype=torch.float64)
+        tries = (u <= probs[..., None])[..., unit] & valid[rows, None]  # (R, K, L)
+        fits = input_length(tries.reshape(R * DECAY_ROUNDS, L), valid[rows].repeat_interleave(DECAY_ROUNDS, 0)
+                            ).reshape(R, DECAY_ROUNDS) <= budget[rows, None]
+        done = fits.any(1)
+        first = fits.long().argmax(1)
+        kept[rows[done]] = tries[done, first[done]]
+        p[rows] = torch.where(done, probs[torch.arange(R), first], probs[:, -1])
+        rows = rows[~done]
+    return kept
+
+
+def span_mask(tok: torch.Tensor, n: torch.Tensor, kept: torch.Tensor, budget_in: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs and targets of span masking with the kept pattern given.
+
+    tok (B, L) ids, n (B,) valid lengths, kept (B, L) bool, budget_in (B,) (0: no input at all).
+    Returns input ids (B, L) + lengths (B,), target ids (B, 2L + 1) + lengths (B,), and is_sentinel
+    (B, 2L + 1) marking the target's sentinels. Absent rows (n = 0) have empty input and target.
+    """
+    B, L = tok.shape
+    valid = torch.arange(L)[None] < n[:, None]
+    kept = kept & valid
+    masked = valid & ~kept
+    start = masked.clone()
+    start[:, 1:] &= ~masked[:, :-1]
+    span = start.cumsum(1)  # 1-based span number of each masked token
+    tok = tok.long()
+    in_keep = kept | start
+    in_vals = torch.where(kept, tok, sentinel(span))
+    in_ids = _compact(in_vals, in_keep, L)
+    in_len = torch.where(budget_in > 0, in_keep.sum(1), torch.zeros_like(n))
+    # target: (sentinel, token) pairs, then the closing sentinel [S_{n+1}]
+    pair_vals = torch.stack([sentinel(span), tok], 2).reshape(B, 2 * L)
+    pair_keep = torch.stack([start, masked], 2).reshape(B, 2 * L)
+    pair_sent = torch.stack([start, torch.zeros_like(start)], 2).reshape(B, 2 * L)
+    body = pair_keep.sum(1)
+    tgt = _compact(pair_vals, pair_keep, 2 * L + 1)
+    is_sent = _compact(pair_sent, pair_keep, 2 * L + 1).bool()
+    has = n > 0
+    tgt.scatter_(1, body[:, None], torch.where(has, sentinel(span[:, -1] + 1), PAD)[:, None])
+    is_sent.scatter_(1, body[:, None], has[:, None])
+    tgt_len = torch.where(has, body + 1, torch.zeros_like(body))
+    return in_ids, in_len, tgt, tgt_len, is_sent
+
+
+def target_window(tgt_len: torch.Tensor, is_sent: torch.Tensor, budget: torch.Tensor, u: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Start and length of the part of each target that fits ``budget`` (B,): (B,), (B,).
+
+    ``u`` (B,) uniform in [0, 1) picks the start sentinel among all but the last (the reference's
+    ``np.random.randint(max(1, n_sentinels - 1))``); a target within budget starts at 0.
+    """
+    B, W = is_sent.shape
+    over = tgt_len > budget
+    n_sent = is_sent.sum(1)
+    choice = (u * (n_sent - 1).clamp(min=1)).long()
+    rank = is_sent.long().cumsum(1) - 1  # rank of each sentinel among the row's sentinels
+    pos = torch.arange(W)[None].expand(B, W)
+    chosen = torch.where(is_sent & (rank == choice[:, None]), pos, W).min(1).values
+    # too little left after the chosen sentinel: the first sentinel from which the rest fits
+    fits = is_sent & (pos >= (tgt_len - budget)[:, None])
+    first_fit = torch.where(fits, pos, W).min(1).values
+    start = torch.where(tgt_len - chosen >= budget, chosen, first_fit)
+    start = torch.where(over, start, torch.zeros_like(start))
+    return start, torch.where(over, torch.minimum(tgt_len - start, budget), tgt_len)
+
+
+def _compact(values: torch.Tensor, keep: torch.Tensor, n: int) -> torch.Tensor:
+    """The kept entries of each row moved to the front, in order, PAD after: (B, W) -> (B, n).
+
+    A cumsum gives each kept entry its destination and one scatter writes it (no sort); dropped entries
+    go to a spare column that is cut off.
+    """
+    B, W = keep.shape
+    dest = keep.long().cumsum(1) - 1
+    dest = torch.where(keep & (dest < n), dest, torch.full_like(dest, n))
+    out = values.new_zeros((B, n + 1))
+    out.scatter_(1, dest, values)
+    return out[:, :n]
