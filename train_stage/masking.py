@@ -20,7 +20,8 @@ from fourm_core.modalities import ModalityKind, get_modality
 from fourm_core.seeding import seeded
 from .batch import IGNORE, MODALITY_INDEX, MaskedBatch
 from .mixture import MixtureConfig
-from .span_masking import EOS, N_SENTINELS, PAD, SENTINEL0, draw_kept, span_mask, target_window, with_eos
+from .span_masking import (EOS, N_SENTINELS, PAD, SENTINEL0, draw_kept, random_ranks, span_mask, target_window,
+                           with_eos)
 
 _KEEP_CODES = {"random": 0, "all": 1, "binary": 2}
 _EMB_OFFSET = 1 << 20  # T5 embedding rows are masked as ids past every sentinel id
@@ -182,7 +183,8 @@ class Masker:
         if any((m.input_budget, m.target_budget) != (first.input_budget, first.target_budget) for m in mixtures):
             raise ValueError("all mixtures of one masker must use the same input/target budgets")
         if any(m.budget_mode != first.budget_mode for m in mixtures):
-            raise ValueError("all mixtures of one masker must use the same budget_mode")
+            raise ValueError(f"all mixtures of one masker must use the same budget_mode, got "
+                             f"{ {m.name: m.budget_mode for m in mixtures} }; set budget_mode in the mixture files")
         self.input_budget, self.target_budget = first.input_budget, first.target_budget
         self.budget_mode = first.budget_mode
         self.metadata_chunk = first.metadata_chunk
@@ -302,8 +304,7 @@ class Masker:
         for i in self.image_idx:
             by_len.setdefault(self.mods[i].max_tokens, []).append(i)
         for L, idx in by_len.items():
-            perm = torch.rand(B, len(idx), L, generator=g).argsort(2)
-            rank = torch.empty_like(perm).scatter_(2, perm, torch.arange(L).expand_as(perm))
+            rank = random_ranks(B * len(idx), L, g).view(B, len(idx), L)
             for j, i in enumerate(idx):
                 ranks[i] = rank[:, j]
 

@@ -90,7 +90,8 @@ def test_weighted_guidance_reduces_to_single_condition(tiny_model):
 @pytest.mark.parametrize("temperature,guided", [(0.0, False), (1.0, False), (1.0, True)])
 def test_kv_cache_equals_full_recompute(tiny_model, temperature, guided):
     adapter = ModelAdapter(tiny_model)
-    caption = torch.tensor([[300, SENTINEL0, 301, PAD], [SENTINEL0, PAD, PAD, PAD], [400, 401, SENTINEL0, 402]])
+    S1 = SENTINEL0 + 1
+    caption = torch.tensor([[300, S1, 301, PAD], [S1, PAD, PAD, PAD], [400, 401, S1, 402]])
     slots = build_slots(adapter, {"rgb@224": _rgb(), "caption": caption}, B)
     cond = [Condition(("rgb@224",), 2.5)] if guided else None
     kw = dict(max_new_tokens=24, temperature=temperature, conditions=cond, record_logits=True)
@@ -128,11 +129,12 @@ def test_chained_generation_feeds_each_target_to_the_next(tiny_model, monkeypatc
 
 
 def test_sequence_generation_keeps_given_tokens(tiny_model):
-    caption = torch.tensor([[300, SENTINEL0, 301], [302, 303, SENTINEL0], [SENTINEL0, 304, PAD]])
+    S1 = SENTINEL0 + 1
+    caption = torch.tensor([[300, S1, 301], [302, 303, S1], [S1, 304, PAD]])
     out = generate(tiny_model, {"rgb@224": _rgb(), "caption": caption}, [TargetStep("caption", max_new_tokens=8)],
                    seed=0)["caption"]
     for b, given in enumerate(caption.tolist()):
-        words = [t for t in given if t not in (PAD, SENTINEL0)]
+        words = [t for t in given if t not in (PAD, S1)]
         row = [t for t in out[b].tolist() if t != PAD]
         it = iter(row)
         assert all(w in it for w in words)  # given tokens appear in order
