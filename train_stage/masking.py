@@ -130,7 +130,14 @@ def dirichlet_budgets(alpha: torch.Tensor, total: int, cap: torch.Tensor, genera
     diff = torch.where(has[:, 0], total - k.sum(1), 0)
     D = int(diff.max()) if B else 0
     if D > 0:  # argmax of a Dirichlet draw = argmax of its Gamma draws (the normalisation does not move it)
-        winners = log_gamma(alpha[:, None, :].expand(B, D, M), generator).argmax(2)  # (B, D)
+        allowed = alpha > 0
+        # rows whose allowed alphas are all equal: by symmetry the argmax is uniform over the allowed ones
+        top = alpha.max(1, keepdim=True).values
+        symmetric = (allowed <= (alpha == top)).all(1) & has[:, 0]
+        winners = torch.multinomial(allowed.double() + ~has * 1.0, D, replacement=True, generator=generator)
+        if not bool(symmetric.all()):
+            rows = (~symmetric).nonzero().flatten()
+            winners[rows] = log_gamma(alpha[rows, None, :].expand(rows.numel(), D, M), generator).argmax(2)
         use = (torch.arange(D)[None] < diff[:, None]).long()
         k = k.scatter_add(1, winners, use)
     return torch.minimum(k, cap)
