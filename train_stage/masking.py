@@ -349,9 +349,10 @@ class Masker:
             W = tgt.shape[1]
             here = tgt.gather(1, (start[:, None] + pos).clamp(max=W - 1))
             after = tgt.gather(1, (start[:, None] + pos + 1).clamp(max=W - 1))
-            # sequence targets are predicted next-token: slot j is fed token j and predicts j + 1
-            labels = torch.where(pos + 1 < width[:, None], after, IGNORE)
-            dec.add(here, pos < width[:, None], mid, labels)
+            # sequence targets are predicted next-token: slot j is fed token j and predicts j + 1; as in the
+            # reference, the last target token (nothing to predict after it) takes no decoder slot
+            has_next = pos + 1 < width[:, None]
+            dec.add(here, has_next, mid, torch.where(has_next, after, IGNORE))
 
         enc_tokens, enc_positions, enc_modality, _, enc_valid = enc.assemble(self.input_budget)
         dec_tokens, dec_positions, dec_modality, labels, dec_valid = dec.assemble(self.target_budget)

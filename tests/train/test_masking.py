@@ -178,13 +178,18 @@ def test_sentinel_structure_reconstructs_sequence(modality):
     for i in range(64):
         inp = b.enc_tokens[i][b.enc_modality[i] == mid].tolist()
         sel = b.dec_modality[i] == mid
-        tgt = b.dec_tokens[i][sel].tolist()
+        # decoder slots carry the target but its last token, which only appears as the last label
+        labels = b.dec_labels[i][sel].tolist()
+        tgt = b.dec_tokens[i][sel].tolist() + labels[-1:]
         # the reference's convention: spans are [S_1] .. [S_n], the target ends with [S_{n+1}], [EOS] is part
         # of the sequence (in the input or in a span)
         n_spans = sum(SENTINEL0 <= t < SENTINEL0 + 200 for t in inp)
+        if not tgt:  # nothing masked: the target is "[S_1]" alone, which takes no decoder slot
+            assert n_spans == 0
+            tgt = [SENTINEL0 + 1]
         assert tgt[0] == SENTINEL0 + 1 and tgt[-1] == SENTINEL0 + n_spans + 1
-        # labels are the next target token; the last slot (the closing sentinel) has none
-        assert b.dec_labels[i][sel].tolist() == tgt[1:] + [IGNORE]
+        # labels are the next target token; the closing sentinel has no slot of its own
+        assert labels == tgt[1:] and IGNORE not in labels
         n_masked += n_spans > 0
         original = r.tokens[modality][i, : int(r.lengths[modality][i])].tolist() + [EOS]
         assert reconstruct(inp, tgt) == original[: get_modality(modality).max_tokens]
@@ -235,7 +240,8 @@ def test_unpadded_sequence_narrower_than_half_the_budget():
         mid = MODALITY_INDEX["caption"]
         for i in range(8):
             inp = b.enc_tokens[i][b.enc_modality[i] == mid].tolist()
-            tgt = b.dec_tokens[i][b.dec_modality[i] == mid].tolist()
+            sel = b.dec_modality[i] == mid
+            tgt = b.dec_tokens[i][sel].tolist() + b.dec_labels[i][sel].tolist()[-1:]
             if len(tgt) and tgt[-1] - SENTINEL0 == sum(SENTINEL0 <= t < SENTINEL0 + 200 for t in inp) + 1:
                 assert reconstruct(inp, tgt) == r.tokens["caption"][i, : int(r.lengths["caption"][i])].tolist() + [EOS]
 
