@@ -156,3 +156,28 @@ def test_top_k_one_is_greedy_for_both_decoders(tiny_model):
     sched = generate(tiny_model, inputs, [TargetStep(**step, temperature=2.0, temperature_end=0.1,
                                                      temperature_schedule="cosine", top_k=1)], seed=4)["caption"]
     assert torch.equal(sched, generate(tiny_model, inputs, [TargetStep(**step, temperature=0.0)], seed=0)["caption"])
+
+
+def test_decoding_stops_at_the_closing_sentinel_not_at_eos(tiny_model, monkeypatch):
+    """[EOS] is an ordinary token of the sequence; a row ends when it writes [S_{n+1}], n = its input's spans."""
+    from eval_stage.generate.inputs import EOS
+
+    S1, S2, S3 = SENTINEL0 + 1, SENTINEL0 + 2, SENTINEL0 + 3
+    script = torch.tensor([[300, EOS, 301, S2, 302, 303, 304],  # one span: stops at [S_2] after [EOS]
+                           [310, S2, 311, EOS, S3, 312, 313],  # two spans: [S_2] opens the second one
+                           [320, EOS, 321, 322, 323, 324, 325]])  # never closes: runs to max_new_tokens
+    adapter = ModelAdapter(tiny_model)
+    calls = iter(range(100))
+
+    def scripted(modality, hidden):  # (B, D) newest slot -> logits whose argmax is script[:, t] at call t
+        return torch.nn.functional.one_hot(script[:, next(calls)], 30000).float() * 10
+
+    monkeypatch.setattr(adapter, "to_logits", scripted)
+    caption = torch.tensor([[S1, PAD, PAD], [300, S1, S2], [S1, PAD, PAD]])
+    slots = build_slots(adapter, {"rgb@224": _rgb(), "caption": caption}, B)
+    end = torch.tensor([S2, S3, S2])
+    res = decode_sequence(adapter, slots, "caption", torch.Generator().manual_seed(0), max_new_tokens=6,
+                          temperature=0.0, kv_cache=False, end=end)
+    assert res.target.tolist() == [[S1, 300, EOS, 301, S2, PAD, PAD],
+                                   [S1, 310, S2, 311, EOS, S3, PAD],
+                                   [S1, 320, EOS, 321, 322, 323, 324]]
