@@ -2,7 +2,10 @@
 ``python -m pseudolabel show --dataset demo --root ./store --sample KEY --out sample.png`` and
 ``python -m pseudolabel save-tiny --labeler depth --out DIR`` (a tiny random-weight checkpoint),
 ``python -m pseudolabel convert-sam sam_vit_h_4b8939.pth DIR`` and
-``python -m pseudolabel convert-hmr2 hmr2.safetensors DIR`` (released checkpoints -> the labelers' model dirs)."""
+``python -m pseudolabel convert-hmr2 hmr2.safetensors DIR`` and
+``python -m pseudolabel convert-omnidata omnidata_dpt_depth_v2.ckpt DIR --task depth`` and
+``python -m pseudolabel convert-imagebind imagebind_huge.pth DIR`` and
+``python -m pseudolabel convert-vitdet model_final.pkl DIR`` (released checkpoints -> the labelers' model dirs)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,54 @@ import sys
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="preset name (demo, cc12m, ...) or a dataset YAML path")
     p.add_argument("--root", default="./store", help="store root: a folder or s3://bucket/prefix")
+
+
+def _convert_sam(a: argparse.Namespace) -> None:
+    from .sam.model import load_sam, save_sam
+
+    loaded = load_sam(a.checkpoint)
+    save_sam(loaded.model, a.out, loaded.profile)
+
+
+def _convert_hmr2(a: argparse.Namespace) -> None:
+    from .humans import load_hmr2_checkpoint, save_pose_model
+
+    save_pose_model(load_hmr2_checkpoint(a.checkpoint), a.out)
+
+
+def _convert_omnidata(a: argparse.Namespace) -> None:
+    from .labelers import omnidata
+
+    omnidata.convert_checkpoint(a.checkpoint, a.out, a.task, omnidata.PROFILES[a.profile])
+
+
+def _convert_imagebind(a: argparse.Namespace) -> None:
+    import torch
+
+    from .labelers import imagebind
+
+    state = torch.load(a.checkpoint, map_location="cpu", weights_only=True)  # every modality: the vision trunk is kept
+    model = imagebind.build_vit(imagebind.FULL if a.profile == "full" else imagebind.TINY)
+    model.load_state_dict(imagebind.convert_imagebind_state_dict(state), strict=True)
+    imagebind.ImageBindLabeler().save(model, a.out)
+
+
+def _convert_vitdet(a: argparse.Namespace) -> None:
+    from .detection.vitdet_convert import convert_checkpoint
+
+    convert_checkpoint(a.checkpoint, a.out, a.profile)
+
+
+# command -> (what the checkpoint argument is, converter)
+CONVERTERS = {
+    "convert-sam": ("sam_vit_h_4b8939.pth (.pth / .safetensors state dict)", _convert_sam),
+    "convert-hmr2": ("HMR2.0 .ckpt or .safetensors", _convert_hmr2),
+    "convert-omnidata": ("omnidata_dpt_depth_v2.ckpt / omnidata_dpt_normal_v2.ckpt (.ckpt / .pth / .safetensors)",
+                         _convert_omnidata),
+    "convert-imagebind": ("imagebind_huge.pth (a plain state dict of every modality)", _convert_imagebind),
+    "convert-vitdet": ("detectron2's COCO cascade_mask_rcnn_vitdet_h model_final_*.pkl (or .pth / .safetensors)",
+                       _convert_vitdet),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,21 +94,18 @@ def main(argv: list[str] | None = None) -> int:
         print(a.out)
         return 0
 
-    if argv[:1] in (["convert-sam"], ["convert-hmr2"]):
+    if argv[:1] and argv[0] in CONVERTERS:
+        checkpoint_help, convert = CONVERTERS[argv[0]]
         p = argparse.ArgumentParser(prog=f"python -m pseudolabel {argv[0]}",
                                     description="convert a released checkpoint into a labeler model directory")
-        p.add_argument("checkpoint", help="SAM: .pth/.safetensors state dict; HMR2.0: .ckpt or .safetensors")
-        p.add_argument("out", help="directory to write (model.safetensors + config)")
+        p.add_argument("checkpoint", help=checkpoint_help)
+        p.add_argument("out", help="directory to write (safetensors weights + config)")
+        if argv[0] == "convert-omnidata":
+            p.add_argument("--task", choices=["depth", "normal"], required=True)
+        if argv[0] in ("convert-omnidata", "convert-imagebind", "convert-vitdet"):
+            p.add_argument("--profile", choices=["full", "tiny"], default="full", help="network size (tiny: tests)")
         a = p.parse_args(argv[1:])
-        if argv[0] == "convert-sam":
-            from .sam.model import load_sam, save_sam
-
-            loaded = load_sam(a.checkpoint)
-            save_sam(loaded.model, a.out, loaded.profile)
-        else:
-            from .humans import load_hmr2_checkpoint, save_pose_model
-
-            save_pose_model(load_hmr2_checkpoint(a.checkpoint), a.out)
+        convert(a)
         print(a.out)
         return 0
 

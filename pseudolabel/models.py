@@ -1,8 +1,9 @@
 """One loading path for every model labeler: 'tiny', a local directory, an s3:// URI or a hub id.
 
 The driver calls :func:`resolve` before any work starts, so a missing path fails fast with the path in
-the message, and the weights digest (sha256 over the safetensors files) goes into the cache key. Actors
-then load from the resolved local directory. Weights are read from safetensors only, never pickles.
+the message, and the weights digest (sha256 over the weight files) goes into the cache key. Actors
+then load from the resolved local directory. Weights are read from safetensors, or, for releases that publish
+only PyTorch ``.bin`` shards (T5 v1.1 XXL), with ``torch.load(weights_only=True)``: never as arbitrary pickles.
 """
 
 from __future__ import annotations
@@ -17,6 +18,15 @@ from fourm_core.manifest import ModelRef
 
 TINY = "tiny"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+# Released PyTorch weights that transformers reads with torch.load(weights_only=True): a single file or shards
+# named by a pytorch_model.bin.index.json.
+_BIN_WEIGHTS = re.compile(r"^pytorch_model(-\d{5}-of-\d{5})?\.bin$")
+
+
+def weight_files(local_dir: str | Path) -> list[Path]:
+    """The directory's weight files, sorted by name: its *.safetensors, else its ``pytorch_model*.bin`` shards."""
+    files = sorted(Path(local_dir).glob("*.safetensors"))
+    return files or sorted(p for p in Path(local_dir).iterdir() if _BIN_WEIGHTS.match(p.name))
 
 
 class ModelLoadError(RuntimeError):
@@ -47,9 +57,10 @@ def resolve(labeler: str, source: str) -> ResolvedModel:
     if os.path.isabs(path) or path.startswith(".") or os.path.exists(path) or not _HUB_ID.match(path):
         if not os.path.isdir(path):
             raise ModelLoadError(f"labeler '{labeler}': model path {path} does not exist (model source {source!r})")
-        if not any(p.suffix == ".safetensors" for p in Path(path).iterdir()):
-            raise ModelLoadError(f"labeler '{labeler}': model path {path} holds no *.safetensors weights "
-                                 f"(model source {source!r}); convert checkpoints to safetensors first")
+        if not weight_files(path):
+            raise ModelLoadError(f"labeler '{labeler}': model path {path} holds no *.safetensors (or "
+                                 f"pytorch_model*.bin) weights (model source {source!r}); convert checkpoints to "
+                                 f"safetensors first (docs/labelers.md)")
         return ResolvedModel(source, path)
     return ResolvedModel(source, _fetch_hub(labeler, source))
 
@@ -74,9 +85,12 @@ def _fetch_fsspec(labeler: str, uri: str) -> str:
 
 def _fetch_hub(labeler: str, repo_id: str) -> str:
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import list_repo_files, snapshot_download
 
-        return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+        # safetensors when the repository has them; otherwise its pytorch_model*.bin shards (never both)
+        weights = "*.safetensors" if any(f.endswith(".safetensors") for f in list_repo_files(repo_id)) \
+            else "pytorch_model*.bin"
+        return snapshot_download(repo_id, allow_patterns=["*.json", weights, "*.model", "*.txt"])
     except Exception as exc:
         raise ModelLoadError(f"labeler '{labeler}': cannot get hub model {repo_id!r} (offline, or no access?): "
                              f"{type(exc).__name__}: {exc}") from exc
@@ -86,8 +100,8 @@ _DIGESTS: dict[tuple[str, float, int], str] = {}
 
 
 def weights_digest(local_dir: str) -> str:
-    """sha256 over the directory's *.safetensors files (names and bytes, sorted by name); memoised per mtime."""
-    files = sorted(Path(local_dir).glob("*.safetensors"))
+    """sha256 over the directory's weight files (names and bytes, sorted by name); memoised per mtime."""
+    files = weight_files(local_dir)
     stamp = (str(Path(local_dir).resolve()), max(f.stat().st_mtime for f in files), sum(f.stat().st_size for f in files))
     if stamp not in _DIGESTS:
         h = hashlib.sha256()

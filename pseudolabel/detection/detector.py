@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 import torch
 
-from pseudolabel.detection.families import DEFAULT_FAMILY, Family, build_config, get_family
+from pseudolabel.detection.families import DEFAULT_FAMILY, Family, build_config, get_family, resolve_class
 from pseudolabel.detection.labels import coco_index_map
-from pseudolabel.detection.postprocess import SCORE_THRESHOLD, to_detections
+from pseudolabel.detection.postprocess import SCORE_THRESHOLD, from_scored_boxes, to_detections
 from tokenize_stage.text.serialise.types import Detections
 from fourm_core.seeding import seeded
 
@@ -52,9 +52,7 @@ def with_input_size(detector: Detector, size: int, max_size: int | None = None) 
 
 
 def _model_class(family: Family):
-    import transformers
-
-    return getattr(transformers, family.model_class)
+    return resolve_class(family.model_class)
 
 
 def build_detector(family: str = DEFAULT_FAMILY, profile: Literal["tiny", "full"] = "tiny", seed: int = 0,
@@ -135,7 +133,17 @@ def detect(detector: Detector, images: list[np.ndarray]) -> list[Detections]:
     for idx in groups.values():
         for s in range(0, len(idx), detector.batch_size):
             chunk = idx[s: s + detector.batch_size]
-            out = detector.model(pixel_values=torch.stack([inputs[i] for i in chunk]).to(dev))
+            x = torch.stack([inputs[i] for i in chunk]).to(dev)
+            if detector.family.output == "instances":
+                # candidates down to the labeler's threshold when it is below the model's own (e.g. 0 in the demo)
+                thresh = min(detector.model.config.score_thresh, detector.threshold)
+                for j, inst in zip(chunk, detector.model(pixel_values=x, score_thresh=thresh).instances):
+                    dets = from_scored_boxes(inst.boxes.cpu().numpy(), inst.scores.cpu().numpy(),
+                                             inst.labels.cpu().numpy(), x.shape[-1], x.shape[-2],
+                                             detector.index_map, detector.threshold)
+                    results[j] = Detections(boxes=dets.boxes[: detector.max_detections])
+                continue
+            out = detector.model(pixel_values=x)
             logits = out.logits.float().cpu().numpy()  # (B, Q, C')
             boxes = out.pred_boxes.float().cpu().numpy()  # (B, Q, 4) normalised cxcywh
             for j, i in enumerate(chunk):

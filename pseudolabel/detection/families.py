@@ -28,6 +28,9 @@ class Family:
     detectors: independent per-class scores, top-k over queries x classes).
     ``resize``: "square" resizes to ``size x size`` ignoring aspect (RT-DETR's training recipe); "short_edge"
     keeps aspect with the short edge at ``size`` and the long edge at most ``max_size`` (DETR's recipe).
+    ``model_class`` / ``config_class``: a transformers class name, or ``module:Class`` for ours.
+    ``output``: "queries" (per-query logits + normalised boxes, read by ``postprocess.to_detections``) or
+    "instances" (already decoded boxes, scores and labels, as two-stage detectors give them).
     """
 
     name: str
@@ -43,6 +46,7 @@ class Family:
     licence: str
     tiny_kwargs: Callable[[], dict]
     full_kwargs: Callable[[], dict]
+    output: Literal["queries", "instances"] = "queries"
 
 
 def _tiny_resnet(out_features: list[str]):
@@ -100,7 +104,19 @@ def _rt_detr_full() -> dict:
     return dict(backbone_config=bb, encoder_hidden_dim=384, encoder_ffn_dim=2048, decoder_in_channels=[384, 384, 384])
 
 
+def _vitdet_tiny() -> dict:
+    from pseudolabel.detection.vitdet import TINY
+
+    return dict(TINY)
+
+
 FAMILIES: dict[str, Family] = {
+    # detectron2's COCO ViTDet-H + Cascade Mask R-CNN (the 4M papers' detector): longer side 1024, ImageNet
+    # normalisation, padded to the square inside the model
+    "vitdet": Family("vitdet", "pseudolabel.detection.vitdet:ViTDetForObjectDetection",
+                     "pseudolabel.detection.vitdet:ViTDetCascadeConfig", "softmax", "short_edge", 1024, 1024,
+                     IMAGENET_MEAN, IMAGENET_STD, "./models/vitdet_h", "Apache-2.0 (detectron2)", _vitdet_tiny, dict,
+                     output="instances"),
     "detr": Family("detr", "DetrForObjectDetection", "DetrConfig", "softmax", "short_edge", 800, 1333,
                    IMAGENET_MEAN, IMAGENET_STD, "facebook/detr-resnet-50", "Apache-2.0", _detr_tiny, _detr_full),
     "deformable_detr": Family("deformable_detr", "DeformableDetrForObjectDetection", "DeformableDetrConfig",
@@ -109,7 +125,19 @@ FAMILIES: dict[str, Family] = {
     "rt_detr": Family("rt_detr", "RTDetrForObjectDetection", "RTDetrConfig", "sigmoid", "square", 640, 640,
                       None, None, "PekingU/rtdetr_r101vd_coco_o365", "Apache-2.0", _rt_detr_tiny, _rt_detr_full),
 }
-DEFAULT_FAMILY = "rt_detr"
+DEFAULT_FAMILY = "vitdet"
+
+
+def resolve_class(name: str):
+    """A transformers class by name, or ``module:Class``."""
+    import importlib
+
+    import transformers
+
+    if ":" in name:
+        module, cls = name.split(":")
+        return getattr(importlib.import_module(module), cls)
+    return getattr(transformers, name)
 
 
 def get_family(name: str) -> Family:
@@ -121,10 +149,7 @@ def get_family(name: str) -> Family:
 
 def build_config(family: str, profile: Literal["tiny", "full"]):
     """A transformers config of ``family`` at ``profile`` size with id2label = COCO-80 (contiguous)."""
-    import transformers
-
     fam = get_family(family)
     kwargs = fam.tiny_kwargs() if profile == "tiny" else fam.full_kwargs()
     id2label = coco80_id2label()
-    return getattr(transformers, fam.config_class)(id2label=id2label, label2id={v: k for k, v in id2label.items()},
-                                                   **kwargs)
+    return resolve_class(fam.config_class)(id2label=id2label, label2id={v: k for k, v in id2label.items()}, **kwargs)

@@ -1,8 +1,8 @@
-"""Object boxes in the COCO-80 label space (4M ``det``), score ≥ 0.6, on transformers' detection models.
+"""Object boxes in the COCO-80 label space (4M ``det``), score ≥ 0.6.
 
-Wraps :mod:`pseudolabel.detection`. The paper used ViTDet-H (detectron2, not installable here); any
-transformers ``*ForObjectDetection`` of a supported family loads instead (default RT-DETR R101 trained on
-COCO+Objects365, Apache-2.0), and its class names are mapped onto COCO-80 by name. Stored per image: the
+Wraps :mod:`pseudolabel.detection`. Default: the papers' detector, ViTDet-H with a Cascade Mask R-CNN head
+(detectron2's COCO checkpoint converted with ``python -m pseudolabel convert-vitdet``); RT-DETR, DETR and
+Deformable-DETR (transformers) load as faster options, their class names mapped onto COCO-80 by name. Stored per image: the
 ``Detections`` JSON (normalised xyxy, class name, score) plus the COCO-clutter and instance-diversity counts.
 """
 
@@ -18,9 +18,12 @@ from .model_base import HFModelSettings, ModelLabeler
 
 
 class DetectionSettings(HFModelSettings):
-    model: str = "PekingU/rtdetr_r101vd_coco_o365"
-    family: str = Field("rt_detr", description="detector family: rt_detr, detr or deformable_detr")
+    model: str = "./models/vitdet_h"  # python -m pseudolabel convert-vitdet model_final_*.pkl ./models/vitdet_h
+    family: str = Field("vitdet", description="detector family: vitdet, rt_detr, detr or deformable_detr")
     threshold: float = Field(0.6, ge=0, le=1, description="keep boxes with score >= threshold (4M: 0.6)")
+    person_threshold: float = Field(0.5, ge=0, le=1, description="persons are also kept down to this score: "
+                                    "4D-Humans takes ViTDet persons with score > 0.5 for its pose crops (the det "
+                                    "tokens and the counts still use `threshold`)")
     max_detections: int = Field(100, gt=0, description="boxes kept per image, best first")
     input_size: int | None = Field(None, gt=0, description="network input side; None = the family's default")
 
@@ -29,7 +32,7 @@ class DetectionLabeler(ModelLabeler):
     name: ClassVar[str] = "detection"
     outputs: ClassVar[tuple[str, ...]] = ("det",)
     needs: ClassVar[tuple[str, ...]] = (RGB,)
-    code_version: ClassVar[str] = "1"
+    code_version: ClassVar[str] = "2"  # 2: ViTDet-H Cascade by default; persons kept down to person_threshold
     Settings: ClassVar[type[HFModelSettings]] = DetectionSettings
     default_batch_size: ClassVar[int] = 8
     resources: ClassVar[Resources] = Resources(num_cpus=1, num_gpus=0.25, memory_mb=3072)
@@ -66,7 +69,8 @@ class DetectionLabeler(ModelLabeler):
         from ..detection import Detector, get_family, with_input_size
 
         family = get_family(getattr(self, "_family", self.settings.family))
-        self.detector = Detector(model=self.model, family=family, threshold=self.settings.threshold,
+        self.detector = Detector(model=self.model, family=family,
+                                 threshold=min(self.settings.threshold, self.settings.person_threshold),
                                  max_detections=self.settings.max_detections, batch_size=self.batch_size)
         if self.settings.input_size:
             with_input_size(self.detector, self.settings.input_size)
@@ -75,5 +79,10 @@ class DetectionLabeler(ModelLabeler):
         from ..detection import detect
         from ..detection.columns import to_table
 
-        rows = to_table(detect(self.detector, batch.rgb), self.settings.threshold).to_pylist()
+        from tokenize_stage.text.serialise.types import Detections
+
+        t, tp = self.settings.threshold, self.settings.person_threshold
+        kept = [Detections(boxes=[b for b in d.boxes if b.score >= t or (b.class_name == "person" and b.score > tp)])
+                for d in detect(self.detector, batch.rgb)]
+        rows = to_table(kept, t).to_pylist()
         return [{"det": row} for row in rows]

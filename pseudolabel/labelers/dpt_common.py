@@ -1,57 +1,58 @@
-"""DPT pieces shared by the depth and normals labelers (transformers' DPT)."""
+"""DPT pieces shared by the depth and normals labelers: Omnidata v2 DPT-Hybrid in transformers' layout."""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from .model_base import HFModelSettings, ModelLabeler
+import numpy as np
 
-# MiDaS/Omnidata DPT normalise inputs with mean = std = 0.5.
-DPT_MEAN, DPT_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+from . import omnidata
+from .model_base import HFModelSettings, ModelLabeler
 
 
 class DPTSettings(HFModelSettings):
-    image_size: int | None = None  # network input side; None = the checkpoint's config.image_size
-
-
-def tiny_dpt_config():
-    from transformers import DPTConfig
-
-    return DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=224,
-                     patch_size=16, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 32, 32],
-                     fusion_hidden_size=16, reassemble_factors=[4, 2, 1, 0.5])
-
-
-def full_dpt_config(image_size: int = 224):
-    """DPT-Large (ViT-L/16 backbone, 1024/24/16) as transformers' DPTConfig defaults describe it."""
-    from transformers import DPTConfig
-
-    return DPTConfig(image_size=image_size)
+    pass
 
 
 class DPTLabelerBase(ModelLabeler):
+    """Runs an Omnidata-layout DPT over Omnidata's resize + centre-crop windows (see :mod:`.omnidata`)."""
+
     Settings: ClassVar[type[HFModelSettings]] = DPTSettings
     default_batch_size: ClassVar[int] = 4
+    task: ClassVar[str]  # "depth" | "normal"
+    mean: ClassVar[tuple[float, float, float]]
+    std: ClassVar[tuple[float, float, float]]
+    align_windows: ClassVar[bool]  # depth is relative per window: align scale/shift before blending
 
-    def input_size(self) -> int:
-        return self.settings.image_size or self.model.config.image_size
+    def build_tiny(self):
+        return omnidata.build(self.task, omnidata.TINY)
 
-    def forward(self, rgb_list):
-        """List of uint8 H×W×3 -> network output B×C×S×S (C = 1 depth, 3 normals), float32 on CPU."""
+    def build_full(self):
+        return omnidata.build(self.task, omnidata.FULL)
+
+    def predict(self, rgb_list: list[np.ndarray]) -> list[np.ndarray]:
+        """uint8 H×W×3 images -> C×H×W float32 maps at each image's size (C = 1 depth, 3 normals)."""
         import torch
 
-        from .model_base import resize_batch
-
-        x = resize_batch(rgb_list, self.input_size(), DPT_MEAN, DPT_STD).to(self.device)
+        size = self.model.config.image_size
+        jobs = [omnidata.to_windows(rgb, size) for rgb in rgb_list]
+        wins = np.stack([w for job in jobs for w in job[0]]).astype(np.float32) / 255.0
+        x = (wins - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(self.device)
         with torch.inference_mode():
             out = self.model(pixel_values=x).predicted_depth
-        if out.ndim == 3:
-            out = out[:, None]
-        return out.float().cpu()
+        out = (out[:, None] if out.ndim == 3 else out).float().cpu()
+        res, i = [], 0
+        for rgb, (w, shape, offsets, wide) in zip(rgb_list, jobs):
+            preds = [p.numpy() for p in out[i:i + len(w)]]
+            i += len(w)
+            full = omnidata.blend(preds, shape, offsets, wide, align=self.align_windows)
+            res.append(resize_to(torch.from_numpy(full), *rgb.shape[:2]))
+        return res
 
 
 def resize_to(t, h: int, w: int):
-    """C×S×S tensor -> C×h×w (bilinear) numpy float32."""
+    """C×S×S' tensor -> C×h×w (bilinear) numpy float32."""
     import torch.nn.functional as F
 
     return F.interpolate(t[None], size=(h, w), mode="bilinear", align_corners=False)[0].numpy()

@@ -19,7 +19,7 @@ from .model_base import HFModelSettings, ModelLabeler
 
 
 class HumanPosesSettings(HFModelSettings):
-    model: str = "models/hmr2"
+    model: str = "./models/hmr2"
     rescale: float = Field(1.0, gt=0, description="grow each person box by this factor before cropping")
     max_persons: int = Field(20, gt=0, description="persons per image, highest detector scores first")
 

@@ -79,7 +79,7 @@ def convert_imagebind_state_dict(sd: dict) -> dict:
 
 
 class ImageBindSettings(HFModelSettings):
-    model: str = "imagebind_huge"  # a local dir converted with convert_imagebind_state_dict (docs/labelers.md)
+    model: str = "./models/imagebind_huge"  # a local dir converted with convert_imagebind_state_dict (docs/labelers.md)
 
 
 class ImageBindLabeler(ModelLabeler):

@@ -24,7 +24,7 @@ _INSTANCE = pa.struct([("counts", pa.string()), ("bbox", pa.list_(pa.float32(), 
 
 
 class SamSettings(HFModelSettings):
-    model: str = "models/sam_vit_h"
+    model: str = "./models/sam_vit_h"
     points_per_side: int = Field(32, gt=0, description="point grid per side (the paper: 32)")
     pred_iou_thresh: float = Field(0.88, ge=0, le=1)
     stability_score_thresh: float = Field(0.95, ge=0, le=1)

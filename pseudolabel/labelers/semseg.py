@@ -1,9 +1,11 @@
 """Semantic segmentation, COCO panoptic label space (133 classes), Mask2Former: tok_semseg@224.
 
-transformers ``Mask2FormerForUniversalSegmentation``; semantic map = argmax over classes of
-Σ_q softmax(class_q)[:-1] · sigmoid(mask_q) (Mask2Former's semantic inference, as transformers'
-``post_process_semantic_segmentation``), at the network input size, then nearest-resized to the stored
-image size. Stored as PNG uint8 H×W with COCO-panoptic id + 1 (0 = none; fourm_core.coco).
+transformers ``Mask2FormerForUniversalSegmentation`` fed as Mask2Former's COCO setting: the shorter side resized to
+800 (the longer capped at 1333, aspect ratio kept), ImageNet-normalised, zero-padded to a multiple of 32. Semantic
+map = argmax over classes of Σ_q softmax(class_q)[:-1] · sigmoid(mask_q) (Mask2Former's semantic inference), with
+the mask logits upsampled to the padded input, cropped to the image and resized to the stored image size
+(bilinear, as detectron2's ``sem_seg_postprocess``). Stored as PNG uint8 H×W with COCO-panoptic id + 1
+(0 = none; fourm_core.coco).
 Production: ``facebook/mask2former-swin-base-coco-panoptic`` (the 4M papers' Swin-B COCO-panoptic model).
 """
 
@@ -13,26 +15,53 @@ from typing import ClassVar
 
 import cv2
 import pyarrow as pa
+from pydantic import Field
 
 from fourm_core.coco import NUM_PANOPTIC
 
 from ..codecs import png_encode
 from ..spec import RGB, Batch
-from .model_base import HFModelSettings, ModelLabeler, resize_batch
+from .model_base import HFModelSettings, ModelLabeler
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SIZE_DIVISIBILITY = 32  # Swin's 4 stages of 2× downsampling after the 4× patch embedding
 
 
 class SemsegSettings(HFModelSettings):
     model: str = "facebook/mask2former-swin-base-coco-panoptic"
-    image_size: int = 384
+    short_side: int = Field(800, gt=0, description="network input's shorter side (Mask2Former COCO: 800)")
+    max_side: int = Field(1333, gt=0, description="cap on the longer side (Mask2Former COCO: 1333)")
+
+
+def input_size(h: int, w: int, short_side: int, max_side: int) -> tuple[int, int]:
+    """detectron2's ResizeShortestEdge: (h, w) scaled so the shorter side is ``short_side`` unless that makes the
+    longer exceed ``max_side``."""
+    scale = short_side / min(h, w)
+    if max(h, w) * scale > max_side:
+        scale = max_side / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def batch_inputs(images: list, short_side: int, max_side: int):
+    """uint8 H×W×3 images -> (B×3×Hp×Wp float32 padded batch, per-image (h, w) inside it)."""
+    import numpy as np
+    import torch
+
+    sizes = [input_size(*im.shape[:2], short_side, max_side) for im in images]
+    hp = -(-max(h for h, _ in sizes) // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
+    wp = -(-max(w for _, w in sizes) // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
+    x = np.zeros((len(images), hp, wp, 3), np.float32)  # padding is 0 after normalisation, as detectron2 pads
+    for i, (im, (h, w)) in enumerate(zip(images, sizes)):
+        r = cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
+        x[i, :h, :w] = (r - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), sizes
 
 
 class SemsegLabeler(ModelLabeler):
     name: ClassVar[str] = "semseg"
     outputs: ClassVar[tuple[str, ...]] = ("semseg",)
     needs: ClassVar[tuple[str, ...]] = (RGB,)
-    code_version: ClassVar[str] = "1"
+    code_version: ClassVar[str] = "2"  # 2: Mask2Former's COCO input size (short side 800, aspect kept)
     Settings: ClassVar[type[HFModelSettings]] = SemsegSettings
     default_batch_size: ClassVar[int] = 4
 
@@ -73,17 +102,17 @@ class SemsegLabeler(ModelLabeler):
         import torch
         import torch.nn.functional as F
 
-        s = self.settings.image_size
-        x = resize_batch(batch.rgb, s, IMAGENET_MEAN, IMAGENET_STD).to(self.device)
+        x, sizes = batch_inputs(batch.rgb, self.settings.short_side, self.settings.max_side)
         with torch.inference_mode():
-            out = self.model(pixel_values=x)
-            masks = F.interpolate(out.masks_queries_logits, size=(s, s), mode="bilinear", align_corners=False)
+            out = self.model(pixel_values=x.to(self.device))
+            masks = F.interpolate(out.masks_queries_logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
             classes = out.class_queries_logits.softmax(-1)[..., :-1]  # drop the null class
-            seg = torch.einsum("bqc,bqhw->bchw", classes, masks.sigmoid()).argmax(1)  # B × s × s, 0..132
-        seg = (seg + 1).to(torch.uint8).cpu().numpy()
         res = []
-        for i, rgb in enumerate(batch.rgb):
-            h, w = rgb.shape[:2]
-            m = cv2.resize(seg[i], (w, h), interpolation=cv2.INTER_NEAREST)
-            res.append({"semseg": {"semseg": png_encode(m), "height": h, "width": w}})
+        for i, (rgb, (h, w)) in enumerate(zip(batch.rgb, sizes)):
+            oh, ow = rgb.shape[:2]
+            with torch.inference_mode():
+                m = F.interpolate(masks[i:i + 1, :, :h, :w], size=(oh, ow), mode="bilinear", align_corners=False)
+                seg = torch.einsum("qc,qhw->chw", classes[i], m[0].sigmoid()).argmax(0)  # oh × ow, 0..132
+            png = png_encode((seg + 1).to(torch.uint8).cpu().numpy())
+            res.append({"semseg": {"semseg": png, "height": oh, "width": ow}})
         return res

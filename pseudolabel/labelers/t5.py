@@ -3,8 +3,10 @@
 transformers ``T5EncoderModel`` + the checkpoint's tokenizer; captions truncated to 77 tokens (EOS
 included). Only the valid (non-padding) tokens are stored: ``embedding`` = n_tokens × d_model float16,
 ``n_tokens`` int16; the valid mask is ``arange(77) < n_tokens``. Samples without a caption fail with
-reason ``no_caption``. Production: ``google/t5-v1_1-xxl`` encoder (Apache-2.0). The tiny profile uses
-the project's WordPiece-30k tokenizer (reference_data) so it needs no download.
+reason ``no_caption``. Production: ``google/t5-v1_1-xxl`` encoder (Apache-2.0), loaded from the files that
+repository publishes: its SentencePiece ``spiece.model`` (with ``sentencepiece``) and safetensors or
+``pytorch_model*.bin`` shards (read with ``torch.load(weights_only=True)``). The tiny profile uses the project's
+WordPiece-30k tokenizer (reference_data) so it needs no download.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ class T5Labeler(ModelLabeler):
         from transformers import AutoTokenizer, T5EncoderModel
 
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        return T5EncoderModel.from_pretrained(path, use_safetensors=True)
+        # safetensors if the directory has them, else the release's .bin shards through the safe unpickler
+        return T5EncoderModel.from_pretrained(path, weights_only=True)
 
     def save(self, model, path: str) -> None:
         model.save_pretrained(path, safe_serialization=True)

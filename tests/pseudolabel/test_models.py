@@ -76,14 +76,10 @@ def test_missing_model_path_fails_fast_with_the_path(tmp_path):
         cls(cls.Settings(model=str(tmp_path / "empty"))).model_ref()
 
 
-def test_imagebind_key_mapping_loads_raw_imagebind_keys(tmp_path):
-    """A raw-ImageBind-layout state dict (Conv3d stem, MultiheadAttention names) maps onto the timm ViT."""
+def _raw_imagebind_state(ref, depth: int) -> dict:
+    """The released ImageBind layout of a timm ViT's weights (Conv3d stem, MultiheadAttention names)."""
     import torch
-    from safetensors.torch import save_file
 
-    from pseudolabel.labelers.imagebind import TINY, ImageBindLabeler, build_vit, convert_imagebind_state_dict
-
-    ref = build_vit(TINY)
     sd = ref.state_dict()
     raw = {"modality_preprocessors.vision.rgbt_stem.proj.1.weight":
            torch.stack([sd["patch_embed.proj.weight"] * 0.25, sd["patch_embed.proj.weight"] * 0.75], dim=2),
@@ -93,7 +89,7 @@ def test_imagebind_key_mapping_loads_raw_imagebind_keys(tmp_path):
            "modality_trunks.vision.pre_transformer_layer.0.bias": sd["norm_pre.bias"],
            "modality_heads.vision.0.weight": sd["norm.weight"], "modality_heads.vision.0.bias": sd["norm.bias"],
            "modality_heads.vision.2.weight": sd["head.weight"]}
-    for i in range(TINY["depth"]):
+    for i in range(depth):
         b, t = f"modality_trunks.vision.blocks.{i}.", f"blocks.{i}."
         for a, c in (("norm_1", "norm1"), ("norm_2", "norm2"), ("attn.out_proj", "attn.proj"), ("mlp.fc1", "mlp.fc1"),
                      ("mlp.fc2", "mlp.fc2")):
@@ -101,10 +97,43 @@ def test_imagebind_key_mapping_loads_raw_imagebind_keys(tmp_path):
                 raw[f"{b}{a}.{p}"] = sd[f"{t}{c}.{p}"]
         raw[f"{b}attn.in_proj_weight"] = sd[f"{t}attn.qkv.weight"]
         raw[f"{b}attn.in_proj_bias"] = sd[f"{t}attn.qkv.bias"]
-    assert set(convert_imagebind_state_dict(raw)) == set(sd)
+    return raw
+
+
+def test_imagebind_key_mapping_loads_raw_imagebind_keys(tmp_path):
+    """A raw-ImageBind-layout state dict (Conv3d stem, MultiheadAttention names) maps onto the timm ViT."""
+    import torch
+    from safetensors.torch import save_file
+
+    from pseudolabel.labelers.imagebind import TINY, ImageBindLabeler, build_vit, convert_imagebind_state_dict
+
+    ref = build_vit(TINY)
+    raw = _raw_imagebind_state(ref, TINY["depth"])
+    assert set(convert_imagebind_state_dict(raw)) == set(ref.state_dict())
     ImageBindLabeler().save(ref, str(tmp_path))
     save_file({k: v.contiguous() for k, v in raw.items()}, str(tmp_path / "model.safetensors"))
     loaded = ImageBindLabeler().load_dir(str(tmp_path))
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.allclose(loaded.forward_features(x), ref.forward_features(x), atol=1e-5)
+
+
+def test_convert_imagebind_keeps_the_vision_trunk_of_a_released_checkpoint(tmp_path):
+    """``convert-imagebind`` reads the all-modality .pth with the safe loader and writes a directory the labeler
+    loads to the same weights."""
+    import torch
+
+    from pseudolabel.__main__ import main
+    from pseudolabel.labelers.imagebind import TINY, build_vit
+
+    ref = build_vit(TINY)
+    raw = _raw_imagebind_state(ref, TINY["depth"]) | {"modality_trunks.text.blocks.0.norm_1.weight": torch.ones(4)}
+    torch.save(raw, tmp_path / "imagebind_huge.pth")
+    out = tmp_path / "imagebind"
+    assert main(["convert-imagebind", str(tmp_path / "imagebind_huge.pth"), str(out), "--profile", "tiny"]) == 0
+    cls = labeler_class("imagebind")
+    lab = cls(cls.Settings(model=str(out)))
+    lab.setup()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(lab.model.forward_features(x), ref.forward_features(x))

@@ -53,11 +53,33 @@ def test_batching_does_not_change_results(images):
         assert a.xyxy == pytest.approx(b.xyxy, abs=1e-5) and a.score == pytest.approx(b.score, abs=1e-5)
 
 
+def _scores_fixed(detector, scores: dict[int, float]):
+    """The detector's final class head made input-independent: every query scores ``scores[c]`` for class c (and
+    ~0 for the others), so boxes clear or miss a threshold by construction."""
+    import torch
+
+    head = detector.model.model.decoder.class_embed[-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-20.0)
+        for c, p in scores.items():
+            head.bias[c] = float(torch.logit(torch.tensor(p)))
+    return detector
+
+
 def test_default_threshold_applies(images):
-    d = small(build_detector("rt_detr", "tiny"))
+    """Boxes scoring 0.7 are kept and boxes scoring 0.5 dropped at the default 0.6; threshold 0 keeps both."""
+    person, car = COCO_THING_CLASSES.index("person"), COCO_THING_CLASSES.index("car")
+    d = _scores_fixed(small(build_detector("rt_detr", "tiny")), {person: 0.7, car: 0.5})
     assert d.threshold == 0.6
     for dets in detect(d, images):
-        assert all(b.score >= 0.6 for b in dets.boxes)
+        assert dets.boxes and {b.class_name for b in dets.boxes} == {"person"}
+        assert all(b.score == pytest.approx(0.7, abs=1e-5) for b in dets.boxes)
+    low = _scores_fixed(small(build_detector("rt_detr", "tiny", threshold=0.0, max_detections=300)),
+                        {person: 0.7, car: 0.5})
+    for dets in detect(low, images):
+        cars = [b.score for b in dets.boxes if b.class_name == "car"]
+        assert cars and all(s == pytest.approx(0.5, abs=1e-5) for s in cars)
 
 
 def test_saved_config_has_coco80_labels(tmp_path):
@@ -72,3 +94,22 @@ def test_detect_rejects_bad_images():
     d = build_detector("rt_detr", "tiny")
     with pytest.raises(ValueError, match="uint8"):
         detect(d, [np.zeros((10, 10, 3), np.float32)])
+
+
+def test_labeler_keeps_persons_down_to_the_4d_humans_threshold(images):
+    """Persons scoring 0.55 are stored (4D-Humans crops persons > 0.5), cars at 0.55 are not (< 0.6); the counts
+    and the det tokens still use 0.6."""
+    from pseudolabel.registry import labeler_class
+    from pseudolabel.spec import Batch
+
+    cls = labeler_class("detection")
+    lab = cls(cls.Settings(model="tiny", family="rt_detr", input_size=128))
+    lab.setup()
+    person, car, dog = (COCO_THING_CLASSES.index(n) for n in ("person", "car", "dog"))
+    _scores_fixed(lab.detector, {person: 0.55, car: 0.55, dog: 0.7})
+    rows = lab.label_batch(Batch(["a", "b", "c"], images, [None] * 3))
+    for row in rows:
+        dets = Detections.model_validate_json(row["det"]["det"])
+        assert {b.class_name for b in dets.boxes} == {"person", "dog"}
+        assert row["det"]["n_coco_instances"] == sum(b.class_name == "dog" for b in dets.boxes)
+        assert "person" not in det.serialise(dets, score_threshold=0.6)

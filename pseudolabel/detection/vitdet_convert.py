@@ -1,0 +1,92 @@
+"""detectron2's released ViTDet checkpoints -> our :class:`~.vitdet.ViTDetForObjectDetection` directory.
+
+detectron2 publishes ``model_final_*.pkl`` (a pickle of ``{"model": {name: numpy array}, ...}``) and its
+checkpointer writes ``.pth`` (``torch.save`` of the same dict with tensors). Both are read without running code:
+``.pth`` with ``torch.load(weights_only=True)``, ``.pkl`` with an unpickler that only rebuilds numpy arrays.
+Names are detectron2's everywhere except inside the ViT, which is transformers' ``VitDetBackbone``:
+
+    backbone.net.pos_embed              -> backbone.net.embeddings.position_embeddings
+    backbone.net.patch_embed.proj.*     -> backbone.net.embeddings.projection.*
+    backbone.net.blocks.<i>.attn.*      -> backbone.net.encoder.layer.<i>.attention.*
+    backbone.net.blocks.<i>.<other>     -> backbone.net.encoder.layer.<i>.<other>   (norm1, norm2, mlp.fc1/2)
+
+``pixel_mean`` / ``pixel_std`` (input normalisation, applied by the detector's preprocessing) are dropped.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_BLOCK = re.compile(r"^backbone\.net\.blocks\.(\d+)\.(.+)$")
+_DROPPED = {"pixel_mean", "pixel_std"}
+
+
+def released_to_ours(name: str) -> str | None:
+    """Our name of one detectron2 ViTDet parameter (None: not a parameter of ours)."""
+    if name in _DROPPED:
+        return None
+    if name == "backbone.net.pos_embed":
+        return "backbone.net.embeddings.position_embeddings"
+    if name.startswith("backbone.net.patch_embed.proj."):
+        return "backbone.net.embeddings.projection." + name.rsplit(".", 1)[1]
+    m = _BLOCK.match(name)
+    if m:
+        i, rest = m.groups()
+        rest = "attention." + rest.removeprefix("attn.") if rest.startswith("attn.") else rest
+        return f"backbone.net.encoder.layer.{i}.{rest}"
+    if name.startswith("backbone.net."):
+        raise KeyError(f"unknown ViTDet backbone parameter {name!r}")
+    return name
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds dicts of numpy arrays and nothing else: any other global in the file is refused."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict"),
+               ("_codecs", "encode")}  # protocol-2 pickles spell array bytes as _codecs.encode(str, "latin1")
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are read from .pkl")
+        return super().find_class(module, name)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of a detectron2 checkpoint (``.pkl``, ``.pth`` or ``.safetensors``) as tensors."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if path.suffix == ".pkl":
+        with open(path, "rb") as f:
+            data = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    else:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    state = data.get("model", data) if isinstance(data, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a dict (or {{'model': dict}}) of weights, got {type(data).__name__}")
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in state.items()}
+
+
+def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {ours: v for k, v in state.items() if (ours := released_to_ours(k)) is not None}
+
+
+def convert_checkpoint(checkpoint: str | Path, out: str | Path, profile: str = "full") -> Path:
+    """Released ViTDet-H Cascade checkpoint -> a detector directory (``family: vitdet``), loaded strictly."""
+    from .detector import Detector, save_detector
+    from .families import build_config, get_family
+    from .vitdet import ViTDetForObjectDetection
+
+    model = ViTDetForObjectDetection(build_config("vitdet", profile)).eval()
+    model.load_state_dict(convert_state_dict(read_checkpoint(checkpoint)), strict=True)
+    save_detector(Detector(model=model, family=get_family("vitdet")), out)
+    return Path(out)
