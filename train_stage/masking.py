@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 import torch
 
 from fourm_core.modalities import ModalityKind, get_modality
-
 from fourm_core.seeding import seeded
+
 from .batch import IGNORE, MODALITY_INDEX, MaskedBatch
 from .mixture import MixtureConfig
-from .span_masking import (EOS, N_SENTINELS, PAD, SENTINEL0, draw_kept, random_ranks, span_mask, target_window,
-                           with_eos)
+from .span_masking import EOS, N_SENTINELS, PAD, SENTINEL0  # noqa: F401  (re-exported: ids used with batches)
+from .span_masking import draw_kept, random_ranks, span_mask, target_window, with_eos
 
 _KEEP_CODES = {"random": 0, "all": 1, "binary": 2}
 _EMB_OFFSET = 1 << 20  # T5 embedding rows are masked as ids past every sentinel id

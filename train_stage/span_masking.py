@@ -204,7 +204,7 @@ def _compact(values: torch.Tensor, keep: torch.Tensor, n: int) -> torch.Tensor:
     A cumsum gives each kept entry its destination and one scatter writes it (no sort); dropped entries
     go to a spare column that is cut off.
     """
-    B, W = keep.shape
+    B = keep.shape[0]
     dest = keep.long().cumsum(1) - 1
     dest = torch.where(keep & (dest < n), dest, torch.full_like(dest, n))
     out = values.new_zeros((B, n + 1))

@@ -20,7 +20,7 @@ from fourm_core.modalities import get_modality
 
 from .adapter import EncoderSlots, ModelAdapter
 from .guidance import Condition, combine, guided_slots
-from .inputs import EOS, PAD, SENTINEL0, N_SENTINELS, closing_sentinel
+from .inputs import EOS, N_SENTINELS, PAD, SENTINEL0, closing_sentinel
 from .kv_cache import KVCacheDecoder
 from .sampling import sample
 from .schedules import temperature_at

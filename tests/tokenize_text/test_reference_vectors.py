@@ -17,7 +17,16 @@ import pydantic
 import pytest
 
 from tokenize_stage.text.serialise import (
-    Box, ColorPalette, Detections, HumanPoses, Metadata, Person, color_palette, det, human_poses, metadata,
+    Box,
+    ColorPalette,
+    Detections,
+    HumanPoses,
+    Metadata,
+    Person,
+    color_palette,
+    det,
+    human_poses,
+    metadata,
     sam_instance,
 )
 

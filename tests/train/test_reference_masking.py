@@ -62,7 +62,7 @@ def test_keep_probability_decays_until_the_input_fits():
     budget = torch.tensor([1, 5, 30, 200]).repeat(B // 4)
     kept = draw_kept(n, torch.full((B,), 0.7), budget, L, 1, g)
     valid = torch.ones(B, L, dtype=torch.bool)
-    in_ids, in_len, *_ = span_mask(torch.arange(L).repeat(B, 1) + 300, n, kept, budget)
+    _, in_len, *_ = span_mask(torch.arange(L).repeat(B, 1) + 300, n, kept, budget)
     assert (in_len <= budget).all()
     # a generous budget never triggers a redraw: those rows keep ~70 % of their tokens
     assert kept[budget == 200].float().mean() == pytest.approx(0.7, abs=0.01)

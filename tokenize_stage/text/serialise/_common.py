@@ -8,7 +8,6 @@ that count against the reference tokenizer.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
