@@ -100,15 +100,48 @@ def decode_resize_alone(images: list[bytes], cfg: DatasetConfig, workers: int) -
     return len(images) / (time.perf_counter() - t0), (time.process_time() - c0) * 1000 / len(images)
 
 
-def end_to_end(cfg: DatasetConfig, n: int) -> tuple[float, float]:
-    """(images/s, CPU ms per image of this process: HTTP client + processing; the server runs elsewhere)."""
+def end_to_end(cfg: DatasetConfig, n: int, earlier=None) -> tuple[float, float]:
+    """(images/s, CPU ms per image of this process: HTTP client + processing + filters + the dedup decision
+    for the shard against ``earlier`` committed samples; the server runs elsewhere)."""
     plan = build_plan(cfg)
     t0, c0 = time.perf_counter(), time.process_time()
     out = build_image_shard(plan, 0)
+    if earlier is not None:
+        dedup_decision(out, earlier)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     if out.stats["ok"] != n:
         raise RuntimeError(f"only {out.stats['ok']}/{n} images came through: {out.stats['by_reason']}")
     return n / dt, cpu * 1000 / n
+
+
+def synthetic_earlier(n: int):
+    """An index of ``n`` committed samples for the dedup decision to check against (random digests and pHashes,
+    in parts of 1000 as a store holds them)."""
+    import pyarrow as pa
+
+    from ingest_stage.dedup import EarlierIndex
+
+    rng = np.random.default_rng(1)
+    index = EarlierIndex(4)
+    for s in range(0, n, 1000):
+        m = min(1000, n - s)
+        index.add(f"other/images/{s // 1000}", "other", s // 1000, pa.table({
+            "sample_key": [f"k{i}" for i in range(s, s + m)], "digest": [f"{i:064x}" for i in range(s, s + m)],
+            "phash": rng.integers(-2**63, 2**63 - 1, m, dtype=np.int64)}))
+    return index
+
+
+def dedup_decision(out, earlier) -> None:
+    """The dedup stage's decision for this shard (exact + pHash within distance 4) against ``earlier``, from the
+    shard's digest file (the index of earlier parts is kept per process and extended part by part: not timed)."""
+    import pyarrow.parquet as pq
+
+    from ingest_stage.builder import DIGESTS_SUFFIX
+    from ingest_stage.dedup import decide
+
+    t = pq.read_table(io.BytesIO(out.extra_files["images"][DIGESTS_SUFFIX]))
+    phashes = np.asarray(t.column("phash").to_numpy()).astype(np.int64).view(np.uint64)
+    decide(t.column("sample_key").to_pylist(), t.column("digest").to_pylist(), phashes, earlier, "bench", 0)
 
 
 def main() -> int:
@@ -118,6 +151,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--shorter-side", type=int, default=256)
     ap.add_argument("--no-pin", action="store_true", help="let the server share the measured cores")
+    ap.add_argument("--earlier", type=int, default=100_000,
+                    help="committed samples the dedup decision checks the shard against (0: no dedup step)")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -152,9 +187,11 @@ def main() -> int:
                 return DatasetConfig.model_validate({
                     "name": "bench", "sources": [{"kind": "url_tsv", "path": str(tsv)}],
                     "ingest": {"shard_size": len(images), "shorter_side": args.shorter_side,
-                               "download": {"concurrency": conc, "timeout_s": 30}}})
+                               "download": {"concurrency": conc, "timeout_s": 30,
+                                            "allow_networks": ["127.0.0.0/8"]}}})  # the loopback server
 
             base_cfg = cfg(args.concurrency[0])
+            earlier = synthetic_earlier(args.earlier) if args.earlier else None
             decode_resize_alone(images[:20], base_cfg, workers)  # warm-up (imports, libjpeg tables)
             # Interleave the measurements round by round: the machine is shared, and load that comes and
             # goes then hits both sides alike instead of one whole series.
@@ -163,7 +200,7 @@ def main() -> int:
             for _ in range(args.repeats):
                 base.append(decode_resize_alone(images, base_cfg, workers))
                 for conc in args.concurrency:
-                    e2e[conc].append(end_to_end(cfg(conc), len(images)))
+                    e2e[conc].append(end_to_end(cfg(conc), len(images), earlier))
             one, _ = decode_resize_alone(images, base_cfg, 1)
             med = statistics.median(x for x, _ in base)
             base_cpu = statistics.median(c for _, c in base)

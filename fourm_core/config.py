@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class ConfigError(ValueError):
@@ -47,6 +47,8 @@ class UrlParquetSource(StrictModel):
     url_column: str = "url"
     text_column: str = "text"
     limit: int | None = Field(None, gt=0)
+    keep_columns: list[str] = Field(default_factory=list,
+                                    description="more columns kept per sample in the `meta` JSON column (COYO: id, scores)")
 
 
 class FolderSource(StrictModel):
@@ -55,6 +57,8 @@ class FolderSource(StrictModel):
     kind: Literal["folder"] = "folder"
     path: str
     captions_csv: str | None = None
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+                             description="sample-key prefix; default: the folder's name")
 
 
 class WebDatasetSource(StrictModel):
@@ -62,6 +66,8 @@ class WebDatasetSource(StrictModel):
 
     kind: Literal["webdataset"] = "webdataset"
     path: str = Field(description="a tar file, a folder of tars, or a glob")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+                             description="sample-key prefix; default: the folder's name")
 
 
 class C4Source(StrictModel):
@@ -108,6 +114,55 @@ class DownloadConfig(StrictModel):
     max_bytes: int = Field(20 * 1024 * 1024, gt=0, description="larger bodies are refused")
     max_redirects: int = Field(5, ge=0)
     user_agent: str = "fourm-ingest/0.1 (+https://github.com/fourm-pipeline)"
+    allow_networks: list[str] = Field(default_factory=list, description=(
+        "CIDRs (e.g. 127.0.0.0/8) the downloader may connect to although they are loopback, private, "
+        "link-local, multicast or reserved; by default such addresses are refused (untrusted URL lists)"))
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for n in v:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{n!r} is not an IP network; write e.g. 127.0.0.0/8 or ::1/128 ({exc})") from None
+        return v
+
+
+class ImageFilterConfig(StrictModel):
+    """Per-image filters (ingest_stage/filters.py); each refusal is a reason code in the errors table."""
+
+    min_side: int = Field(32, ge=0, description="refuse images whose shorter original side is smaller (too_small)")
+    max_aspect_ratio: float | None = Field(4.0, ge=1.0, description="longer / shorter side bound; None: unbounded")
+    aspect_action: Literal["crop", "reject"] = Field(
+        "crop", description="above max_aspect_ratio: centre-crop the longer side to the bound, or refuse (aspect_ratio)")
+    min_scores: dict[str, float] = Field(default_factory=dict, description="meta column -> minimum (score_filter)")
+    max_scores: dict[str, float] = Field(default_factory=dict, description="meta column -> maximum (score_filter)")
+
+
+class TextFilterConfig(StrictModel):
+    """Caption cleaning (always) and Gopher-style document quality filters (C4; off unless set)."""
+
+    clean: bool = Field(True, description="unescape HTML entities, drop tags, collapse whitespace")
+    require_caption: bool = Field(False, description="refuse image samples without a caption (no_caption)")
+    quality: bool = Field(False, description="apply the quality rules below to text-only samples")
+    min_words: int = Field(50, ge=0)
+    max_words: int = Field(100_000, ge=1)
+    min_mean_word_length: float = 3.0
+    max_mean_word_length: float = 10.0
+    max_symbol_word_ratio: float = 0.1
+    max_bullet_lines_frac: float = 0.9
+    max_ellipsis_lines_frac: float = 0.3
+    min_alpha_words_frac: float = 0.8
+    min_stop_words: int = 2
+    max_dup_line_frac: float = 0.3
+    max_dup_line_char_frac: float = 0.2
+    max_top_2gram_char_frac: float = 0.2
+    max_top_3gram_char_frac: float = 0.18
+    max_top_4gram_char_frac: float = 0.16
+    max_dup_5gram_char_frac: float = 0.15
 
 
 class IngestConfig(StrictModel):
@@ -118,6 +173,8 @@ class IngestConfig(StrictModel):
     jpeg_quality: int = Field(95, ge=50, le=100)
     dedupe: bool = True
     download: DownloadConfig = DownloadConfig()
+    filters: ImageFilterConfig = ImageFilterConfig()
+    text: TextFilterConfig = TextFilterConfig()
 
 
 class DatasetConfig(StrictModel):
@@ -133,6 +190,7 @@ class DatasetConfig(StrictModel):
     # own typed model before work starts (the stage owns its schema, the core does not import stages).
     pseudolabel: dict[str, Any] = Field(default_factory=dict)
     tokenize: dict[str, Any] = Field(default_factory=dict)
+    dedup: dict[str, Any] = Field(default_factory=dict)  # ingest_stage.dedup.DedupConfig
 
 
 class StoreConfig(StrictModel):

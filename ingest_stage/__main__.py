@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a source that cannot be listed at all: name it, no traceback
+        print(f"error: listing the sources of '{args.dataset}' failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     shards = args.shard if args.shard else list(range(plan.n_shards))
     bad = [s for s in shards if not 0 <= s < plan.n_shards]
     if bad:
@@ -49,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{store.root_uri}/{config.name}/{{{','.join(artifacts_for(config))}}}; running {len(shards)} shard(s)")
 
     reasons: Counter[str] = Counter()
+    notes: Counter[str] = Counter()  # kept samples worth knowing about: no caption, cropped, skipped files
     status: Counter[str] = Counter()
     ok = failed_units = 0
     t0 = time.perf_counter()
@@ -70,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             status[result.status.value] += 1
             m = result.manifests[0]
             reasons.update(m.errors.by_reason)
+            notes.update({k: m.stats.get(k, 0) for k in _NOTES})
             ok += m.rows
             how = "cached" if result.status is UnitStatus.CACHED else f"done in {result.seconds:.1f}s"
             detail = ", ".join(f"{k} {v}" for k, v in sorted(m.errors.by_reason.items())) or "none"
@@ -79,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{ok} samples ok, {sum(reasons.values())} failed in {elapsed:.1f}s")
     for reason, n in reasons.most_common():
         print(f"  {reason:<20} {n}")
+    if any(notes.values()):
+        print("kept, but: " + ", ".join(f"{k} {v}" for k, v in notes.items() if v))
     return 1 if failed_units else 0
+
+
+_NOTES = ("no_caption", "cropped_aspect", "skipped_files")
 
 
 if __name__ == "__main__":

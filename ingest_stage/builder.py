@@ -20,10 +20,12 @@ import numpy as np
 import pyarrow as pa
 
 from fourm_core.label_codec import npy_encode
-from fourm_core.config import IngestConfig
+from fourm_core.config import IngestConfig, TextFilterConfig
+from fourm_core.store import table_to_parquet_bytes
 from fourm_core.units import SampleError, UnitOutput
 
 from .download import Downloader
+from .filters import check_scores, clean_caption, clean_document, quality_failure
 from .imageproc import process_array, process_bytes, target_size
 from .plan import Plan, Slice
 from .samples import ImageRow, SampleFailure, SampleRef, SceneSample
@@ -34,7 +36,7 @@ Progress = Callable[[int], None]
 IMAGES_SCHEMA = pa.schema([
     ("sample_key", pa.string()), ("image", pa.binary()), ("width", pa.int32()), ("height", pa.int32()),
     ("orig_width", pa.int32()), ("orig_height", pa.int32()), ("caption", pa.string()), ("source", pa.string()),
-    ("url", pa.string()), ("digest", pa.string()),
+    ("url", pa.string()), ("digest", pa.string()), ("meta", pa.string()),
 ])
 GROUND_TRUTH_SCHEMA = pa.schema([
     ("sample_key", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("depth", pa.binary()),
@@ -42,6 +44,10 @@ GROUND_TRUTH_SCHEMA = pa.schema([
 ])
 TEXTS_SCHEMA = pa.schema([("sample_key", pa.string()), ("caption", pa.string()), ("source", pa.string()),
                           ("digest", pa.string())])
+# The per-shard digest file committed beside each images/texts part (``shard-N.digests.parquet``, listed in
+# its manifest): what cross-shard and cross-dataset de-duplication reads instead of the image shards.
+DIGESTS_SCHEMA = pa.schema([("sample_key", pa.string()), ("digest", pa.string()), ("phash", pa.int64())])
+DIGESTS_SUFFIX = ".digests.parquet"
 
 
 def _scene_row(ref: SampleRef, scene: SceneSample, cfg: IngestConfig) -> ImageRow:
@@ -54,7 +60,7 @@ def _scene_row(ref: SampleRef, scene: SceneSample, cfg: IngestConfig) -> ImageRo
                     "normal": npy_encode(gt.normal), "semseg": npy_encode(gt.semseg), "boxes": json.dumps(gt.boxes),
                     "label": scene.scene.setting}  # the image's class (kNN evaluation): wood / tiles / grass
     return ImageRow(ref.key, img.data, img.width, img.height, img.orig_width, img.orig_height, gt.caption, ref.source,
-                    None, img.digest, ground_truth)
+                    None, img.digest, None, img.phash, img.cropped, ground_truth)
 
 
 def _image_row(sl: Slice, ref: SampleRef, cfg: IngestConfig, downloader: Downloader | None,
@@ -72,8 +78,10 @@ def _image_row(sl: Slice, ref: SampleRef, cfg: IngestConfig, downloader: Downloa
         if isinstance(payload, SceneSample):
             return _scene_row(ref, payload, cfg)
         img = process_array(payload, cfg) if isinstance(payload, np.ndarray) else process_bytes(payload, cfg)
-    return ImageRow(ref.key, img.data, img.width, img.height, img.orig_width, img.orig_height, ref.caption, ref.source,
-                    ref.url, img.digest)
+    caption = clean_caption(ref.caption) if cfg.text.clean else ref.caption
+    meta = json.dumps(ref.meta, sort_keys=True, default=str) if ref.meta is not None else None
+    return ImageRow(ref.key, img.data, img.width, img.height, img.orig_width, img.orig_height, caption, ref.source,
+                    ref.url, img.digest, meta, img.phash, img.cropped)
 
 
 def _guarded(fn: Callable[[], ImageRow | str]) -> ImageRow | str | SampleFailure:
@@ -87,17 +95,44 @@ def _guarded(fn: Callable[[], ImageRow | str]) -> ImageRow | str | SampleFailure
 
 
 def _prefilter(plan: Plan, items: list[tuple[int, Slice, SampleRef]]) -> dict[int, SampleFailure]:
-    """Samples refused before any work: dataset-wide duplicate URLs, repeated keys within the shard."""
+    """Samples refused before any work (nothing fetched or decoded): dataset-wide duplicate URLs, repeated keys
+    within the shard, and for images the source's score columns and a required caption."""
     refused: dict[int, SampleFailure] = {}
     seen: set[str] = set()
-    for pos, (g, _, ref) in enumerate(items):
+    filters, text = plan.config.ingest.filters, plan.config.ingest.text
+    scores = bool(filters.min_scores or filters.max_scores) and not plan.config.text_only
+    for pos, (g, sl, ref) in enumerate(items):
         if plan.first_of is not None and plan.first_of[g] not in (-1, g):
             first = int(plan.first_of[g])
             refused[pos] = SampleFailure("duplicate_url", f"same URL as sample {first} (shard {first // plan.shard_size})")
         elif ref.key in seen:
             refused[pos] = SampleFailure("duplicate_key", f"key {ref.key} repeats within the shard")
+        elif text.require_caption and not plan.config.text_only and not sl.source.has_ground_truth \
+                and clean_caption(ref.caption) is None:  # synthetic scenes get their caption from the renderer
+            refused[pos] = SampleFailure("no_caption", "the source gives this image no caption "
+                                                       "(ingest.text.require_caption)")
+        elif scores:
+            try:
+                check_scores(ref.meta, filters)
+            except SampleFailure as exc:
+                refused[pos] = exc
         seen.add(ref.key)
     return refused
+
+
+def _listing_stats(items: list[tuple[int, Slice, SampleRef]]) -> Counter[str]:
+    """Listing counts of the sources whose first sample is in this shard (each source reports them once)."""
+    out: Counter[str] = Counter()
+    for sl in {id(sl): sl for _, sl, _ in items}.values():
+        if sl.start == 0:
+            out.update(sl.source.listing_stats())
+    return out
+
+
+def _digests_file(rows: list[dict]) -> dict[str, bytes]:
+    table = pa.Table.from_pylist([{"sample_key": r["sample_key"], "digest": r["digest"], "phash": r.get("phash")}
+                                  for r in rows], schema=DIGESTS_SCHEMA)
+    return {DIGESTS_SUFFIX: table_to_parquet_bytes(table)}
 
 
 def build_image_shard(plan: Plan, shard: int, progress: Progress | None = None,
@@ -134,6 +169,7 @@ def build_image_shard(plan: Plan, shard: int, progress: Progress | None = None,
     rows, gt_rows, errors = [], [], []
     digests: dict[str, str] = {}
     ok_by_source: Counter[str] = Counter()
+    counts = _listing_stats(items)
     for (_, _, ref), res in zip(items, results):
         if isinstance(res, SampleFailure):
             errors.append(SampleError(ref.key, res.reason, res.detail[:500]))
@@ -144,16 +180,18 @@ def build_image_shard(plan: Plan, shard: int, progress: Progress | None = None,
             continue
         digests[res.digest] = ref.key
         ok_by_source[res.source] += 1
+        counts["no_caption"] += res.caption is None
+        counts["cropped_aspect"] += res.cropped
         gt = res.ground_truth
-        rows.append({k: v for k, v in res.__dict__.items() if k != "ground_truth"})
+        rows.append({k: v for k, v in res.__dict__.items() if k not in ("ground_truth", "cropped")})
         if gt is not None:
             gt_rows.append(gt)
     tables = {"images": pa.Table.from_pylist(rows, schema=IMAGES_SCHEMA),
               "ground_truth": pa.Table.from_pylist(gt_rows, schema=GROUND_TRUTH_SCHEMA)}
-    stats = _stats(len(items), len(rows), errors, ok_by_source, t0)
+    stats = {**_stats(len(items), len(rows), errors, ok_by_source, t0), **counts}
     if downloader is not None:
         stats.update(retries=downloader.counters["retries"], bytes_downloaded=downloader.counters["bytes"])
-    return UnitOutput(tables, errors, stats)
+    return UnitOutput(tables, errors, stats, {"images": _digests_file(rows)})
 
 
 def build_text_shard(plan: Plan, shard: int, progress: Progress | None = None) -> UnitOutput:
@@ -164,8 +202,9 @@ def build_text_shard(plan: Plan, shard: int, progress: Progress | None = None) -
     rows, errors = [], []
     digests: dict[str, str] = {}
     ok_by_source: Counter[str] = Counter()
+    text_cfg = plan.config.ingest.text
     for pos, (_, sl, ref) in enumerate(items):
-        res = refused.get(pos) or _guarded(lambda: sl.source.load(ref))
+        res = refused.get(pos) or _guarded(lambda: _text(sl, ref, text_cfg))
         if progress:
             progress(1)
         if isinstance(res, SampleFailure):
@@ -179,7 +218,21 @@ def build_text_shard(plan: Plan, shard: int, progress: Progress | None = None) -
         ok_by_source[ref.source] += 1
         rows.append({"sample_key": ref.key, "caption": res, "source": ref.source, "digest": digest})
     return UnitOutput({"texts": pa.Table.from_pylist(rows, schema=TEXTS_SCHEMA)}, errors,
-                      _stats(len(items), len(rows), errors, ok_by_source, t0))
+                      _stats(len(items), len(rows), errors, ok_by_source, t0), {"texts": _digests_file(rows)})
+
+
+def _text(sl: Slice, ref: SampleRef, cfg: TextFilterConfig) -> str:
+    """One document: loaded, cleaned, checked against the quality rules, then truncated to the source's
+    ``max_chars`` (the rules see the whole document)."""
+    text = sl.source.load(ref)
+    if cfg.clean:
+        text = clean_document(text)
+        if not text:
+            raise SampleFailure("empty_text", "nothing is left after removing HTML tags and whitespace")
+    if cfg.quality and (rule := quality_failure(text, cfg)) is not None:
+        raise SampleFailure("low_quality", rule)
+    limit = getattr(sl.source.cfg, "max_chars", None)
+    return text[:limit] if limit else text
 
 
 def _usable_cores() -> int:

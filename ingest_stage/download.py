@@ -4,13 +4,16 @@ One :class:`Downloader` is shared by the worker threads of a shard (urllib3's Po
 per-host connection pools are thread-safe). urllib3 is used rather than a richer client because the
 client's CPU per request is charged to every image: on an 87 KB JPEG it costs about half of httpx's
 (docs/ingest.md, Benchmark). Its own retries and redirect following are off: both are done here, so that
-they are bounded, backed off, loop-checked and scheme-checked the same way. Every failure becomes a
+they are bounded, backed off, loop-checked and scheme-checked the same way. Connections go only to public
+addresses (checked on the address actually connected to; ``download.allow_networks`` for trusted lists). Every failure becomes a
 :class:`SampleFailure` with a stable reason code; nothing here raises anything else for a bad URL or a
 bad server.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import ssl
 import threading
 import time
@@ -22,8 +25,10 @@ from urllib.parse import urljoin, urlsplit
 
 import certifi
 import urllib3
-from urllib3.exceptions import (ConnectTimeoutError, DecodeError, HTTPError, LocationValueError, NewConnectionError,
-                                ProtocolError, ProxyError, ReadTimeoutError, SSLError)
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import (ConnectTimeoutError, DecodeError, HTTPError, LocationValueError, NameResolutionError,
+                                NewConnectionError, ProtocolError, ProxyError, ReadTimeoutError, SSLError)
 
 from fourm_core.config import DownloadConfig
 
@@ -51,6 +56,8 @@ class Fetched:
 
 def check_url(url: str) -> None:
     """Refuse anything but absolute http(s) URLs (file://, ftp://, data: ... are a security risk)."""
+    if not url.strip():
+        raise SampleFailure("bad_url", "no URL (empty or null in the list)")
     try:
         parts = urlsplit(url)
     except ValueError as exc:
@@ -59,6 +66,65 @@ def check_url(url: str) -> None:
         raise SampleFailure("bad_scheme", f"scheme {parts.scheme or '(none)'!r} refused; only http/https are fetched")
     if not parts.hostname:
         raise SampleFailure("bad_url", f"{url!r} has no host")
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class BlockedAddress(Exception):
+    """The host resolves only to addresses an untrusted URL list must not reach."""
+
+
+def is_blocked(ip: str, allow: tuple[Network, ...] = ()) -> bool:
+    """True for loopback, private, link-local, multicast, reserved, shared and unspecified addresses (anything
+    not globally routable, incl. IPv4-mapped IPv6 forms of them) unless an ``allow`` network holds the address."""
+    addr = ipaddress.ip_address(ip.split("%")[0])  # drop an IPv6 zone id
+    if isinstance(addr, ipaddress.IPv6Address):
+        # an IPv4 address inside an IPv6 one (mapped ::ffff:a.b.c.d, 6to4 2002::/16, Teredo) is judged as itself
+        embedded = addr.ipv4_mapped or addr.sixtofour or (addr.teredo[1] if addr.teredo else None)
+        if embedded is not None:
+            addr = embedded
+    if any(addr in net for net in allow):
+        return False
+    return not addr.is_global or addr.is_multicast
+
+
+class _GuardedConnection:
+    """Mixin for urllib3 connections: resolve the host here, refuse blocked addresses, and connect to the very
+    address that was checked (so a DNS answer that changes between check and connect, DNS rebinding, cannot
+    slip through). Every new connection goes through it: the first request, each redirect hop, each retry."""
+
+    allow: tuple[Network, ...] = ()
+
+    def _new_conn(self) -> socket.socket:  # type: ignore[override]
+        host = self._dns_host  # type: ignore[attr-defined]
+        try:
+            infos = socket.getaddrinfo(host, self.port, type=socket.SOCK_STREAM)  # type: ignore[attr-defined]
+        except socket.gaierror as exc:
+            raise NameResolutionError(host, self, exc) from exc  # type: ignore[arg-type]
+        ips = list(dict.fromkeys(info[4][0] for info in infos))
+        allowed = [ip for ip in ips if not is_blocked(ip, self.allow)]
+        if not allowed:
+            raise BlockedAddress(f"{host} resolves to {', '.join(ips)}: not a public address; allow it with "
+                                 f"ingest.download.allow_networks if this list is trusted")
+        self._dns_host = allowed[0]  # connect to the checked address; TLS still verifies the host name
+        try:
+            sock = super()._new_conn()  # type: ignore[misc]
+        finally:
+            self._dns_host = host
+        peer = sock.getpeername()[0]
+        if is_blocked(peer, self.allow):  # belt and braces: what we are actually connected to
+            sock.close()
+            raise BlockedAddress(f"{host}: connected to {peer}, not a public address")
+        return sock
+
+
+def _guarded_pools(allow: tuple[Network, ...]) -> dict[str, type]:
+    """Connection-pool classes whose connections refuse blocked addresses (all but ``allow``)."""
+    http = type("GuardedHTTPConnection", (_GuardedConnection, HTTPConnection), {"allow": allow})
+    https = type("GuardedHTTPSConnection", (_GuardedConnection, HTTPSConnection), {"allow": allow})
+    return {"http": type("GuardedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": http}),
+            "https": type("GuardedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": https})}
 
 
 @lru_cache(maxsize=1)
@@ -82,6 +148,8 @@ class Downloader:
             headers={"User-Agent": cfg.user_agent, "Accept": "image/*,*/*;q=0.8"},
             ssl_context=_ssl_context(),
         )
+        allow = tuple(ipaddress.ip_network(n, strict=False) for n in cfg.allow_networks)
+        self._pool.pool_classes_by_scheme = _guarded_pools(allow)  # an instance attribute: the module's dict stays
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()  # retries, bytes: reported in the shard's stats
 
@@ -140,6 +208,8 @@ class Downloader:
                 resp.release_conn()  # read to the end: the connection goes back to the pool (urllib3 did so at EOF)
                 resp = None
                 return data, current
+            except BlockedAddress as exc:
+                raise SampleFailure("blocked_address", str(exc)) from None
             except (NewConnectionError, ConnectTimeoutError) as exc:  # refused, unreachable, connect timeout
                 raise _Retryable("connection_error", f"{type(exc).__name__}: {exc}") from None
             except ReadTimeoutError:

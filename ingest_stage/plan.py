@@ -6,8 +6,9 @@ same shards, a shard is computable alone (no other shard's output is needed), an
 last URL list only changes the last shard(s).
 
 URL de-duplication is dataset-wide: the first occurrence of a URL (in global order) is fetched, every
-later one is recorded as ``duplicate_url`` in its own shard. Content de-duplication is per shard (a
-dataset-wide one would make shards depend on each other); see docs/ingest.md.
+later one is recorded as ``duplicate_url`` in its own shard. Content de-duplication here is per shard (a
+dataset-wide one would make shards depend on each other); across shards and datasets it is the separate
+``dedup`` stage (ingest_stage/dedup.py); see docs/ingest.md.
 """
 
 from __future__ import annotations
@@ -96,10 +97,42 @@ def check_kinds(config: DatasetConfig, sources: list[Source]) -> None:
                               f"images; remove it or set 'text_only: false'")
 
 
+def check_key_prefixes(config: DatasetConfig, sources: list[Source]) -> None:
+    """Two local-file sources whose keys would share a prefix (two folders both named ``images``) could give
+    two different samples one key: refuse the config before any work, naming the fix."""
+    seen: dict[str, Source] = {}
+    for s in sources:
+        prefix = s.key_prefix
+        if prefix is None:
+            continue
+        if prefix in seen:
+            raise ConfigError(f"dataset '{config.name}': sources {seen[prefix].position} ({seen[prefix].uri}) and "
+                              f"{s.position} ({s.uri}) would both key their samples '{prefix}/...'; give one of them "
+                              f"a distinct 'name:'")
+        seen[prefix] = s
+
+
+def check_score_filters(config: DatasetConfig, sources: list[Source]) -> None:
+    """Score filters need every image source to keep the filtered columns; otherwise every sample would be
+    refused as ``score_filter`` (unknown is not 'passes'): refuse the config instead, naming the fix."""
+    f = config.ingest.filters
+    wanted = set(f.min_scores) | set(f.max_scores)
+    if not wanted or config.text_only:
+        return
+    for s in sources:
+        kept = set(getattr(s.cfg, "keep_columns", []) or [])
+        if not wanted <= kept:
+            raise ConfigError(f"dataset '{config.name}': ingest.filters filter on {sorted(wanted)} but source "
+                              f"{s.position} ({s.cfg.kind}) keeps {sorted(kept) or 'no columns'}; add them to its "
+                              f"keep_columns (url_parquet) or drop the score filters")
+
+
 def build_plan(config: DatasetConfig) -> Plan:
     """List every source (cached per process where it is costly) and lay the samples out in shards."""
     sources = [make_source(cfg, i) for i, cfg in enumerate(config.sources)]
     check_kinds(config, sources)
+    check_key_prefixes(config, sources)
+    check_score_filters(config, sources)
     counts = [s.count() for s in sources]
     first_of = None
     if config.ingest.dedupe and any(s.remote for s in sources):
@@ -119,8 +152,10 @@ def _first_occurrence(parts: list[np.ndarray | None], counts: list[int]) -> np.n
     offset = 0
     for h, n in zip(parts, counts):
         if h is not None:
-            hashes.append(h[:n])
-            where.append(np.arange(offset, offset + n))
+            h, idx = h[:n], np.arange(offset, offset + n)
+            has_url = h != 0  # 0: a row without a URL (bad_url), never a duplicate of another
+            hashes.append(h[has_url])
+            where.append(idx[has_url])
         offset += n
     if hashes:
         allh, idx = np.concatenate(hashes), np.concatenate(where)

@@ -54,6 +54,7 @@ class SampleRef:
     caption: str | None = None
     url: str | None = None
     locator: Any = None
+    meta: dict[str, Any] | None = None  # the source's own columns kept per sample (COYO id and scores)
 
 
 @dataclass
@@ -78,6 +79,9 @@ class ImageRow:
     source: str
     url: str | None
     digest: str
+    meta: str | None  # JSON object of the source's kept columns (COYO id and scores), or None
+    phash: int
+    cropped: bool = False  # bounded to ingest.filters.max_aspect_ratio by a centre crop (counted in the stats)
     ground_truth: dict[str, Any] | None = field(default=None, repr=False)
 
 
@@ -86,11 +90,33 @@ def url_key(url: str) -> str:
     return "url-" + hashlib.sha256(url.strip().encode()).hexdigest()[:32]
 
 
+def url_sample_key(url: str | None, source_path: str, index: int) -> str:
+    """``url_key`` of the URL; a row with no URL gets a key of its own (list path + row index), so that
+    several such rows neither share a key nor pass for duplicates of each other."""
+    if url and url.strip():
+        return url_key(url)
+    return "url-none-" + hashlib.sha256(f"{source_path}#{index}".encode()).hexdigest()[:24]
+
+
 def url_hash64(urls: list[str]) -> np.ndarray:
     """64-bit hashes of URLs (for dataset-wide URL de-duplication without keeping the strings)."""
     out = np.empty(len(urls), dtype=np.uint64)
     for i, u in enumerate(urls):
-        out[i] = int.from_bytes(hashlib.blake2b(u.strip().encode(), digest_size=8).digest(), "little")
+        u = (u or "").strip()
+        # 0 marks "no URL": such rows are never duplicates of each other (1 in 2^64 that a real URL hashes to 0)
+        out[i] = int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8).digest(), "little") if u else 0
     return out
 
-REASONS["internal_error"] = "an unexpected exception while processing this one sample (a bug: report it)"
+REASONS.update({
+    "internal_error": "an unexpected exception while processing this one sample (a bug: report it)",
+    "truncated_archive": "a tar ends early (interrupted download): its readable samples are kept, this row stands "
+                         "for the rest and names the tar",
+    "bad_archive": "a file listed as a tar cannot be read as one at all",
+    "blocked_address": "the host resolves to a loopback/private/link-local/multicast/reserved address and "
+                       "download.allow_networks does not allow it (also checked after each redirect)",
+    "too_small": "the shorter original side is below ingest.filters.min_side",
+    "aspect_ratio": "longer / shorter side above ingest.filters.max_aspect_ratio with aspect_action 'reject'",
+    "score_filter": "a kept source column (COYO scores) is outside ingest.filters.min_scores / max_scores, or missing",
+    "no_caption": "an image sample without a caption while ingest.text.require_caption is set",
+    "low_quality": "a text-only document fails a quality rule of ingest.text (the detail names the rule)",
+})

@@ -8,10 +8,12 @@ identities for local files), so editing one line of a URL list recomputes only t
 
 from __future__ import annotations
 
+import traceback
 from functools import lru_cache
 from typing import Any, Callable
 
 from fourm_core.config import DatasetConfig
+from fourm_core.manifest import flow_run_id, hostname, now
 from fourm_core.stage import StageSpec
 from fourm_core.store import ArtifactStore
 from fourm_core.units import Unit, UnitResult, run_unit
@@ -20,7 +22,7 @@ from .builder import build_image_shard, build_text_shard
 from .plan import Plan, build_plan
 
 # Bump when a change to this package changes what a shard holds for the same inputs and config.
-CODE_VERSION = "ingest/2"
+CODE_VERSION = "ingest/3"  # 3: source-rooted keys, filters, caption cleaning, meta column, digest files
 STAGE_NAME = "ingest"
 
 
@@ -35,6 +37,9 @@ def artifacts_for(config: DatasetConfig) -> list[str]:
 
 def plan_shards(store: ArtifactStore, config: DatasetConfig) -> list[int]:
     """Every shard index of the dataset (from the sources; the store is not needed to know them)."""
+    # A new plan re-reads the sources: a long-lived process (a served flow, a test) must see the lines a URL
+    # list gained since its last run. The shard_units calls that follow within the run reuse this plan.
+    _orchestrator_plan.cache_clear()
     return list(range(_orchestrator_plan(config.model_dump_json()).n_shards))
 
 
@@ -76,10 +81,30 @@ def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force:
     callers that run many shards in one process, to list the sources once.
     """
     plan = plan or build_plan(config)
-    unit = make_unit(plan, shard)
+    try:
+        unit = make_unit(plan, shard)  # lists the shard's samples (the cache key digests them)
+    except Exception as exc:
+        # a failure before run_unit (a source that cannot be listed) must leave a record for `status` too
+        record_early_failure(store, STAGE_NAME, config.name, artifacts_for(config), shard, exc,
+                             "while listing the shard's samples")
+        raise
     if config.text_only:
         return [run_unit(store, unit, lambda: build_text_shard(plan, shard, progress), force=force)]
     return [run_unit(store, unit, lambda: build_image_shard(plan, shard, progress), force=force)]
+
+
+def record_early_failure(store: ArtifactStore, stage: str, dataset: str, artifacts: list[str], shard: int,
+                         exc: Exception, when: str) -> None:
+    """A failure before ``run_unit`` (while building the unit: listing sources, finding inputs) recorded beside
+    the unit's artifacts like run_unit's own, so that `status` shows it."""
+    info = {"unit": f"{dataset}/{'+'.join(artifacts)}/shard-{shard:05d}", "stage": stage, "cache_key": None,
+            "error": f"{type(exc).__name__} {when}: {exc}", "traceback": traceback.format_exc(),
+            "time": now().isoformat(), "host": hostname(), "flow_run_id": flow_run_id()}
+    for artifact in artifacts:
+        try:
+            store.record_failure(dataset, artifact, shard, info)
+        except Exception:  # the store may be what failed; the original error matters more
+            pass
 
 
 STAGE = StageSpec(

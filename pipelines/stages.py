@@ -18,9 +18,11 @@ from fourm_core.stage import StageSpec
 # name -> "module:attribute". Order is the pipeline order (used when listing).
 STAGE_MODULES: dict[str, str] = {
     "ingest": "ingest_stage.stage:STAGE",
+    "dedup": "ingest_stage.dedup:STAGE",  # cross-shard / cross-dataset duplicates (after ingest; drops nothing)
     # Hooks for the later stages; they register the same way once their packages expose a StageSpec.
     "pseudolabel": "pseudolabel.stage:STAGE",
     "train-tokenizers": "tokenize_stage.training_stage:STAGE",
+    "import-tokenizers": "tokenize_stage.official:STAGE",  # released tokenizers instead of training
     "tokenize": "tokenize_stage.stage:STAGE",
 }
 

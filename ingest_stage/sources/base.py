@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -57,6 +58,16 @@ class Source(ABC):
         """64-bit hashes of every URL in listing order (URL lists only), for dataset-wide de-duplication."""
         return None
 
+    @property
+    def key_prefix(self) -> str | None:
+        """The prefix of every sample key of this source when it is not unique by construction (local files):
+        two sources of one dataset must not share it (checked at planning)."""
+        return None
+
+    def listing_stats(self) -> dict[str, int]:
+        """Counts found while listing (e.g. ``skipped_files``), reported in the stats of the source's first shard."""
+        return {}
+
     def slice_digest(self, refs: list[SampleRef]) -> str:
         """A digest of what this slice's output depends on besides config and code (cache key input).
 
@@ -65,7 +76,7 @@ class Source(ABC):
         """
         h = hashlib.sha256()
         for r in refs:
-            h.update(json.dumps([r.key, r.url, r.caption, _jsonable(r.locator)], default=str).encode())
+            h.update(json.dumps([r.key, r.url, r.caption, _jsonable(r.locator), r.meta], default=str).encode())
         return h.hexdigest()
 
 
@@ -96,6 +107,16 @@ def expand_paths(path: str, suffixes: tuple[str, ...]) -> tuple[fsspec.AbstractF
     if not files:
         raise FileNotFoundError(f"source path {path!r} holds no files ending in {', '.join(suffixes)}")
     return fs, files
+
+
+def source_root(path: str) -> str:
+    """The folder a source path names: itself for a folder, the parent of a file, the fixed part of a glob.
+    Sample keys are relative to it (plus the source's name), so moving the whole folder keeps them."""
+    fs, p = open_fs(path)
+    if any(c in p for c in "*?["):
+        fixed = p[:min(p.index(c) for c in "*?[" if c in p)]
+        return fixed.rstrip("/") if fixed.endswith("/") else posixpath.dirname(fixed)
+    return p.rstrip("/") if fs.isdir(p) else posixpath.dirname(p)
 
 
 def file_identity(fs: fsspec.AbstractFileSystem, path: str) -> str:

@@ -24,11 +24,13 @@ def _line_count(uri: str, identity: str) -> int:
 
 
 def _stem(path: str) -> str:
+    """The file name without its suffix and without a leading ``c4-`` (the key adds that prefix once)."""
     name = posixpath.basename(path)
     for suffix in _SUFFIXES:
         if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+            name = name[: -len(suffix)]
+            break
+    return name[3:] if name.startswith("c4-") else name
 
 
 class C4(Source):
@@ -53,9 +55,10 @@ class C4(Source):
             lo, hi = max(start, offset), min(stop, offset + n)
             if lo < hi:
                 with fs.open(f, "rt", encoding="utf-8", errors="replace", compression="infer") as fh:
-                    lines = (ln for ln in fh if ln.strip())
-                    for i, line in enumerate(itertools.islice(lines, lo - offset, hi - offset), start=lo - offset):
-                        out.append(self._ref(f, i, line))
+                    # samples are the non-blank lines; keys carry the physical (1-based) line number
+                    lines = ((no, ln) for no, ln in enumerate(fh, start=1) if ln.strip())
+                    for no, line in itertools.islice(lines, lo - offset, hi - offset):
+                        out.append(self._ref(f, no, line))
             offset += n
             if offset >= stop:
                 break
@@ -65,12 +68,13 @@ class C4(Source):
         key = f"c4-{_stem(path)}-{line_no:07d}"
         try:
             doc = json.loads(line)
-            text = doc["text"] if isinstance(doc, dict) else None
+            text = doc.get("text") if isinstance(doc, dict) else None
             if not isinstance(text, str):
-                return SampleRef(key, self.tag, None, locator=("bad", "no string 'text' field"))
+                return SampleRef(key, self.tag, None, locator=("bad", f"line {line_no}: no string 'text' field"))
         except json.JSONDecodeError as exc:
             return SampleRef(key, self.tag, None, locator=("bad", f"invalid JSON: {exc}"))
-        return SampleRef(key, self.tag, text[: self.cfg.max_chars], locator=(path, line_no))
+        # the whole text: quality filters see the document; the builder truncates to max_chars after them
+        return SampleRef(key, self.tag, text, locator=(path, line_no))
 
     def load(self, ref: SampleRef) -> str:
         if ref.locator[0] == "bad":

@@ -6,27 +6,50 @@ import csv
 import hashlib
 import io
 import posixpath
+from collections import Counter
+from functools import cached_property
 
 from fourm_core.config import FolderSource
 
 from ..samples import SampleFailure, SampleRef
-from .base import Source, expand_paths, file_identity, open_fs
+from .base import Source, file_identity, open_fs
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff",
-                  ".JPG", ".JPEG", ".PNG", ".WEBP")
+# Matched case-insensitively (.BMP, .Jpg, ...): cameras and Windows tools write upper case.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+_SIDECAR_SUFFIXES = (".txt", ".csv")  # caption files: not images, not counted as skipped
 
 
 class Folder(Source):
     cfg: FolderSource
 
-    def _listing(self) -> tuple[object, str, list[str], dict[str, str]]:
+    @property
+    def key_prefix(self) -> str:
+        fs, root = open_fs(self.cfg.path)
+        return "folder-" + (self.cfg.name or posixpath.basename(root.rstrip("/")))
+
+    @cached_property
+    def _listing(self) -> tuple[object, str, list[str], dict[str, str], dict[str, int]]:
+        """(fs, root, relative paths to list, CSV captions, listing stats); CSV rows naming no file are listed
+        after the files, so that loading them reports ``missing_file``."""
         fs, root = open_fs(self.cfg.path)
         if not fs.isdir(root):
             raise FileNotFoundError(f"folder source path {self.cfg.path!r} is not a folder; fix 'path' in the config")
-        _, files = expand_paths(self.cfg.path, IMAGE_SUFFIXES)
-        rels = [posixpath.relpath(f, root.rstrip("/")) for f in files]
+        root = root.rstrip("/")
+        rels, skipped = [], Counter()
+        for f in sorted(fs.find(root)):
+            rel = posixpath.relpath(f, root)
+            ext = posixpath.splitext(rel)[1].lower()
+            if ext in IMAGE_SUFFIXES:
+                rels.append(rel)
+            elif ext not in _SIDECAR_SUFFIXES:
+                skipped[ext or "(none)"] += 1
         captions = self._csv_captions(fs, root) if self.cfg.captions_csv else {}
-        return fs, root.rstrip("/"), rels, captions
+        on_disk = set(rels)
+        rels += sorted(name for name in captions if name not in on_disk)
+        if not rels:
+            raise FileNotFoundError(f"folder source {self.cfg.path!r} holds no images ({', '.join(IMAGE_SUFFIXES)}, "
+                                    f"any case)")
+        return fs, root, rels, captions, {"skipped_files": sum(skipped.values())}
 
     def _csv_captions(self, fs: object, root: str) -> dict[str, str]:
         path = self.cfg.captions_csv
@@ -42,13 +65,16 @@ class Folder(Source):
             if "file_name" not in cols or "caption" not in cols:
                 raise ValueError(f"captions_csv {path!r} needs a header with 'file_name' and 'caption' columns, "
                                  f"found {cols}")
-            return {row["file_name"]: row["caption"] for row in reader}
+            return {row["file_name"]: row["caption"] for row in reader if row["file_name"]}
+
+    def listing_stats(self) -> dict[str, int]:
+        return self._listing[4]
 
     def count(self) -> int:
-        return len(self._listing()[2])
+        return len(self._listing[2])
 
     def refs(self, start: int, stop: int) -> list[SampleRef]:
-        fs, root, rels, captions = self._listing()
+        fs, root, rels, captions, _ = self._listing
         out = []
         for rel in rels[start:stop]:
             if self.cfg.captions_csv:
@@ -57,7 +83,8 @@ class Folder(Source):
                 side = posixpath.join(root, posixpath.splitext(rel)[0] + ".txt")
                 caption = fs.cat_file(side).decode("utf-8", "replace").strip() if fs.exists(side) else None
             # the locator keeps the protocol so that load() opens the same filesystem (s3://, memory://, ...)
-            out.append(SampleRef(f"folder-{rel}", self.tag, caption, locator=fs.unstrip_protocol(posixpath.join(root, rel))))
+            out.append(SampleRef(f"{self.key_prefix}/{rel}", self.tag, caption,
+                                 locator=fs.unstrip_protocol(posixpath.join(root, rel))))
         return out
 
     def load(self, ref: SampleRef) -> bytes:

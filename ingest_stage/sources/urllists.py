@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from fourm_core.config import UrlParquetSource, UrlTsvSource
 
-from ..samples import SampleRef, url_hash64, url_key
+from ..samples import SampleRef, url_hash64, url_sample_key
 from .base import Source, expand_paths, file_identity
 
 _HEADERS = {("url", "caption"), ("url", "text"), ("image_url", "caption")}
@@ -64,7 +64,7 @@ class UrlTsv(Source):
         return self._listing()
 
     def refs(self, start: int, stop: int) -> list[SampleRef]:
-        return [SampleRef(url_key(url), self.tag, caption, url=url, locator=start + i)
+        return [SampleRef(url_sample_key(url, self.cfg.path, start + i), self.tag, caption, url=url, locator=start + i)
                 for i, (url, caption) in enumerate(itertools.islice(self._rows(), start, stop))]
 
 
@@ -76,7 +76,7 @@ class UrlParquet(Source):
         return expand_paths(self.cfg.path, (".parquet",))
 
     def _check_columns(self, path: str, names: list[str]) -> None:
-        for col in (self.cfg.url_column, self.cfg.text_column):
+        for col in (self.cfg.url_column, self.cfg.text_column, *self.cfg.keep_columns):
             if col not in names:
                 raise ValueError(f"{path} has no column {col!r} (columns: {', '.join(names)}); set url_column/"
                                  f"text_column of the url_parquet source to the right names")
@@ -93,7 +93,7 @@ class UrlParquet(Source):
                 pf = pq.ParquetFile(fh)
                 self._check_columns(f, pf.schema_arrow.names)
                 for batch in pf.iter_batches(columns=[self.cfg.url_column], batch_size=65536):
-                    urls = [u or "" for u in batch.column(0).to_pylist()]
+                    urls = batch.column(0).to_pylist()
                     if left is not None:
                         urls = urls[:left]
                         left -= len(urls)
@@ -101,7 +101,7 @@ class UrlParquet(Source):
                     if left is not None and left <= 0:
                         return
 
-    def _rows(self, start: int, stop: int) -> Iterator[tuple[str, str | None]]:
+    def _rows(self, start: int, stop: int) -> Iterator[tuple[str | None, str | None, dict | None]]:
         """Rows start..stop-1, reading only the row groups that overlap them."""
         fs, files = self._files()
         if self.cfg.limit is not None:
@@ -117,10 +117,14 @@ class UrlParquet(Source):
                     n = pf.metadata.row_group(g).num_rows
                     lo, hi = max(start, offset), min(stop, offset + n)
                     if lo < hi:
-                        t = pf.read_row_group(g, columns=[self.cfg.url_column, self.cfg.text_column])
-                        urls = t.column(self.cfg.url_column).to_pylist()[lo - offset:hi - offset]
-                        texts = t.column(self.cfg.text_column).to_pylist()[lo - offset:hi - offset]
-                        yield from zip([u or "" for u in urls], texts)
+                        keep = [c for c in self.cfg.keep_columns if c not in (self.cfg.url_column, self.cfg.text_column)]
+                        t = pf.read_row_group(g, columns=[self.cfg.url_column, self.cfg.text_column, *keep])
+                        t = t.slice(lo - offset, hi - lo)
+                        urls = t.column(self.cfg.url_column).to_pylist()
+                        texts = t.column(self.cfg.text_column).to_pylist()
+                        metas = (t.select(self.cfg.keep_columns).to_pylist() if self.cfg.keep_columns
+                                 else [None] * len(urls))
+                        yield from zip(urls, texts, metas)
                     offset += n
                     if offset >= stop:
                         return
@@ -132,8 +136,9 @@ class UrlParquet(Source):
         return self._listing()
 
     def refs(self, start: int, stop: int) -> list[SampleRef]:
-        return [SampleRef(url_key(url), self.tag, caption, url=url.strip(), locator=start + i)
-                for i, (url, caption) in enumerate(self._rows(start, stop))]
+        return [SampleRef(url_sample_key(url, self.cfg.path, start + i), self.tag, caption,
+                          url=(url or "").strip(), locator=start + i, meta=meta)
+                for i, (url, caption, meta) in enumerate(self._rows(start, stop))]
 
 
 @lru_cache(maxsize=8)

@@ -34,6 +34,9 @@ def make_config(tmp_path: Path):
     return make
 
 
+# The test servers listen on loopback, which the downloader refuses unless told otherwise (untrusted URL lists
+# must not reach internal addresses): every test that fetches from them allows it explicitly.
+LOOPBACK = {"allow_networks": ["127.0.0.0/8"]}
 # Download settings that keep fault tests fast: short timeout, tiny backoff, 2 MB cap.
 FAST_DOWNLOAD = {"timeout_s": 0.6, "retries": 2, "backoff_s": 0.02, "max_bytes": 2_000_000, "concurrency": 16,
-                 "max_redirects": 3}
+                 "max_redirects": 3, **LOOPBACK}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tarfile
 import struct
 import zlib
 from functools import lru_cache
@@ -91,3 +92,12 @@ def bomb_png(side: int = 30000) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def write_tar(path, members: dict[str, bytes]) -> None:
+    """A plain tar with the given members (name -> bytes), in order."""
+    with tarfile.open(path, "w") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))

@@ -33,7 +33,8 @@ def test_sigkill_mid_shard_then_rerun(http_server, tmp_path):
     config = tmp_path / "killme.yaml"
     config.write_text(yaml.safe_dump({
         "name": "killme", "sources": [{"kind": "url_tsv", "path": str(tsv)}],
-        "ingest": {"shard_size": 100, "shorter_side": 32, "download": {"concurrency": 2, "timeout_s": 5}},
+        "ingest": {"shard_size": 100, "shorter_side": 32, "download": {"concurrency": 2, "timeout_s": 5,
+                                                                 "allow_networks": ["127.0.0.0/8"]}},
     }))
     root = str(tmp_path / "store")
     routes = http_server.routes

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import gzip
-import io
 import json
-import tarfile
 
 import fsspec
 import pytest
@@ -39,9 +37,9 @@ def test_folder_with_sidecar_captions(make_config, store, tmp_path):
         run_shard(store, cfg, s)
     rows = store.read_table("t", "images", 0).to_pylist() + store.read_table("t", "images", 1).to_pylist()
     caps = {r["sample_key"]: r["caption"] for r in rows}
-    assert caps == {"folder-a.jpg": "caption of a", "folder-b.png": None, "folder-sub/c.webp": "caption of c"}
+    assert caps == {"folder-photos/a.jpg": "caption of a", "folder-photos/b.png": None, "folder-photos/sub/c.webp": "caption of c"}
     errors = store.read_errors("t", "images", 0).to_pylist() + store.read_errors("t", "images", 1).to_pylist()
-    assert [(e["sample_key"], e["reason"]) for e in errors] == [("folder-broken.jpg", "decode_error")]
+    assert [(e["sample_key"], e["reason"]) for e in errors] == [("folder-photos/broken.jpg", "decode_error")]
 
 
 def test_folder_with_csv_captions_and_edit_invalidates(make_config, store, tmp_path):
@@ -50,7 +48,7 @@ def test_folder_with_csv_captions_and_edit_invalidates(make_config, store, tmp_p
     cfg = make_config([{"kind": "folder", "path": str(d), "captions_csv": "captions.csv"}], shard_size=10)
     run_shard(store, cfg, 0)
     caps = {r["sample_key"]: r["caption"] for r in store.read_table("t", "images", 0).to_pylist()}
-    assert caps["folder-a.jpg"] == "a, with a comma" and caps["folder-sub/c.webp"] == "see c"
+    assert caps["folder-photos/a.jpg"] == "a, with a comma" and caps["folder-photos/sub/c.webp"] == "see c"
     assert run_shard(store, cfg, 0)[0].status.value == "cached"
     (d / "b.png").write_bytes(media.png(seed=99))  # an edited input file recomputes its shard
     assert run_shard(store, cfg, 0)[0].status.value == "done"
@@ -67,22 +65,14 @@ def test_folder_bad_csv_names_the_fix(make_config, store, tmp_path):
         plan_shards(store, missing)
 
 
-def _tar(path, members: dict[str, bytes]) -> None:
-    with tarfile.open(path, "w") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-
-
 @pytest.mark.parametrize("gz", [False, True])
 def test_webdataset_tars(make_config, store, tmp_path, gz):
     d = tmp_path / "wds"
     d.mkdir()
-    _tar(d / "shard-000.tar", {"s0/000.jpg": media.jpeg(seed=41), "s0/000.txt": b"first caption",
+    media.write_tar(d / "shard-000.tar", {"s0/000.jpg": media.jpeg(seed=41), "s0/000.txt": b"first caption",
                                "s0/001.png": media.png(seed=42), "s0/001.txt": b"second",
                                "s0/002.txt": b"caption without image"})
-    _tar(d / "shard-001.tar", {"100.webp": media.webp(seed=43), "100.txt": b"third", "101.jpg": media.HTML})
+    media.write_tar(d / "shard-001.tar", {"100.webp": media.webp(seed=43), "100.txt": b"third", "101.jpg": media.HTML})
     if gz:
         for t in d.glob("*.tar"):
             (d / (t.name + ".gz")).write_bytes(gzip.compress(t.read_bytes()))
@@ -91,9 +81,10 @@ def test_webdataset_tars(make_config, store, tmp_path, gz):
     run_shard(store, cfg, 0)
     rows = store.read_table("t", "images", 0).to_pylist()
     assert [(r["sample_key"], r["caption"]) for r in rows] == [
-        ("wds-shard-000-s0/000", "first caption"), ("wds-shard-000-s0/001", "second"), ("wds-shard-001-100", "third")]
+        ("wds-wds/shard-000/s0/000", "first caption"), ("wds-wds/shard-000/s0/001", "second"),
+        ("wds-wds/shard-001/100", "third")]
     errors = {e["sample_key"]: e["reason"] for e in store.read_errors("t", "images", 0).to_pylist()}
-    assert errors == {"wds-shard-000-s0/002": "missing_file", "wds-shard-001-101": "not_image"}
+    assert errors == {"wds-wds/shard-000/s0/002": "missing_file", "wds-wds/shard-001/101": "not_image"}
 
 
 def test_c4_jsonl_gz_texts(make_config, store, tmp_path):
@@ -109,14 +100,14 @@ def test_c4_jsonl_gz_texts(make_config, store, tmp_path):
     for s in (0, 1):
         run_shard(store, cfg, s)
     t0, t1 = store.read_table("t", "texts", 0).to_pylist(), store.read_table("t", "texts", 1).to_pylist()
-    assert [t["sample_key"][-2:] for t in t0] == ["00", "01", "03"]
-    assert [t["sample_key"][-2:] for t in t1] == ["06", "07"]
-    assert t0[0]["sample_key"] == "c4-c4-train.00000-of-01024-0000000"
+    assert [t["sample_key"][-2:] for t in t0] == ["01", "02", "04"]  # physical line numbers, from 1
+    assert [t["sample_key"][-2:] for t in t1] == ["07", "08"]
+    assert t0[0]["sample_key"] == "c4-train.00000-of-01024-0000001"
     assert all(len(t["caption"]) <= 30 for t in t0 + t1) and t0[0]["caption"] == docs[0]["text"][:30]
     e0 = [(e["sample_key"][-2:], e["reason"]) for e in store.read_errors("t", "texts", 0).to_pylist()]
     e1 = [(e["sample_key"][-2:], e["reason"]) for e in store.read_errors("t", "texts", 1).to_pylist()]
-    assert e0 == [("02", "duplicate_content")]
-    assert e1 == [("04", "decode_error"), ("05", "empty_text")]
+    assert e0 == [("03", "duplicate_content")]
+    assert e1 == [("05", "decode_error"), ("06", "empty_text")]
     assert store.read_manifest("t", "texts", 1).stats["ok"] == 2
     # line 7 repeats line 0 but lands in another shard: content de-duplication is per shard (docs/ingest.md)
 

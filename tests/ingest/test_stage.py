@@ -14,6 +14,8 @@ from ingest_stage.__main__ import main
 from ingest_stage.plan import build_plan
 from ingest_stage.samples import url_key
 
+from .conftest import LOOPBACK
+
 
 def _photos_and_scenes(make_config, **ingest):
     return make_config([{"kind": "synthetic", "n_samples": 5, "size": 96}, {"kind": "skimage_photos"}],
@@ -60,10 +62,10 @@ def test_url_list_edit_recomputes_only_its_shard(http_server, make_config, store
     urls = [http_server.url(p) for p in ("/ok.jpg", "/ok.png", "/ok.webp", "/palette.png")]
     tsv = tmp_path / "l.tsv"
     tsv.write_text("".join(f"{u}\tc{i}\n" for i, u in enumerate(urls)))
-    cfg = make_config([{"kind": "url_tsv", "path": str(tsv)}], shard_size=2, shorter_side=32)
+    cfg = make_config([{"kind": "url_tsv", "path": str(tsv)}], shard_size=2, shorter_side=32, download=LOOPBACK)
     assert [run_shard(store, cfg, s)[0].status.value for s in (0, 1)] == ["done", "done"]
     tsv.write_text("".join(f"{u}\tc{i}{' edited' if i == 3 else ''}\n" for i, u in enumerate(urls)))
-    cfg = make_config([{"kind": "url_tsv", "path": str(tsv)}], shard_size=2, shorter_side=32)
+    cfg = make_config([{"kind": "url_tsv", "path": str(tsv)}], shard_size=2, shorter_side=32, download=LOOPBACK)
     assert [run_shard(store, cfg, s)[0].status.value for s in (0, 1)] == ["cached", "done"]
     assert store.read_table("t", "images", 1).column("caption").to_pylist() == ["c2", "c3 edited"]
     assert store.read_table("t", "images", 0).column("sample_key").to_pylist() == [url_key(u) for u in urls[:2]]
@@ -74,7 +76,8 @@ def test_cli_runs_shards_and_summarises_reasons(http_server, tmp_path, capsys):
     tsv.write_text(f"url\tcaption\n{http_server.url('/ok.jpg')}\ta\n{http_server.url('/missing.jpg')}\tb\n"
                    f"{http_server.url('/html.jpg')}\tc\nfile:///etc/passwd\td\n")
     cfg = tmp_path / "cli.yaml"
-    cfg.write_text(f"name: cli\nsources: [{{kind: url_tsv, path: {tsv}}}]\n")
+    cfg.write_text(f"name: cli\nsources: [{{kind: url_tsv, path: {tsv}}}]\n"
+                   "ingest: {download: {allow_networks: [127.0.0.0/8]}}\n")
     root = str(tmp_path / "store")
     assert main(["--dataset", str(cfg), "--root", root, "--set", "ingest.shorter_side=32", "--no-progress"]) == 0
     out = capsys.readouterr().out
@@ -108,7 +111,7 @@ def test_duplicate_urls_across_shards_are_fetched_once(http_server, make_config,
     a, b = http_server.url("/ok.jpg?x=dedupe"), http_server.url("/ok.png?x=dedupe")
     tsv = tmp_path / "dups.tsv"
     tsv.write_text(f"{a}\tfirst\n{b}\tsecond\n{a}\tagain in shard 1\n{a} \tand with a trailing space\n")
-    cfg = make_config([{"kind": "url_tsv", "path": str(tsv)}], shard_size=2, shorter_side=32)
+    cfg = make_config([{"kind": "url_tsv", "path": str(tsv)}], shard_size=2, shorter_side=32, download=LOOPBACK)
     for s in (0, 1):
         run_shard(store, cfg, s)
     assert store.read_table("t", "images", 1).num_rows == 0
@@ -117,7 +120,8 @@ def test_duplicate_urls_across_shards_are_fetched_once(http_server, make_config,
     assert "shard 0" in errors[0]["detail"]
     assert http_server.routes.hits["/ok.jpg?x=dedupe"] == 1  # never fetched again
     # with dedupe off, every listed sample is processed again
-    nodedupe = make_config([{"kind": "url_tsv", "path": str(tsv)}], shard_size=2, shorter_side=32, dedupe=False)
+    nodedupe = make_config([{"kind": "url_tsv", "path": str(tsv)}], shard_size=2, shorter_side=32, dedupe=False,
+                           download=LOOPBACK)
     run_shard(store, nodedupe, 1)
     assert store.read_table("t", "images", 1).num_rows == 1  # the in-shard repeat is still one key
     assert store.read_errors("t", "images", 1).column("reason").to_pylist() == ["duplicate_key"]
