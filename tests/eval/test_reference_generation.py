@@ -16,37 +16,15 @@ from safetensors.torch import load_file
 
 from eval_stage.generate import ModelAdapter, TargetStep, build_slots, decode_sequence, generate
 from eval_stage.generate.inputs import SENTINEL0, UNKNOWN
-from train_stage.model import FourM, FourMConfig
+from train_stage.model import from_pretrained
 
 TINY = Path(__file__).parents[1] / "fixtures/ml4m/fm/tiny"
-
-
-def load_reference_tiny() -> FourM:
-    """The tiny reference checkpoint in our model.
-
-    Temporary adapter until strict loading of released checkpoints lands (branch compat-ckpt, issue 14): it
-    drops the reference's all-zero LayerNorm bias entries and cuts its 512-row sequence position tables to our
-    rows; everything else must load strictly.
-    """
-    model = FourM(FourMConfig.from_json_file(TINY / "config.json"))
-    ours = model.state_dict()
-    state = {}
-    for k, v in load_file(str(TINY / "model.safetensors")).items():
-        if k not in ours:
-            assert k.endswith(".bias") and not v.any(), k  # bias-free LayerNorm stored as zeros
-            continue
-        if v.shape != ours[k].shape:
-            assert k.endswith("pos_emb") and v.shape[1] >= ours[k].shape[1], k
-            v = v[:, : ours[k].shape[1]]
-        state[k] = v
-    model.load_state_dict(state, strict=True)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def reference():
     torch.manual_seed(0)
-    return load_reference_tiny(), load_file(str(TINY / "batch.safetensors"))["rgb@224.tensor"], \
+    return from_pretrained(TINY).eval(), load_file(str(TINY / "batch.safetensors"))["rgb@224.tensor"], \
         load_file(str(TINY / "generation_outputs.safetensors"))
 
 
