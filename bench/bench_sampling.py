@@ -1,6 +1,6 @@
 """Sampling throughput on CPU with random-init weights (issue 7 benchmarks).
 
-* autoregressive caption decoding, tokens/s with and without the KV cache (fixed length: [EOS] does not
+* autoregressive caption decoding, tokens/s with and without the KV cache (fixed length: the closing sentinel does not
   stop the run), for the tiny and B presets;
 * MaskGIT steps/s for a 196-token target (tok_depth@224) from RGB.
 
@@ -46,7 +46,7 @@ def bench_ar(model: FourM, n_tokens: int, kv_cache: bool, batch: int) -> tuple[f
     slots = build_slots(adapter, state, batch)
     with torch.no_grad(), Clock() as c:
         res = decode_sequence(adapter, slots, "caption", torch.Generator().manual_seed(0), max_new_tokens=n_tokens,
-                              kv_cache=kv_cache, stop_at_eos=False)
+                              kv_cache=kv_cache, stop_at_end=False)
     assert res.target.shape[1] == n_tokens + 1
     return batch * n_tokens / c.wall, batch * n_tokens / c.cpu
 

@@ -47,7 +47,7 @@ from .config import DEFAULT_CONDITIONS, EvalConfig
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
-CODE_VERSION = "evaluate/3"
+CODE_VERSION = "evaluate/4"  # 4: generation with the reference's sentinel / [EOS] conventions
 GT_ARTIFACT = "ground_truth"
 GT_COLUMNS = {"depth": "depth", "normal": "normal", "semseg": "semseg"}  # tokenizer target -> ground_truth column
 SCORED = ("depth", "normal", "semseg")  # tokenizer targets this stage scores

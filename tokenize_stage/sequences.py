@@ -64,7 +64,7 @@ from .text.serialise import sam_instance as sam_ser
 from .text.serialise.types import Box, ColorPalette, ColorPaletteSet, Detections, HumanPoses, Metadata, Person
 from .train_tokenizer import tokenizer_artifact, trained_ref
 
-CODE_VERSION = "tokenize.sequences/2"
+CODE_VERSION = "tokenize.sequences/3"  # 3: the reference's serialisation conventions (det order and rounding, metadata bins)
 SEQUENCE_MODALITIES = tuple(SERIALISERS)  # det, color_palette, metadata, human_poses, sam_instance
 CHUNK_SAMPLES = 64  # samples whose VQ inputs are held in memory and encoded together
 

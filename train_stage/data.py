@@ -177,9 +177,9 @@ class _Shard:
             self.tables[m] = (row, values, offsets)
 
     def gather_tokens(self, modality: str, key_idx: np.ndarray, crop: np.ndarray, width: int
-                      ) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens of samples (key index, crop) as a zero-padded (n, width) int32 matrix and their lengths (n,),
-        in a few array operations (no per-sample Python)."""
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Tokens of samples (key index, crop) as a zero-padded (n, width) int32 matrix, their lengths (n,) and
+        whether the modality has a row for them (n,) bool, in a few array operations (no per-sample Python)."""
         row, values, offsets = self.tables[modality]
         r = row[key_idx, np.minimum(crop, row.shape[1] - 1)]
         ok = r >= 0
@@ -190,7 +190,7 @@ class _Shard:
         keep = cols[None] < n[:, None]
         idx = np.minimum(start[:, None] + cols[None], max(len(values) - 1, 0))
         out = np.where(keep, values[idx] if len(values) else 0, 0).astype(np.int32)
-        return out, n
+        return out, n, ok
 
     def tokens(self, modality: str, key: str, crop: int) -> np.ndarray | None:
         """One sample's tokens (None when the modality has no row for it)."""
@@ -389,10 +389,12 @@ class TokenShardStream(IterableDataset):
         L = get_modality(m).max_tokens
         tok = np.zeros((B, L), dtype=np.int32)
         n = np.zeros(B, dtype=np.int64)
+        present = np.zeros(B, dtype=bool)  # an empty sequence (no boxes) is present: it is masked as "[EOS]"
         for shard, _, rows, key_idx, crop in groups:
-            tok[rows], n[rows] = shard.gather_tokens(m, key_idx, crop, L)
+            tok[rows], n[rows], present[rows] = shard.gather_tokens(m, key_idx, crop, L)
         raw.tokens[m] = torch.from_numpy(tok)
         raw.lengths[m] = torch.from_numpy(n)
+        raw.present[m] = torch.from_numpy(present)
 
     @staticmethod
     def _collate_pixels(raw: RawBatch, m: str, samples, has: list[bool]) -> None:

@@ -18,6 +18,7 @@ from fourm_core.modalities import FOURM21, get_modality
 
 PRESETS = Path(__file__).parent / "presets"
 Keep = Literal["random", "all", "binary"]
+BudgetMode = Literal["reference", "fill"]
 
 
 class Component(StrictModel):
@@ -40,9 +41,10 @@ class Component(StrictModel):
                 raise ValueError(f"component {self.name}: Dirichlet alpha must be >= 0, got {v}")
         return self
 
-    def alpha(self, modality: str, target: bool) -> float:
+    def alpha(self, modality: str, target: bool, as_written: bool = False) -> float:
+        """The modality's Dirichlet alpha; 0 for a role the modality cannot take unless ``as_written``."""
         mod = get_modality(modality)
-        if target and not mod.is_target or not target and not mod.is_input:
+        if not as_written and (target and not mod.is_target or not target and not mod.is_input):
             return 0.0
         table = self.target_alpha if target else self.input_alpha
         return float(table.get(modality, table.get("default", 0.0)))
@@ -58,6 +60,12 @@ class MixtureConfig(StrictModel):
     modalities: list[str] = Field(default_factory=lambda: list(FOURM21))
     components: list[Component] = Field(min_length=1)
     metadata_chunk: int = Field(2, ge=1, description="tokens per metadata key/value chunk (masked whole)")
+    budget_mode: BudgetMode = Field(
+        "reference",
+        description="reference: the released models' budgets (Dirichlet shares capped by max_tokens; what a "
+                    "cap or a short sequence cannot take stays unused; over-long sequence inputs are re-masked "
+                    "with a lower keep probability); fill: capped shares are redistributed so every sample "
+                    "fills input_budget / target_budget whenever it has the tokens (over-long inputs are cut)")
 
     @model_validator(mode="after")
     def _mods(self) -> "MixtureConfig":

@@ -35,7 +35,9 @@ from .model import FourM, preset
 from .model.hub import load_state, reference_state, safetensors_metadata
 
 STAGE = "train"
-CODE_VERSION = "2"  # bump when a change alters what a given config trains (2: learned global-token positions)
+# bump when a change alters what a given config trains (2: learned global-token positions; 3: the reference's
+# sentinels, [EOS] and masking budgets)
+CODE_VERSION = "3"
 
 
 # ------------------------------------------------------------------------------------ building blocks

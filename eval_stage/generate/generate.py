@@ -18,7 +18,7 @@ from .adapter import ModelAdapter
 from .autoregressive import decode_sequence, merge_spans
 from .guidance import Condition
 from .image_decoding import decode_image_tokens
-from .inputs import SENTINEL0, batch_size_of, build_slots
+from .inputs import N_SENTINELS, SENTINEL0, batch_size_of, build_slots, closing_sentinel
 
 
 @dataclass
@@ -98,12 +98,13 @@ def run_step(adapter: ModelAdapter, state: dict[str, torch.Tensor], step: Target
             raise ValueError(f"sequence targets are decoded autoregressively, not with {step.decoding!r}")
         given = state.get(step.modality)
         seq_state = dict(state)
-        if given is None:  # write the whole sequence: the encoder sees "[S_0]"
-            seq_state[step.modality] = torch.full((batch_size, 1), SENTINEL0, dtype=torch.long)
+        if given is None:  # write the whole sequence: the encoder sees "[S_1]"
+            seq_state[step.modality] = torch.full((batch_size, 1), SENTINEL0 + 1, dtype=torch.long)
+        spans = ((seq_state[step.modality] >= SENTINEL0) & (seq_state[step.modality] < SENTINEL0 + N_SENTINELS)).sum(1)
         slots = build_slots(adapter, seq_state, batch_size)
         result = decode_sequence(adapter, slots, step.modality, generator, step.max_new_tokens, step.kv_cache,
                                  step.temperature, step.temperature_end, step.temperature_schedule, step.top_k,
-                                 step.top_p, conditions)
+                                 step.top_p, conditions, end=closing_sentinel(spans.clamp(min=1)))
         return merge_spans(given, result.target, mod.max_tokens)
     tokens, _ = decode_image_tokens(adapter, state, step.modality, batch_size, generator, step.decoding or "maskgit",
                                     step.steps, step.token_schedule, step.temperature, step.temperature_end,

@@ -2,7 +2,9 @@
 
 Accepted per kind (B = batch):
 * pixels (``rgb@224``): images (B, C, H, W) in the model's normalisation, or patches (B, N, P·P·C);
-* sequences: token ids (B, L), right-padded with [PAD] = 0; masked spans are sentinels [S_i];
+* sequences: token ids (B, L), right-padded with [PAD] = 0; masked spans are sentinels [S_1] .. [S_n]
+  (numbered from 1, as the released models were trained); a row without sentinels is a complete sequence
+  and gets its [EOS] appended (as in training) unless it already ends with one;
 * embedding sequences (``t5_caption``): floats (B, L, F), every row valid;
 * image / global tokens: ids (B, L) with -1 at positions that are unknown (to be generated).
 """
@@ -17,6 +19,24 @@ from .adapter import EncoderSlots, ModelAdapter
 
 PAD, SOS, EOS, SENTINEL0, N_SENTINELS = 0, 2, 3, 4, 200  # 4M-FACTS §2
 UNKNOWN = -1  # image-token positions to generate
+
+
+def closing_sentinel(n_spans: int | torch.Tensor) -> int | torch.Tensor:
+    """Id of the sentinel that ends a target with ``n_spans`` spans: [S_{n+1}]."""
+    return SENTINEL0 + n_spans + 1
+
+
+def complete_sequences(x: torch.Tensor, max_tokens: int) -> torch.Tensor:
+    """(B, L) right-padded ids -> (B, L') where every row without a sentinel or [EOS] gets [EOS] appended
+    (truncated to ``max_tokens``): a complete sequence is "tokens [EOS]" in training."""
+    n = (x != PAD).sum(1)
+    has_sentinel = ((x >= SENTINEL0) & (x < SENTINEL0 + N_SENTINELS)).any(1)
+    add = ~has_sentinel & ~(x == EOS).any(1) & (n < max_tokens)
+    if not bool(add.any()):
+        return x
+    out = torch.cat([x, torch.full_like(x[:, :1], PAD)], 1)
+    out.scatter_(1, n[:, None], torch.where(add, EOS, out.gather(1, n[:, None])[:, 0])[:, None])
+    return out[:, : max(int((out != PAD).sum(1).max()), 1)]
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
@@ -56,7 +76,7 @@ def build_slots(adapter: ModelAdapter, state: dict[str, torch.Tensor], batch_siz
             L = x.shape[1]
             ids, ok = torch.arange(L, device=device).expand(B, L), torch.ones(B, L, dtype=torch.bool, device=device)
         elif mod.kind == ModalityKind.SEQUENCE:
-            x = x.long()[:, : mod.max_tokens]
+            x = complete_sequences(x.long(), mod.max_tokens)[:, : mod.max_tokens]
             L = x.shape[1]
             ok = x != PAD
             # sequence positions count only the kept tokens (§9); inputs are right-padded, so that is the index

@@ -51,11 +51,24 @@ def test_top_k_top_p_filtering():
 
 
 def test_merge_spans_fills_sentinels_in_order():
-    S0, S1 = SENTINEL0, SENTINEL0 + 1
-    given = torch.tensor([[310, S0, 311, S1, PAD], [S0, PAD, PAD, PAD, PAD]])  # ids >= 204: ordinary words
-    target = torch.tensor([[S0, 320, 321, S1, 322, EOS, 399], [S0, 330, EOS, PAD, PAD, PAD, PAD]])
+    """The released models' convention: spans [S_1] .. [S_n], the target closes with [S_{n+1}], [EOS] is a
+    token of the sequence (the merged sequence ends before it)."""
+    S1, S2, S3 = SENTINEL0 + 1, SENTINEL0 + 2, SENTINEL0 + 3
+    given = torch.tensor([[310, S1, 311, S2, PAD], [S1, PAD, PAD, PAD, PAD]])  # ids >= 204: ordinary words
+    target = torch.tensor([[S1, 320, 321, S2, 322, EOS, S3, 399], [S1, 330, EOS, S2, 331, PAD, PAD, PAD]])
     out = merge_spans(given, target, max_len=256)
     assert out.tolist() == [[310, 320, 321, 311, 322], [330, PAD, PAD, PAD, PAD]]
-    # no input sequence: the whole target body is the sequence; max_len truncates
+    # no input sequence: the whole target body is the sequence (up to its [EOS]); max_len truncates
     assert merge_spans(None, target[1:], 256).tolist() == [[330]]
     assert merge_spans(given[:1], target[:1], 3).tolist() == [[310, 320, 321]]
+    # the closing sentinel ends the target even without [EOS]; what follows it is ignored
+    assert merge_spans(None, torch.tensor([[S1, 340, 341, S2, 342]]), 256).tolist() == [[340, 341]]
+
+
+def test_complete_inputs_get_their_eos():
+    from eval_stage.generate.inputs import complete_sequences
+
+    x = torch.tensor([[300, 301, PAD], [300, SENTINEL0 + 1, PAD], [300, EOS, PAD], [300, 301, 302]])
+    assert complete_sequences(x, 256).tolist() == [[300, 301, EOS, PAD], [300, SENTINEL0 + 1, PAD, PAD],
+                                                   [300, EOS, PAD, PAD], [300, 301, 302, EOS]]
+    assert complete_sequences(x[3:], 3).tolist() == [[300, 301, 302]]  # full: no room, as in training

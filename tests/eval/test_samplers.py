@@ -90,7 +90,8 @@ def test_weighted_guidance_reduces_to_single_condition(tiny_model):
 @pytest.mark.parametrize("temperature,guided", [(0.0, False), (1.0, False), (1.0, True)])
 def test_kv_cache_equals_full_recompute(tiny_model, temperature, guided):
     adapter = ModelAdapter(tiny_model)
-    caption = torch.tensor([[300, SENTINEL0, 301, PAD], [SENTINEL0, PAD, PAD, PAD], [400, 401, SENTINEL0, 402]])
+    S1 = SENTINEL0 + 1
+    caption = torch.tensor([[300, S1, 301, PAD], [S1, PAD, PAD, PAD], [400, 401, S1, 402]])
     slots = build_slots(adapter, {"rgb@224": _rgb(), "caption": caption}, B)
     cond = [Condition(("rgb@224",), 2.5)] if guided else None
     kw = dict(max_new_tokens=24, temperature=temperature, conditions=cond, record_logits=True)
@@ -128,11 +129,12 @@ def test_chained_generation_feeds_each_target_to_the_next(tiny_model, monkeypatc
 
 
 def test_sequence_generation_keeps_given_tokens(tiny_model):
-    caption = torch.tensor([[300, SENTINEL0, 301], [302, 303, SENTINEL0], [SENTINEL0, 304, PAD]])
+    S1 = SENTINEL0 + 1
+    caption = torch.tensor([[300, S1, 301], [302, 303, S1], [S1, 304, PAD]])
     out = generate(tiny_model, {"rgb@224": _rgb(), "caption": caption}, [TargetStep("caption", max_new_tokens=8)],
                    seed=0)["caption"]
     for b, given in enumerate(caption.tolist()):
-        words = [t for t in given if t not in (PAD, SENTINEL0)]
+        words = [t for t in given if t not in (PAD, S1)]
         row = [t for t in out[b].tolist() if t != PAD]
         it = iter(row)
         assert all(w in it for w in words)  # given tokens appear in order
@@ -154,3 +156,28 @@ def test_top_k_one_is_greedy_for_both_decoders(tiny_model):
     sched = generate(tiny_model, inputs, [TargetStep(**step, temperature=2.0, temperature_end=0.1,
                                                      temperature_schedule="cosine", top_k=1)], seed=4)["caption"]
     assert torch.equal(sched, generate(tiny_model, inputs, [TargetStep(**step, temperature=0.0)], seed=0)["caption"])
+
+
+def test_decoding_stops_at_the_closing_sentinel_not_at_eos(tiny_model, monkeypatch):
+    """[EOS] is an ordinary token of the sequence; a row ends when it writes [S_{n+1}], n = its input's spans."""
+    from eval_stage.generate.inputs import EOS
+
+    S1, S2, S3 = SENTINEL0 + 1, SENTINEL0 + 2, SENTINEL0 + 3
+    script = torch.tensor([[300, EOS, 301, S2, 302, 303, 304],  # one span: stops at [S_2] after [EOS]
+                           [310, S2, 311, EOS, S3, 312, 313],  # two spans: [S_2] opens the second one
+                           [320, EOS, 321, 322, 323, 324, 325]])  # never closes: runs to max_new_tokens
+    adapter = ModelAdapter(tiny_model)
+    calls = iter(range(100))
+
+    def scripted(modality, hidden):  # (B, D) newest slot -> logits whose argmax is script[:, t] at call t
+        return torch.nn.functional.one_hot(script[:, next(calls)], 30000).float() * 10
+
+    monkeypatch.setattr(adapter, "to_logits", scripted)
+    caption = torch.tensor([[S1, PAD, PAD], [300, S1, S2], [S1, PAD, PAD]])
+    slots = build_slots(adapter, {"rgb@224": _rgb(), "caption": caption}, B)
+    end = torch.tensor([S2, S3, S2])
+    res = decode_sequence(adapter, slots, "caption", torch.Generator().manual_seed(0), max_new_tokens=6,
+                          temperature=0.0, kv_cache=False, end=end)
+    assert res.target.tolist() == [[S1, 300, EOS, 301, S2, PAD, PAD],
+                                   [S1, 310, S2, 311, EOS, S3, PAD],
+                                   [S1, 320, EOS, 321, 322, 323, 324]]

@@ -56,8 +56,8 @@ def metadata(g: np.random.Generator, p_present: float = 0.7) -> Metadata:
 
 
 def person(g: np.random.Generator) -> Person:
-    return Person(bbox=xyxy(g), pose_tokens=g.integers(0, 1024, 8), global_orient=g.uniform(-1.1, 1.1, 9),
-                  betas=g.uniform(-3.5, 3.5, 10), camera=g.uniform(-2, 21, 3))
+    return Person(bbox=xyxy(g), pose_tokens=g.integers(0, 1024, 8), global_orient=g.uniform(-1, 1, 9),
+                  betas=g.uniform(-3, 3, 10), camera=g.uniform(-2, 21, 3))
 
 
 def human_poses(g: np.random.Generator, n: int | None = None) -> HumanPoses:

@@ -18,8 +18,9 @@ def make_person(**kw) -> Person:
 
 
 def test_value_maps_at_the_interval_ends_and_beyond():
-    assert [GLOBAL.quantise(g) for g in (-1.5, -1.0, 0.0, 1.0, 1.5)] == [0, 0, 500, 999, 999]
-    assert [BETAS.quantise(b) for b in (-4.0, -3.0, 0.0, 3.0, 9.0)] == [0, 0, 500, 999, 999]
+    # as the reference: only the camera is clipped; global / betas beyond their range leave 0..999
+    assert [GLOBAL.quantise(g) for g in (-1.5, -1.0, 0.0, 1.0, 1.5)] == [-250, 0, 500, 999, 1249]
+    assert [BETAS.quantise(b) for b in (-4.0, -3.0, 0.0, 3.0, 9.0)] == [-166, 0, 500, 999, 1998]
     assert [CAMERA.quantise(c) for c in (-5.0, -1.0, 0.0, 19.0, 40.0)] == [0, 0, 50, 999, 999]
     for bins in (GLOBAL, BETAS, CAMERA):
         assert bins.dequantise(0) == pytest.approx(bins.lo) and bins.dequantise(999) == pytest.approx(bins.hi)
@@ -33,7 +34,7 @@ def test_example_person_in_canonical_order():
     assert text == ("human v0=100 v1=200 v2=500 v3=899 "
                     "pose v0=0 v0=511 v1=0 v1=511 v0=1 v0=2 v0=3 v0=4 "
                     "global v0=999 v0=500 v0=500 v0=500 v0=999 v0=500 v0=500 v0=500 v0=999 "
-                    "shape v0=0 v0=999" + " v0=500" * 8 + " camera v0=0 v0=999 v0=50")
+                    "shape v0=0 v0=999" + " v0=500" * 8 + " camera v0=0 v0=999 v0=50 ")
     assert len(text.split()) == human_poses.TOKENS_PER_PERSON == 39
 
 

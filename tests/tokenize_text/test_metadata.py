@@ -23,7 +23,7 @@ def test_type_ids_follow_the_facts_table():
 
 def test_example_in_type_order_without_rng():
     m = Metadata(original_width=640, brightness=127.5, watermark_score=0.7, aesthetic_score=5.0)
-    assert metadata.serialise(m) == "v1=0 v0=20 v1=10 v0=25 v1=19 v0=1 v1=20 v0=1"
+    assert metadata.serialise(m) == "v1=0 v0=20 v1=10 v0=24 v1=19 v0=1 v1=20 v0=1"
 
 
 def test_sizes_are_divided_by_32_and_clipped():
@@ -31,13 +31,14 @@ def test_sizes_are_divided_by_32_and_clipped():
 
 
 def test_counts_are_clipped_to_999():
-    assert [q("n_humans", v) for v in (0, 7, 999, 1000, 5000)] == [0, 7, 999, 999, 999]
+    assert [q("n_humans", v) for v in (-3, 0, 7, 999, 1000, 5000)] == [0, 0, 7, 999, 999, 999]
 
 
 def test_float_bins_edges_and_clipping():
-    assert [q("brightness", v) for v in (-10, 0, 5.09, 5.11, 254.9, 255, 400)] == [0, 0, 0, 1, 49, 49, 49]
-    assert [q("colorfulness", v) for v in (2.999, 3.0, 147.0, 149.99, 150.0)] == [0, 1, 49, 49, 49]
-    assert [q("occlusion_score", v) for v in (0.0, 0.005, 0.2499, 0.25, 1.0)] == [0, 1, 49, 49, 49]
+    # the reference's int(frac * 49): bins are 1/49 of the range wide and only vmax reaches bin 49
+    assert [q("brightness", v) for v in (-10, 0, 5.19, 5.21, 254.9, 255, 400)] == [0, 0, 0, 1, 48, 49, 49]
+    assert [q("colorfulness", v) for v in (3.06, 3.07, 147.0, 149.99, 150.0)] == [0, 1, 48, 48, 49]
+    assert [q("occlusion_score", v) for v in (0.0, 0.0052, 0.2499, 0.25, 1.0)] == [0, 1, 48, 49, 49]
     for t in METADATA_TYPES:
         if t.kind == "bins":  # all 50 bins are reachable and representatives bin back to themselves
             reps = [dequantise(t, b) for b in range(N_BINS)]
@@ -84,13 +85,14 @@ def test_shuffle_follows_the_rng():
     assert metadata.serialise(m, 3) == metadata.serialise(m, np.random.default_rng(3))
 
 
-def test_truncation_keeps_19_whole_chunks():
+def test_truncation_keeps_20_whole_chunks():
+    """As the reference: 20 chunks fill all 40 slots and the masking has no room left for [EOS]."""
     full = Metadata(**{t.name: 1 for t in METADATA_TYPES})
     chunks = metadata.chunks(full, 0)
-    assert len(chunks) == 19 == token_budget("metadata") // 2
+    assert len(chunks) == 20 == token_budget("metadata") // 2
     assert all(len(c.split()) == 2 for c in chunks)
-    assert len(metadata.serialise(full).split()) == 38
-    assert len(metadata.parse(metadata.serialise(full, 0)).model_dump(exclude_none=True)) == 19
+    assert len(metadata.serialise(full).split()) == 40
+    assert len(metadata.parse(metadata.serialise(full, 0)).model_dump(exclude_none=True)) == 20
     assert metadata.serialise(Metadata()) == "" and metadata.parse("") == Metadata()
 
 
@@ -109,7 +111,9 @@ def test_parse_errors(text, message):
 
 def test_bad_input_names_the_field():
     with pytest.raises(ValueError, match="n_humans"):
-        Metadata(n_humans=-1)
+        Metadata(n_humans=2.5)
+    with pytest.raises(ValueError, match="original_width"):
+        Metadata(original_width=-1)
     with pytest.raises(ValueError, match="entropy"):
         Metadata(entropy=float("nan"))
     with pytest.raises(ValueError, match="bogus"):

@@ -17,7 +17,8 @@ MODS = ["caption", "tok_semseg@224", "tok_dinov2_global"]
 
 def masker(mods=MODS, n=1):
     mix = load_mixture("demo").model_copy(update={"modalities": mods, "input_budget": 32, "target_budget": 32})
-    c4 = load_mixture("c4_caption").model_copy(update={"modalities": mods, "input_budget": 32, "target_budget": 32})
+    c4 = load_mixture("c4_caption").model_copy(update={"modalities": mods, "input_budget": 32, "target_budget": 32,
+                                                       "budget_mode": mix.budget_mode})
     return Masker([mix, c4][:n] if n == 2 else [mix], mods)
 
 

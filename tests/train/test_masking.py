@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pydantic
 import pytest
 import torch
 
 from fourm_core.config import ConfigError
-from fourm_core.modalities import FOURM21
+from fourm_core.modalities import FOURM21, get_modality
 from train_stage.batch import IGNORE, MODALITY_INDEX
 from train_stage.masking import EOS, SENTINEL0, Masker, allocate, sample_dirichlet
 from train_stage.mixture import MixtureConfig, load_data_mix, load_mixture
@@ -36,8 +37,12 @@ def test_presets_validate_and_bad_values_fail():
     assert m21.modalities == list(FOURM21)
     assert load_mixture("4m7").modalities[0] == "rgb@224"
     assert [d.weight for d in load_data_mix("4m21_data").datasets] == [0.6, 0.2, 0.2]
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="alpha must be >= 0"):
         mixture(["caption"], alpha_in={"default": -1.0})
+    with pytest.raises(pydantic.ValidationError, match="budget_mode"):
+        mixture(["caption"], budget_mode="greedy")
+    with pytest.raises(ValueError, match="same budget_mode"):
+        Masker([mixture(["caption"]), mixture(["caption"], budget_mode="fill")])
     with pytest.raises(ConfigError):
         load_mixture("no_such_preset")
 
@@ -68,23 +73,27 @@ def test_dirichlet_alpha_zero_and_tiny_alpha():
     assert (sums[~has] == 0).all()
 
 
+@pytest.mark.parametrize("mode", ["reference", "fill"])
 @pytest.mark.parametrize("preset", ["4m21", "4m7"])
-def test_budgets_exact_caps_and_disjoint_image_positions(preset):
-    mix = load_mixture(preset)
+def test_budgets_caps_and_disjoint_image_positions(preset, mode):
+    mix = load_mixture(preset).model_copy(update={"budget_mode": mode})
     mods = mix.modalities
     masker = Masker(mix)
     for seed in range(3):
         r = raw(mods, B=96, seed=seed, full_sequences=True)
         b = masker(r, torch.Generator().manual_seed(100 + seed))
         assert b.enc_tokens.shape == (96, mix.input_budget) and b.dec_tokens.shape == (96, mix.target_budget)
-        # full samples have enough tokens: budgets are filled exactly, except in the rgb-to-all component,
-        # whose only input (196 rgb patches) is smaller than the budget
         n_in = b.enc_valid.sum(1)
-        only_rgb = ((b.enc_modality == MODALITY_INDEX["rgb@224"]) | ~b.enc_valid).all(1)
-        assert ((n_in == mix.input_budget) | (only_rgb & (n_in == 196))).all()
+        if mode == "fill":
+            # full samples have enough tokens: budgets are filled exactly, except in the rgb-to-all component,
+            # whose only input (196 rgb patches) is smaller than the budget
+            only_rgb = ((b.enc_modality == MODALITY_INDEX["rgb@224"]) | ~b.enc_valid).all(1)
+            assert ((n_in == mix.input_budget) | (only_rgb & (n_in == 196))).all()
+        else:  # reference: capped Dirichlet shares, what a cap removes stays unused
+            assert (n_in <= mix.input_budget).all() and (n_in < mix.input_budget).float().mean() > 0.3
         assert (b.dec_valid.sum(1) <= mix.target_budget).all()
         for m, c in per_modality_counts(b.enc_modality, b.enc_valid, mods).items():
-            assert (c <= r.lengths[m]).all()
+            assert (c <= r.lengths[m] + 1).all()  # sequences: + [EOS]
         # image-like: input and target cells are disjoint, and target tokens equal the grid's tokens
         for m in mods:
             mid = MODALITY_INDEX[m]
@@ -145,8 +154,6 @@ def reconstruct(inp: list[int], tgt: list[int]) -> list[int]:
     """Undo T5 span masking: put each sentinel's span from the target back into the input."""
     spans, cur = {}, None
     for t in tgt:
-        if t == EOS:
-            break
         if SENTINEL0 <= t < SENTINEL0 + 200:
             cur = t
             spans[cur] = []
@@ -163,28 +170,35 @@ def test_sentinel_structure_reconstructs_sequence(modality):
     mods = [modality]
     masker = Masker(mixture(mods, budget=(300, 300)))
     r = raw(mods, B=64, seed=1)
-    r.lengths[modality] = r.lengths[modality].clamp(max=100) // 2 * 2 + 2
+    # short enough that no target exceeds its cap (max_tokens) and gets cut
+    r.lengths[modality] = r.lengths[modality].clamp(max=min(100, get_modality(modality).max_tokens // 2 - 4)) // 2 * 2 + 2
     b = masker(r, torch.Generator().manual_seed(2))
     mid = MODALITY_INDEX[modality]
     n_masked = 0
     for i in range(64):
         inp = b.enc_tokens[i][b.enc_modality[i] == mid].tolist()
         sel = b.dec_modality[i] == mid
-        tgt = b.dec_tokens[i][sel].tolist()
-        if tgt:
-            assert tgt[-1] == EOS and tgt[0] == SENTINEL0
-            # labels are the next target token; the last slot (EOS) has none
-            assert b.dec_labels[i][sel].tolist() == tgt[1:] + [IGNORE]
-            n_masked += 1
-        original = r.tokens[modality][i, : int(r.lengths[modality][i])].tolist()
-        assert reconstruct(inp, tgt) == original
+        # decoder slots carry the target but its last token, which only appears as the last label
+        labels = b.dec_labels[i][sel].tolist()
+        tgt = b.dec_tokens[i][sel].tolist() + labels[-1:]
+        # the reference's convention: spans are [S_1] .. [S_n], the target ends with [S_{n+1}], [EOS] is part
+        # of the sequence (in the input or in a span)
+        n_spans = sum(SENTINEL0 <= t < SENTINEL0 + 200 for t in inp)
+        if not tgt:  # nothing masked: the target is "[S_1]" alone, which takes no decoder slot
+            assert n_spans == 0
+            tgt = [SENTINEL0 + 1]
+        assert tgt[0] == SENTINEL0 + 1 and tgt[-1] == SENTINEL0 + n_spans + 1
+        # labels are the next target token; the closing sentinel has no slot of its own
+        assert labels == tgt[1:] and IGNORE not in labels
+        n_masked += n_spans > 0
+        original = r.tokens[modality][i, : int(r.lengths[modality][i])].tolist() + [EOS]
+        assert reconstruct(inp, tgt) == original[: get_modality(modality).max_tokens]
         # input positions count only the kept tokens
         assert b.enc_positions[i][b.enc_modality[i] == mid].tolist() == list(range(len(inp)))
         if modality == "metadata":  # chunk-wise: every masked span covers whole key/value pairs
-            spans = reconstruct([t for t in inp], tgt)
-            assert len(spans) % 2 == 0
+            assert len(reconstruct(inp, tgt)) % 2 == 1  # key/value pairs + [EOS]
             body = [t for t in tgt if not (SENTINEL0 <= t < SENTINEL0 + 200) and t != EOS]
-            assert len(body) % 2 == 0
+            assert len(body) % 2 == 0  # [EOS] is a chunk of its own
     assert n_masked > 20
 
 
@@ -211,5 +225,33 @@ def test_keep_all_puts_the_whole_caption_in_the_input():
     assert not (b.dec_modality == mid).any()
     for i in range(32):
         got = b.enc_tokens[i][b.enc_modality[i] == mid].tolist()
-        assert got == r.tokens["caption"][i, : len(got)].tolist()
+        assert got == r.tokens["caption"][i, : int(r.lengths["caption"][i])].tolist() + [EOS]
         assert not any(SENTINEL0 <= t < SENTINEL0 + 200 for t in got)
+
+
+def test_unpadded_sequence_narrower_than_half_the_budget():
+    """A direct caller may pass a sequence tensor only as wide as its longest sample (2W + 1 <= max_tokens)."""
+    mods = ["caption", "tok_depth@224"]
+    for mode in ("reference", "fill"):
+        r = raw(mods, B=8)
+        r.tokens["caption"] = r.tokens["caption"][:, :10]
+        r.lengths["caption"] = r.lengths["caption"].clamp(max=10)
+        b = Masker(mixture(mods, budget_mode=mode))(r, torch.Generator().manual_seed(0))
+        mid = MODALITY_INDEX["caption"]
+        for i in range(8):
+            inp = b.enc_tokens[i][b.enc_modality[i] == mid].tolist()
+            sel = b.dec_modality[i] == mid
+            tgt = b.dec_tokens[i][sel].tolist() + b.dec_labels[i][sel].tolist()[-1:]
+            if len(tgt) and tgt[-1] - SENTINEL0 == sum(SENTINEL0 <= t < SENTINEL0 + 200 for t in inp) + 1:
+                assert reconstruct(inp, tgt) == r.tokens["caption"][i, : int(r.lengths["caption"][i])].tolist() + [EOS]
+
+
+def test_fill_mode_uses_more_tokens_than_reference():
+    """The named option "fill" redistributes what caps remove: more tokens per step than "reference"."""
+    mix = load_mixture("4m21")
+    r = raw(mix.modalities, B=256, seed=3)
+    used = {}
+    for mode in ("reference", "fill"):
+        b = Masker(mix.model_copy(update={"budget_mode": mode}))(r, torch.Generator().manual_seed(1))
+        used[mode] = b.n_tokens() / 256
+    assert used["fill"] > used["reference"] + 40

@@ -8,7 +8,6 @@ that count against the reference tokenizer.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -21,6 +20,9 @@ COORD_SCALE = 999  # normalised coordinates in [0, 1] map to value tokens 0..999
 VQ_SPLIT = 512  # VQ code t is written v0=t for t < 512, else v1=t-512 (4M-FACTS §3)
 VQ_CODES = 1024  # largest codebook the two axes can hold here (the pose and mask VQs have ~1k codes)
 EOS_RESERVE = 1  # the masking code appends [EOS]; budgets leave room for it (det: 51 boxes = 255 + 1 = 256)
+# metadata is the exception: like the reference, its whole 2-token chunks fill all 40 slots when 20+ fields are
+# present and the [EOS] chunk is the one dropped (the masking code truncates [EOS] away when there is no room)
+NO_EOS_RESERVE = frozenset({"metadata"})
 
 Rng = np.random.Generator | int | None
 T = TypeVar("T")
@@ -41,20 +43,17 @@ def coerce_rng(rng: Rng) -> np.random.Generator | None:
 
 
 def token_budget(modality: str) -> int:
-    """Most tokens a serialisation may have: the registry's ``max_tokens`` minus the EOS slot."""
-    return get_modality(modality).max_tokens - EOS_RESERVE
-
-
-def round_half_up(x: float) -> int:
-    """Round to the nearest integer, halves up (Python's round() rounds halves to even)."""
-    return int(math.floor(x + 0.5))
+    """Most tokens a serialisation may have: the registry's ``max_tokens`` minus the EOS slot (metadata: all of
+    ``max_tokens``, see ``NO_EOS_RESERVE``)."""
+    return get_modality(modality).max_tokens - (0 if modality in NO_EOS_RESERVE else EOS_RESERVE)
 
 
 def quantise_unit(x: float, field: str) -> int:
-    """A normalised coordinate in [0, 1] to 0..999 (``round(x * 999)``); error |x - q/999| <= 0.5/999."""
+    """A normalised coordinate in [0, 1] to 0..999: ``round(x * 999)`` with Python's round (halves to even, as
+    the reference); error |x - q/999| <= 0.5/999."""
     if not (0.0 <= x <= 1.0):  # also catches NaN
         raise ValueError(f"{field}={x!r} is not a normalised coordinate in [0, 1]")
-    return round_half_up(x * COORD_SCALE)
+    return round(x * COORD_SCALE)
 
 
 def dequantise_unit(q: int) -> float:

@@ -1,14 +1,17 @@
 """det: object detections as ``v0=X0 v1=Y0 v2=X1 v3=Y1 <class>`` per box (4M-FACTS §3).
 
 * Boxes with ``score < 0.6`` are dropped (a missing score counts as kept: parsed boxes have none).
-* Coordinates are normalised to the crop and written as ``round(c * 999)`` (halves up); parse returns
-  ``q / 999``, so the round-trip error is at most ``0.5 / 999`` per coordinate.
-* Boxes are ordered by distance of (xmin, ymin) to the origin, computed on the *quantised* coordinates so
-  that serialise -> parse -> serialise is the identity; ties are broken by (x0, y0, x1, y1, class).
+* Coordinates are normalised to the crop and written as ``round(c * 999)`` (Python's round: halves to even,
+  as the reference); parse returns ``q / 999``, so the round-trip error is at most ``0.5 / 999`` per coordinate.
+* Boxes are ordered by the distance of (xmin, ymin) to the origin, computed on the normalised coordinates as
+  the reference does, with a stable sort (equal distances keep the input order). Two boxes whose distances
+  differ by less than a quantisation step can therefore swap in serialise -> parse -> serialise.
 * 5 tokens per box; truncation keeps the first 51 boxes of that order (255 tokens + EOS = 256).
 """
 
 from __future__ import annotations
+
+import math
 
 from tokenize_stage.text.serialise._common import (
     Rng,
@@ -31,14 +34,14 @@ MAX_ERROR = 0.5 / 999  # per coordinate, for parse(serialise(x)) against x
 
 def units(dets: Detections, score_threshold: float = SCORE_THRESHOLD) -> list[list[str]]:
     """The kept boxes in serialisation order, one word list each (before truncation)."""
-    quantised = []
+    kept = []
     for i, box in enumerate(dets.boxes):
         if box.score is not None and box.score < score_threshold:
             continue
         q = tuple(quantise_unit(c, f"boxes[{i}].xyxy[{j}]") for j, c in enumerate(box.xyxy))
-        quantised.append((q[0] ** 2 + q[1] ** 2, q, box.class_name))
-    quantised.sort()  # squared integer distance: exact, same order as the Euclidean distance
-    return [[value_word(a, v) for a, v in enumerate(q)] + [name] for _, q, name in quantised]
+        kept.append((math.sqrt(box.xyxy[0] ** 2 + box.xyxy[1] ** 2), q, box.class_name))
+    kept.sort(key=lambda k: k[0])  # stable: ties keep the input order (the reference's sorted by distance)
+    return [[value_word(a, v) for a, v in enumerate(q)] + [name] for _, q, name in kept]
 
 
 def serialise(dets: Detections, rng: Rng = None, *, max_tokens: int | None = None,

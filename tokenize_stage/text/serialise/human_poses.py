@@ -2,13 +2,18 @@
 (4M-FACTS §3):
 
 * ``pose`` + the 8 pose-VQ codes, each ``v0=t`` (t < 512) or ``v1=t-512``;
-* ``global`` + 9 root-rotation entries g, clipped to [-1, 1], ``v0=round(499.5 g + 499.5)``;
-* ``shape`` + 10 betas b, clipped to [-3, 3], ``v0=round(166.5 b + 499.5)``;
+* ``global`` + 9 root-rotation entries g, ``v0=round(499.5 g + 499.5)``;
+* ``shape`` + 10 betas b, ``v0=round(166.5 b + 499.5)``;
 * ``camera`` + 3 values c, clipped to [-1, 19], ``v0=round(49.95 c + 49.95)``.
+
+Rounding is Python's (halves to even) and only the camera values are clipped, as in the reference: a beta
+outside [-3, 3] (or a global entry outside [-1, 1]) is written as the out-of-vocabulary word the reference
+writes (``v0=1166``), which the tokenizer splits into word pieces; parse rejects it.
 
 39 tokens per person; the text is ``none`` when there is nobody. Parse inverts the affine maps; errors for
 in-range values are at most half a step: 0.5/499.5 (global), 0.5/166.5 (betas), 0.5/49.95 (camera),
-0.5/999 (bbox); codes are exact. ``rng`` draws each person's group order (None: pose, global, shape, camera).
+0.5/999 (bbox); codes are exact. ``rng`` draws each person's group order (None: pose, global, shape, camera);
+``group_orders`` gives them explicitly (one list of the four group words per person).
 Persons keep the labeler's order; truncation keeps the first 7 (273 tokens + EOS <= 275).
 """
 
@@ -24,7 +29,6 @@ from tokenize_stage.text.serialise._common import (
     fit_units,
     join_units,
     quantise_unit,
-    round_half_up,
     token_budget,
     value_word,
     vq_word,
@@ -38,15 +42,18 @@ TOKENS_PER_PERSON = 39
 
 @dataclass(frozen=True)
 class AffineBins:
-    """v = round(scale * x + offset) after clipping x to [lo, hi]; maps [lo, hi] onto 0..999."""
+    """v = round(scale * x + offset), x clipped to [lo, hi] when ``clip``; maps [lo, hi] onto 0..999."""
 
     scale: float
     offset: float
     lo: float
     hi: float
+    clip: bool = False
 
     def quantise(self, x: float) -> int:
-        return round_half_up(self.scale * min(max(x, self.lo), self.hi) + self.offset)
+        if self.clip:
+            x = min(max(x, self.lo), self.hi)
+        return round(self.scale * x + self.offset)
 
     def dequantise(self, v: int) -> float:
         return (v - self.offset) / self.scale
@@ -58,7 +65,7 @@ class AffineBins:
 
 GLOBAL = AffineBins(499.5, 499.5, -1.0, 1.0)
 BETAS = AffineBins(166.5, 499.5, -3.0, 3.0)
-CAMERA = AffineBins(49.95, 49.95, -1.0, 19.0)
+CAMERA = AffineBins(49.95, 49.95, -1.0, 19.0, clip=True)
 BBOX_MAX_ERROR = 0.5 / 999
 
 # group word -> (Person field, length, bins or None for VQ codes)
@@ -80,22 +87,31 @@ def person_words(p: Person, i: int, group_order: list[str]) -> list[str]:
         if bins is None:
             words += [vq_word(t, f"persons[{i}].{field}[{j}]") for j, t in enumerate(values)]
         else:
-            words += [value_word(0, bins.quantise(x), f"persons[{i}].{field}[{j}]") for j, x in enumerate(values)]
+            # unclipped groups write any integer, as the reference does (out of range: not a vocabulary word)
+            words += [f"v0={bins.quantise(x)}" for x in values]
     return words
 
 
-def serialise(poses: HumanPoses, rng: Rng = None, *, max_tokens: int | None = None) -> str:
+def serialise(poses: HumanPoses, rng: Rng = None, *, max_tokens: int | None = None,
+              group_orders: list[list[str]] | None = None) -> str:
     budget = token_budget(MODALITY) if max_tokens is None else max_tokens
     persons = poses.persons[: budget // TOKENS_PER_PERSON]  # truncate first so rng draws only kept persons
     if not persons:
         return NONE
     gen = coerce_rng(rng)
     order = list(GROUPS)
+    if group_orders is not None and (len(group_orders) < len(persons)
+                                     or any(sorted(g) != sorted(order) for g in group_orders)):
+        raise ValueError(f"group_orders must give each of the {len(persons)} persons an order of {order}")
     units = []
     for i, p in enumerate(persons):
-        groups = order if gen is None else [order[j] for j in gen.permutation(len(order))]
+        if group_orders is not None:
+            groups = list(group_orders[i])
+        else:
+            groups = order if gen is None else [order[j] for j in gen.permutation(len(order))]
         units.append(person_words(p, i, groups))
-    return join_units(fit_units(units, budget))
+    # the reference ends every person with a space, so its text has a trailing one: kept, byte for byte
+    return join_units(fit_units(units, budget)) + " "
 
 
 def parse(text: str, *, strict: bool = True) -> HumanPoses:

@@ -4,15 +4,16 @@ Binning per type (ids 0-20, the table below):
 
 * ``size``: ``value // 32`` (original width/height in pixels), clipped to 999; parse gives the bin centre
   ``32 q + 16`` (error <= 16 px below 31 984 px).
-* ``count``: integers clipped to 0..999; exact below 1000.
-* ``bins``: floats clipped to (vmin, vmax), then ``floor((v - vmin) / (vmax - vmin) * 50)`` with vmax in the
-  last bin, so 0..49; parse gives the bin centre (error <= half a bin, (vmax - vmin) / 100, in range).
+* ``count``: integers clipped to 0..999 (negative counts give 0); exact in 0..999.
+* ``bins``: floats clipped to (vmin, vmax), then ``int((v - vmin) / (vmax - vmin) * 49)`` (the reference's
+  ``int(frac * (bins - 1))``: only vmax reaches bin 49), so 0..49; parse gives a value inside the bin.
 * ``threshold``: watermark ``v >= 0.5`` -> 1 else 0; aesthetic ``< 4.5`` -> 0, ``< 5.5`` -> 1, else 2; parse
   gives a representative of the class (watermark 0.0 / 1.0, aesthetic 4.0 / 5.0 / 6.0) that bins back to it.
 
-``rng`` shuffles the chunks (None keeps type-id order); truncation keeps the first 19 chunks of the shuffled
-order (38 tokens + EOS <= 40), i.e. drops random types when all 21 are present. Masking works chunk-wise, so
-:func:`chunks` returns the chunk strings too.
+``rng`` shuffles the chunks (None keeps type-id order; ``order`` gives the type ids explicitly); truncation
+keeps the first 20 chunks of the shuffled order (40 tokens), i.e. drops one random type when all 21 are
+present, and the masking code then has no room for [EOS] (the reference drops its EOS chunk the same way).
+Masking works chunk-wise, so :func:`chunks` returns the chunk strings too.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class MetaType:
     @property
     def max_error(self) -> float:
         """Largest |parse(serialise(v)) - v| for an in-range value (threshold kinds: None, class only)."""
-        return {"size": SIZE_STEP / 2, "count": 0.0, "bins": (self.vmax - self.vmin) / N_BINS / 2}.get(
+        return {"size": SIZE_STEP / 2, "count": 0.0, "bins": (self.vmax - self.vmin) / (N_BINS - 1)}.get(
             self.kind, math.nan)
 
 
@@ -89,11 +90,11 @@ def quantise(t: MetaType, value: float) -> int:
     if t.kind == "size":
         return min(int(value) // SIZE_STEP, MAX_INT)
     if t.kind == "count":
-        return min(int(value), MAX_INT)
+        return min(max(int(value), 0), MAX_INT)
     if t.kind == "bins":
-        # multiply before dividing: exact bin edges (e.g. 3.0 for colorfulness) then land in the upper bin
-        scaled = (min(max(value, t.vmin), t.vmax) - t.vmin) * N_BINS / (t.vmax - t.vmin)
-        return min(int(math.floor(scaled)), N_BINS - 1)
+        # the reference's order of operations (fraction first), so values on a bin edge land where its do
+        frac = (min(max(value, t.vmin), t.vmax) - t.vmin) / (t.vmax - t.vmin)
+        return int(frac * (N_BINS - 1))
     if t.kind == "watermark":
         return int(value >= WATERMARK_THRESHOLD)
     return sum(value >= th for th in AESTHETIC_THRESHOLDS)  # aesthetic: 0, 1, 2
@@ -109,31 +110,39 @@ def dequantise(t: MetaType, q: int) -> float | int:
     if t.kind == "count":
         return q
     if t.kind == "bins":
-        return t.vmin + (q + 0.5) * (t.vmax - t.vmin) / N_BINS
+        # the middle of [q, q + 1) / 49, except the last bin, which only vmax reaches
+        return t.vmax if q == N_BINS - 1 else t.vmin + (q + 0.5) * (t.vmax - t.vmin) / (N_BINS - 1)
     if t.kind == "watermark":
         return float(q)
     return _AESTHETIC_REPR[q]
 
 
-def units(meta: Metadata, rng: Rng = None) -> list[list[str]]:
-    """One ``[v1=<id>, v0=<value>]`` chunk per present field, shuffled by ``rng``."""
-    chunks = [[value_word(1, t.type_id), value_word(0, quantise(t, v), t.name)]
-              for t in METADATA_TYPES if (v := getattr(meta, t.name)) is not None]
+def units(meta: Metadata, rng: Rng = None, order: list[int] | None = None) -> list[list[str]]:
+    """One ``[v1=<id>, v0=<value>]`` chunk per present field, shuffled by ``rng`` or in ``order`` (type ids)."""
+    by_id = {t.type_id: [value_word(1, t.type_id), value_word(0, quantise(t, v), t.name)]
+             for t in METADATA_TYPES if (v := getattr(meta, t.name)) is not None}
+    if order is not None:
+        if sorted(order) != sorted(by_id):
+            raise ValueError(f"order {order} must list exactly the present metadata type ids {sorted(by_id)}")
+        return [by_id[i] for i in order]
+    chunks = list(by_id.values())
     gen = coerce_rng(rng)
     if gen is not None:
         chunks = [chunks[i] for i in gen.permutation(len(chunks))]
     return chunks
 
 
-def chunks(meta: Metadata, rng: Rng = None, *, max_tokens: int | None = None) -> list[str]:
+def chunks(meta: Metadata, rng: Rng = None, *, max_tokens: int | None = None,
+           order: list[int] | None = None) -> list[str]:
     """The kept chunks as strings, in serialisation order (for chunk-wise masking)."""
     budget = token_budget(MODALITY) if max_tokens is None else max_tokens
-    return [" ".join(c) for c in fit_units(units(meta, rng), budget)]
+    return [" ".join(c) for c in fit_units(units(meta, rng, order), budget)]
 
 
-def serialise(meta: Metadata, rng: Rng = None, *, max_tokens: int | None = None) -> str:
+def serialise(meta: Metadata, rng: Rng = None, *, max_tokens: int | None = None,
+              order: list[int] | None = None) -> str:
     """Metadata to text; empty string when no field is set."""
-    return " ".join(chunks(meta, rng, max_tokens=max_tokens))
+    return " ".join(chunks(meta, rng, max_tokens=max_tokens, order=order))
 
 
 def parse(text: str, *, strict: bool = True) -> Metadata:

@@ -101,6 +101,7 @@ class ColorPaletteSet(_Model):
 
 NonNegInt = Annotated[NonNegativeInt, BeforeValidator(_plain)]
 Finite = Annotated[float, BeforeValidator(_plain), Field(allow_inf_nan=False)]
+Count = Annotated[int, BeforeValidator(_plain)]  # any integer: serialised clipped to 0..999 like the reference
 
 
 class Metadata(_Model):
@@ -113,13 +114,13 @@ class Metadata(_Model):
 
     original_width: NonNegInt | None = None
     original_height: NonNegInt | None = None
-    caption_n_chars: NonNegInt | None = None
-    caption_n_words: NonNegInt | None = None
-    caption_n_sentences: NonNegInt | None = None
-    n_humans: NonNegInt | None = None
-    n_sam_instances: NonNegInt | None = None
-    n_coco_instances: NonNegInt | None = None
-    coco_instance_diversity: NonNegInt | None = None
+    caption_n_chars: Count | None = None
+    caption_n_words: Count | None = None
+    caption_n_sentences: Count | None = None
+    n_humans: Count | None = None
+    n_sam_instances: Count | None = None
+    n_coco_instances: Count | None = None
+    coco_instance_diversity: Count | None = None
     colorfulness: Finite | None = None
     brightness: Finite | None = None
     contrast: Finite | None = None
@@ -127,7 +128,7 @@ class Metadata(_Model):
     entropy: Finite | None = None
     walkability: Finite | None = None
     objectness: Finite | None = None
-    semantic_diversity: NonNegInt | None = None
+    semantic_diversity: Count | None = None
     geometric_complexity: Finite | None = None
     occlusion_score: Finite | None = None
     watermark_score: Finite | None = None

@@ -1,0 +1,154 @@
+"""Masking against the reference implementation's data (tests/fixtures/ml4m): the span-masking vectors of
+every serialisation case, and the 4M-21 / 4M-7 budget statistics over many draws."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fourm_core.modalities import ModalityKind, get_modality
+from train_stage.batch import MODALITY_INDEX
+from train_stage.masking import Masker, RawBatch
+from train_stage.mixture import load_mixture
+from train_stage.span_masking import draw_kept, span_mask, target_window, with_eos
+
+FIXTURES = Path(__file__).parents[1] / "fixtures/ml4m"
+VECTORS = json.loads((FIXTURES / "text/text_vectors.json").read_text())
+STATS = json.loads((FIXTURES / "masking/masking_stats.json").read_text())["runs"]
+
+
+def vector_cases():
+    for modality, section in VECTORS.items():
+        if modality != "meta":
+            for case in section["cases"]:
+                yield pytest.param(modality, case, id=f"{modality}-{case['name']}")
+
+
+@pytest.mark.parametrize("modality, case", list(vector_cases()))
+def test_span_masking_vectors(modality, case):
+    """Given the reference's final keep pattern, budgets and truncation draw, the same input and target ids."""
+    m = case["masking"]
+    chunked = modality == "metadata"
+    ids = [t for c in case["chunk_token_ids"] for t in c] if chunked else case["token_ids"]
+    tok, n = with_eos(torch.tensor([ids + [0]], dtype=torch.long), torch.tensor([len(ids)]),
+                      torch.tensor([True]), m["max_tokens"])
+    before = [t for c in m["sequence_before_masking"] for t in c] if chunked else m["sequence_before_masking"]
+    assert tok[0, : int(n)].tolist() == before  # [EOS] appended, truncated to max_tokens (metadata: whole chunks)
+    masked = m["span_masking_calls"][-1]["masked"]
+    if chunked:  # the keep pattern is per chunk: spread it over the chunk's tokens
+        masked = [x for x, c in zip(masked, m["sequence_before_masking"]) for _ in c]
+    kept = torch.zeros_like(tok, dtype=torch.bool)
+    kept[0, : len(masked)] = ~torch.tensor(masked)
+    budget_in, budget_out = torch.tensor([m["input_budget"]]), torch.tensor([m["target_budget"]])
+    in_ids, in_len, tgt, tgt_len, is_sent = span_mask(tok, n, kept, budget_in)
+    assert in_ids[0, : int(in_len)].tolist() == m["input_ids"]
+    # the reference draws the truncation start with np.random.randint(max(1, n_sentinels - 1)) after seeding
+    n_choices = max(1, int(is_sent.sum()) - 1)
+    np.random.seed(m["seed"])
+    u = torch.tensor([(np.random.randint(n_choices) + 0.5) / n_choices])
+    start, width = target_window(tgt_len, is_sent, budget_out, u)
+    assert tgt[0, int(start): int(start + width)].tolist() == m["target_ids"]
+
+
+def test_keep_probability_decays_until_the_input_fits():
+    """Inputs over budget are re-masked with keep_prob * 0.9 until they fit; the rest keep their first draw."""
+    g = torch.Generator().manual_seed(0)
+    B, L = 4000, 60
+    n = torch.full((B,), L)
+    budget = torch.tensor([1, 5, 30, 200]).repeat(B // 4)
+    kept = draw_kept(n, torch.full((B,), 0.7), budget, L, 1, g)
+    valid = torch.ones(B, L, dtype=torch.bool)
+    _, in_len, *_ = span_mask(torch.arange(L).repeat(B, 1) + 300, n, kept, budget)
+    assert (in_len <= budget).all()
+    # a generous budget never triggers a redraw: those rows keep ~70 % of their tokens
+    assert kept[budget == 200].float().mean() == pytest.approx(0.7, abs=0.01)
+    assert kept[budget == 1].sum() == 0 and valid.any()  # one token of input: the single sentinel [S_1]
+    zero = draw_kept(n[:8], torch.full((8,), 0.7), torch.zeros(8, dtype=torch.long), L, 1, g)
+    assert not zero.any()
+
+
+def synthetic_reference_inputs(modalities: list[str], B: int, g: torch.Generator) -> RawBatch:
+    """Raw samples like the reference statistics' generator: captions of 3-39 words, 0-11 boxes, metadata
+    chunks, a palette of 1-7 colours, 0-2 persons, 7 SAM points, 3-39 T5 rows; image-like modalities full."""
+    raw = RawBatch(dataset=torch.zeros(B, dtype=torch.long))
+
+    def seq(name, length):
+        L = get_modality(name).max_tokens
+        raw.tokens[name] = torch.randint(300, 4000, (B, L), generator=g, dtype=torch.int32)
+        raw.lengths[name] = length.clamp(max=L)
+        raw.present[name] = torch.ones(B, dtype=torch.bool)
+
+    def randint(lo, hi):
+        return torch.randint(lo, hi + 1, (B,), generator=g)
+
+    for name in modalities:
+        mod = get_modality(name)
+        if mod.kind == ModalityKind.PIXELS:
+            raw.pixels[name] = torch.zeros(B, mod.max_tokens, 1)
+            raw.lengths[name] = torch.full((B,), mod.max_tokens)
+        elif mod.kind == ModalityKind.EMBEDDING_SEQ:
+            raw.embeddings[name] = torch.zeros(B, mod.max_tokens, 1)
+            raw.lengths[name] = randint(3, 39)
+        elif name == "caption":
+            seq(name, randint(3, 39) + 1)
+        elif name == "det":
+            seq(name, 5 * randint(0, 11))
+        elif name == "metadata":
+            seq(name, 2 * randint(1, 21))
+        elif name == "color_palette":
+            seq(name, 1 + 3 * randint(1, 7))
+        elif name == "human_poses":
+            seq(name, (39 * randint(0, 2)).clamp(min=1))
+        elif name == "sam_instance":
+            seq(name, 28 + 21 * randint(0, 8))
+        else:
+            raw.tokens[name] = torch.randint(0, mod.vocab_size, (B, mod.max_tokens), generator=g, dtype=torch.int32)
+            raw.lengths[name] = torch.full((B,), mod.max_tokens)
+    return raw
+
+
+@pytest.mark.parametrize("run, preset", [("4M-21_256_256", "4m21"), ("4M-7_128_128", "4m7")])
+def test_budget_statistics_match_the_reference(run, preset):
+    """Per-modality mean token counts of image-like modalities (they do not depend on the synthetic inputs)
+    and the totals, over 5000 samples, against the reference's 5000."""
+    ref = STATS[run]
+    budget = int(run.split("_")[1])
+    mix = load_mixture(preset).model_copy(update={"input_budget": budget, "target_budget": budget})
+    assert mix.budget_mode == "reference"
+    masker = Masker(mix)
+    g = torch.Generator().manual_seed(0)
+    counts = {m: ([], []) for m in mix.modalities}
+    totals = ([], [])
+    for _ in range(10):
+        b = masker(synthetic_reference_inputs(mix.modalities, 500, g), g)
+        for m in mix.modalities:
+            counts[m][0].append(((b.enc_modality == MODALITY_INDEX[m]) & b.enc_valid).sum(1))
+            counts[m][1].append(((b.dec_modality == MODALITY_INDEX[m]) & b.dec_valid).sum(1))
+        totals[0].append(b.enc_valid.sum(1))
+        totals[1].append(b.dec_valid.sum(1))
+    for m in mix.modalities:
+        stats = ref["per_modality"][m]
+        for side, key in ((0, "input"), (1, "target")):
+            x = torch.cat(counts[m][side]).double()
+            mean, std = stats[f"{key}_mean"], stats[f"{key}_std"]
+            tol = 5 * max(std, 1.0) / np.sqrt(5000) * np.sqrt(2)  # two independent 5000-sample means
+            if get_modality(m).is_image_like:
+                assert float(x.mean()) == pytest.approx(mean, abs=tol), (m, key)
+                assert float((x == 0).double().mean()) == pytest.approx(stats[f"{key}_zero_frac"], abs=0.04), (m, key)
+            elif stats[f"{key}_mean"] == 0:
+                assert float(x.mean()) == 0, (m, key)
+    # the reference counts every target token; a sequence target's last token takes no decoder slot (it has
+    # nothing to predict, the reference's decoder skips it too), so each non-empty sequence target has one less
+    closing = sum(1 - ref["per_modality"][m]["target_zero_frac"] for m in mix.modalities
+                  if not get_modality(m).is_image_like)
+    for side, key in ((0, "input"), (1, "target")):
+        x = torch.cat(totals[side]).double()
+        expected = ref["total"][f"{key}_mean"] - (closing if side else 0)
+        assert float(x.mean()) == pytest.approx(expected, rel=0.06), key
+        if side == 0:
+            assert float((x < budget).double().mean()) == pytest.approx(ref["frac_input_under_budget"], abs=0.05)
+        assert int(x.max()) <= budget
