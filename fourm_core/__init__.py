@@ -11,5 +11,5 @@ from .units import SampleError, Unit, UnitOutput, UnitResult, UnitStatus, run_un
 __all__ = [
     "ArtifactStore", "ConfigError", "DatasetConfig", "InputRef", "MODALITIES", "Manifest", "Modality",
     "ModalityKind", "ModelRef", "NotCommittedError", "SampleError", "StoreConfig", "Unit", "UnitOutput",
-    "UnitResult", "UnitStatus", "get_modality", "load_dataset_config", "run_unit",
+    "UnitResult", "UnitStatus", "get_modality", "lease", "load_dataset_config", "run_unit",
 ]

@@ -137,7 +137,7 @@ def build_plan(config: DatasetConfig) -> Plan:
     first_of = None
     if config.ingest.dedupe and any(s.remote for s in sources):
         parts = []
-        for s, n in zip(sources, counts):
+        for s in sources:
             h = s.url_hashes()
             parts.append(h if h is not None else None)
         first_of = _first_occurrence(parts, counts)

@@ -68,9 +68,15 @@ def decode_step(table: pa.Table) -> pa.Table:
             if data is None:
                 raise ValueError("no image bytes")
             arr = decode_image(data)
-            raw.append(arr.tobytes()); hs.append(arr.shape[0]); ws.append(arr.shape[1]); errs.append(None)
+            raw.append(arr.tobytes())
+            hs.append(arr.shape[0])
+            ws.append(arr.shape[1])
+            errs.append(None)
         except Exception as exc:  # per-row: an undecodable image is a sample error, not a shard failure
-            raw.append(None); hs.append(0); ws.append(0); errs.append(f"{type(exc).__name__}: {exc}")
+            raw.append(None)
+            hs.append(0)
+            ws.append(0)
+            errs.append(f"{type(exc).__name__}: {exc}")
     table = table.drop_columns([c for c in ("image",) if c in table.column_names])
     return (table.append_column("_rgb", pa.array(raw, pa.large_binary()))
             .append_column("_h", pa.array(hs, pa.int32())).append_column("_w", pa.array(ws, pa.int32()))

@@ -364,7 +364,7 @@ class TokenShardStream(IterableDataset):
                        keys=[key for _, _, key, _ in samples])
         # samples grouped by shard (a batch draws from one shard per dataset): token gathers go per group
         groups: dict[int, tuple[_Shard, list[int]]] = {}
-        for j, (d, shard, key, crop) in enumerate(samples):
+        for j, (_, shard, _, _) in enumerate(samples):
             groups.setdefault(id(shard), (shard, []))[1].append(j)
         index = [(shard, d, np.array(rows), np.array([shard.key_index[samples[j][2]] for j in rows], dtype=np.int64),
                   np.array([samples[j][3] for j in rows], dtype=np.int64))

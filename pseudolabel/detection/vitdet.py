@@ -309,8 +309,9 @@ class ViTDetForObjectDetection(PreTrainedModel):
                  score_thresh: float) -> list[Instances]:
         cfg, heads = self.config, self.roi_heads
         boxes, probs, counts = proposals, [], [len(p) for p in proposals]
-        for k, weights in enumerate(cfg.cascade_weights):
-            if k > 0:  # the previous stage's regression gives this stage's boxes
+        deltas = None
+        for k in range(len(cfg.cascade_weights)):
+            if deltas is not None:  # the previous stage's regression gives this stage's boxes
                 boxes = [clip_boxes(apply_deltas(d, b, cfg.cascade_weights[k - 1]), h, w)
                          for d, b, (h, w) in zip(deltas.split(counts), boxes, sizes)]
             x = heads.box_head[k](pool_boxes(feats[:4], boxes, 7))

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 from PIL import Image, ImageEnhance
 
 from fourm_core.config import ConfigError
@@ -92,7 +93,7 @@ def test_text_duplicates_across_shards(make_config, store, tmp_path):
 
 
 def test_config_and_hamming():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="near"):  # an unknown field is refused, naming it
         DedupConfig.model_validate({"near": 3})
     a = np.array([0, 0xFF, 2**64 - 1], dtype=np.uint64)
     assert hamming(a, 0).tolist() == [0, 8, 64]

@@ -72,7 +72,7 @@ def test_listing_error_leaves_a_failure_record(make_config, store, tmp_path):
 
     plan = build_plan(cfg)
     (d / "a.tar").unlink()  # the source changes between planning and the shard's listing
-    with pytest.raises(Exception):
+    with pytest.raises(FileNotFoundError, match="holds no files"):
         run_shard(store, cfg, 0, plan=plan)
     failed = store.failed_shards("t", "images")
     assert 0 in failed and "holds no files" in failed[0]["error"]

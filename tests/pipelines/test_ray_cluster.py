@@ -5,7 +5,6 @@ cluster instead of starting a local Ray."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -40,7 +40,9 @@ def test_token_shards_and_shared_crops(ready):
     assert sem.schema.field("tokens").type == pa.list_(pa.int16()) and sem.schema.field("crop").type == pa.int16()
     assert {len(t) for t in sem.column("tokens").to_pylist()} == {16}
     assert {len(t) for t in glo.column("tokens").to_pylist()} == {16}
-    key = lambda t: list(zip(t.column("sample_key").to_pylist(), t.column("crop").to_pylist()))
+    def key(t):
+        return list(zip(t.column("sample_key").to_pylist(), t.column("crop").to_pylist()))
+
     assert key(sem) == key(glo) == key(crops)  # the same (sample, crop) pairs in every modality
     row = crops.to_pylist()[3]
     expected = crop_for(CropConfig(n_crops=2), row["sample_key"], row["crop"])
