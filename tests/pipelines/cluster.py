@@ -72,6 +72,10 @@ def api(api_url: str, path: str, body: dict | list | None = None, method: str | 
                 continue
             raise AssertionError(f"{method or ('POST' if data else 'GET')} {path}: HTTP {err.code}: "
                                  f"{err.read()[:2000]!r}") from None  # the server says why in the body
+        except (TimeoutError, urllib.error.URLError):  # an overloaded test server did not answer in 30 s
+            if attempt == 4:
+                raise
+            time.sleep(1 + attempt)
     return json.loads(raw) if raw else None
 
 

@@ -1,5 +1,5 @@
-"""The nightly cc12m build on a growing URL list, at tiny size: the preset's own stages (ingest -> pseudolabel ->
-train-tokenizers -> tokenize) through the real flow; a second night with more lines runs only the new shard's
+"""The nightly cc12m build on a growing URL list, at tiny size: the preset's own stages (ingest -> dedup ->
+pseudolabel -> train-tokenizers -> tokenize) through the real flow; a second night with more lines runs only the new shard's
 units. Tokenizers train once on the declared subset (``tokenize.train.shards``) and stay cached.
 """
 
@@ -19,7 +19,9 @@ EDGE_TOKENS = MODALITIES["tok_canny_edge@224"].token_artifact
 
 # The cc12m preset at tiny size: same stages, one cheap labeler (Canny edges) and its tokenizer, trained on shard 0.
 TINY = {"ingest.shard_size": 4, "ingest.shorter_side": 64,
-        "ingest.download": {"timeout_s": 5, "retries": 1, "backoff_s": 0.02, "concurrency": 4},
+        "ingest.download": {"timeout_s": 5, "retries": 1, "backoff_s": 0.02, "concurrency": 4,
+                            "allow_networks": ["127.0.0.0/8"]},
+        "ingest.filters.min_side": 32,
         "pseudolabel.profile": "tiny", "pseudolabel.runner": "local", "pseudolabel.labelers": ["canny"],
         "pseudolabel.feature_subset": {"shards": [0]},
         "tokenize.profile": "tiny", "tokenize.crops": {"n_crops": 1},
@@ -52,10 +54,10 @@ def test_new_shards_run_alone(prefect_api, images, tmp_path, monkeypatch):
     tsv.write_text("".join(lines[:8]))  # night 1: two shards
     root = str(tmp_path / "store")
     config = load_dataset_config("cc12m", TINY)
-    assert config.stages == ["ingest", "pseudolabel", "train-tokenizers", "tokenize"]
+    assert config.stages == ["ingest", "dedup", "pseudolabel", "train-tokenizers", "tokenize"]
 
     first = build_dataset(dataset="cc12m", store_root=root, ray_address="off", overrides=TINY)
-    assert _done(first) == {"ingest": [0, 1], "pseudolabel": [0, 1], "tokenize.train": [None],
+    assert _done(first) == {"ingest": [0, 1], "dedup": [0, 1], "pseudolabel": [0, 1], "tokenize.train": [None],
                             "tokenize.crops": [0, 1], "tokenize": [0, 1]}
     store = ArtifactStore(root)
     tokenizer = store.read_manifest("cc12m", "tokenizers/edge_diffusion-tiny", None)
@@ -65,7 +67,7 @@ def test_new_shards_run_alone(prefect_api, images, tmp_path, monkeypatch):
 
     tsv.write_text("".join(lines))  # night 2: the list gained a shard
     second = build_dataset(dataset="cc12m", store_root=root, ray_address="off", overrides=TINY)
-    assert _done(second) == {"ingest": [2], "pseudolabel": [2], "tokenize.crops": [2], "tokenize": [2]}
+    assert _done(second) == {"ingest": [2], "dedup": [2], "pseudolabel": [2], "tokenize.crops": [2], "tokenize": [2]}
     assert {u["status"] for u in second["units"] if u["shard"] != 2} == {"cached"}  # incl. the tokenizer
     assert store.read_manifest("cc12m", "tokenizers/edge_diffusion-tiny", None) == tokenizer  # not retrained
     assert store.read_manifest("cc12m", EDGE_TOKENS, 1) == old_tokens  # not re-tokenized

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from fourm_core import ArtifactStore
@@ -39,14 +37,12 @@ def test_missing_input_is_not_retried_but_a_transient_failure_is(prefect_api, fa
 def test_missing_cc12m_source_fails_at_once(prefect_api, tmp_path, monkeypatch):
     """The nightly preset with its URL list missing (CC12M_TSV wrong): one attempt, no retry delays."""
     monkeypatch.setenv("CC12M_TSV", str(tmp_path / "nowhere" / "cc12m.tsv"))
-    started = time.monotonic()
     state = build_dataset(dataset="cc12m", store_root=str(tmp_path / "store"), ray_address="off",
                           return_state=True)
     assert state.is_failed()
     with pytest.raises(FileNotFoundError, match="cc12m.tsv' does not exist"):
         state.result()
-    assert _run_counts(state.state_details.flow_run_id) == {"plan-ingest": 1}
-    assert time.monotonic() - started < 5  # the plan task's retry delay (5 s) was never waited
+    assert _run_counts(state.state_details.flow_run_id) == {"plan-ingest": 1}  # no retry, no retry delay
 
 
 def test_unknown_shard_fails_before_any_unit(prefect_api, fake_dataset, tmp_path):
