@@ -163,6 +163,10 @@ class TextFilterConfig(StrictModel):
     max_top_3gram_char_frac: float = 0.18
     max_top_4gram_char_frac: float = 0.16
     max_dup_5gram_char_frac: float = 0.15
+    languages: list[str] | None = Field(None, description=(
+        "keep only documents whose language (py3langid) is one of these ISO 639-1 codes, e.g. [en]; None: any"))
+    min_language_prob: float = Field(0.65, ge=0, le=1, description=(
+        "with at least this probability (datatrove's LanguageFilter default)"))
 
 
 class IngestConfig(StrictModel):

@@ -11,6 +11,7 @@ import html
 import math
 import re
 from collections import Counter
+from functools import lru_cache
 from typing import Any
 
 from fourm_core.config import ImageFilterConfig, TextFilterConfig
@@ -109,8 +110,27 @@ def _dup_ngram_char_frac(words: list[str], n: int) -> float:
     return sum(len(w) for w, c in zip(words, covered) if c) / max(1, sum(len(w) for w in words))
 
 
+@lru_cache(maxsize=1)
+def _language_identifier():
+    """py3langid's bundled model (numpy arrays, no pickle), loaded once per process (~0.7 s)."""
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+
+def identify_language(text: str) -> tuple[str, float]:
+    """(ISO 639-1 code, probability) of ``text``'s language."""
+    lang, prob = _language_identifier().classify(text)
+    return lang, float(prob)
+
+
 def quality_failure(text: str, cfg: TextFilterConfig) -> str | None:
-    """The first Gopher rule ``text`` fails, as ``"rule: value vs bound"``; None when it passes every rule."""
+    """The first rule ``text`` fails (language, then Gopher's), as ``"rule: value vs bound"``; None when it passes
+    every rule."""
+    if cfg.languages:
+        lang, prob = identify_language(text)
+        if lang not in cfg.languages or prob < cfg.min_language_prob:
+            return f"language: {lang} (p={prob:.2f}) not in {cfg.languages} with p >= {cfg.min_language_prob}"
     words = _WORD.findall(text)
     n = len(words)
     if not cfg.min_words <= n <= cfg.max_words:

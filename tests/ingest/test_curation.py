@@ -161,6 +161,19 @@ def test_gopher_rules():
     assert quality_failure(" ".join(["1234 5678"] * 40), cfg) is not None  # no alphabetic words / stop words
 
 
+def test_language_rule():
+    from fourm_core.config import TextFilterConfig
+
+    german = ("Der schnelle braune Fuchs springt über den faulen Hund, und dann läuft er durch den Wald zu seinem "
+              "Bau, wo die Familie schon auf ihn wartet. ") * 6
+    english_only = TextFilterConfig(quality=True, languages=["en"])
+    assert quality_failure(GOOD, english_only) is None
+    assert quality_failure(german, english_only).startswith("language: de")
+    # German allowed: it passes the language rule (and then meets Gopher's English stop-word rule)
+    assert not quality_failure(german, TextFilterConfig(quality=True, languages=["en", "de"])).startswith("language")
+    assert not quality_failure(german, TextFilterConfig(quality=True)).startswith("language")  # off by default
+
+
 def test_c4_quality_filter_is_configurable_and_in_the_lineage(make_config, store, tmp_path):
     f = tmp_path / "c4-q.json"
     docs = [GOOD, "click here &amp; here", "\n".join(["buy the cheap watches now and save"] * 20),
