@@ -124,3 +124,18 @@ def test_oracle_is_a_setting_only_of_labelers_with_ground_truth():
                         pseudolabel={"labelers": ["clip"], "settings": {"clip": {"oracle": True}}})
     with pytest.raises(ConfigError, match="oracle"):
         pseudolabel_config(cfg)
+
+
+def test_bad_ground_truth_is_a_sample_error_naming_it():
+    from fourm_core.label_codec import npy_encode
+    from pseudolabel.registry import labeler_class
+    from pseudolabel.spec import SampleFailure
+
+    depth = labeler_class("depth")(labeler_class("depth").Settings(model="tiny", oracle=True))
+    with pytest.raises(SampleFailure, match="ground_truth depth is \\(4, 5\\)") as err:
+        depth.oracle_label({"depth": npy_encode(np.ones((4, 5), np.float32)), "height": 4, "width": 6})
+    assert err.value.reason == "oracle_shape"
+    det = labeler_class("detection")(labeler_class("detection").Settings(model="tiny", oracle=True))
+    with pytest.raises(SampleFailure) as err:
+        det.oracle_label({"boxes": json.dumps([{"xyxy": [0.5, 0, 0.1, 1], "class": "cup"}])})  # x0 > x1
+    assert err.value.reason == "oracle_boxes"
