@@ -56,7 +56,6 @@ NUM_SEMSEG = 134  # 133 COCO panoptic classes + "none" (0), ids shifted by +1 (4
 PRIMARY = {"depth": ("abs_rel", False), "normal": ("mean", False), "semseg": ("miou", True)}
 TASK = {"depth": "depth", "normal": "surface normals", "semseg": "semantic segmentation"}
 ENSEMBLE_SEED_STRIDE = 1_000_003  # sample j of an ensemble draws with seed + i + j * stride
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -90,21 +89,16 @@ def find_checkpoint(store: ArtifactStore, cfg: EvalConfig) -> Manifest | None:
 
 def load_checkpoint(store: ArtifactStore, manifest: Manifest, device: str = "cpu"):
     """The FourM model of a committed checkpoint (weights verified against the manifest digest)."""
-    from safetensors.torch import load as load_safetensors
-
-    from train_stage.model import FourM, FourMConfig
-    from train_stage.model.hub import load_state
+    from train_stage.model.hub import model_from_bytes
 
     ns, art = manifest.dataset, manifest.artifact
-    data = json.loads(store.read_bytes(store.data_path(ns, art, None, ".config.json")))
-    data.setdefault("share_modality_embeddings", True)
+    config = store.read_bytes(store.data_path(ns, art, None, ".config.json"))
     weights = store.read_bytes(store.data_path(ns, art, None, ".safetensors"))
     import hashlib
 
     if hashlib.sha256(weights).hexdigest() != manifest.digest:
         raise IOError(f"{manifest.uri} does not match the digest of its manifest")
-    model = FourM(FourMConfig.model_validate(data))
-    load_state(model, load_safetensors(weights))
+    model = model_from_bytes(config, weights, source=manifest.uri)
     return model.to(device).eval()
 
 
@@ -658,11 +652,10 @@ def run_evaluation(store: ArtifactStore, cfg: EvalConfig, ckpt: Manifest, plan: 
     scratch: list[Manifest] = []  # parts read below; the plan already keyed them
     images = _images(store, ds, keyset, plan.shards, scratch)  # the grid shows the ingested RGB crop
     for c in plan.condition:
-        if c == "rgb@224":
-            mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-            std = torch.tensor(IMAGENET_STD)[:, None, None]
-            inputs[c] = torch.stack([(prepare_reference("rgb", images[k], samples.crops[k], 224) - mean) / std
-                                     for k in keys])
+        if c == "rgb@224":  # the same pixels the training loader feeds (train_stage.pixels)
+            from train_stage.pixels import crop_rgb, normalize_rgb
+
+            inputs[c] = torch.stack([normalize_rgb(crop_rgb(images[k], samples.crops[k], 224)) for k in keys])
         else:
             inputs[c] = _stack_tokens(samples, c, keys)
     g = cfg.generation

@@ -129,7 +129,10 @@ def flow_run_id() -> str | None:
 
 @lru_cache(maxsize=1)
 def git_commit() -> str:
-    """The git commit of this checkout, with '+dirty' when it has local changes; 'unknown' outside git."""
+    """The git commit of this checkout, with '+dirty' when it has local changes; 'unknown' outside git.
+    ``FOURM_GIT_COMMIT`` wins: the container image has no .git and records the commit it was built from."""
+    if os.environ.get("FOURM_GIT_COMMIT"):
+        return os.environ["FOURM_GIT_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5,

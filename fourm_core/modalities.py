@@ -117,7 +117,7 @@ MODALITIES: dict[str, Modality] = {
                  labeler="dinov2", label="dinov2_global", tokenizer="dinov2_global_memcodes", feature_dim=768),
         Modality(name="tok_imagebind_global", kind=_I.GLOBAL_TOKENS, vocab_size=8_192, max_tokens=16,
                  labeler="imagebind", label="imagebind_global", tokenizer="imagebind_global_memcodes",
-                 feature_dim=1024),
+                 feature_dim=1280),  # token 0 of ImageBind's 1280-d output, as the released tokenizer takes
         _img("tok_canny_edge@224", 8_192, "canny", "canny_edge", "edge_diffusion"),
         _img("tok_sam_edge@224", 8_192, "sam", "sam_edge", "edge_diffusion"),
     ]

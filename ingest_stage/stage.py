@@ -37,6 +37,9 @@ def artifacts_for(config: DatasetConfig) -> list[str]:
 
 def plan_shards(store: ArtifactStore, config: DatasetConfig) -> list[int]:
     """Every shard index of the dataset (from the sources; the store is not needed to know them)."""
+    # A new plan re-reads the sources: a long-lived process (a served flow, a test) must see the lines a URL
+    # list gained since its last run. The shard_units calls that follow within the run reuse this plan.
+    _orchestrator_plan.cache_clear()
     return list(range(_orchestrator_plan(config.model_dump_json()).n_shards))
 
 

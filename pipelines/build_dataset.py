@@ -22,6 +22,7 @@ from fourm_core.config import load_dataset_config
 from fourm_core.store import ArtifactStore
 
 from pipelines import ray_runtime, report
+from pipelines.errors import UnknownShardError, retry_unless_permanent
 from pipelines.ops import storage_options_from
 from pipelines.shard_job import FLOW_RUN_ENV, plan_job, run_shard_job
 from pipelines.stages import get_stages, registry
@@ -31,15 +32,18 @@ from pipelines.stages import get_stages, registry
 MAX_PARALLEL_UNITS = int(os.environ.get("FOURM_MAX_PARALLEL_UNITS", "8"))
 
 
-@task(task_run_name="plan-{stage}", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False)
+# Retries are for transient failures only: a missing source file, a bad config or an unknown stage fails at once
+# (pipelines.errors decides which is which).
+@task(task_run_name="plan-{stage}", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent,
+      cache_policy=NO_CACHE, persist_result=False)
 def plan_shards(stage: str, target: str, config: dict[str, Any], store_root: str,
                 storage_options: dict[str, Any] | None) -> list[int]:
     """The shards a stage has for this dataset (ingest: from its sources; later stages: from their inputs)."""
     return plan_job(target, config, store_root, storage_options)
 
 
-@task(task_run_name="{stage}-shard-{shard}", retries=2, retry_delay_seconds=[2, 15], cache_policy=NO_CACHE,
-      persist_result=False)
+@task(task_run_name="{stage}-shard-{shard}", retries=2, retry_delay_seconds=[2, 15],
+      retry_condition_fn=retry_unless_permanent, cache_policy=NO_CACHE, persist_result=False)
 def run_shard(stage: str, target: str, config: dict[str, Any], store_root: str,
               storage_options: dict[str, Any] | None, shard: int, force: bool, on_ray: bool,
               num_cpus: float, num_gpus: float, flow_run_id: str | None) -> list[dict[str, Any]]:
@@ -95,7 +99,7 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
             selected = [s for s in planned if shards is None or s in set(shards)]
             unknown = sorted(set(shards or []) - set(planned))
             if unknown:
-                raise ValueError(f"stage {spec.name!r} has no shard(s) {unknown} for dataset {config.name!r}; "
+                raise UnknownShardError(f"stage {spec.name!r} has no shard(s) {unknown} for dataset {config.name!r}; "
                                  f"planned shards: {planned[:20]}{' ...' if len(planned) > 20 else ''}")
             logger.info("stage %s: %d of %d shards selected", spec.name, len(selected), len(planned))
             # Shards whose every unit is already committed with its cache key are reported from their

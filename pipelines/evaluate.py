@@ -18,11 +18,13 @@ from prefect.runtime import flow_run
 
 from fourm_core.store import ArtifactStore
 
+from pipelines.errors import retry_unless_permanent
 from pipelines.ops import storage_options_from
 from pipelines.shard_job import FLOW_RUN_ENV
 
 
-@task(task_run_name="evaluate-{run}", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE, persist_result=False)
+@task(task_run_name="evaluate-{run}", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_permanent,
+      cache_policy=NO_CACHE, persist_result=False)
 def evaluate_unit(run: str, config: dict[str, Any], store_root: str, storage_options: dict[str, Any] | None,
                   force: bool) -> dict[str, Any]:
     """Run (or find cached) the evaluation unit; returns its summary (URIs, status, metric rows)."""

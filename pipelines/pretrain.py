@@ -30,13 +30,15 @@ from prefect.runtime import flow_run
 
 from fourm_core.store import ArtifactStore
 
+from pipelines.errors import retry_unless_permanent
 from pipelines.ops import storage_options_from
 from pipelines.shard_job import FLOW_RUN_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _config(config: str, overrides: dict[str, Any] | None, steps: int | None):
+def train_config(config: str, overrides: dict[str, Any] | None, steps: int | None):
+    """The validated TrainConfig of a preset name or YAML path, dotted ``overrides`` and a ``steps`` override."""
     from train_stage.config import load_train_config
 
     over = dict(overrides or {})
@@ -45,8 +47,8 @@ def _config(config: str, overrides: dict[str, Any] | None, steps: int | None):
     return load_train_config(config, over or None)
 
 
-@task(task_run_name="pretrain-{run_name}", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE,
-      persist_result=False)
+@task(task_run_name="pretrain-{run_name}", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_permanent,
+      cache_policy=NO_CACHE, persist_result=False)
 def train(run_name: str, config: dict[str, Any], store_root: str, storage_options: dict[str, Any] | None,
           log_dir: str | None, force: bool, nproc_per_node: int | None,
           torchrun_args: list[str] | None) -> dict[str, Any]:
@@ -101,7 +103,7 @@ def pretrain(config: str = "demo", store_root: str | None = None, storage_option
     logger = get_run_logger()
     store_root = store_root or os.environ.get("FOURM_STORE_ROOT", "./store")
     storage_options = storage_options if storage_options is not None else storage_options_from(None)
-    cfg = _config(config, overrides, steps)  # a bad config fails here, before any task starts
+    cfg = train_config(config, overrides, steps)  # a bad config fails here, before any task starts
     store = ArtifactStore(store_root, storage_options)
     check_token_shards(store, cfg)  # missing token shards: a clear error naming them and the command
     log_dir = log_dir or str(Path("runs") / cfg.run_name)

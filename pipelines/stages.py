@@ -22,6 +22,7 @@ STAGE_MODULES: dict[str, str] = {
     # Hooks for the later stages; they register the same way once their packages expose a StageSpec.
     "pseudolabel": "pseudolabel.stage:STAGE",
     "train-tokenizers": "tokenize_stage.training_stage:STAGE",
+    "import-tokenizers": "tokenize_stage.official:STAGE",  # released tokenizers instead of training
     "tokenize": "tokenize_stage.stage:STAGE",
 }
 

@@ -8,4 +8,5 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 # The lock pins the whole dependency tree; pip skips what is already installed at the pinned version.
-.venv/bin/python -m pip install --quiet --progress-bar off -c requirements.lock -e ".[dev]"
+# FOURM_EXTRAS picks the optional dependency groups: dev (default: tests, linters) or k8s (the container image).
+.venv/bin/python -m pip install --quiet --progress-bar off -c requirements.lock -e ".[${FOURM_EXTRAS:-dev}]"

@@ -4,6 +4,7 @@
     python -m tokenize_stage synth  --tokenizer semseg_vqvae --profile tiny --store ./store --dataset synthetic --n 256
     python -m tokenize_stage train  --tokenizer semseg_vqvae --profile tiny --store ./store --dataset synthetic [--steps N]
     python -m tokenize_stage pretokenize --dataset demo --store ./store [--shard N ...] [--force]
+    python -m tokenize_stage check EPFL-VILAB/4M_tokenizers_semseg_4k_224-448   (or a folder / s3:// prefix)
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
                        help="first commit N synthetic label samples (stand-in for the pseudo labelers)")
     train.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     train.add_argument("--force", action="store_true")
+    train.add_argument("--layout", default="native", choices=["native", "ml4m"],
+                       help="ml4m: the architecture of apple/ml-4m's released tokenizers")
+    chk = sub.add_parser("check", help="load a tokenizer (ours or a released one) strictly and encode a sample")
+    chk.add_argument("source", help="folder, s3:// prefix or hub id")
+    chk.add_argument("--tokenizer", default=None, help="our name for a released tokenizer if its files do not tell")
     pre = sub.add_parser("pretokenize", help="the tokenize stage: token shards for a dataset's committed labels")
     pre.add_argument("--dataset", required=True, help="preset name (demo, cc12m, ...) or a dataset YAML path")
     pre.add_argument("--store", default="./store")
@@ -57,6 +63,21 @@ def main(argv: list[str] | None = None) -> int:
         for shard in args.shard if args.shard is not None else STAGE.plan_shards(store, config):
             for r in STAGE.run_shard(store, config, shard, force=args.force):
                 print(json.dumps(r.summary(), default=str), flush=True)
+        return 0
+
+    if args.cmd == "check":
+        import torch
+
+        from .models import Tokenizer
+        from .synthetic import synthetic_batch
+
+        tok = Tokenizer.from_pretrained(args.source, tokenizer=args.tokenizer)  # strict: raises on any mismatch
+        torch.manual_seed(0)
+        tokens = tok.encode(synthetic_batch(tok.config, 2, seed=0))
+        print(json.dumps({"source": args.source, "tokenizer": tok.config.name, "layout": tok.config.layout,
+                          "architecture": tok.config.architecture, "strict_load": "ok",
+                          "parameters": sum(p.numel() for p in tok.parameters()),
+                          "tokens_shape": list(tokens.shape), "vocab": tok.vocab_size}, indent=2))
         return 0
 
     if args.cmd == "list":
@@ -83,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = TrainTokenizerConfig(tokenizer=args.tokenizer, profile=args.profile, steps=args.steps,
                                batch_size=args.batch_size, lr=args.lr, seed=args.seed, eval_samples=args.eval_samples,
-                               label=args.label, label_column=args.label_column, device=args.device)
+                               label=args.label, label_column=args.label_column, device=args.device,
+                               layout=args.layout)
     result = train_tokenizer(store, args.dataset, cfg, force=args.force)
     summary = result.summary()
     summary["metrics"] = result.manifests[0].stats.get("metrics") if result.manifests else None

@@ -29,7 +29,7 @@ from .normalize import normalize
 from .registry import _sub_tokenizer
 from .train_tokenizer import tokenizer_artifact
 
-CODE_VERSION = "tokenize.fused/1"
+CODE_VERSION = "tokenize.fused/2"  # 2: keyed on the labeler's code version (CLIP/ImageBind inputs changed)
 IMAGES = "images"
 
 
@@ -86,7 +86,8 @@ def fused_unit(store: ArtifactStore, config: DatasetConfig, cfg, shard: int, lab
     images = store.read_manifest(config.name, IMAGES, shard)
     unit = Unit(stage="tokenize.fused", dataset=config.name, artifacts=[m.token_artifact for m in mods], shard=shard,
                 code_version=CODE_VERSION, model=lab_ref, inputs=[images.as_input()],
-                config={"labeler": labeler, "labeler_config": lab.config_for_key(),
+                config={"labeler": labeler, "labeler_code_version": cls.code_version,
+                        "labeler_config": lab.config_for_key(),
                         "crops": cfg.crops.model_dump(mode="json"),
                         "tokenizers": {name: ref.model_dump(mode="json") for name, ref in refs.items()}})
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from fourm_core.modalities import MODALITIES, Modality, ModalityKind
 
-from .models.config import DiffusionVQConfig, MemcodesConfig, Target, VQVAEConfig
+from .models.config import DiffusionVQConfig, Layout, MemcodesConfig, Target, VQVAEConfig
 
 PROFILES = ("production", "tiny")
 
@@ -80,8 +80,41 @@ def _target(spec: TokenizerSpec) -> Target:
     raise KeyError(f"no reconstruction target known for tokenizer {spec.name} (label {m.label})")
 
 
-def tokenizer_config(name: str, profile: str = "production") -> VQVAEConfig | DiffusionVQConfig | MemcodesConfig:
-    """The typed config of tokenizer ``name`` in ``profile`` ('production' or 'tiny')."""
+def tokenizer_config(name: str, profile: str = "production", layout: Layout = "native",
+                     ) -> VQVAEConfig | DiffusionVQConfig | MemcodesConfig:
+    """The typed config of tokenizer ``name`` in ``profile`` ('production' or 'tiny') and module ``layout``
+    ('native', or 'ml4m' = the architecture of apple/ml-4m's released tokenizers, see ``_ml4m``)."""
+    config = _native_config(name, profile)
+    return _ml4m(config, profile == "tiny") if layout == "ml4m" else config
+
+
+def _ml4m(config, tiny: bool):
+    """The ml4m-layout variant of a native config, with the reference's per-tokenizer options: semseg
+    class embedding (64-d), Tanh post-MLP (not for masks), ConvNeXt output blocks for masks (1024-d codes),
+    the patched ADM UNet for diffusion decoders (linear betas, zero terminal SNR), 4x MLP blocks."""
+    update: dict = {"layout": "ml4m"}
+    if isinstance(config, MemcodesConfig):
+        update["expansion"] = 4
+        return config.model_copy(update=update)
+    update["pos_grid"] = config.grid[0]
+    if tiny:  # the reference fixtures' tiny ViT preset ("vit_tiny", 2 heads), so tiny exports name a preset
+        update["heads"] = 2
+    if config.target == "semseg":
+        update["class_embed_dim"] = 8 if tiny else 64
+    if config.target == "mask":
+        update.update(out_conv=True, codebook_dim=config.codebook_dim if tiny else 1024)
+    else:
+        update["post_mlp"] = True
+    if isinstance(config, DiffusionVQConfig):
+        update.update(unet_decoder="ml4m", cond_channels=config.codebook_dim, zero_terminal_snr=True,
+                      **(dict(unet_patch_size=2, unet_channels=(16, 32), layers_per_block=1, norm_groups=8,
+                              unet_attention_rates=(2,)) if tiny else
+                         dict(unet_patch_size=4, unet_channels=(256, 512, 512, 512), layers_per_block=3,
+                              norm_groups=32, unet_attention_rates=(4, 8))))
+    return config.model_copy(update=update)
+
+
+def _native_config(name: str, profile: str) -> VQVAEConfig | DiffusionVQConfig | MemcodesConfig:
     specs = tokenizer_specs()
     if name not in specs:
         raise KeyError(f"unknown tokenizer {name!r}; known: {', '.join(sorted(specs))}")

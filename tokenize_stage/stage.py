@@ -56,6 +56,10 @@ class TrainTokenizersConfig(StrictModel):
     sampling_steps: int | None = Field(None, gt=0, description="DDIM steps in diffusion reports")
     model_grid: bool = Field(False, description="tiny profile: the modality's full token grid (what the model "
                                                 "trains on) instead of the cheap 4x4 one")
+    shards: list[int] | None = Field(None, description="the declared training subset (label shards). A growing "
+                                                       "dataset sets it: the tokenizers' cache keys then hold only "
+                                                       "these shards, so new shards neither retrain them nor "
+                                                       "re-tokenize old shards. None: every committed label shard")
 
     @field_validator("tokenizers")
     @classmethod
@@ -70,6 +74,9 @@ class TrainTokenizersConfig(StrictModel):
 
 class PretokenizeConfig(StrictModel):
     train: TrainTokenizersConfig | None = Field(None, description="train tokenizers on this dataset first")
+    official: dict[str, str] = Field(default_factory=dict, description="tokenizer -> where its released apple/ml-4m "
+                                     "files are (hub id, folder, s3://); the import-tokenizers stage commits them "
+                                     "in place of training (official.py)")
     modalities: list[str] | None = Field(None, description="default: every token modality with a committed tokenizer, "
                                                            "and caption")
     captions: bool = Field(True, description="commit tokens/caption from the ingested captions (when `modalities` "
@@ -86,6 +93,16 @@ class PretokenizeConfig(StrictModel):
     fused: bool = Field(True, description="outside pseudolabel.feature_subset, label features and tokenize them in "
                                           "one pass, storing only tokens (fused.py)")
     sequences: SequenceConfig = SequenceConfig()  # sequence modalities (sequences.py)
+
+    @field_validator("official")
+    @classmethod
+    def _known_official(cls, named: dict[str, str]) -> dict[str, str]:
+        from .registry import tokenizer_names
+
+        unknown = sorted(set(named) - set(tokenizer_names()))
+        if unknown:
+            raise ValueError(f"unknown tokenizer(s) {unknown}; known: {', '.join(tokenizer_names())}")
+        return named
 
     @field_validator("modalities")
     @classmethod

@@ -35,17 +35,20 @@ from fourm_core.units import Unit, UnitOutput, UnitResult, run_unit
 from .labels import read_label_arrays
 from .metrics import PRIMARY, baseline_prediction, beats, reconstruction_metrics
 from .models.base import Tokenizer, build_tokenizer
+from .models.config import Layout
 from .normalize import normalize_batch
 from .registry import tokenizer_config, tokenizer_specs
 from .report import comparison_png, model_card
 
-CODE_VERSION = "tokenize.train/1"
+CODE_VERSION = "tokenize.train/2"  # 2: Memcodes per-head codebook tensors (H, K, d); ml4m layout
 _BASELINE_KIND = {"semseg": "majority class", "mask": "per-pixel majority mask"}
 
 
 class TrainTokenizerConfig(StrictModel):
     tokenizer: str = Field(description="registry tokenizer name, e.g. semseg_vqvae")
     profile: Literal["production", "tiny"] = "tiny"
+    layout: Layout = Field("native", description="'ml4m' trains the architecture of apple/ml-4m's released "
+                                                 "tokenizers (loadable next to theirs)")
     steps: int = Field(300, gt=0)
     batch_size: int = Field(16, gt=0)
     lr: float | None = Field(None, gt=0, description="default: 3e-3 for tiny, 1e-4 for production")
@@ -155,7 +158,7 @@ def train_tokenizer(store: ArtifactStore, dataset: str, cfg: TrainTokenizerConfi
     """Train one tokenizer on the committed label shards of ``dataset`` and commit it (see module doc)."""
     spec = tokenizer_specs()[cfg.tokenizer]
     label = cfg.label or spec.labels[0]
-    tcfg = tokenizer_config(cfg.tokenizer, cfg.profile)
+    tcfg = tokenizer_config(cfg.tokenizer, cfg.profile, cfg.layout)
     if cfg.model_grid:
         tcfg = with_model_grid(tcfg)
     artifact = tokenizer_artifact(cfg.tokenizer, cfg.profile)

@@ -4,19 +4,29 @@ One unit per tokenizer (``<dataset>/tokenizers/<name>[-<profile>]``, see ``train
 key holds the training config and the digests of every label shard it read: a re-run with the same labels
 is a no-op, new labels retrain. It runs before ``tokenize``, which encodes with the committed weights.
 The tokenizers belong to the dataset as a whole, so the stage has a single unit group, reported as shard 0.
+
+A growing dataset declares its training subset (``tokenize.train.shards``): then only those label shards are
+keyed, shards added later change nothing here, and the tokenize units of old shards (keyed on the weights
+digest) stay cached. Until every subset shard of a tokenizer's label is committed, that tokenizer waits
+(logged, not failed), so a first nightly run on a few shards does not train on a partial subset.
 """
 
 from __future__ import annotations
 
+import logging
+
 from fourm_core.config import DatasetConfig
+from fourm_core.modalities import label_artifact
 from fourm_core.stage import StageSpec
 from fourm_core.store import ArtifactStore
 from fourm_core.units import UnitResult
 
+from .registry import tokenizer_specs
 from .stage import pretokenize_config
 from .train_tokenizer import TrainTokenizerConfig, tokenizer_artifact, train_tokenizer
 
 WHOLE_DATASET = 0
+log = logging.getLogger(__name__)
 
 
 def trained_artifacts(config: DatasetConfig) -> list[str]:
@@ -41,7 +51,15 @@ def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force:
         tcfg = TrainTokenizerConfig(tokenizer=name, profile=cfg.profile, steps=cfg.train.steps,
                                     batch_size=cfg.train.batch_size, eval_samples=cfg.train.eval_samples,
                                     sampling_steps=cfg.train.sampling_steps, model_grid=cfg.train.model_grid)
-        results.append(train_tokenizer(store, config.name, tcfg, force=force))
+        subset = cfg.train.shards
+        if subset is not None:
+            label = tokenizer_specs()[name].labels[0]
+            missing = sorted(set(subset) - set(store.committed_shards(config.name, label_artifact(label))))
+            if missing:
+                log.warning("tokenizer %s waits: %s/%s shards %s of its training subset are not committed yet",
+                            name, config.name, label_artifact(label), missing)
+                continue
+        results.append(train_tokenizer(store, config.name, tcfg, force=force, shards=subset))
     return results
 
 

@@ -2,7 +2,8 @@
 
 Commands: ``train`` (resumes the run's latest checkpoint made with the same cache key), ``demo`` (the
 tiny preset on the demo token shards that ``python -m pipelines demo`` commits), ``synthetic`` (commit
-synthetic token shards under a dataset name of your choice; never ``demo``, which is the real one).
+synthetic token shards under a dataset name of your choice; never ``demo``, which is the real one),
+``import-pretrained`` (a released checkpoint committed as ``checkpoints/<run>/step-00000000``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--dataset", default="synthetic")
     s.add_argument("--modalities", nargs="+", required=True)
     s.add_argument("--shards", type=int, default=2)
+    i = sub.add_parser("import-pretrained", help="commit a released 4M checkpoint (dir, s3://, hub id) as a "
+                                                 "store checkpoint, for evaluation and fine-tuning")
+    i.add_argument("source")
+    i.add_argument("--run", required=True, help="run name it is committed under (checkpoints/<run>/step-00000000)")
+    i.add_argument("--store", default="./store")
+    i.add_argument("--storage-options", default=None, help="JSON object of fsspec storage options")
     args = ap.parse_args(argv)
     options = json.loads(args.storage_options) if getattr(args, "storage_options", None) else None
     store = ArtifactStore(args.store, options)
@@ -50,6 +57,11 @@ def main(argv: list[str] | None = None) -> None:
 
         m = pretrain_demo(store, args.log_dir, args.steps)
         print(json.dumps({"checkpoint": m.uri, "loss": m.stats.get("loss")}))
+    elif args.cmd == "import-pretrained":
+        from .released import import_pretrained
+
+        m = import_pretrained(store, args.source, args.run, storage_options=options)
+        print(json.dumps({"checkpoint": m.uri, "digest": m.digest}))
     else:
         from .synthetic import make_token_shards
 

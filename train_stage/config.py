@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fourm_core.config import ConfigError, StrictModel, load_yaml, validate_config
 
@@ -23,6 +23,26 @@ class DataSpec(StrictModel):
     weight: float = Field(1.0, gt=0)
     mixture: str | None = Field(None, description="masking mixture for this dataset (default: the run's)")
     modalities: list[str] | None = Field(None, description="modalities it provides (default: the model's)")
+
+
+class InitSpec(StrictModel):
+    """A committed checkpoint to start from (fine-tuning): ``<namespace>/checkpoints/<run>/step-NNNNNNNN``.
+
+    Ours, or a released one committed with ``python -m train_stage import-pretrained``."""
+
+    run: str
+    namespace: str = "training"
+    step: int | None = Field(None, ge=0, description="default: the run's latest checkpoint")
+
+
+class LoraSpec(StrictModel):
+    """LoRA fine-tuning (train_stage/lora.py): adapters of rank ``rank`` on the trunk's projections."""
+
+    rank: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0, description="adapter scale alpha / rank")
+    targets: list[str] = Field(default_factory=lambda: ["qkv", "attn.proj", "self_attn.proj", "cross_attn.q",
+                                                        "cross_attn.kv", "cross_attn.proj", "fc1", "fc2", "fc3"],
+                               min_length=1, description="linear layers adapted (name suffixes)")
 
 
 class TrainConfig(StrictModel):
@@ -53,6 +73,20 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(0, ge=0, description="0: only at the end")
     peak_flops: float | None = Field(None, gt=0, description="per device, for MFU")
     namespace: str = Field("training", description="store 'dataset' under which checkpoints are committed")
+    init_from: InitSpec | None = Field(None, description="start from this checkpoint's weights and architecture "
+                                                         "(fine-tuning; `model` is then not used)")
+
+    lora: LoraSpec | None = Field(None, description="train LoRA adapters only (needs init_from); the committed "
+                                                    "weights are merged, data.lora.safetensors holds the adapters")
+
+    @model_validator(mode="after")
+    def _finetune_names_its_data(self) -> "TrainConfig":
+        if self.lora is not None and self.init_from is None:
+            raise ValueError("lora needs init_from: LoRA adapts a trained checkpoint")
+        if self.init_from is not None and any(d.modalities is None for d in self.datasets):
+            raise ValueError("with init_from, every dataset lists the modalities it provides (datasets[].modalities):"
+                             " the model's are the checkpoint's, usually more than a fine-tuning dataset has")
+        return self
 
 
 def load_train_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:

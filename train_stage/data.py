@@ -13,6 +13,10 @@ whatever the number of workers.
 * Image-like tokens on a coarser square grid than the modality's (the ``tiny`` tokenizers' 4x4) are
   resampled to its grid by nearest neighbour (:func:`fit_grid`).
 * Only the needed columns (``sample_key``, ``crop``, ``tokens``) of the needed modalities are read.
+* Raw inputs, only for a model that takes them: ``rgb@224`` pixels come from the ingested ``images``
+  shard, cropped with the sample's box and flip from ``tokens/_crops`` (the crop its tokens were made
+  from), resized to 224² and ImageNet-normalised (``pixels.py``); ``t5_caption`` embeddings come from
+  the ``labels/t5_caption`` shard (one per sample, the same for every crop).
 * Workers: batch ``b`` is built by worker ``b % num_workers``; DataLoader returns batches in order. Workers
   are spawned, not forked: the trainer's process has threads (Prefect, Ray, OpenMP) whose locks a fork copies.
 * Masking runs in the worker (``collate``), with a generator seeded by (seed, b).
@@ -21,19 +25,38 @@ whatever the number of workers.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from fourm_core.crops import Crop
+from fourm_core.label_codec import f16_decode, image_decode
 from fourm_core.manifest import InputRef
 from fourm_core.modalities import ModalityKind, get_modality
 from fourm_core.store import ArtifactStore
 
 from .batch import MaskedBatch
 from .masking import Masker, RawBatch
+from .pixels import model_pixels
+
+CROPS_ARTIFACT = "tokens/_crops"  # (sample_key, crop, box, flip): the crops the token shards were made from
+_RAW_KINDS = (ModalityKind.PIXELS, ModalityKind.EMBEDDING_SEQ)  # read from images / label shards, not tokens
+
+
+def source_artifact(modality: str) -> str:
+    """The store artifact a modality is read from: its token shards, or for the raw inputs (RGB pixels,
+    T5 embeddings) the artifact they are derived from (``images``, ``labels/t5_caption``)."""
+    mod = get_modality(modality)
+    return mod.label_artifact if mod.kind in _RAW_KINDS else mod.token_artifact
+
+
+def needed_artifacts(modality: str) -> list[str]:
+    """Artifacts a modality needs per shard (pixels also need the crops, to cut the same box)."""
+    src = source_artifact(modality)
+    return [src, CROPS_ARTIFACT] if get_modality(modality).kind == ModalityKind.PIXELS else [src]
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +66,15 @@ class MissingTokenShardsError(FileNotFoundError):
 
 
 def missing_token_shards_message(store: ArtifactStore, dataset: str, missing: list[str]) -> str:
-    have = sorted(a for a in store.artifacts(dataset) if a.startswith("tokens/") and a != "tokens/_crops")
+    have = sorted(a for a in store.artifacts(dataset) if a.startswith("tokens/") and a != CROPS_ARTIFACT)
     root = store.root if store.is_local else store.root_uri
-    return (f"dataset {dataset!r} in {store.root_uri} has no committed token shards for "
-            + ", ".join(f"{get_modality(m).token_artifact} ({m})" for m in missing)
+    return (f"dataset {dataset!r} in {store.root_uri} has no committed shards for "
+            + ", ".join(f"{'/'.join(needed_artifacts(m))} ({m})" for m in missing)
             + f"; its token artifacts: {', '.join(have) or 'none'}. Make them with the build-dataset flow, "
             f"`python -m pipelines run --dataset {dataset} --root {root}` (for the demo: "
             f"`python -m pipelines demo --root {root}`), with a tokenizer for each of those modalities configured "
-            "(dataset config `tokenize`), or train on the modalities it has (train config `model.modalities` / "
-            "`datasets[].modalities`).")
+            "(dataset config `tokenize`; RGB pixels need the ingested `images`, T5 embeddings the `t5` labeler), or "
+            "train on the modalities it has (train config `model.modalities` / `datasets[].modalities`).")
 
 
 @dataclass(frozen=True)
@@ -67,7 +90,8 @@ def dataset_shards(store: ArtifactStore, d: DatasetSpec, warn: bool = False) -> 
     """The shards of ``d`` that have a committed token shard for every one of its modalities.
 
     Raises :class:`MissingTokenShardsError` when a modality has none (naming them and the command)."""
-    per_mod = {m: set(store.committed_shards(d.name, get_modality(m).token_artifact)) for m in d.modalities}
+    per_mod = {m: set.intersection(*(set(store.committed_shards(d.name, a)) for a in needed_artifacts(m)))
+               for m in d.modalities}
     missing = [m for m, shards in per_mod.items() if not shards]
     if missing:
         raise MissingTokenShardsError(missing_token_shards_message(store, d.name, missing))
@@ -87,41 +111,146 @@ def token_input_refs(store: ArtifactStore, datasets: list[DatasetSpec]) -> list[
     refs = []
     for d in datasets:
         shards = dataset_shards(store, d)
-        for m in d.modalities:
+        artifacts = dict.fromkeys(a for m in d.modalities for a in needed_artifacts(m))
+        for a in artifacts:
             for s in shards:
-                refs.append(store.read_manifest(d.name, get_modality(m).token_artifact, s).as_input())
+                refs.append(store.read_manifest(d.name, a, s).as_input())
     return refs
 
 
 class _Shard:
-    """One shard of one dataset: per modality, tokens of (sample_key, crop) as flat numpy + offsets."""
+    """One shard of one dataset: per modality, tokens of (sample_key, crop) as flat numpy + offsets; for a
+    pixel modality the encoded images and the crops, for T5 the embedding rows (decoded when batched)."""
 
     def __init__(self, store: ArtifactStore, dataset: str, shard: int, modalities: tuple[str, ...]):
-        self.tables: dict[str, tuple[dict[tuple[str, int], int], np.ndarray, np.ndarray]] = {}
+        self.tables: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # (row map, values, offsets)
+        self.images: dict[str, bytes] = {}
+        self.crops: dict[tuple[str, int], Crop] = {}
+        self.embeddings: dict[str, dict[str, tuple[bytes, int, int]]] = {}
+        self.where = f"{dataset} shard {shard}"
         keys: dict[str, None] = {}  # every sample of any modality, in first-seen order
         crops: dict[str, int] = {}
+        read: dict[str, tuple[list[str], np.ndarray, np.ndarray, np.ndarray]] = {}
         for m in modalities:
-            t = store.read_table(dataset, get_modality(m).token_artifact, shard, columns=["sample_key", "crop", "tokens"])
+            mod = get_modality(m)
+            if mod.kind == ModalityKind.PIXELS:
+                t = store.read_table(dataset, source_artifact(m), shard, columns=["sample_key", "image"])
+                sk = t.column("sample_key").to_pylist()
+                self.images = dict(zip(sk, t.column("image").to_pylist()))
+                c = store.read_table(dataset, CROPS_ARTIFACT, shard, columns=["sample_key", "crop", "box", "flip"])
+                for k, i, box, flip in zip(c.column("sample_key").to_pylist(), c.column("crop").to_pylist(),
+                                           c.column("box").to_pylist(), c.column("flip").to_pylist()):
+                    self.crops[(k, int(i))] = Crop(tuple(float(v) for v in box), bool(flip))
+                keys.update(dict.fromkeys(sk))
+                continue
+            if mod.kind == ModalityKind.EMBEDDING_SEQ:
+                t = store.read_table(dataset, source_artifact(m), shard,
+                                     columns=["sample_key", "embedding", "n_tokens", "dim"])
+                sk = t.column("sample_key").to_pylist()
+                self.embeddings[m] = {k: (e, int(n), int(d)) for k, e, n, d in zip(
+                    sk, t.column("embedding").to_pylist(), t.column("n_tokens").to_pylist(),
+                    t.column("dim").to_pylist()) if e is not None}
+                keys.update(dict.fromkeys(sk))
+                continue
+            t = store.read_table(dataset, mod.token_artifact, shard, columns=["sample_key", "crop", "tokens"])
             sk = t.column("sample_key").to_pylist()
-            cr = t.column("crop").to_numpy()
+            cr = t.column("crop").to_numpy().astype(np.int64)
             lst = t.column("tokens").combine_chunks()
-            offsets = lst.offsets.to_numpy()
+            offsets = lst.offsets.to_numpy().astype(np.int64)
             values = lst.values.to_numpy(zero_copy_only=False)
-            self.tables[m] = ({(k, int(c)): i for i, (k, c) in enumerate(zip(sk, cr))}, values, offsets)
-            for k, c in zip(sk, cr):
-                crops[k] = max(crops.get(k, 0), int(c) + 1)
+            if mod.is_image_like:
+                values, offsets = fit_grid_rows(values, offsets, m)
+            read[m] = (sk, cr, values, offsets)
+            for k, c in zip(sk, cr.tolist()):
+                crops[k] = max(crops.get(k, 0), c + 1)
             keys.update(dict.fromkeys(sk))
         self.keys = list(keys)
         self.n_crops = crops
+        self.key_index = {k: i for i, k in enumerate(self.keys)}
+        # per token modality: row[key index, crop] -> table row (-1: none); a modality without per-crop rows
+        # (a caption) answers every crop with its crop-0 row
+        width = max(crops.values(), default=1)
+        for m, (sk, cr, values, offsets) in read.items():
+            row = np.full((len(self.keys), width), -1, dtype=np.int64)
+            row[np.array([self.key_index[k] for k in sk], dtype=np.int64), cr] = np.arange(len(sk))
+            row = np.where(row >= 0, row, row[:, :1])
+            self.tables[m] = (row, values, offsets)
+
+    def gather_tokens(self, modality: str, key_idx: np.ndarray, crop: np.ndarray, width: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens of samples (key index, crop) as a zero-padded (n, width) int32 matrix and their lengths (n,),
+        in a few array operations (no per-sample Python)."""
+        row, values, offsets = self.tables[modality]
+        r = row[key_idx, np.minimum(crop, row.shape[1] - 1)]
+        ok = r >= 0
+        r = np.where(ok, r, 0)
+        start = offsets[r]
+        n = np.where(ok, np.minimum(offsets[r + 1] - start, width), 0)
+        cols = np.arange(width)
+        keep = cols[None] < n[:, None]
+        idx = np.minimum(start[:, None] + cols[None], max(len(values) - 1, 0))
+        out = np.where(keep, values[idx] if len(values) else 0, 0).astype(np.int32)
+        return out, n
 
     def tokens(self, modality: str, key: str, crop: int) -> np.ndarray | None:
-        index, values, offsets = self.tables[modality]
-        i = index.get((key, crop))
-        if i is None:
-            i = index.get((key, 0))  # a modality without per-crop rows (e.g. a caption) uses crop 0
-            if i is None:
-                return None
-        return values[offsets[i]:offsets[i + 1]]
+        """One sample's tokens (None when the modality has no row for it)."""
+        i = self.key_index.get(key)
+        row, values, offsets = self.tables[modality]
+        r = -1 if i is None else int(row[i, min(crop, row.shape[1] - 1)])
+        return None if r < 0 else values[offsets[r]:offsets[r + 1]]
+
+    def pixels(self, modality: str, key: str, crop: int) -> torch.Tensor | None:
+        """(n_patches, P·P·3) ImageNet-normalised patches of the sample's crop, None without an image."""
+        data = self.images.get(key)
+        if data is None:
+            return None
+        box = self.crops.get((key, crop)) or self.crops.get((key, 0))
+        if box is None:
+            raise ValueError(f"{self.where}: sample {key!r} has an image but no row in {CROPS_ARTIFACT}, so its "
+                             "pixels cannot be cut like its tokens; re-run the tokenize stage for this shard")
+        mod = get_modality(modality)
+        return model_pixels(image_decode(data), box, mod.grid[0] * mod.patch_size, mod.patch_size)
+
+    def embedding(self, modality: str, key: str) -> np.ndarray | None:
+        """(n_tokens, dim) float32 rows of the sample's embedding sequence, None without one."""
+        row = self.embeddings[modality].get(key)
+        if row is None:
+            return None
+        data, n, dim = row
+        want = get_modality(modality).feature_dim
+        if dim != want:
+            raise ValueError(f"{self.where}: {source_artifact(modality)} rows are {dim}-d but the model's "
+                             f"{modality} embedding takes {want}-d vectors (T5-XXL); label the dataset with the "
+                             "production T5 labeler, or leave t5_caption out of the model's modalities")
+        return f16_decode(data, (n, dim))
+
+
+@dataclass
+class PackedBatch:
+    """A :class:`MaskedBatch` as numpy arrays, which a DataLoader worker sends through its pipe by value.
+
+    A torch tensor crossing to the main process is moved into shared memory first, one segment per tensor;
+    on the 2-core box that cost ~20 ms per tensor (~200 ms for a 4M-21 batch of ten 64x256 tensors) against
+    2.5 ms to send the same 1.3 MB by value. The main process turns the arrays back into tensors without a
+    copy (``torch.from_numpy``)."""
+
+    arrays: dict[str, np.ndarray | dict[str, np.ndarray]]
+
+    @classmethod
+    def pack(cls, batch: MaskedBatch) -> "PackedBatch":
+        out: dict[str, np.ndarray | dict[str, np.ndarray]] = {}
+        for f in fields(batch):
+            v = getattr(batch, f.name)
+            out[f.name] = {k: t.numpy() for k, t in v.items()} if isinstance(v, dict) else v.numpy()
+        return cls(out)
+
+    def unpack(self) -> MaskedBatch:
+        return MaskedBatch(**{k: {m: torch.from_numpy(a) for m, a in v.items()} if isinstance(v, dict)
+                              else torch.from_numpy(v) for k, v in self.arrays.items()})
+
+    def pin_memory(self) -> MaskedBatch:
+        """What DataLoader(pin_memory=True) calls in the main process."""
+        return self.unpack().pin_memory()
 
 
 class TokenShardStream(IterableDataset):
@@ -141,11 +270,6 @@ class TokenShardStream(IterableDataset):
         self.start_batch = start_batch
         store = self._store()
         self.shards = [dataset_shards(store, d, warn=True) for d in datasets]
-        self.rows = []
-        for d, shards in zip(datasets, self.shards):
-            # rows per shard from the manifests: sample count = rows / crops is unknown here, read lazily
-            self.rows.append([store.read_manifest(d.name, get_modality(d.modalities[0]).token_artifact, s).rows
-                              for s in shards])
         w = np.array([d.weight for d in datasets], dtype=np.float64)
         self.weights = w / w.sum()
 
@@ -168,25 +292,28 @@ class TokenShardStream(IterableDataset):
         base[order[:rest]] += 1
         return base
 
-    def _epoch_order(self, d: int, epoch: int, shard_sizes: list[int]) -> list[tuple[int, int]]:
+    def _epoch_order(self, d: int, epoch: int, shard_sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(shard, row) of every sample of dataset ``d`` in the order epoch ``epoch`` visits them."""
         rng = np.random.default_rng([self.seed, d, epoch])
-        out = []
+        shards, rows = [], []
         for s in rng.permutation(len(shard_sizes)):
-            out.extend((int(s), int(r)) for r in rng.permutation(shard_sizes[s]))
-        return out
+            shards.append(np.full(shard_sizes[s], s, dtype=np.int64))
+            rows.append(rng.permutation(shard_sizes[s]))
+        return np.concatenate(shards), np.concatenate(rows)
 
     # ------------------------------------------------------------------------------- iteration
 
-    def __iter__(self) -> Iterator[MaskedBatch]:
+    def __iter__(self) -> Iterator[MaskedBatch | PackedBatch]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         store = self._store()
         cache: dict[tuple[int, int], _Shard] = {}
         sizes: dict[int, list[int]] = {}
-        orders: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        orders: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         b = self.start_batch + wid
         while True:
-            yield self.make_batch(b * self.world_size + self.rank, store, cache, sizes, orders)
+            batch = self.make_batch(b * self.world_size + self.rank, store, cache, sizes, orders)
+            yield PackedBatch.pack(batch) if info else batch  # a worker sends arrays by value (PackedBatch)
             b += nw
 
     def _shard(self, store, cache, d: int, s: int) -> _Shard:
@@ -218,10 +345,12 @@ class TokenShardStream(IterableDataset):
             n_d = sum(sizes[d])
             for k in range(int(lo[d]), int(hi[d])):
                 epoch, i = divmod(k, n_d)
-                if (d, epoch) not in orders:
-                    orders = {key: v for key, v in orders.items() if key[0] != d}
+                if (d, epoch) not in orders:  # one epoch order per dataset kept (in the caller's dict)
+                    for old in [key for key in orders if key[0] == d]:
+                        del orders[old]
                     orders[(d, epoch)] = self._epoch_order(d, epoch, sizes[d])
-                s, r = orders[(d, epoch)][i]
+                shard_order, row_order = orders[(d, epoch)]
+                s, r = int(shard_order[i]), int(row_order[i])
                 shard = self._shard(store, cache, d, s)
                 key = shard.keys[r]
                 crop = int(rng.integers(0, shard.n_crops.get(key, 1)))
@@ -230,30 +359,66 @@ class TokenShardStream(IterableDataset):
         return self.collate([samples[i] for i in order])
 
     def collate(self, samples) -> RawBatch:
-        B = len(samples)
+        """(dataset, shard, key, crop) per sample -> the unmasked batch (absent modalities have length 0)."""
         raw = RawBatch(dataset=torch.tensor([d for d, *_ in samples], dtype=torch.long),
                        keys=[key for _, _, key, _ in samples])
+        # samples grouped by shard (a batch draws from one shard per dataset): token gathers go per group
+        groups: dict[int, tuple[_Shard, list[int]]] = {}
+        for j, (d, shard, key, crop) in enumerate(samples):
+            groups.setdefault(id(shard), (shard, []))[1].append(j)
+        index = [(shard, d, np.array(rows), np.array([shard.key_index[samples[j][2]] for j in rows], dtype=np.int64),
+                  np.array([samples[j][3] for j in rows], dtype=np.int64))
+                 for shard, rows in groups.values() for d in [samples[rows[0]][0]]]
         for m in self.masker.modalities:
             mod = get_modality(m)
-            if mod.kind in (ModalityKind.PIXELS, ModalityKind.EMBEDDING_SEQ):
-                continue  # not in token shards (see docs/training.md)
-            L = mod.max_tokens
-            tok = np.zeros((B, L), dtype=np.int32)
-            n = np.zeros(B, dtype=np.int64)
-            for j, (d, shard, key, crop) in enumerate(samples):
-                if m not in self.datasets[d].modalities:
-                    continue
-                t = shard.tokens(m, key, crop)
-                if t is None:
-                    continue
-                if mod.is_image_like:
-                    t = fit_grid(t, m)
-                t = t[:L]
-                tok[j, : len(t)] = t
-                n[j] = len(t)
-            raw.tokens[m] = torch.from_numpy(tok)
-            raw.lengths[m] = torch.from_numpy(n)
+            if mod.kind in _RAW_KINDS:
+                has = [m in self.datasets[d].modalities for d, *_ in samples]
+                if mod.kind == ModalityKind.PIXELS:
+                    self._collate_pixels(raw, m, samples, has)
+                else:
+                    self._collate_embeddings(raw, m, samples, has)
+            else:
+                self._collate_tokens(raw, m, len(samples), [g for g in index if m in self.datasets[g[1]].modalities])
         return raw
+
+    @staticmethod
+    def _collate_tokens(raw: RawBatch, m: str, B: int, groups) -> None:
+        """tokens[m] (B, max_tokens) int32, zero-padded, and lengths[m] (B,): one gather per shard in the batch.
+
+        groups: (shard, dataset, batch rows, key indices, crops) of the samples whose dataset provides ``m``."""
+        L = get_modality(m).max_tokens
+        tok = np.zeros((B, L), dtype=np.int32)
+        n = np.zeros(B, dtype=np.int64)
+        for shard, _, rows, key_idx, crop in groups:
+            tok[rows], n[rows] = shard.gather_tokens(m, key_idx, crop, L)
+        raw.tokens[m] = torch.from_numpy(tok)
+        raw.lengths[m] = torch.from_numpy(n)
+
+    @staticmethod
+    def _collate_pixels(raw: RawBatch, m: str, samples, has: list[bool]) -> None:
+        """pixels[m] (B, n_patches, P·P·3) when any sample has an image (zeros for those without)."""
+        mod = get_modality(m)
+        rows = [shard.pixels(m, key, crop) if has[j] else None for j, (d, shard, key, crop) in enumerate(samples)]
+        n = torch.tensor([0 if r is None else mod.max_tokens for r in rows], dtype=torch.long)
+        if n.any():
+            shape = next(r for r in rows if r is not None).shape
+            raw.pixels[m] = torch.stack([torch.zeros(shape) if r is None else r for r in rows])
+        raw.lengths[m] = n
+
+    @staticmethod
+    def _collate_embeddings(raw: RawBatch, m: str, samples, has: list[bool]) -> None:
+        """embeddings[m] (B, L, F), L = the longest sequence of the batch (at most max_tokens), zero-padded."""
+        mod = get_modality(m)
+        rows = [shard.embedding(m, key) if has[j] else None for j, (d, shard, key, crop) in enumerate(samples)]
+        rows = [None if r is None else r[: mod.max_tokens] for r in rows]
+        n = torch.tensor([0 if r is None else len(r) for r in rows], dtype=torch.long)
+        if n.any():
+            out = torch.zeros(len(rows), int(n.max()), mod.feature_dim)
+            for j, r in enumerate(rows):
+                if r is not None:
+                    out[j, : len(r)] = torch.from_numpy(r)
+            raw.embeddings[m] = out
+        raw.lengths[m] = n
 
 
 def _grid(modality: str) -> tuple[int, int]:
@@ -262,6 +427,14 @@ def _grid(modality: str) -> tuple[int, int]:
         return mod.grid
     side = int(np.sqrt(mod.max_tokens))
     return side, side
+
+
+def _grid_index(k: int, modality: str) -> np.ndarray:
+    """Flat indices into a k x k grid that resample it to the modality's grid by nearest neighbour."""
+    h, w = _grid(modality)
+    rows = (np.arange(h) * k) // h
+    cols = (np.arange(w) * k) // w
+    return (rows[:, None] * k + cols[None]).reshape(-1)
 
 
 def fit_grid(tokens: np.ndarray, modality: str) -> np.ndarray:
@@ -277,9 +450,22 @@ def fit_grid(tokens: np.ndarray, modality: str) -> np.ndarray:
     k = int(round(np.sqrt(n)))
     if n == 0 or k * k != n:
         raise ValueError(f"{modality}: {n} tokens per sample is neither its {h}x{w} grid nor a square grid")
-    rows = (np.arange(h) * k) // h
-    cols = (np.arange(w) * k) // w
-    return tokens.reshape(k, k)[rows][:, cols].reshape(-1)
+    return tokens[_grid_index(k, modality)]
+
+
+def fit_grid_rows(values: np.ndarray, offsets: np.ndarray, modality: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fit_grid` for every row of a flat token column (values, offsets) at once."""
+    h, w = _grid(modality)
+    lengths = np.diff(offsets)
+    if len(lengths) == 0 or (lengths == h * w).all():
+        return values, offsets
+    if (lengths == lengths[0]).all():  # one coarser grid for the whole shard: one fancy-index
+        n = int(lengths[0])
+        fit_grid(np.zeros(n, dtype=values.dtype), modality)  # validates n (raises for a non-square count)
+        out = values.reshape(-1, n)[:, _grid_index(int(round(np.sqrt(n))), modality)].reshape(-1)
+    else:
+        out = np.concatenate([fit_grid(values[a:b], modality) for a, b in zip(offsets[:-1], offsets[1:])])
+    return out, np.arange(len(lengths) + 1, dtype=np.int64) * (h * w)
 
 
 class ResumableLoader:
@@ -330,6 +516,6 @@ class ResumableLoader:
                                        pin_memory=self.pin_memory, **kw))
         batch = next(self._it)
         self.next_batch += 1
-        return batch
+        return batch.unpack() if isinstance(batch, PackedBatch) else batch
 
 

@@ -6,6 +6,8 @@ are ignored, as is usual for MFU. Backward = 2x forward, so a training step is 3
 
 from __future__ import annotations
 
+import torch
+
 from .model.config import FourMConfig
 
 
@@ -41,3 +43,32 @@ PEAK_FLOPS = {
     # one x86 core with two 256-bit FMA units at ~2.5 GHz: 2 units * 8 fp32 lanes * 2 FLOPs * 2.5e9
     "cpu-fp32-core": 80e9,
 }
+
+
+def measure_matmul_peak(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, n: int | None = None,
+                        seconds: float = 1.0) -> float:
+    """Achieved FLOP/s of a large square matmul on ``device`` (the best of repeated timings).
+
+    The practical ceiling of this machine, measured rather than assumed: MFU against it says how much of
+    what the hardware really delivers a training step gets. n defaults to 1024 on CPU, 8192 on GPU."""
+    import time
+
+    dev = torch.device(device)
+    n = n or (8192 if dev.type == "cuda" else 1024)
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    torch.matmul(a, b)  # warm-up (kernel selection, thread pool start)
+    sync()
+    best, spent = float("inf"), 0.0
+    while spent < seconds or best == float("inf"):
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        sync()
+        dt = time.perf_counter() - t0
+        best, spent = min(best, dt), spent + dt
+    return 2.0 * n ** 3 / best

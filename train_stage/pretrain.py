@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from fourm_core.manifest import Manifest
-from fourm_core.modalities import ModalityKind, get_modality
 from fourm_core.store import ArtifactStore
 
 from .config import TrainConfig, load_train_config
-from .data import DatasetSpec, MissingTokenShardsError, missing_token_shards_message, token_input_refs
+from .data import MissingTokenShardsError, missing_token_shards_message, needed_artifacts
 from .model import preset
-from .trainer import Trainer, checkpoint_artifact, list_checkpoints, train_ingredients, write_logs
+from .trainer import (Trainer, checkpoint_artifact, dataset_specs, list_checkpoints, run_inputs, train_ingredients,
+                      write_logs)
 
 DEMO_DATASET = "demo"
 
@@ -52,19 +52,10 @@ class PretrainResult:
                 "loss_png": str(self.log_dir / "loss.png") if self.log_dir else None}
 
 
-def dataset_specs(cfg: TrainConfig) -> list[DatasetSpec]:
-    """The datasets the run reads, each with its token modalities (the model's, or the dataset's own list);
-    the same specs the trainer's stream is built from."""
-    mc = preset(cfg.model.size, cfg.model.modalities, **cfg.model.overrides)
-    mods = [m for m in dict.fromkeys(mc.domains_in + mc.domains_out)
-            if get_modality(m).kind not in (ModalityKind.PIXELS, ModalityKind.EMBEDDING_SEQ)]
-    return [DatasetSpec(d.name, d.weight, tuple(d.modalities or mods)) for d in cfg.datasets]
-
-
 def check_token_shards(store: ArtifactStore, cfg: TrainConfig) -> None:
     """Raise :class:`MissingTokenShardsError` (before any model is built) when a dataset lacks token shards."""
     for d in dataset_specs(cfg):
-        missing = [m for m in d.modalities if not store.committed_shards(d.name, get_modality(m).token_artifact)]
+        missing = [m for m in d.modalities if not all(store.committed_shards(d.name, a) for a in needed_artifacts(m))]
         if missing:
             raise MissingTokenShardsError(missing_token_shards_message(store, d.name, missing))
 
@@ -76,7 +67,7 @@ def run_pretrain(store: ArtifactStore, train_config: TrainConfig | str, log_dir:
     check_token_shards(store, cfg)
     log_dir = Path(log_dir) if log_dir else None
     # the cache key from the config and the token-shard manifests alone: a cached run builds no model
-    key = train_ingredients(cfg, token_input_refs(store, dataset_specs(cfg))).cache_key()
+    key = train_ingredients(cfg, run_inputs(store, cfg)).cache_key()
     final = store.read_manifest(cfg.namespace, checkpoint_artifact(cfg, cfg.steps), None)
     if final is not None and not force and final.cache_key == key:
         history = json.loads(store.read_bytes(store.data_path(cfg.namespace, final.artifact, None, ".history.json")))

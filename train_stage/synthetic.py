@@ -5,7 +5,9 @@ learnable: every sample has a hidden class; its image-token grids, global tokens
 functions of the class (plus a little noise), so any modality predicts the others.
 
 Each sample has ``n_crops`` crops; crop c shifts the image grids by c columns so that using one crop
-consistently across modalities matters.
+consistently across modalities matters, and ``tokens/_crops`` gives each crop its own box (and every odd
+crop a flip). The raw inputs, when asked for: ``rgb@224`` writes an ``images`` shard (small PNGs whose
+colour follows the class), ``t5_caption`` a ``labels/t5_caption`` shard (4096-d float16 rows).
 """
 
 from __future__ import annotations
@@ -20,8 +22,42 @@ from fourm_core.store import ArtifactStore
 from fourm_core.units import Unit, UnitOutput, run_unit
 
 STAGE = "tokenize-synthetic"
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 CROPS_ARTIFACT = "tokens/_crops"
+
+
+def synthetic_crop_box(crop: int) -> tuple[list[float], bool]:
+    """Box (x0, y0, x1, y1) and flip of crop ``crop``: crop 0 is the whole image, later ones smaller."""
+    return [0.1 * min(crop, 3), 0.0, 1.0, 1.0 - 0.1 * min(crop, 3)], crop % 2 == 1
+
+
+def _raw_inputs(modalities: list[str], keys: list[str], classes: np.ndarray, rng: np.random.Generator,
+                n_classes: int) -> dict[str, pa.Table]:
+    """The ``images`` / ``labels/t5_caption`` tables of a synthetic shard (only the columns training reads)."""
+    from fourm_core.label_codec import f16_encode, png_encode
+
+    tables = {}
+    if "rgb@224" in modalities:
+        imgs = []
+        for cls in classes:
+            base = np.array([(37 * cls) % 256, (91 * cls) % 256, (151 * cls) % 256], np.uint8)
+            noise = rng.integers(0, 24, (40, 56, 3), dtype=np.uint8)
+            imgs.append(png_encode(base[None, None] + noise))
+        tables[get_modality("rgb@224").label_artifact] = pa.table({
+            "sample_key": pa.array(keys, pa.string()), "image": pa.array(imgs, pa.binary()),
+            "width": pa.array([56] * len(keys), pa.int32()), "height": pa.array([40] * len(keys), pa.int32())})
+    if "t5_caption" in modalities:
+        dim = get_modality("t5_caption").feature_dim
+        centres = np.random.default_rng(7).standard_normal((n_classes, dim)).astype(np.float32)
+        rows, lengths = [], []
+        for cls in classes:
+            n = int(rng.integers(3, 11))
+            rows.append(f16_encode(centres[cls][None] + 0.1 * rng.standard_normal((n, dim)).astype(np.float32)))
+            lengths.append(n)
+        tables[get_modality("t5_caption").label_artifact] = pa.table({
+            "sample_key": pa.array(keys, pa.string()), "embedding": pa.array(rows, pa.binary()),
+            "n_tokens": pa.array(lengths, pa.int16()), "dim": pa.array([dim] * len(keys), pa.int16())})
+    return tables
 
 
 def _sample_tokens(mod_name: str, cls: int, crop: int, rng: np.random.Generator, n_classes: int) -> list[int]:
@@ -54,14 +90,17 @@ def make_token_shards(store: ArtifactStore, dataset: str, modalities: list[str],
                          "use another name, e.g. 'synthetic'")
     out: dict[str, list] = {}
     config = dict(modalities=modalities, shard_size=shard_size, n_crops=n_crops, n_classes=n_classes, seed=seed)
-    artifacts = [get_modality(m).token_artifact for m in modalities] + [CROPS_ARTIFACT]
+    raw_kinds = (ModalityKind.PIXELS, ModalityKind.EMBEDDING_SEQ)
+    token_mods = [m for m in modalities if get_modality(m).kind not in raw_kinds]
+    artifacts = [get_modality(m).token_artifact for m in token_mods] + [CROPS_ARTIFACT] + \
+        [get_modality(m).label_artifact for m in modalities if get_modality(m).kind in raw_kinds]
     for shard in range(n_shards):
         def compute(shard: int = shard) -> UnitOutput:
             rng = np.random.default_rng([seed, shard])
             keys = [f"{dataset}-{shard:05d}-{i:05d}" for i in range(shard_size)]
             classes = rng.integers(0, n_classes, shard_size)
-            tables = {}
-            for m in modalities:
+            tables = _raw_inputs(modalities, keys, classes, rng, n_classes)
+            for m in token_mods:
                 mod = get_modality(m)
                 rows = {"sample_key": [], "crop": [], "tokens": []}
                 for key, cls in zip(keys, classes):
@@ -79,8 +118,8 @@ def make_token_shards(store: ArtifactStore, dataset: str, modalities: list[str],
                 tables[mod.token_artifact] = pa.table(cols)
             crops = {"sample_key": [k for k in keys for _ in range(n_crops)],
                      "crop": [c for _ in keys for c in range(n_crops)],
-                     "box": [[0.0, 0.0, 1.0, 1.0]] * (shard_size * n_crops),
-                     "flip": [False] * (shard_size * n_crops)}
+                     "box": [synthetic_crop_box(c)[0] for _ in keys for c in range(n_crops)],
+                     "flip": [synthetic_crop_box(c)[1] for _ in keys for c in range(n_crops)]}
             tables[CROPS_ARTIFACT] = pa.table({"sample_key": pa.array(crops["sample_key"], pa.string()),
                                                "crop": pa.array(crops["crop"], pa.int16()),
                                                "box": pa.array(crops["box"], pa.list_(pa.float32(), 4)),

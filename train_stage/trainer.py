@@ -27,23 +27,54 @@ from fourm_core.store import ArtifactStore
 
 from .batch import MaskedBatch
 from .config import TrainConfig
-from .data import DatasetSpec, ResumableLoader, TokenShardStream
+from .data import DatasetSpec, ResumableLoader, TokenShardStream, token_input_refs
 from .flops import PEAK_FLOPS, train_step_flops
 from .masking import Masker
 from .mixture import load_mixture
 from .model import FourM, preset
-from .model.hub import load_state
+from .model.hub import load_state, reference_state, safetensors_metadata
 
 STAGE = "train"
-CODE_VERSION = "1"  # bump when a change alters what a given config trains
+CODE_VERSION = "2"  # bump when a change alters what a given config trains (2: learned global-token positions)
 
 
 # ------------------------------------------------------------------------------------ building blocks
 
 
-def build_model(cfg: TrainConfig) -> FourM:
+def init_checkpoint(store: ArtifactStore, cfg: TrainConfig) -> Manifest | None:
+    """The manifest of the checkpoint ``cfg.init_from`` names (None without init_from); missing: an error."""
+    spec = cfg.init_from
+    if spec is None:
+        return None
+    prefix = f"checkpoints/{spec.run}/step-"
+    steps = sorted(int(a[len(prefix):]) for a in store.artifacts(spec.namespace) if a.startswith(prefix))
+    step = spec.step if spec.step is not None else (steps[-1] if steps else None)
+    m = None if step is None else store.read_manifest(spec.namespace, f"{prefix}{step:08d}", None)
+    if m is None:
+        raise FileNotFoundError(f"init_from: no committed checkpoint {spec.namespace}/{prefix}"
+                                f"{'*' if step is None else f'{step:08d}'} in {store.root_uri} (committed steps: "
+                                f"{steps or 'none'}); train it first, or import a released one with "
+                                f"`python -m train_stage import-pretrained SOURCE --run {spec.run}`")
+    return m
+
+
+def build_model(cfg: TrainConfig, store: ArtifactStore | None = None) -> FourM:
+    """A fresh model of ``cfg.model``, or with ``init_from`` the checkpoint's model (strict load)."""
     torch.manual_seed(cfg.seed)
-    return FourM(preset(cfg.model.size, cfg.model.modalities, **cfg.model.overrides))
+    init = init_checkpoint(store, cfg) if store is not None else None
+    if init is None:
+        return FourM(preset(cfg.model.size, cfg.model.modalities, **cfg.model.overrides))
+    from .model.hub import model_from_bytes
+
+    config = store.read_bytes(store.data_path(init.dataset, init.artifact, None, ".config.json"))
+    weights = store.read_bytes(store.data_path(init.dataset, init.artifact, None, ".safetensors"))
+    return model_from_bytes(config, weights, source=init.uri)
+
+
+def run_inputs(store: ArtifactStore, cfg: TrainConfig) -> list:
+    """A run's lineage inputs: every token shard it reads, and the checkpoint it starts from."""
+    init = init_checkpoint(store, cfg)
+    return token_input_refs(store, dataset_specs(cfg)) + ([init.as_input()] if init else [])
 
 
 def build_masker(cfg: TrainConfig, model_mods: list[str]) -> Masker:
@@ -64,11 +95,17 @@ def model_modalities(model: FourM) -> list[str]:
     return list(dict.fromkeys(c.domains_in + c.domains_out))
 
 
+def dataset_specs(cfg: TrainConfig) -> list[DatasetSpec]:
+    """The datasets the run reads, each with the modalities it provides: the dataset's own list, or every
+    modality of the model, raw inputs included (RGB pixels, T5 embeddings) when the model takes them."""
+    mc = preset(cfg.model.size, cfg.model.modalities, **cfg.model.overrides)
+    mods = list(dict.fromkeys(mc.domains_in + mc.domains_out))
+    return [DatasetSpec(d.name, d.weight, tuple(d.modalities or mods)) for d in cfg.datasets]
+
+
 def build_stream(cfg: TrainConfig, store: ArtifactStore, masker: Masker, rank: int = 0, world: int = 1) -> TokenShardStream:
-    tokenised = [m for m in masker.modalities if get_modality(m).kind.value not in ("pixels", "embedding_seq")]
-    specs = [DatasetSpec(d.name, d.weight, tuple(d.modalities or tokenised)) for d in cfg.datasets]
-    return TokenShardStream(store.root_uri, specs, masker, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world,
-                            storage_options=store.storage_options)
+    return TokenShardStream(store.root_uri, dataset_specs(cfg), masker, cfg.batch_size, seed=cfg.seed, rank=rank,
+                            world_size=world, storage_options=store.storage_options)
 
 
 def train_ingredients(cfg: TrainConfig, inputs: list) -> Ingredients:
@@ -165,14 +202,9 @@ def _rng_state() -> dict[str, torch.Tensor]:
 
 
 def _full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Unwrapped, unsharded weights (FSDP2 DTensors are gathered)."""
+    """Unwrapped, unsharded weights (FSDP2 DTensors are gathered; ``reference_state`` copies them to the CPU)."""
     inner = model.module if hasattr(model, "module") else model
-    out = {}
-    for k, v in inner.state_dict().items():
-        if hasattr(v, "full_tensor"):
-            v = v.full_tensor()
-        out[k] = v.detach().to("cpu").contiguous().clone()
-    return out
+    return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in inner.state_dict().items()}
 
 
 # ------------------------------------------------------------------------------------ trainer
@@ -187,7 +219,11 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.d = dist_info or init_distributed()
-        self.model = build_model(cfg).to(self.d.device)
+        self.model = build_model(cfg, store).to(self.d.device)
+        if cfg.lora:  # only the adapters train; the base stays the starting checkpoint's
+            from .lora import add_lora
+
+            add_lora(self.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
         if cfg.compile:  # before wrapping: FSDP2 shards the compiled blocks, names unchanged
             self.model.compile_blocks()
         self.masker = build_masker(cfg, model_modalities(self.model))
@@ -222,8 +258,14 @@ class Trainer:
             return 0
         step = steps[-1] if step is None else step
         art = checkpoint_artifact(self.cfg, step)
-        weights = self.store.read_bytes(self.store.data_path(self.cfg.namespace, art, None, ".safetensors"))
-        load_state(self.model, load_safetensors(weights))
+        if self.cfg.lora:  # the frozen base is the starting checkpoint's (already built): load the adapters
+            from .lora import load_lora
+
+            load_lora(self.model, load_safetensors(self.store.read_bytes(
+                self.store.data_path(self.cfg.namespace, art, None, ".lora.safetensors"))))
+        else:
+            weights = self.store.read_bytes(self.store.data_path(self.cfg.namespace, art, None, ".safetensors"))
+            load_state(self.model, load_safetensors(weights), safetensors_metadata(weights))
         raw = self.store.read_bytes(self.store.data_path(self.cfg.namespace, art, None, ".trainer.pt"))
         state = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
         self.opt.load_state_dict(state["optimizer"])
@@ -236,17 +278,27 @@ class Trainer:
         return self.step
 
     def save(self) -> Manifest | None:
-        """Commit weights (safetensors, §9 names), config.json and trainer state with lineage."""
-        weights = _full_state_dict(self.wrapped)
+        """Commit weights (safetensors, §9 names), config.json and trainer state with lineage.
+
+        A LoRA run commits the merged plain weights (they load strictly like any checkpoint) and its adapters
+        in ``.lora.safetensors`` (what a resume loads)."""
+        full = _full_state_dict(self.wrapped)
+        extra = {}
+        if self.cfg.lora:
+            from .lora import lora_state, merged_state
+
+            extra[".lora.safetensors"] = save_safetensors(reference_state(lora_state(full), {})[0])
+            full = merged_state(full, self.cfg.lora.rank, self.cfg.lora.alpha)
+        weights, metadata = reference_state(full, self.model.tied_parameter_names())
         state = self.trainer_state()
         if not self.d.main:
             return None
         buf = io.BytesIO()
         torch.save(state, buf)
-        files = {".safetensors": save_safetensors(weights, metadata={"format": "pt"}),
+        files = {".safetensors": save_safetensors(weights, metadata=metadata),
                  ".config.json": self.model.config.to_json().encode(),
                  ".trainer.pt": buf.getvalue(),
-                 ".history.json": json.dumps(self.history).encode()}
+                 ".history.json": json.dumps(self.history).encode(), **extra}
         ingredients = self.ingredients()
         t = now()
         started = self._fit_started or t
@@ -259,7 +311,7 @@ class Trainer:
         return self.store.commit(fields, files, ".safetensors")
 
     def ingredients(self) -> Ingredients:
-        return train_ingredients(self.cfg, self.stream.input_refs())
+        return train_ingredients(self.cfg, run_inputs(self.store, self.cfg))
 
     # -------------------------------------------------------------------------------- steps
 

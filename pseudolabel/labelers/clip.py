@@ -2,7 +2,8 @@
 
 As in 4M: the last transformer layer's patch tokens go through CLIP's final LayerNorm (``post_layernorm``)
 and the visual projection (768 -> 512), giving per-patch features in the joint embedding space.
-Input: whole stored image resized to 224², CLIP mean/std. Production: ``openai/clip-vit-base-patch16`` (MIT).
+Input: whole stored image resized to 224², ImageNet mean/std (not CLIP's: the reference computed the
+features its released CLIP tokenizer was trained on from ImageNet-normalised pixels). Production: ``openai/clip-vit-base-patch16`` (MIT).
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ from typing import ClassVar
 import pyarrow as pa
 
 from ..spec import RGB, Batch
-from .model_base import HFModelSettings, ModelLabeler, f16_bytes, resize_batch
-
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+from .model_base import IMAGENET_MEAN, IMAGENET_STD, HFModelSettings, ModelLabeler, f16_bytes, resize_batch
 
 
 class ClipSettings(HFModelSettings):
@@ -25,7 +24,7 @@ class ClipLabeler(ModelLabeler):
     name: ClassVar[str] = "clip"
     outputs: ClassVar[tuple[str, ...]] = ("clip_features",)
     needs: ClassVar[tuple[str, ...]] = (RGB,)
-    code_version: ClassVar[str] = "1"
+    code_version: ClassVar[str] = "2"  # 2: ImageNet mean/std (as the released tokenizer)
     Settings: ClassVar[type[HFModelSettings]] = ClipSettings
     default_batch_size: ClassVar[int] = 8
     heavy_output: ClassVar[bool] = True
@@ -72,7 +71,7 @@ class ClipLabeler(ModelLabeler):
         import torch
 
         size = self.model.config.image_size
-        x = resize_batch(batch.rgb, size, CLIP_MEAN, CLIP_STD).to(self.device)
+        x = resize_batch(batch.rgb, size, IMAGENET_MEAN, IMAGENET_STD).to(self.device)
         with torch.inference_mode():
             h = self.model.vision_model(pixel_values=x).last_hidden_state[:, 1:]  # B × g² × 768
             f = self.model.visual_projection(self.model.vision_model.post_layernorm(h))  # B × g² × 512

@@ -12,9 +12,7 @@ from typing import ClassVar
 import pyarrow as pa
 
 from ..spec import RGB, Batch
-from .model_base import HFModelSettings, ModelLabeler, f16_bytes, resize_batch
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+from .model_base import HFModelSettings, ModelLabeler, f16_bytes, resize_batch, IMAGENET_MEAN, IMAGENET_STD
 
 
 class Dinov2Settings(HFModelSettings):

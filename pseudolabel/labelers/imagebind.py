@@ -1,12 +1,14 @@
-"""ImageBind-H/14 image patch features (16×16×1280 at 224²) and image embedding (1024):
+"""ImageBind-H/14 image patch features (16×16×1280 at 224²) and global feature (1280):
 tok_imagebind@224 and tok_imagebind_global.
 
 The vision trunk is an OpenCLIP-style ViT-H/14 (pre-LN before the blocks, LayerNorm eps 1e-6, no patch
 bias), built with timm's ``VisionTransformer``; the head is LayerNorm -> CLS -> Linear(1280, 1024, no
-bias) and the embedding is L2-normalised (ImageBind's vision postprocessor). ``features`` = the last
-layer's patch tokens after the head LayerNorm. Real ImageBind weights (``imagebind_huge.pth``) load
-after conversion to safetensors with :func:`convert_imagebind_state_dict` (key mapping below), saved
-as ``model.safetensors`` beside a ``config.json`` (``{"embed_dim": 1280, "depth": 32, ...}``).
+bias) and the embedding is L2-normalised (ImageBind's vision postprocessor). As in apple/ml-4m, whose
+released tokenizers were trained on exactly these: ``features`` = the last layer's patch tokens after the
+head LayerNorm, ``imagebind_global`` = token 0 of that same 1280-d output (not the 1024-d projected,
+normalised embedding); inputs are ImageNet-normalised (the reference's tokenizer data pipeline).
+Real ImageBind weights (``imagebind_huge.pth``) load after conversion to safetensors with
+:func:`convert_imagebind_state_dict` (key mapping below), saved as ``model.safetensors`` beside a ``config.json`` (``{"embed_dim": 1280, "depth": 32, ...}``).
 Licence of the released weights: CC-BY-NC-4.0 (ImageBind).
 """
 
@@ -19,9 +21,7 @@ from typing import ClassVar
 import pyarrow as pa
 
 from ..spec import RGB, Batch
-from .model_base import HFModelSettings, ModelLabeler, f16_bytes, resize_batch
-
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+from .model_base import IMAGENET_MEAN, IMAGENET_STD, HFModelSettings, ModelLabeler, f16_bytes, resize_batch
 
 FULL = {"embed_dim": 1280, "depth": 32, "num_heads": 16, "mlp_ratio": 4.0, "patch_size": 14, "img_size": 224,
         "out_dim": 1024}
@@ -86,7 +86,7 @@ class ImageBindLabeler(ModelLabeler):
     name: ClassVar[str] = "imagebind"
     outputs: ClassVar[tuple[str, ...]] = ("imagebind_features", "imagebind_global")
     needs: ClassVar[tuple[str, ...]] = (RGB,)
-    code_version: ClassVar[str] = "1"
+    code_version: ClassVar[str] = "2"  # 2: ImageNet mean/std; global = 1280-d token 0
     Settings: ClassVar[type[HFModelSettings]] = ImageBindSettings
     default_batch_size: ClassVar[int] = 4
     heavy_output: ClassVar[bool] = True
@@ -130,15 +130,13 @@ class ImageBindLabeler(ModelLabeler):
         c = self._cfg()
         g = c["img_size"] // c["patch_size"]
         return {"imagebind_features": pa.schema([("features", pa.binary(g * g * c["embed_dim"] * 2))]),
-                "imagebind_global": pa.schema([("embedding", pa.binary(c["out_dim"] * 2))])}
+                "imagebind_global": pa.schema([("embedding", pa.binary(c["embed_dim"] * 2))])}
 
     def label_batch(self, batch: Batch) -> list:
         import torch
-        import torch.nn.functional as F
 
-        x = resize_batch(batch.rgb, self._cfg()["img_size"], CLIP_MEAN, CLIP_STD).to(self.device)
+        x = resize_batch(batch.rgb, self._cfg()["img_size"], IMAGENET_MEAN, IMAGENET_STD).to(self.device)
         with torch.inference_mode():
             tokens = self.model.forward_features(x)  # B × (1 + g²) × 1280, after the head LayerNorm
-            emb = F.normalize(self.model.head(tokens[:, 0]), dim=-1)
         return [{"imagebind_features": {"features": f16_bytes(tokens[i, 1:])},
-                 "imagebind_global": {"embedding": f16_bytes(emb[i])}} for i in range(len(batch))]
+                 "imagebind_global": {"embedding": f16_bytes(tokens[i, 0])}} for i in range(len(batch))]

@@ -120,6 +120,12 @@ def _tiny_digest(cls: type) -> str:
     return _TINY_DIGESTS[cls]
 
 
+# ImageNet mean/std: what DINOv2 and Mask2Former expect, and what apple/ml-4m fed CLIP and ImageBind when it
+# made the feature maps its CLIP / ImageBind tokenizers were trained on (``imagenet_default_mean_and_std: True``
+# in cfgs/default/tokenization/vqvae/{CLIP-B16,ImageBind-H14*}/*.yaml): the released tokenizers expect it.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
 def resize_batch(images: list[np.ndarray], size: int, mean: tuple[float, ...], std: tuple[float, ...]):
     """Resize uint8 H×W×3 images to size×size (bilinear, whole image, no crop) and normalise -> B×3×S×S float32."""
     import cv2

@@ -22,9 +22,8 @@ from fourm_core.coco import NUM_PANOPTIC
 
 from ..codecs import png_encode
 from ..spec import RGB, Batch
-from .model_base import HFModelSettings, ModelLabeler, OracleSettings, gt_array
+from .model_base import IMAGENET_MEAN, IMAGENET_STD, HFModelSettings, ModelLabeler, OracleSettings, gt_array
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SIZE_DIVISIBILITY = 32  # Swin's 4 stages of 2× downsampling after the 4× patch embedding
 
 

@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from fourm_core.config import ConfigError, DatasetConfig, load_dataset_config, preset_names
 
@@ -56,5 +57,5 @@ def test_unknown_preset_lists_presets():
 
 def test_dataset_config_is_frozen():
     cfg = DatasetConfig(name="x", sources=[{"kind": "synthetic"}])
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.name = "y"

@@ -22,6 +22,18 @@ def prefect_api():
 
 
 @pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One real ``prefect server start`` (SQLite, loopback) for every test of the session that needs a server,
+    workers and deployments (~20 s to start). Its scheduler loops every 2 s so that schedules fire in tests."""
+    from tests.servers import kill, start_prefect_server
+
+    server = start_prefect_server(tmp_path_factory.mktemp("prefect-server"),
+                                  {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"})
+    yield server
+    kill(server.proc)
+
+
+@pytest.fixture(scope="session")
 def ray_local(ray_session):
     """The session's one local Ray (tests/conftest.py); build-dataset reuses it instead of starting its own."""
     yield

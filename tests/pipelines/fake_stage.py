@@ -5,7 +5,8 @@ of its synthetic source); ``fake_down`` reads them and commits ``doubled`` with 
 knows about Prefect or Ray: the flow must run them exactly like the real ingest stage.
 
 ``FAKE_STAGE_FAIL_ONCE=<dir>``: the first attempt at each shard listed as an empty file ``<dir>/<shard>``
-raises (and removes the file), so a test can see Prefect retry a unit.
+raises (and removes the file), so a test can see Prefect retry a unit. ``FAKE_STAGE_MISSING=<shard>``: that
+shard's unit raises FileNotFoundError (a permanent failure) on every attempt.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def _maybe_fail(shard: int) -> None:
     if marker_dir and os.path.exists(os.path.join(marker_dir, str(shard))):
         os.remove(os.path.join(marker_dir, str(shard)))
         raise RuntimeError(f"transient failure on shard {shard}")
+    if os.environ.get("FAKE_STAGE_MISSING") == str(shard):
+        raise FileNotFoundError(f"input of shard {shard} does not exist")
 
 
 def run(store: ArtifactStore, config: DatasetConfig, shard: int, *, force: bool = False) -> list[UnitResult]:

@@ -1,141 +1,152 @@
-"""The ops path end to end: a real ``prefect server`` (SQLite, loopback), the process work pool,
-``prefect deploy --all`` from prefect.yaml, a worker, and ``prefect deployment run build-dataset/demo``.
+"""The ops path end to end on the cluster in a box (tests/pipelines/cluster.py): a real ``prefect server``,
+the ``fourm-cpu`` and ``fourm-gpu`` pools, ``prefect deploy --all`` from a clone, one process worker per pool
+in its own empty folder (the code arrives through the ``git_clone`` pull step), ``prefect deployment run``,
+a schedule that fires, and the build -> pretrain -> evaluate chain.
 
-The demo deployment runs the test-only fake stages here (``DEMO_PARAMS['dataset']`` points at their
-config). To run the real demo instead, drop that key (the deployment's own ``dataset: demo`` applies).
+The build-dataset runs use the test-only fake stages (``dataset`` points at their config). To run the real
+demo instead, drop that parameter (the deployment's own ``dataset: demo`` applies).
 """
 
 from __future__ import annotations
 
-import json
-import re
+import shutil
 import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from fourm_core import ArtifactStore
 from tests.conftest import TINY_EVAL_OVERRIDES
+from tests.eval.tiny_store import MODALITIES as TINY_MODALITIES
+from tests.pipelines.cluster import REPO, api, start_cluster
 from tests.pipelines.fake_stage import CONFIG_YAML, REGISTRATION
-from tests.servers import BIN, kill, start, start_prefect_server
-from train_stage.config import load_train_config
-from train_stage.synthetic import make_token_shards
 
-DEMO_MODS = list(load_train_config("demo").model.modalities)  # what pretrain/demo trains on
-
-REPO = Path(__file__).resolve().parents[2]
+DEPLOYMENTS = {("build_dataset", n): "fourm-cpu" for n in ("cc12m", "coyo700m", "c4", "demo")} | \
+    {("pretrain", "demo"): "fourm-gpu", ("pretrain", "4m-21-b"): "fourm-gpu", ("evaluate", "demo"): "fourm-gpu",
+     ("evaluate", "4m-21-b"): "fourm-gpu", ("chain", "demo"): "fourm-cpu", ("chain", "4m-21-b"): "fourm-cpu"}
 
 pytestmark = pytest.mark.slow
 
 
-def _prefect(env: dict, *args: str, timeout: float = 180) -> str:
-    res = subprocess.run([str(BIN / "prefect"), *args], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=timeout)
-    assert res.returncode == 0, f"prefect {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}"
-    return res.stdout
+@pytest.fixture(scope="module")
+def cluster(prefect_server, tmp_path_factory):
+    c = start_cluster(prefect_server, tmp_path_factory.mktemp("cluster"), {"FOURM_EXTRA_STAGES": REGISTRATION})
+    yield c
+    c.stop()
 
 
-def _api(api: str, path: str, body: dict | None = None):
-    """GET (or POST ``body``) the Prefect REST API; the JSON answer."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"{api}/{path}", data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.load(r)
+@pytest.fixture
+def fk_config(tmp_path):
+    config = tmp_path / "fk.yaml"
+    config.write_text(CONFIG_YAML.format(name="fk"))
+    return config
 
 
-def _flow_run_state(api: str, flow_run_id: str) -> str:
-    return _api(api, f"flow_runs/{flow_run_id}")["state"]["type"]
+def _deployments(cluster) -> dict[tuple[str, str], dict]:
+    found = api(cluster.server.api_url, "deployments/filter", {})
+    return {(d["entrypoint"].rsplit(":", 1)[1], d["name"]): d for d in found}
 
 
-def _store(root: Path):
-    from fourm_core import ArtifactStore
-
+def _store(root) -> ArtifactStore:
     return ArtifactStore(str(root))
 
 
-def _run_deployment(env: dict, api: str, params: dict, tmp_path: Path, name: str = "build-dataset/demo") -> str:
-    """``prefect deployment run <name>`` with ``params``; wait until the run COMPLETES; its id."""
-    args = [a for k, v in params.items() for a in ("--param", f"{k}={v}")]
-    out = _prefect(env, "deployment", "run", name, *args)
-    flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
-    deadline, state = time.monotonic() + 300, None
-    while time.monotonic() < deadline:
-        state = _flow_run_state(api, flow_run_id)
-        if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            break
-        time.sleep(2)
-    assert state == "COMPLETED", f"flow run ended {state}:\n{(tmp_path / 'worker.log').read_text()[-5000:]}"
-    return flow_run_id
+def test_deploy_puts_gpu_deployments_on_the_gpu_pool_and_pulls_the_commit(cluster):
+    by_entry = _deployments(cluster)
+    assert {k: d["work_pool_name"] for k, d in by_entry.items()} == DEPLOYMENTS
+    for name in ("build-dataset/cc12m", "pretrain/4m-21-b", "evaluate/demo", "chain/demo"):
+        assert name in cluster.deploy_output, cluster.deploy_output
+    for d in by_entry.values():  # every deployment clones the deployed commit; nothing names a local path
+        [step] = d["pull_steps"]
+        clone = step["prefect.deployments.steps.git_clone"]
+        assert clone == {"repository": str(cluster.workdir / "fourm.git"), "commit_sha": cluster.commit}
+    assert by_entry[("pretrain", "4m-21-b")]["parameters"]["nproc_per_node"] == 8
+    assert by_entry[("chain", "4m-21-b")]["parameters"]["build"] == "build-dataset/cc12m"
+    [nightly] = by_entry[("build_dataset", "cc12m")]["schedules"]
+    assert nightly["schedule"]["cron"] == "0 2 * * *" and nightly["active"] is False  # ops switch it on
+    assert by_entry[("build_dataset", "cc12m")]["parameters"]["dataset"] == "cc12m"
 
 
-def test_deployment_run_on_a_real_server_and_worker(tmp_path, tiny_eval_store):
-    config = tmp_path / "fk.yaml"
-    config.write_text(CONFIG_YAML.format(name="fk"))
+def test_build_dataset_run_and_rerun_on_a_worker_in_its_own_folder(cluster, tmp_path, fk_config):
     store_root = tmp_path / "store"
-    server = start_prefect_server(tmp_path, {"PYTHONPATH": str(REPO), "FOURM_EXTRA_STAGES": REGISTRATION,
-                                             "OMP_NUM_THREADS": "1", "PREFECT_WORKER_QUERY_SECONDS": "2"})
-    worker = None
-    try:
-        env = server.env
-        _prefect(env, "work-pool", "create", "fourm-process", "--type", "process")
-        # the worker starts (seconds of imports) while the deployments are made
-        worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "fourm-process"],
-                       tmp_path / "worker.log", env=env, cwd=str(tmp_path))
-        out = _prefect(env, "--no-prompt", "deploy", "--all")
-        for name in ("build-dataset/cc12m", "build-dataset/coyo700m", "build-dataset/c4", "build-dataset/demo",
-                     "pretrain/demo", "pretrain/4m-21-b", "evaluate/demo", "evaluate/4m-21-b"):
-            assert name in out, out
-        found = _api(server.api_url, "deployments/filter", {})
-        by_entry = {(d["entrypoint"].rsplit(":", 1)[1], d["name"]): d for d in found}
-        assert set(by_entry) == {("build_dataset", n) for n in ("cc12m", "coyo700m", "c4", "demo")} | \
-            {("pretrain", "demo"), ("pretrain", "4m-21-b"), ("evaluate", "demo"), ("evaluate", "4m-21-b")}
-        assert {d["work_pool_name"] for d in found} == {"fourm-process"}
-        deployments = {n: d for (f, n), d in by_entry.items() if f == "build_dataset"}
-        assert by_entry[("pretrain", "4m-21-b")]["parameters"]["nproc_per_node"] == 8
-        assert by_entry[("evaluate", "demo")]["parameters"]["config"] == "demo"
-        [nightly] = deployments["cc12m"]["schedules"]
-        assert nightly["schedule"]["cron"] == "0 2 * * *" and nightly["active"] is False  # ops switch it on
-        assert deployments["cc12m"]["parameters"]["dataset"] == "cc12m"
-        demo_params = {"dataset": str(config), "store_root": str(store_root), "ray_address": "off"}
-        flow_run_id = _run_deployment(env, server.api_url, demo_params, tmp_path)
-        first_manifest = _store(store_root).read_manifest("fk", "numbers", 0)
-        # the ops re-run of one shard, as deployment parameters (-p values are JSON)
-        rerun_id = _run_deployment(env, server.api_url, {**demo_params, "stages": '["fake"]', "shards": "[1]",
-                                                         "force": "true"}, tmp_path)
-        # pretrain/demo on synthetic token shards of another dataset (the real demo's take minutes to build)
-        make_token_shards(_store(store_root), "synth", DEMO_MODS, n_shards=1, shard_size=8)
-        overrides = {"datasets": [{"name": "synth", "weight": 1.0}], "model.overrides": {"dim": 32, "num_heads": 2}}
-        train_id = _run_deployment(env, server.api_url, {"store_root": str(store_root), "steps": "3",
-                                                         "log_dir": str(tmp_path / "runs"),
-                                                         "overrides": json.dumps(overrides)},
-                                   tmp_path, "pretrain/demo")
-        # evaluate/demo on a small real store (its own seed, so the worker computes and commits it)
-        eval_store, _ = tiny_eval_store
-        eval_params = {"store_root": eval_store.root_uri, "overrides": json.dumps({**TINY_EVAL_OVERRIDES, "seed": 11})}
-        eval_run_id = _run_deployment(env, server.api_url, eval_params, tmp_path, name="evaluate/demo")
-    finally:
-        if worker is not None:
-            kill(worker)
-        kill(server.proc)
+    demo_params = {"dataset": str(fk_config), "store_root": str(store_root), "ray_address": "off"}
+    flow_run_id = cluster.run("build-dataset/demo", demo_params)
+    first_manifest = _store(store_root).read_manifest("fk", "numbers", 0)
+    # the ops re-run of one shard, as deployment parameters (-p values are JSON)
+    rerun_id = cluster.run("build-dataset/demo", {**demo_params, "stages": ["fake"], "shards": [1], "force": True})
 
-    evaluation = _store(Path(eval_store.root)).read_manifest("ev", "evaluations/tiny/step-00000001", None)
-    assert evaluation.flow_run_id == eval_run_id and evaluation.ingredients.config["seed"] == 11
+    assert api(cluster.server.api_url, f"flow_runs/{flow_run_id}")["work_pool_name"] == "fourm-cpu"
+    assert "Executing deployment step: git_clone" in cluster.log("fourm-cpu")
     store = _store(store_root)
     assert store.committed_shards("fk", "numbers") == [0, 1, 2]
     assert store.committed_shards("fk", "doubled") == [0, 1, 2]
     assert store.read_manifest("fk", "numbers", 0) == first_manifest  # untouched by the re-run
     assert first_manifest.flow_run_id == flow_run_id
+    # the code that ran is the clone of the deployed commit, not this checkout
+    assert first_manifest.ingredients.git_commit == cluster.commit
     assert store.read_manifest("fk", "numbers", 1).flow_run_id == rerun_id
     record = store.latest_run_record("fk")
     assert [(u["shard"], u["status"]) for u in record["units"]] == [(1, "done")] and record["force"] is True
-    ckpt = store.read_manifest("training", "checkpoints/demo/step-00000003", None)
-    assert ckpt.flow_run_id == train_id and {i.dataset for i in ckpt.ingredients.inputs} == {"synth"}
-    assert (tmp_path / "runs" / "loss.png").exists()
     status = subprocess.run([sys.executable, "-m", "pipelines", "status", "fk", "--root", str(store_root)],
                             cwd=REPO, capture_output=True, text=True, timeout=120,
-                            env={**server.env, "PYTHONPATH": str(REPO)})
+                            env={**cluster.env, "PYTHONPATH": str(REPO)})
     assert status.returncode == 0, status.stderr
     assert "6 done, 0 cached, 0 failed, 0 missing" in status.stdout and "shards [1], forced" in status.stdout
-    assert re.search(r"fake_down\s+doubled\s+00002\s+done\s+4", status.stdout)
+
+
+def test_a_schedule_fires_and_a_worker_runs_it(cluster, tmp_path, fk_config):
+    """A short interval schedule on build-dataset/cc12m (the nightly's deployment) with parameters of its own:
+    the server's scheduler creates the run (no person starts it) and the fourm-cpu worker completes it."""
+    url = cluster.server.api_url
+    deployment = _deployments(cluster)[("build_dataset", "cc12m")]
+    store_root = tmp_path / "store"
+    anchor = datetime.now(timezone.utc) + timedelta(seconds=3)
+    # one run only: the next one would be an hour later, after the session
+    api(url, f"deployments/{deployment['id']}/schedules", [{
+        "schedule": {"interval": 3600, "anchor_date": anchor.isoformat()}, "active": True, "max_scheduled_runs": 1,
+        "parameters": {"dataset": str(fk_config), "store_root": str(store_root), "ray_address": "off"}}])
+    deadline, runs = time.monotonic() + 120, []
+    while time.monotonic() < deadline and not runs:
+        runs = [r for r in api(url, "flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}}})
+                if r["auto_scheduled"]]
+        time.sleep(1)
+    assert runs, "the scheduler created no run:\n" + cluster.server_log()[-4000:]
+    first = min(runs, key=lambda r: r["expected_start_time"])
+    assert cluster.wait(first["id"], 180) == "COMPLETED", cluster.log("fourm-cpu")[-4000:]
+    assert _store(store_root).read_manifest("fk", "doubled", 2).flow_run_id == first["id"]
+
+
+def test_chain_runs_build_then_pretrain_then_evaluate(cluster, tmp_path, fk_config, tiny_eval_store):
+    """chain/demo at tiny size on one store: build-dataset/demo (fourm-cpu), then pretrain/demo and evaluate/demo
+    on the fourm-gpu worker, each its own flow run running the cloned commit; evaluate gets the checkpoint
+    pretrain committed."""
+    eval_store, _ = tiny_eval_store
+    root = tmp_path / "store"
+    shutil.copytree(eval_store.root, root)  # a store with token shards and tokenizers to train and evaluate on
+    train = {"run_name": "chain", "datasets": [{"name": "ev", "weight": 1.0}], "model.modalities": TINY_MODALITIES,
+             "model.overrides": {"dim": 32, "num_heads": 2}, "batch_size": 4, "dtype": "fp32", "checkpoint_every": 0,
+             "log_every": 1}
+    params = {"store_root": str(root),
+              "build_parameters": {"dataset": str(fk_config), "ray_address": "off"},
+              "pretrain_parameters": {"overrides": train, "steps": 2, "log_dir": str(tmp_path / "runs")},
+              "evaluate_parameters": {"overrides": {k: v for k, v in TINY_EVAL_OVERRIDES.items()
+                                                    if not k.startswith("checkpoint.")}}}
+    chain_id = cluster.run("chain/demo", params, timeout=400)
+    store = _store(root)
+    built = store.read_manifest("fk", "doubled", 0)
+    ckpt = store.read_manifest("training", "checkpoints/chain/step-00000002", None)
+    evaluation = store.read_manifest("ev", "evaluations/chain/step-00000002", None)
+    assert built is not None and ckpt is not None and evaluation is not None
+    runs = {i: api(cluster.server.api_url, f"flow_runs/{i}") for i in (built.flow_run_id, ckpt.flow_run_id,
+                                                                       evaluation.flow_run_id)}
+    assert [r["work_pool_name"] for r in runs.values()] == ["fourm-cpu", "fourm-gpu", "fourm-gpu"]
+    assert len(runs) == 3 and chain_id not in runs  # three flow runs of their own
+    assert {r["parent_task_run_id"] is not None for r in runs.values()} == {True}  # started by the chain
+    assert "Executing deployment step: git_clone" in cluster.log("fourm-gpu")
+    assert ckpt.ingredients.git_commit == evaluation.ingredients.git_commit == cluster.commit
+    assert {i.dataset for i in ckpt.ingredients.inputs} == {"ev"} and (tmp_path / "runs" / "loss.png").exists()
+    evaluated = [(i.dataset, i.artifact, i.digest) for i in evaluation.ingredients.inputs] + \
+        [(m.id, m.source, m.digest) for m in [evaluation.ingredients.model] if m is not None]
+    assert any(ckpt.digest in entry for entry in evaluated), evaluated  # the checkpoint pretrain just committed

@@ -89,7 +89,7 @@ def test_operator_errors_are_messages_not_tracebacks(built, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "field 'name'" in err and "Bad Name" in err
     assert main(["run", "--dataset", "nope-preset"]) == 2
-    assert "presets: c4, cc12m, coyo700m, demo" in capsys.readouterr().err
+    assert "presets: 4m21-official, c4, cc12m, coyo700m, demo" in capsys.readouterr().err
 
 
 def test_worker_and_ops_modules_do_not_import_prefect_or_ray():

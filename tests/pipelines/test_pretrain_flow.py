@@ -77,7 +77,7 @@ def test_pretrain_deployments_in_prefect_yaml():
     big = deps[("pipelines/pretrain.py:pretrain", "4m-21-b")]
     assert demo["parameters"]["config"] == "demo" and big["parameters"]["config"] == "4m21_b"
     assert big["parameters"]["nproc_per_node"] == 8 and demo["parameters"]["nproc_per_node"] is None
-    assert demo["work_pool"]["name"] == "fourm-process"
+    assert demo["work_pool"]["name"] == big["work_pool"]["name"] == "fourm-gpu"
     flow = load_flow_from_entrypoint(str(REPO / "pipelines/pretrain.py") + ":pretrain")
     assert flow.name == "pretrain"
     # every deployment parameter is a flow parameter

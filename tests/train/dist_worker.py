@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from fourm_core import ArtifactStore
 from train_stage.config import TrainConfig
+from train_stage.model.hub import reference_state
 from train_stage.trainer import Trainer, _full_state_dict
 
 
@@ -19,7 +20,7 @@ def main() -> None:
     torch.set_num_threads(1)
     t = Trainer(cfg, ArtifactStore(store_root))
     t.fit()
-    weights = _full_state_dict(t.wrapped)
+    weights, _ = reference_state(_full_state_dict(t.wrapped), t.model.tied_parameter_names())
     if t.d.main:
         save_file(weights, out)
         with open(out + ".json", "w") as f:

@@ -37,6 +37,10 @@ def test_section9_names_for_one_modality_of_each_kind():
                                                                  "mod_emb"]}
     expected |= {f"encoder.0.{k}.weight" for k in ["norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2",
                                                    "mlp.fc3"]}
+    # norms without bias store an all-zero bias buffer, as the released checkpoints do
+    norms = ["encoder.0.norm1", "encoder.0.norm2", "encoder_norm", "decoder_norm"] + \
+        [f"decoder.0.{k}" for k in ["norm1", "query_norm", "context_norm", "norm2"]]
+    expected |= {f"{n}.bias" for n in norms}
     expected |= {f"decoder.0.{k}.weight" for k in ["norm1", "self_attn.qkv", "self_attn.proj", "cross_attn.q",
                                                    "cross_attn.kv", "cross_attn.proj", "query_norm", "context_norm",
                                                    "norm2", "mlp.fc1", "mlp.fc2", "mlp.fc3"]}

@@ -14,6 +14,12 @@ from fourm_core.config import StrictModel
 
 # What a tokenizer reconstructs: picks normalisation (normalize.py), loss and the tokenizer-bound metric.
 Target = Literal["semseg", "features", "mask", "pose", "global", "rgb", "depth", "normal", "edge"]
+# Module layout. "native": our own design (final LayerNorm in the ViTs, l2-normalised code space reached by
+# a projection only when widths differ, shared Memcodes codebook with a query projection). "ml4m": the layout
+# of apple/ml-4m's released tokenizers (no final LayerNorm, quant_proj / post_quant_proj always present,
+# one Memcodes codebook per token, expansion-4 bottleneck MLP blocks), so their checkpoints load strictly
+# through the name map in ``tokenize_stage.models.ml4m``. Both train with train_tokenizer.
+Layout = Literal["native", "ml4m"]
 
 
 class _Common(StrictModel):
@@ -22,6 +28,7 @@ class _Common(StrictModel):
     modality: str = Field(description="registry modality it serves (first one when shared)")
     target: Target
     codebook_size: int = Field(gt=1)
+    layout: Layout = "native"
 
 
 class VQVAEConfig(_Common):
@@ -41,6 +48,15 @@ class VQVAEConfig(_Common):
     commitment_weight: float = 0.25
     ema_decay: float = 0.99
     dead_code_threshold: float = 1.0
+    # Options of the ml4m layout (harmless defaults for native): the reference embeds semseg class ids into
+    # ``class_embed_dim`` channels (``cls_emb``) before the patch projection instead of a one-hot map; keeps
+    # a sin-cos position table of ``pos_grid``^2 as a parameter, resized bicubically to the token grid; adds a
+    # Tanh MLP after the encoder / before the decoder head (``post_mlp``, ViT-VQGAN) and two ConvNeXt
+    # blocks on the decoder output (``out_conv``, SAM masks).
+    class_embed_dim: int | None = Field(None, gt=0)
+    pos_grid: int | None = Field(None, gt=0)
+    post_mlp: bool = False
+    out_conv: bool = False
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -64,6 +80,14 @@ class DiffusionVQConfig(VQVAEConfig):
     train_timesteps: int = 1000
     sampling_steps: int = 25
     prediction_type: Literal["epsilon", "sample", "v_prediction"] = "sample"
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    zero_terminal_snr: bool = False
+    # "diffusers": a diffusers UNet2DModel on the image with the upsampled latent concatenated (native);
+    # "ml4m": the reference's ADM UNet on a unet_patch_size-patched image (models/unet_ml4m.py), conditioned
+    # on the raw codes; unet_attention_rates = downsampling rates with self-attention.
+    unet_decoder: Literal["diffusers", "ml4m"] = "diffusers"
+    unet_patch_size: int = Field(1, gt=0)
+    unet_attention_rates: tuple[int, ...] = ()
 
 
 class MemcodesConfig(_Common):
@@ -76,6 +100,8 @@ class MemcodesConfig(_Common):
     blocks: int = 6
     token_dim: int = 32
     gumbel_temperature: float = 1.0
+    # Hidden width of each residual block = expansion x width (the reference's BottleneckMLP uses 4).
+    expansion: int = Field(1, gt=0)
 
 
 TokenizerConfig = Annotated[Union[VQVAEConfig, DiffusionVQConfig, MemcodesConfig], Field(discriminator="architecture")]

@@ -19,7 +19,7 @@ from torch import nn
 from .base import Tokenizer
 from .config import DiffusionVQConfig
 from .quantizer import VectorQuantizer
-from .vqvae import ViTEncoder
+from .vqvae import ViTEncoder, square_grid
 
 _BOUNDED = ("rgb", "normal", "edge")  # targets that live in [-1, 1]; depth is unbounded after standardising
 
@@ -28,27 +28,52 @@ class DiffusionVQ(Tokenizer):
     def __init__(self, config: DiffusionVQConfig):
         super().__init__()
         self.config = config
+        ml4m = config.unet_decoder == "ml4m"
         self.encoder = ViTEncoder(config)
+        # ml4m: the decoder is conditioned on the raw codes (no post-quantization projection).
         self.quantizer = VectorQuantizer(config.dim, config.codebook_size, config.codebook_dim, config.ema_decay,
-                                         config.commitment_weight, config.dead_code_threshold)
-        self.cond_proj = nn.Conv2d(config.dim, config.cond_channels, kernel_size=1)
-        n = len(config.unet_channels)
-        self.unet = UNet2DModel(
-            sample_size=config.image_size, in_channels=config.in_channels + config.cond_channels,
-            out_channels=config.out_channels, block_out_channels=tuple(config.unet_channels),
-            layers_per_block=config.layers_per_block, norm_num_groups=config.norm_groups,
-            down_block_types=("DownBlock2D",) * n, up_block_types=("UpBlock2D",) * n,
-        )
+                                         config.commitment_weight, config.dead_code_threshold,
+                                         always_project=config.layout == "ml4m", project_back=not ml4m)
+        if ml4m:
+            from .unet_ml4m import PatchedUNet
+
+            self.cond_proj = nn.Identity()
+            ch = config.unet_channels
+            self.unet = PatchedUNet(config.in_channels, config.out_channels, config.cond_channels,
+                                    patch_size=config.unet_patch_size, model_channels=ch[0],
+                                    res_blocks=config.layers_per_block,
+                                    channel_mult=tuple(c // ch[0] for c in ch),
+                                    attention_rates=config.unet_attention_rates, groups=config.norm_groups)
+        else:
+            self.cond_proj = nn.Conv2d(config.dim, config.cond_channels, kernel_size=1)
+            n = len(config.unet_channels)
+            self.unet = UNet2DModel(
+                sample_size=config.image_size, in_channels=config.in_channels + config.cond_channels,
+                out_channels=config.out_channels, block_out_channels=tuple(config.unet_channels),
+                layers_per_block=config.layers_per_block, norm_num_groups=config.norm_groups,
+                down_block_types=("DownBlock2D",) * n, up_block_types=("UpBlock2D",) * n,
+            )
         # clip_sample off: standardised depth legitimately leaves [-1, 1].
         self.train_scheduler = DDPMScheduler(num_train_timesteps=config.train_timesteps,
-                                             prediction_type=config.prediction_type, clip_sample=False)
+                                             prediction_type=config.prediction_type, clip_sample=False,
+                                             beta_schedule=config.beta_schedule,
+                                             rescale_betas_zero_snr=config.zero_terminal_snr)
 
     def condition(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) quantized vectors -> (B, cond_channels, H, W) conditioning map."""
-        b, _, d = z.shape
-        rows, cols = self.config.grid
+        """(B, N, D) quantized vectors -> conditioning map: (B, cond_channels, H, W) for the diffusers UNet,
+        the (B, d, rows, cols) code grid for the ml4m UNet (which upsamples it itself)."""
+        b, n, d = z.shape
+        rows, cols = square_grid(n)
         grid = z.transpose(1, 2).reshape(b, d, rows, cols)
+        if self.config.unet_decoder == "ml4m":
+            return grid
         return F.interpolate(self.cond_proj(grid), size=(self.config.image_size,) * 2, mode="nearest")
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """One UNet call: noisy (B, C, H, W), timesteps (B,), conditioning from ``condition`` -> prediction."""
+        if self.config.unet_decoder == "ml4m":
+            return self.unet(x, t, cond)
+        return self.unet(torch.cat([x, cond], 1), t).sample
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.quantizer(self.encoder(x.float())).indices
@@ -68,7 +93,7 @@ class DiffusionVQ(Tokenizer):
         noise = torch.randn_like(x)
         t = torch.randint(0, self.config.train_timesteps, (x.shape[0],), device=x.device)
         noisy = self.train_scheduler.add_noise(x, noise, t)
-        pred = self.unet(torch.cat([noisy, cond], 1), t).sample
+        pred = self.denoise(noisy, t, cond)
         recon = F.mse_loss(pred, self._target(x, noise, t))
         loss = recon + q.loss
         return loss, {"loss": loss.item(), "recon": recon.item(), "commit": q.loss.item(),
@@ -79,13 +104,16 @@ class DiffusionVQ(Tokenizer):
                generator: torch.Generator | None = None, **_: object) -> torch.Tensor:
         """(B, N) tokens -> (B, C, H, W) by ``steps`` DDIM steps (eta = 0) from seeded noise."""
         cond = self.condition(self.quantizer.indices_to_vectors(tokens))
-        scheduler = DDIMScheduler.from_config(self.train_scheduler.config)
+        # ml4m samples on "trailing" timesteps (the reference's default; needed with zero terminal SNR).
+        spacing = "trailing" if self.config.zero_terminal_snr else "leading"
+        scheduler = DDIMScheduler.from_config(self.train_scheduler.config, timestep_spacing=spacing)
         scheduler.set_timesteps(steps or self.config.sampling_steps)
         if generator is None:
             generator = torch.Generator(device="cpu").manual_seed(seed)
-        shape = (tokens.shape[0], self.config.out_channels, self.config.image_size, self.config.image_size)
+        side = square_grid(tokens.shape[1])[0] * self.config.patch_size
+        shape = (tokens.shape[0], self.config.out_channels, side, side)
         x = torch.randn(shape, generator=generator).to(cond.device)
         for t in scheduler.timesteps:
-            out = self.unet(torch.cat([x, cond], 1), t.to(cond.device).expand(x.shape[0])).sample
+            out = self.denoise(x, t.to(cond.device).expand(x.shape[0]), cond)
             x = scheduler.step(out, t, x, eta=0.0).prev_sample
         return x.clamp(-1, 1) if self.config.target in _BOUNDED else x

@@ -50,16 +50,22 @@ class VectorQuantizer(nn.Module):
         decay: EMA decay of the code statistics.
         commitment_weight: weight of ||z - sg(q)||^2 pulling encoder outputs towards their codes.
         dead_code_threshold: a code whose EMA cluster size falls below this is restarted from a batch vector.
+        always_project: keep the in/out projections even when ``dim == codebook_dim`` (the ml4m layout's
+            ``quant_proj`` / ``post_quant_proj`` always exist).
+        project_back: map quantized codes back to ``dim`` (False: the output stays in the code space, as the
+            ml4m diffusion tokenizers condition their decoder on the raw codes).
     """
 
     def __init__(self, dim: int, codebook_size: int, codebook_dim: int = 32, decay: float = 0.99,
-                 commitment_weight: float = 0.25, dead_code_threshold: float = 1.0, eps: float = 1e-5):
+                 commitment_weight: float = 0.25, dead_code_threshold: float = 1.0, eps: float = 1e-5,
+                 always_project: bool = False, project_back: bool = True):
         super().__init__()
         self.codebook_size, self.codebook_dim = codebook_size, codebook_dim
         self.decay, self.commitment_weight, self.dead_code_threshold, self.eps = (
             decay, commitment_weight, dead_code_threshold, eps)
-        self.project_in = nn.Linear(dim, codebook_dim) if dim != codebook_dim else nn.Identity()
-        self.project_out = nn.Linear(codebook_dim, dim) if dim != codebook_dim else nn.Identity()
+        project = always_project or dim != codebook_dim
+        self.project_in = nn.Linear(dim, codebook_dim) if project else nn.Identity()
+        self.project_out = nn.Linear(codebook_dim, dim) if project and project_back else nn.Identity()
         # The codebook is not a parameter: EMA statistics update it, gradients never do.
         embed = F.normalize(torch.randn(codebook_size, codebook_dim), dim=-1)
         self.register_buffer("embed", embed)  # (K, d) unit vectors
@@ -72,8 +78,12 @@ class VectorQuantizer(nn.Module):
         return self.embed
 
     def lookup(self, z: torch.Tensor) -> torch.Tensor:
-        """Nearest code by cosine similarity. z: (..., d) unit vectors -> (...,) int64."""
-        return (z @ self.embed.t()).argmax(dim=-1)
+        """Nearest code by cosine similarity. z: (..., d) unit vectors -> (...,) int64.
+
+        Codes are re-normalised here: ours always are unit vectors, but the reference's EMA leaves its
+        released codes slightly off the sphere, and it compares directions.
+        """
+        return (z @ F.normalize(self.embed, dim=-1).t()).argmax(dim=-1)
 
     def indices_to_vectors(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, N) code ids -> (B, N, D) vectors in the input space (what the decoder consumes)."""

@@ -48,16 +48,45 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
-    """Transformer over a (rows, cols) token grid with fixed sin-cos positions. (B, N, D) -> (B, N, D)."""
+    """Transformer over a (rows, cols) token grid with sin-cos positions. (B, N, D) -> (B, N, D).
 
-    def __init__(self, grid: tuple[int, int], dim: int, depth: int, heads: int, mlp_ratio: float = 4.0):
+    Native layout: a fixed position buffer for ``grid`` and a final LayerNorm. ml4m layout
+    (``pos_grid`` set, ``final_norm=False``): the table is a frozen parameter ``pos_emb`` (1, D, g, g)
+    resized bicubically to the input grid (so a 448-trained table serves 224 inputs), and ``post_mlp``
+    adds x + MLP_tanh(LN(x)) after the blocks (ViT-VQGAN's extra MLP).
+    """
+
+    def __init__(self, grid: tuple[int, int], dim: int, depth: int, heads: int, mlp_ratio: float = 4.0,
+                 final_norm: bool = True, pos_grid: int | None = None, post_mlp: bool = False):
         super().__init__()
-        self.register_buffer("pos", sincos_2d(grid[0], grid[1], dim), persistent=False)
+        self.grid = grid
+        if pos_grid is None:
+            self.register_buffer("pos", sincos_2d(grid[0], grid[1], dim), persistent=False)
+            self.pos_emb = None
+        else:
+            table = sincos_2d(pos_grid, pos_grid, dim).t().reshape(1, dim, pos_grid, pos_grid)
+            self.pos_emb = nn.Parameter(table, requires_grad=False)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm = nn.LayerNorm(dim, eps=1e-6) if final_norm else nn.Identity()
+        if post_mlp:
+            self.norm_mlp = nn.LayerNorm(dim, eps=1e-6)
+            hidden = int(dim * mlp_ratio)
+            self.post_mlp = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, dim))
+        else:
+            self.post_mlp = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.pos
+    def positions(self, grid: tuple[int, int]) -> torch.Tensor:
+        """(N, D) position table for a (rows, cols) grid."""
+        if self.pos_emb is None:
+            return self.pos
+        table = F.interpolate(self.pos_emb, size=grid, mode="bicubic", align_corners=False)
+        return table.flatten(2).transpose(1, 2)[0]
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        x = x + self.positions(grid or self.grid)
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)
+        x = self.norm(x)
+        if self.post_mlp is not None:
+            x = x + self.post_mlp(self.norm_mlp(x))
+        return x

@@ -27,7 +27,7 @@ class FourMConfig(BaseModel):
     decoder_depth: int = Field(12, ge=1)
     dim: int = Field(768, ge=8)
     num_heads: int = Field(12, ge=1)
-    mlp_ratio: float = 4.0
+    mlp_ratio: int | float = 4  # int stays int so config.json reads "mlp_ratio": 4 like the released ones
     qkv_bias: bool = False
     proj_bias: bool = False
     mlp_bias: bool = False
@@ -64,13 +64,27 @@ class FourMConfig(BaseModel):
         return int(2 * self.mlp_ratio * self.dim / 3)
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), indent=2)
+        """``config.json`` text as the reference writes it (huggingface_hub's mixin: sorted keys, indent 2),
+        byte for byte for a released config; unknown keys read from a released file are written back."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, source: str = "config.json") -> "FourMConfig":
+        """Parse a ``config.json`` in either released form (indented or compact), as is.
+
+        ``share_modality_embeddings`` absent (4M-7 files) means true, as in the reference."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{source} is not valid JSON ({err}); expected a 4M config.json") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{source} holds a {type(data).__name__}, expected a JSON object of 4M config fields")
+        data.setdefault("share_modality_embeddings", True)
+        return cls.model_validate(data)
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "FourMConfig":
-        data = json.loads(Path(path).read_text())
-        data.setdefault("share_modality_embeddings", True)
-        return cls.model_validate(data)
+        return cls.from_json(Path(path).read_text(), source=str(path))
 
 
 # Trunk sizes (dim, encoder depth, decoder depth, heads) from 4M-FACTS §6; tiny is ours, for tests.

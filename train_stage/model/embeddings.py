@@ -17,13 +17,19 @@ from fourm_core.modalities import Modality, ModalityKind
 from .config import FourMConfig
 from .posemb import sincos_1d, sincos_2d
 
-_MAX_SINCOS_1D = 512  # 1-D tables are built for 512 positions and truncated (§9)
+_MAX_SINCOS_1D = 512  # 1-D tables: 512 rows, whatever the modality's max_tokens (§9)
 
 
 def position_table(mod: Modality, cfg: FourMConfig) -> torch.Tensor:
-    """(1, max_tokens, D) fixed sin-cos table for a modality."""
+    """(1, P, D) fixed sin-cos table of a modality: P = 512 for sequences, the grid size otherwise.
+
+    The released checkpoints store every 1-D table with all 512 rows (their ``[:max_length]`` slice
+    acts on the leading unit dimension), so ours has 512 rows too; positions stay < ``max_tokens``.
+    """
     if mod.kind in (ModalityKind.SEQUENCE, ModalityKind.EMBEDDING_SEQ):
-        return sincos_1d(_MAX_SINCOS_1D, cfg.dim)[:, : mod.max_tokens]
+        if mod.max_tokens > _MAX_SINCOS_1D:
+            raise ValueError(f"{mod.name}: max_tokens {mod.max_tokens} exceeds the {_MAX_SINCOS_1D} 1-D positions")
+        return sincos_1d(_MAX_SINCOS_1D, cfg.dim)
     if mod.grid is not None:
         h, w = mod.grid
     else:  # global tokens: a small square grid (16 tokens -> 4x4)
@@ -33,9 +39,20 @@ def position_table(mod: Modality, cfg: FourMConfig) -> torch.Tensor:
 
 
 class _PosModEmbedding(nn.Module):
+    """``pos_emb`` (1, P, D) and ``mod_emb`` (1, 1, D).
+
+    Global-token modalities (tok_dinov2_global, tok_imagebind_global) have a learned position table,
+    as in the released models (a parameter, trained, with weight decay off); every other modality a
+    fixed sin-cos buffer.
+    """
+
     def __init__(self, mod: Modality, cfg: FourMConfig):
         super().__init__()
-        self.register_buffer("pos_emb", position_table(mod, cfg))
+        if mod.kind == ModalityKind.GLOBAL_TOKENS:
+            self.pos_emb = nn.Parameter(torch.zeros(1, mod.max_tokens, cfg.dim))
+            nn.init.normal_(self.pos_emb, std=0.02)
+        else:
+            self.register_buffer("pos_emb", position_table(mod, cfg))
         self.mod_emb = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         nn.init.normal_(self.mod_emb, std=0.02)
 
@@ -55,6 +72,14 @@ class TokenEncoderEmbedding(_PosModEmbedding):
         return self.token_emb(ids)
 
 
+def _no_input(module: nn.Module, ids: torch.Tensor, field: str, dim: int) -> torch.Tensor:
+    """(0, D) for a batch that does not carry this optional input; slots without the input are an error."""
+    if ids.numel():
+        raise ValueError(f"the batch has {ids.numel()} slots of a modality whose {field} it does not carry "
+                         f"(MaskedBatch.{field} lacks it); the masker only makes slots for samples that have it")
+    return ids.new_zeros((0, dim), dtype=module.mod_emb.dtype)
+
+
 class PatchEncoderEmbedding(_PosModEmbedding):
     """RGB pixels: a linear projection ``proj`` of flattened (ph pw c) patches, no bias (input only)."""
 
@@ -63,7 +88,8 @@ class PatchEncoderEmbedding(_PosModEmbedding):
         self.proj = nn.Linear(mod.feature_dim * mod.patch_size**2, cfg.dim, bias=False)
 
     def content(self, ids: torch.Tensor, batch_idx: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
-        assert extra is not None, "pixel modality without pixels in the batch"
+        if extra is None:  # a batch without this optional input (e.g. text-only samples): no slots to fill
+            return _no_input(self, ids, "pixels", self.proj.out_features)
         return self.proj(extra[batch_idx, ids])
 
 
@@ -75,7 +101,8 @@ class EmbSeqEncoderEmbedding(_PosModEmbedding):
         self.emb_proj = nn.Linear(mod.feature_dim, cfg.dim)
 
     def content(self, ids: torch.Tensor, batch_idx: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
-        assert extra is not None, "embedding modality without embeddings in the batch"
+        if extra is None:
+            return _no_input(self, ids, "embeddings", self.emb_proj.out_features)
         L = extra.shape[1]
         rows = extra[batch_idx, ids.clamp(max=L - 1)]
         # id L marks a masked span, which enters as a zero vector (§5)

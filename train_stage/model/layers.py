@@ -13,8 +13,29 @@ from torch import nn
 from .config import FourMConfig
 
 
-def layer_norm(cfg: FourMConfig) -> nn.LayerNorm:
-    return nn.LayerNorm(cfg.dim, eps=1e-6, bias=cfg.norm_bias)
+class LayerNorm(nn.Module):
+    """LayerNorm whose ``bias`` is a learned parameter, or, without bias, an all-zero persistent buffer.
+
+    The released checkpoints store a zero ``bias`` for every norm even when ``norm_bias`` is false
+    (their LayerNorm registers it as a buffer), so our state dict carries the same entry and loads
+    them strictly; the zero bias changes nothing in the output. x (..., D) -> (..., D).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6, bias: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.register_buffer("bias", torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+def layer_norm(cfg: FourMConfig) -> LayerNorm:
+    return LayerNorm(cfg.dim, eps=1e-6, bias=cfg.norm_bias)
 
 
 class SwiGLU(nn.Module):
