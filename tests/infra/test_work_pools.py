@@ -91,7 +91,7 @@ def test_worker_renders_valid_jobs(server, pool, job_variables, gpus):
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["PREFECT_API_URL"] == server.api_url and env["PREFECT__FLOW_RUN_ID"]
     assert {"configMapRef": {"name": "fourm-env"}} in c["envFrom"] and {"secretRef": {"name": "fourm-s3"}} in c["envFrom"]
-    assert c["workingDir"] == "/opt/fourm"  # the image's checkout, where prefect.yaml's pull step points
+    assert c["workingDir"] == "/opt/fourm"  # writable by the image user: the pull step clones the code there
     assert job["metadata"]["namespace"] == "fourm"
     assert c["image"].endswith("-cuda" if gpus else "-cpu")
     assert c["resources"]["limits"].get("nvidia.com/gpu") == gpus

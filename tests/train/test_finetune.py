@@ -100,3 +100,10 @@ def test_lora_finetune_merges_into_a_plain_checkpoint_and_resumes_bit_for_bit(pr
     store.remove(store.manifest_path("training", m.artifact, None))
     again = run_pretrain(store, cfg)
     assert again.resumed_from == 6 and again.manifest.digest == m.digest
+
+
+def test_finetune_flow_refuses_a_config_without_init_from():
+    from pipelines.finetune import finetune
+
+    with pytest.raises(ValueError, match="no init_from"):
+        finetune.fn(config="demo")
