@@ -32,6 +32,10 @@ class ArtifactShards(Protocol):
     def __call__(self, config: DatasetConfig, artifact: str, shards: list[int]) -> list[int]: ...
 
 
+class UsesRay(Protocol):
+    def __call__(self, config: DatasetConfig) -> bool: ...
+
+
 class ShardUnits(Protocol):
     def __call__(self, store: ArtifactStore, config: DatasetConfig, shard: int) -> list[Unit]: ...
 
@@ -61,6 +65,12 @@ class StageSpec:
     # Of the planned shards, those where this dataset's config makes ``artifact`` (default: all of them),
     # e.g. raw features only on the feature subset; ``status`` reports the others as not expected.
     artifact_shards: ArtifactShards | None = None
+    # True when ``run_shard`` itself drives Ray in the calling process for this config (e.g. a Ray Data
+    # pipeline): the orchestrator joins its Ray address before calling it, so the stage uses that cluster.
+    uses_ray: UsesRay | None = None
+
+    def drives_ray(self, config: DatasetConfig) -> bool:
+        return bool(self.uses_ray and self.uses_ray(config))
 
     def expected_shards(self, config: DatasetConfig, artifact: str, shards: list[int]) -> list[int]:
         return list(self.artifact_shards(config, artifact, shards)) if self.artifact_shards else list(shards)

@@ -17,7 +17,7 @@ import json
 import os
 import posixpath
 import uuid
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import fsspec
 import pyarrow as pa
@@ -181,11 +181,13 @@ class ArtifactStore:
 
     # ---------------------------------------------------------------------------------------- commit
 
-    def commit(self, manifest_fields: dict[str, Any], files: dict[str, bytes], main: str) -> Manifest:
+    def commit(self, manifest_fields: dict[str, Any], files: dict[str, bytes], main: str,
+               before_manifest: Callable[[], None] | None = None) -> Manifest:
         """Write ``files`` (suffix -> bytes) for one part, then its manifest.
 
         ``manifest_fields`` holds everything of the Manifest except the file list, main URI and digest,
-        which are computed here from the bytes actually written.
+        which are computed here from the bytes actually written. ``before_manifest`` runs between the
+        two (fault-injection tests stop a process there: files written, part not yet committed).
         """
         from .manifest import FileEntry
 
@@ -203,6 +205,8 @@ class ArtifactStore:
             digest=sha256_bytes(files[main]),
             files=entries,
         )
+        if before_manifest is not None:
+            before_manifest()
         self.write_bytes(self.manifest_path(dataset, artifact, shard), manifest.to_json().encode())
         self.remove(self.failure_path(dataset, artifact, shard))
         return manifest

@@ -50,8 +50,9 @@ def _parser() -> argparse.ArgumentParser:
 
     def flow_args(sp: argparse.ArgumentParser) -> None:
         store_args(sp)
-        sp.add_argument("--ray-address", default=None, help="Ray cluster address; 'off' runs in-process; "
-                                                            "default: local Ray for heavy stages")
+        sp.add_argument("--ray-address", default=None, help="host:port of a Ray head (GCS), auto, ray://host:port, "
+                                                            "local, or off (in-process); default $FOURM_RAY_ADDRESS, "
+                                                            "else a local Ray")
         sp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="config override, value parsed as JSON when possible (ingest.shard_size=8)")
 

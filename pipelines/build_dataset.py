@@ -19,6 +19,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from fourm_core.config import load_dataset_config
+from fourm_core.ray_address import resolve_ray_address
 from fourm_core.store import ArtifactStore
 
 from pipelines import ray_runtime, report
@@ -50,7 +51,7 @@ def run_shard(stage: str, target: str, config: dict[str, Any], store_root: str,
     """Run one shard of one stage; returns its units' summaries (URIs, digests, counts: never data)."""
     args = (config, store_root, storage_options, shard, force, flow_run_id)
     if on_ray:
-        return ray_runtime.run_remote(target, num_cpus, num_gpus, *args)
+        return ray_runtime.run_remote(target, num_cpus, num_gpus, *args, name=f"{stage}/shard-{shard:05d}")
     return run_shard_job(target, *args)
 
 
@@ -64,8 +65,11 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
 
     ``stages`` defaults to the config's ``stages``; ``shards`` limits every stage to those shard indices;
     ``force`` redoes the selected units even when their manifests match (that is ``rerun``).
-    ``ray_address``: None starts a local Ray for heavy stages, "off" runs units in-process, anything else
-    is given to ``ray.init(address=...)``. ``overrides`` are dotted config fields (``{"ingest.shard_size": 8}``).
+    ``ray_address`` (else ``FOURM_RAY_ADDRESS``, else a local Ray): ``host:port`` of a cluster's head,
+    ``auto``, ``ray://host:port``, ``local``, or ``off`` to run units in-process (see
+    :mod:`fourm_core.ray_address`). Joined once, before the first stage that needs Ray: heavy stages'
+    shards run as Ray tasks there, and stages that drive Ray themselves (pseudolabel) use the same cluster.
+    ``overrides`` are dotted config fields (``{"ingest.shard_size": 8}``).
 
     Unset ``store_root`` / ``storage_options`` / ``ray_address`` come from the worker's environment
     (``FOURM_STORE_ROOT``, ``FOURM_STORAGE_OPTIONS`` as JSON, ``FOURM_RAY_ADDRESS``), so one deployment
@@ -74,10 +78,14 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
     logger = get_run_logger()
     store_root = store_root or os.environ.get("FOURM_STORE_ROOT", "./store")
     storage_options = storage_options if storage_options is not None else storage_options_from(None)
-    ray_address = ray_address or os.environ.get("FOURM_RAY_ADDRESS") or None
+    ray_target = resolve_ray_address(ray_address)
     # Everything that can be wrong with the request fails here, before any task starts.
     config = load_dataset_config(dataset, overrides)
     specs = get_stages(list(stages or config.stages))
+    if not ray_target.uses_ray and (driving := [s.name for s in specs if s.drives_ray(config)]):
+        raise ValueError(f"stage(s) {driving} run a Ray pipeline with this config but Ray is off "
+                         f"({ray_target.source}); give a Ray address, or run them in-process "
+                         f"(e.g. overrides {{\"pseudolabel.runner\": \"local\"}})")
     targets = registry()
     cfg = config.model_dump(mode="json")
     store = ArtifactStore(store_root, storage_options)
@@ -86,7 +94,7 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
         os.environ[FLOW_RUN_ENV] = run_id  # units run in this process record it in their manifests
     started = datetime.now(timezone.utc)
 
-    use_ray = ray_address != ray_runtime.OFF and any(s.heavy for s in specs)
+    logger.info("Ray: %s", ray_target.describe())
     we_started_ray = False
     ray_connected = False
     summaries: list[dict[str, Any]] = []
@@ -114,9 +122,9 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
                     summaries.extend(r.summary() for r in cached)
             if len(to_run) < len(selected):
                 logger.info("stage %s: %d shard(s) already committed (cached)", spec.name, len(selected) - len(to_run))
-            on_ray = use_ray and spec.heavy and bool(to_run)
-            if on_ray and not ray_connected:
-                we_started_ray = ray_runtime.connect(None if ray_address in (None, "", "local") else ray_address)
+            on_ray = ray_target.uses_ray and spec.heavy and bool(to_run)
+            if (on_ray or (to_run and spec.drives_ray(config))) and not ray_connected:
+                we_started_ray = ray_runtime.connect(ray_target)
                 ray_connected = True
             task_fn = run_shard.with_options(retries=retries)
             futures = [task_fn.submit(spec.name, target, cfg, store.root_uri, storage_options, shard, force,

@@ -47,6 +47,24 @@ def train_config(config: str, overrides: dict[str, Any] | None, steps: int | Non
     return load_train_config(config, over or None)
 
 
+def torchrun_command(config_path: str | Path, store_root: str, storage_options: dict[str, Any] | None,
+                     log_dir: str | None, force: bool, nproc_per_node: int,
+                     torchrun_args: list[str] | None) -> list[str]:
+    """``torchrun`` on ``python -m train_stage train``: what this flow launches, and what each node of a
+    multi-node job runs (``torchrun_args`` such as ``--nnodes=2 --rdzv-backend=c10d --rdzv-endpoint=head:29400
+    --rdzv-id=<job>``; docs/training.md)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc_per_node}",
+           *(torchrun_args or ["--standalone"]), "-m", "train_stage", "train", "--config", str(config_path),
+           "--store", store_root]
+    if storage_options:
+        cmd += ["--storage-options", json.dumps(storage_options)]
+    if log_dir:
+        cmd += ["--log-dir", log_dir]
+    if force:
+        cmd.append("--force")
+    return cmd
+
+
 @task(task_run_name="pretrain-{run_name}", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_permanent,
       cache_policy=NO_CACHE, persist_result=False)
 def train(run_name: str, config: dict[str, Any], store_root: str, storage_options: dict[str, Any] | None,
@@ -64,15 +82,7 @@ def train(run_name: str, config: dict[str, Any], store_root: str, storage_option
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{cfg.run_name}.yaml"
         path.write_text(json.dumps(config))  # JSON is YAML
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc_per_node}",
-               *(torchrun_args or ["--standalone"]), "-m", "train_stage", "train", "--config", str(path),
-               "--store", store_root]
-        if storage_options:
-            cmd += ["--storage-options", json.dumps(storage_options)]
-        if log_dir:
-            cmd += ["--log-dir", log_dir]
-        if force:
-            cmd.append("--force")
+        cmd = torchrun_command(path, store_root, storage_options, log_dir, force, nproc_per_node, torchrun_args)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         subprocess.run(cmd, check=True, env=env, cwd=str(REPO))
     m = store.read_manifest(cfg.namespace, checkpoint_artifact(cfg, cfg.steps), None)

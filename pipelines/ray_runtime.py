@@ -1,39 +1,19 @@
-"""Connecting to Ray and dispatching shard jobs to it. No Prefect imports (see shard_job)."""
+"""Joining Ray and dispatching shard jobs to it. No Prefect imports (see shard_job).
+
+The address is resolved in one place, :mod:`fourm_core.ray_address` (parameter -> ``FOURM_RAY_ADDRESS``
+-> local); this module only joins it.
+"""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
-OFF = "off"  # ray_address value meaning "run units in-process, no Ray"
-
-# The directory holding our packages; local Ray workers get it on their PYTHONPATH so they can import
-# the stage packages even when the project is not pip-installed (a plain checkout).
-PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+from fourm_core.ray_address import RayTarget
 
 
-def connect(address: str | None) -> bool:
-    """Make sure a Ray runtime is up. Returns True when this call started it (the caller shuts it down).
-
-    ``None`` starts a local Ray (or reuses one already initialised in this process); any other value is
-    passed to ``ray.init(address=...)`` (``auto``, ``ray://head:10001``, ...).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {"log_to_driver": True}
-    if address:
-        # A cluster: its nodes run the project's image/environment; this machine's paths mean nothing there.
-        kwargs["address"] = address
-    else:
-        # A laptop / CI box: local workers see this checkout; keep Ray's footprint small and quiet.
-        pythonpath = os.pathsep.join(p for p in (PROJECT_ROOT, os.environ.get("PYTHONPATH", "")) if p)
-        kwargs.update(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, include_dashboard=False,
-                      configure_logging=False)
-    ray.init(**kwargs)
-    return True
+def connect(target: RayTarget) -> bool:
+    """Join ``target`` (see :meth:`RayTarget.join`); True when the caller owns the shutdown."""
+    return target.join()
 
 
 def shutdown() -> None:
@@ -42,8 +22,10 @@ def shutdown() -> None:
     ray.shutdown()
 
 
-def run_remote(target: str, num_cpus: float, num_gpus: float, *args: Any) -> list[dict[str, Any]]:
+def run_remote(target: str, num_cpus: float, num_gpus: float, *args: Any, name: str | None = None) -> list[dict[str, Any]]:
     """Run ``shard_job.run_shard_job(target, *args)`` as one Ray task and wait for its summaries.
+
+    ``name`` labels the task in the dashboard and the state API (``ray list tasks``), e.g. ``tokenize/shard-00003``.
 
     Ray does not retry application errors here (``retry_exceptions`` stays off): Prefect's task retries
     own that, so a failing shard is retried once per Prefect attempt and shows in the Prefect UI.
@@ -53,6 +35,8 @@ def run_remote(target: str, num_cpus: float, num_gpus: float, *args: Any) -> lis
     from .shard_job import run_shard_job
 
     remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(run_shard_job)
+    if name:
+        remote = remote.options(name=name)
     try:
         return ray.get(remote.remote(target, *args))
     except ray.exceptions.RayTaskError as err:

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from fourm_core import ArtifactStore, DatasetConfig, NotCommittedError, Unit, UnitOutput, UnitResult, run_unit
 from fourm_core.manifest import InputRef, ModelRef
 from fourm_core.modalities import label_artifact
+from fourm_core.ray_address import resolve_ray_address
 from fourm_core.stage import StageSpec
 from fourm_core.units import UnitStatus, is_cached
 
@@ -226,10 +227,10 @@ def _join(images: pa.Table, dep: pa.Table, prefix: str) -> pa.Table:
 
 
 def _ensure_ray(address: str | None) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    """Join Ray for the Ray Data runner: the runtime this process already joined (build-dataset joins its
+    ``ray_address`` / ``FOURM_RAY_ADDRESS`` before calling the stage), else ``pseudolabel.ray_address``, else
+    ``FOURM_RAY_ADDRESS``, else a local runtime (resolved in one place: :mod:`fourm_core.ray_address`)."""
+    resolve_ray_address(address, "pseudolabel.ray_address").join()
 
 
 def artifacts_for(config: DatasetConfig) -> list[str]:
@@ -264,4 +265,5 @@ STAGE = StageSpec(
     # in-process (a thread per shard), not as a Ray task that would hold CPUs the pipeline needs.
     heavy=False,
     num_cpus=0.0,
+    uses_ray=lambda config: pseudolabel_config(config).runner == "ray",
 )

@@ -37,7 +37,7 @@ class PretrainResult:
     manifest: Manifest
     cached: bool
     resumed_from: int  # step of the checkpoint training resumed from (0: from scratch or cached)
-    history: list[dict[str, Any]]  # per-step records of this call (cached: the committed history)
+    history: list[dict[str, Any]]  # per-step records of the run, resumed steps included (cached: the committed one)
     log_dir: Path | None
 
     def summary(self) -> dict[str, Any]:
@@ -85,8 +85,10 @@ def run_pretrain(store: ArtifactStore, train_config: TrainConfig | str, log_dir:
             return m.cache_key if m else None
 
         same = [s for s in list_checkpoints(store, cfg) if s <= cfg.steps and key_of(s) == key]
-        if same:
+        if same:  # only committed checkpoints are listed: a write cut short (no manifest) is never resumed
             resumed = trainer.load(same[-1])
+            if trainer.d.main:
+                print(f"resuming {cfg.run_name} from its checkpoint at step {resumed}", flush=True)
     manifest = trainer.fit()
     if manifest is None:  # non-zero ranks commit nothing; they return what rank 0 wrote
         manifest = store.read_manifest(cfg.namespace, checkpoint_artifact(cfg, cfg.steps), None)

@@ -201,6 +201,22 @@ def _rng_state() -> dict[str, torch.Tensor]:
     return state
 
 
+# Test-only fault injection: with FOURM_TRAIN_TEST_PAUSE="step:N" every rank stops in the middle of step N
+# (gradients computed, weights not yet updated); with "checkpoint:N" rank 0 stops while committing the
+# step-N checkpoint (its files written, its manifest not). The process writes "<dir>/paused-<rank>" and
+# sleeps, so a test can SIGKILL the job exactly there (tests/train/test_kill_resume.py).
+PAUSE_ENV, PAUSE_DIR_ENV = "FOURM_TRAIN_TEST_PAUSE", "FOURM_TRAIN_TEST_PAUSE_DIR"
+
+
+def _test_pause(point: str, step: int, rank: int) -> None:
+    if os.environ.get(PAUSE_ENV) != f"{point}:{step}":
+        return
+    marker = Path(os.environ.get(PAUSE_DIR_ENV, ".")) / f"paused-{rank}"
+    marker.write_text(str(os.getpid()))
+    while True:  # until killed
+        time.sleep(60)
+
+
 def _full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Unwrapped, unsharded weights (FSDP2 DTensors are gathered; ``reference_state`` copies them to the CPU)."""
     inner = model.module if hasattr(model, "module") else model
@@ -248,8 +264,41 @@ class Trainer:
     # -------------------------------------------------------------------------------- state
 
     def trainer_state(self) -> dict[str, Any]:
-        return {"optimizer": self.opt.state_dict(), "step": self.step, "tokens": self.tokens,
+        """Everything but the weights that decides the next step (collective under FSDP2: every rank calls it)."""
+        return {"optimizer": self._optimizer_state(), "step": self.step, "tokens": self.tokens,
                 "skipped": self.skipped, "rng": _rng_state(), "data": self.loader.state_dict()}
+
+    def _sharded(self) -> bool:
+        return self.d.world > 1 and self.cfg.distributed == "fsdp"
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        if not self._sharded():  # single process and DDP: every rank holds the whole (identical) state
+            return self.opt.state_dict()
+        # FSDP2: each rank holds its shard of the AdamW moments; gather the full state (keyed by parameter
+        # name) so that one file restores any world size
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(self.wrapped, self.opt,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def _load_weights_and_optimizer(self, weights: bytes | None, optimizer: dict[str, Any]) -> None:
+        """``weights``: the checkpoint's safetensors bytes (None: LoRA adapters, already loaded)."""
+        if not self._sharded():
+            if weights is not None:
+                load_state(self.model, load_safetensors(weights), safetensors_metadata(weights))
+            self.opt.load_state_dict(optimizer)
+            return
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
+        # rank 0's full tensors are broadcast and each rank slices its shard locally (without the broadcast,
+        # torch scatters uneven shards from rank 0, which aborted gloo here)
+        opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        if weights is not None:
+            set_model_state_dict(self.wrapped, load_safetensors(weights), options=opts)
+        # parameters that never had a gradient (a modality absent so far) have no AdamW state, as uninterrupted
+        set_optimizer_state_dict(self.wrapped, self.opt, optimizer,
+                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False))
 
     def load(self, step: int | None = None) -> int:
         """Restore the latest (or given) checkpoint of this run; returns its step (0 if none)."""
@@ -258,6 +307,10 @@ class Trainer:
             return 0
         step = steps[-1] if step is None else step
         art = checkpoint_artifact(self.cfg, step)
+        if self.store.read_manifest(self.cfg.namespace, art, None) is None:
+            # files without a manifest are a checkpoint whose write was cut short: never resume from one
+            raise FileNotFoundError(f"checkpoint {self.cfg.namespace}/{art} is not committed (no manifest)")
+        weights = None
         if self.cfg.lora:  # the frozen base is the starting checkpoint's (already built): load the adapters
             from .lora import load_lora
 
@@ -265,10 +318,12 @@ class Trainer:
                 self.store.data_path(self.cfg.namespace, art, None, ".lora.safetensors"))))
         else:
             weights = self.store.read_bytes(self.store.data_path(self.cfg.namespace, art, None, ".safetensors"))
-            load_state(self.model, load_safetensors(weights), safetensors_metadata(weights))
         raw = self.store.read_bytes(self.store.data_path(self.cfg.namespace, art, None, ".trainer.pt"))
         state = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
-        self.opt.load_state_dict(state["optimizer"])
+        self._load_weights_and_optimizer(weights, state["optimizer"])
+        # the loss history so far: the final checkpoint of a resumed run carries the whole run's history
+        self.history = json.loads(self.store.read_bytes(
+            self.store.data_path(self.cfg.namespace, art, None, ".history.json")))
         self.step, self.tokens, self.skipped = int(state["step"]), float(state["tokens"]), int(state["skipped"])
         torch.set_rng_state(state["rng"]["cpu"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
@@ -308,7 +363,8 @@ class Trainer:
                              "loss": self.history[-1]["loss"] if self.history else None},
                       timings=Timings(started=started, finished=t, seconds=(t - started).total_seconds()),
                       host=hostname(), flow_run_id=flow_run_id())
-        return self.store.commit(fields, files, ".safetensors")
+        return self.store.commit(fields, files, ".safetensors",
+                                 before_manifest=lambda: _test_pause("checkpoint", self.step, self.d.rank))
 
     def ingredients(self) -> Ingredients:
         return train_ingredients(self.cfg, run_inputs(self.store, self.cfg))
@@ -350,6 +406,7 @@ class Trainer:
             stats = torch.cat([n_tok, loss_sum.view(1)])
             dist.all_reduce(stats)
             n_tok, loss_sum = stats[:1], stats[1] / self.d.world
+        _test_pause("step", self.step + 1, self.d.rank)
         host = torch.cat([loss_sum.view(1), n_tok, mod_loss, mod_count]).cpu()
         loss_sum, n_tok, mod_loss, mod_count = host[0], host[1], host[2:M + 2], host[M + 2:]
         finite = bool(torch.isfinite(loss_sum))
@@ -409,6 +466,8 @@ class Trainer:
         finally:  # workers stop here; a later fit() resumes at the same data position with fresh ones
             self.loader.close()
         manifest = self.save()
+        if self.d.world > 1:  # every rank (and node) returns once the final checkpoint is committed
+            dist.barrier()
         if self.d.main:
             self._finish()
         return manifest

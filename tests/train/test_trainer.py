@@ -51,7 +51,8 @@ def test_resume_is_bit_for_bit(shard_store, tmp_path):
     a, b = params(straight.model), params(second.model)
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert [r["loss"] for r in straight.history[3:]] == [r["loss"] for r in second.history]
+    # the resumed trainer carries the history of the steps before the checkpoint too
+    assert [r["loss"] for r in straight.history] == [r["loss"] for r in second.history]
 
 
 def test_checkpoint_has_lineage_and_loads_as_pretrained(shard_store, tmp_path):
