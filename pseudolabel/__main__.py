@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard", type=int, action="append", help="shard index (repeatable); default: all")
     p.add_argument("--force", action="store_true", help="recompute even if cached")
     p.add_argument("--runner", choices=["ray", "local"], help="override pseudolabel.runner")
-    p.add_argument("--profile", choices=["production", "tiny"], help="override pseudolabel.profile")
+    p.add_argument("--profile", choices=["production", "tiny", "oracle"], help="override pseudolabel.profile")
     a = p.parse_args(argv)
 
     from fourm_core import ArtifactStore, load_dataset_config

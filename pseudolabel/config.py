@@ -27,8 +27,11 @@ class FeatureSubset(StrictModel):
 
 class PseudolabelConfig(StrictModel):
     labelers: list[str] = Field(default_factory=lambda: list(DEFAULT_LABELERS), min_length=1)
-    profile: Literal["production", "tiny"] = Field(
-        "production", description="tiny = model labelers without an explicit `model` build tiny random-weight models")
+    profile: Literal["production", "tiny", "oracle"] = Field(
+        "production", description="tiny = model labelers without an explicit `model` build tiny random-weight "
+                                  "models; oracle = tiny, and on shards with ground truth (synthetic scenes) the "
+                                  "depth, normals, semseg and detection labels of those scenes are their exact "
+                                  "ground truth")
     runner: Literal["ray", "local"] = "ray"
     ray_address: str | None = Field(None, description="None = a local Ray runtime (or the one already up)")
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-labeler settings")
@@ -47,13 +50,18 @@ class PseudolabelConfig(StrictModel):
         resolve_order(self.labelers, plugins)
         return self
 
-    def settings_for(self, name: str) -> LabelerSettings:
+    def settings_for(self, name: str, ground_truth: bool = False) -> LabelerSettings:
+        """A labeler's settings under this profile; ``ground_truth``: the shard has ground-truth rows."""
         from .registry import labeler_class
 
         cls = labeler_class(name, tuple(self.plugins))
         data = dict(self.settings.get(name, {}))
-        if self.profile == "tiny" and "model" in cls.Settings.model_fields and "model" not in data:
+        fields = cls.Settings.model_fields
+        if self.profile in ("tiny", "oracle") and "model" in fields and "model" not in data:
             data["model"] = "tiny"
+        if "oracle" in fields:
+            # on a shard without ground truth an oracle labeler is its model: same settings, same cache key
+            data["oracle"] = ground_truth and data.get("oracle", self.profile == "oracle")
         return cls.Settings.model_validate(data)
 
 

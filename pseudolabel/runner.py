@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from fourm_core.units import SampleError
 
-from .spec import CAPTION, RGB, Batch, Labeler, SampleFailure
+from .spec import CAPTION, GROUND_TRUTH, RGB, Batch, Labeler, SampleFailure
 
 ERR = "_err."
 META_COLUMNS = ("orig_width", "orig_height")
@@ -126,15 +126,20 @@ def label_step(labeler: Labeler, table: pa.Table) -> pa.Table:
         else:
             ready.append(i)
     results: dict[int, dict] = {}
+    oracle = _oracle_rows(labeler, table)
+    for i in [i for i in ready if oracle[i] is not None]:  # ground truth: no model run for these samples
+        ready.remove(i)
+        try:
+            results[i] = labeler.oracle_label(oracle[i])
+        except Exception as exc:
+            errors[i] = _error_text(exc)
     if ready:
         batch = Batch([table.column("sample_key")[i].as_py() for i in ready], [rgb[i] for i in ready],
                       [captions[i] for i in ready], {d: [rows[i] for i in ready] for d, rows in deps.items()},
                       {m: [meta[m][i] for i in ready] for m in meta})
         for pos, res in zip(ready, _label_isolating(labeler, batch)):
             if isinstance(res, BaseException):
-                reason = res.reason if isinstance(res, SampleFailure) else "labeler_error"
-                detail = res.detail if isinstance(res, SampleFailure) else f"{type(res).__name__}: {res}"
-                errors[pos] = f"{reason}\t{detail}"
+                errors[pos] = _error_text(res)
             else:
                 results[pos] = res
     for label, schema in labeler.schema().items():
@@ -143,6 +148,20 @@ def label_step(labeler: Labeler, table: pa.Table) -> pa.Table:
             table = table.append_column(f"{label}.{f.name}", pa.array(values, f.type))
         table = table.append_column(f"{label}.__ok", pa.array([i in results for i in range(n)], pa.bool_()))
     return table.append_column(ERR + labeler.name, pa.array(errors, pa.string()))
+
+
+def _error_text(exc: BaseException) -> str:
+    """A per-sample exception -> the ``reason\tdetail`` cell of the error column."""
+    if isinstance(exc, SampleFailure):
+        return f"{exc.reason}\t{exc.detail}"
+    return f"labeler_error\t{type(exc).__name__}: {exc}"
+
+
+def _oracle_rows(labeler: Labeler, table: pa.Table) -> list[dict[str, Any] | None]:
+    """Per row: its ``ground_truth`` row when the labeler runs as an oracle and the sample has one, else None."""
+    if not getattr(labeler, "oracle_active", False) or f"{GROUND_TRUTH}.__ok" not in table.column_names:
+        return [None] * table.num_rows
+    return _dep_rows(table, GROUND_TRUTH)
 
 
 def _label_isolating(labeler: Labeler, batch: Batch) -> list:

@@ -20,6 +20,9 @@ from fourm_core.manifest import ModelRef
 # Needs that come from the `images` artifact rather than from another labeler.
 RGB = "rgb"
 CAPTION = "caption"
+# The synthetic scenes' exact labels (ingest's `ground_truth` artifact): what oracle labelers read, joined
+# into the shard table as ``ground_truth.<column>`` like a committed need.
+GROUND_TRUTH = "ground_truth"
 
 
 class LabelerSettings(StrictModel):

@@ -26,7 +26,7 @@ from fourm_core.units import UnitStatus, is_cached
 from .config import PseudolabelConfig, pseudolabel_config
 from .registry import BUILTIN_OUTPUTS, resolve_order
 from .runner import LabelerRun, run_local, run_ray, split_results
-from .spec import CAPTION, RGB, Labeler
+from .spec import CAPTION, GROUND_TRUTH, RGB, Labeler
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,12 @@ def plan_shards(store: ArtifactStore, config: DatasetConfig) -> list[int]:
     return store.committed_shards(config.name, IMAGES)
 
 
-def build_labelers(cfg: PseudolabelConfig, shard: int, only: list[str] | None = None) -> list[Labeler]:
-    """The enabled labelers for a shard, in dependency order (heavy outputs only on the feature subset)."""
+def build_labelers(cfg: PseudolabelConfig, shard: int, only: list[str] | None = None, *,
+                   ground_truth: bool = False) -> list[Labeler]:
+    """The enabled labelers for a shard, in dependency order (heavy outputs only on the feature subset).
+
+    ``ground_truth``: the shard has ground-truth rows (synthetic scenes); only then do oracle labelers use them.
+    """
     plugins = tuple(cfg.plugins)
     names = resolve_order(cfg.labelers, plugins)
     if not cfg.feature_subset.contains(shard):
@@ -58,18 +62,25 @@ def build_labelers(cfg: PseudolabelConfig, shard: int, only: list[str] | None = 
     from .registry import labeler_class
 
     available = frozenset(label for n in names for label in labeler_class(n, plugins).outputs)
-    out = [labeler_class(n, plugins)(cfg.settings_for(n), available=available) for n in names]
+    out = [labeler_class(n, plugins)(cfg.settings_for(n, ground_truth=ground_truth), available=available)
+           for n in names]
     if only is not None:
         keep = set(only)
         out = [lab for lab in out if lab.name in keep]
     return out
 
 
+def _oracle(lab: Labeler) -> bool:
+    return bool(getattr(lab, "oracle_active", False))
+
+
 def _unit(dataset: str, shard: int, lab: Labeler, images: InputRef, deps: list[InputRef],
-          model: ModelRef | None) -> Unit:
+          model: ModelRef | None, gt: InputRef | None) -> Unit:
+    """An oracle labeler's unit has the shard's ground truth as an input (its digest is in the cache key)."""
+    oracle = [gt] if gt is not None and _oracle(lab) else []
     return Unit(stage=STAGE_NAME, dataset=dataset, artifacts=[label_artifact(o) for o in lab.outputs], shard=shard,
                 code_version=f"{lab.name}/{lab.code_version}", config=lab.config_for_key(),
-                inputs=[images, *deps], model=model)
+                inputs=[images, *deps, *oracle], model=model)
 
 
 def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force: bool = False,
@@ -85,7 +96,9 @@ def run_labelers(store: ArtifactStore, dataset: str, shard: int, cfg: Pseudolabe
     if images_m is None:
         raise NotCommittedError(f"{dataset}/{IMAGES} shard {shard} is not committed; run ingest first")
     images_ref = images_m.as_input()
-    labs = build_labelers(cfg, shard)
+    gt_m = store.read_manifest(dataset, GROUND_TRUTH, shard)
+    gt_ref = gt_m.as_input() if gt_m is not None and gt_m.rows > 0 else None  # ingest commits 0 rows for photos
+    labs = build_labelers(cfg, shard, ground_truth=gt_ref is not None)
     by_label = {o: lab for lab in labs for o in lab.outputs}
     selected = {lab.name for lab in labs} if only is None else set(only)
     if unknown := selected - {lab.name for lab in labs}:
@@ -109,7 +122,7 @@ def run_labelers(store: ArtifactStore, dataset: str, shard: int, cfg: Pseudolabe
             failures[lab.name] = exc
             continue
         upstream_stale = any(by_label[d] in stale for d in lab.active_needs() if d in by_label)
-        if force or upstream_stale or not _cached(store, dataset, shard, lab, images_ref, models[lab.name]):
+        if force or upstream_stale or not _cached(store, dataset, shard, lab, images_ref, models[lab.name], gt_ref):
             stale.append(lab)
 
     # 2. one pass over the shard for every stale labeler (plus committed inputs of their needs)
@@ -118,7 +131,7 @@ def run_labelers(store: ArtifactStore, dataset: str, shard: int, cfg: Pseudolabe
     t0 = time.perf_counter()
     if stale:
         try:
-            table = _input_table(store, dataset, shard, stale, by_label)
+            table = _input_table(store, dataset, shard, stale, by_label, gt_ref is not None)
             runs = [LabelerRun(lab.name, lab.settings.model_dump(mode="json"), lab.available, tuple(cfg.plugins))
                     for lab in stale]
             if cfg.runner == "ray":
@@ -132,12 +145,15 @@ def run_labelers(store: ArtifactStore, dataset: str, shard: int, cfg: Pseudolabe
     seconds = time.perf_counter() - t0
 
     # 3. commit per labeler, in dependency order, through run_unit
+    gt_keys = set(store.read_table(dataset, GROUND_TRUTH, shard, columns=["sample_key"]).column(
+        "sample_key").to_pylist()) if gt_ref is not None and any(_oracle(lab) for lab in stale) else set()
     results: list[UnitResult] = []
     for lab in labs:
         if lab.name not in selected:
             continue
         deps = [_label_ref(store, dataset, shard, d) for d in lab.active_needs() if d in by_label]
-        unit = _unit(dataset, shard, lab, images_ref, [d for d in deps if d is not None], models.get(lab.name))
+        unit = _unit(dataset, shard, lab, images_ref, [d for d in deps if d is not None], models.get(lab.name),
+                     gt_ref)
         err = failures.get(lab.name) or (run_error if lab in stale else None)
 
         def compute(lab=lab, err=err) -> UnitOutput:
@@ -147,11 +163,13 @@ def run_labelers(store: ArtifactStore, dataset: str, shard: int, cfg: Pseudolabe
                 raise RuntimeError(f"labeler {lab.name} was not run for this shard")
             tables = {label_artifact(k): v for k, v in result.tables[lab.name].items()}
             n_in = images_m.rows
+            stats = {"rows_in": n_in, "labeled": next(iter(tables.values())).num_rows,
+                     "shard_pass_seconds": round(seconds, 3), "labelers_in_pass": len(stale)}
+            if _oracle(lab):  # how many of the labels are the scenes' ground truth (the rest: the model's)
+                labeled = set(next(iter(tables.values())).column("sample_key").to_pylist())
+                stats["from_ground_truth"] = len(labeled & gt_keys)
             # The shared pass did this unit's work: its share of the pass is the unit's duration (status, Prefect).
-            return UnitOutput(tables, errors=result.errors[lab.name],
-                              stats={"rows_in": n_in, "labeled": next(iter(tables.values())).num_rows,
-                                     "shard_pass_seconds": round(seconds, 3), "labelers_in_pass": len(stale)},
-                              seconds=seconds / max(len(stale), 1))
+            return UnitOutput(tables, errors=result.errors[lab.name], stats=stats, seconds=seconds / max(len(stale), 1))
 
         results.append(run_unit(store, unit, compute, force=force and lab in stale, raise_on_failure=False))
     if any(r.status is UnitStatus.FAILED for r in results):
@@ -159,7 +177,7 @@ def run_labelers(store: ArtifactStore, dataset: str, shard: int, cfg: Pseudolabe
     return results
 
 
-def _cached(store, dataset, shard, lab, images_ref, model) -> bool:
+def _cached(store, dataset, shard, lab, images_ref, model, gt_ref) -> bool:
     deps = []
     for d in lab.active_needs():
         if d in (RGB, CAPTION):
@@ -168,7 +186,7 @@ def _cached(store, dataset, shard, lab, images_ref, model) -> bool:
         if m is None:
             return False
         deps.append(m.as_input())
-    return is_cached(store, _unit(dataset, shard, lab, images_ref, deps, model)) is not None
+    return is_cached(store, _unit(dataset, shard, lab, images_ref, deps, model, gt_ref)) is not None
 
 
 def _label_ref(store: ArtifactStore, dataset: str, shard: int, label: str) -> InputRef | None:
@@ -178,28 +196,35 @@ def _label_ref(store: ArtifactStore, dataset: str, shard: int, label: str) -> In
 
 
 def _input_table(store: ArtifactStore, dataset: str, shard: int, stale: list[Labeler],
-                 by_label: dict[str, Labeler]) -> pa.Table:
-    """The images shard plus, for needs made by labelers that are *not* re-run now, their committed columns."""
+                 by_label: dict[str, Labeler], has_gt: bool) -> pa.Table:
+    """The images shard plus, for needs made by labelers that are *not* re-run now, their committed columns,
+    and, for oracle labelers, the shard's ground-truth columns (``ground_truth.<col>``, null for photos)."""
     images = store.read_table(dataset, IMAGES, shard)
     images = images.select([c for c in ("sample_key", "image", "caption", "orig_width", "orig_height")
                             if c in images.column_names])
     images = images.append_column("_idx", pa.array(range(images.num_rows), pa.int64()))
     stale_labels = {o for lab in stale for o in lab.outputs}
     needed = {d for lab in stale for d in lab.active_needs() if d not in (RGB, CAPTION)} - stale_labels
-    keys = images.column("sample_key").to_pylist()
     for label in sorted(needed):
-        dep = store.read_table(dataset, label_artifact(label), shard)
-        index = {k: i for i, k in enumerate(dep.column("sample_key").to_pylist())}
-        rows = [index.get(k) for k in keys]
-        take = pa.array([r if r is not None else 0 for r in rows], pa.int64())
-        for name in dep.column_names:
-            if name == "sample_key":
-                continue
-            col = dep.column(name).take(take) if dep.num_rows else pa.nulls(len(keys), dep.schema.field(name).type)
-            mask = pa.array([r is None for r in rows])
-            images = images.append_column(f"{label}.{name}", pc.if_else(mask, pa.nulls(len(keys), col.type), col))
-        images = images.append_column(f"{label}.__ok", pa.array([r is not None for r in rows], pa.bool_()))
+        images = _join(images, store.read_table(dataset, label_artifact(label), shard), label)
+    if has_gt and any(_oracle(lab) for lab in stale):
+        images = _join(images, store.read_table(dataset, GROUND_TRUTH, shard), GROUND_TRUTH)
     return images
+
+
+def _join(images: pa.Table, dep: pa.Table, prefix: str) -> pa.Table:
+    """Append ``dep``'s columns as ``<prefix>.<col>`` aligned on sample_key, plus ``<prefix>.__ok`` (row present)."""
+    keys = images.column("sample_key").to_pylist()
+    index = {k: i for i, k in enumerate(dep.column("sample_key").to_pylist())}
+    rows = [index.get(k) for k in keys]
+    take = pa.array([r if r is not None else 0 for r in rows], pa.int64())
+    mask = pa.array([r is None for r in rows])
+    for name in dep.column_names:
+        if name == "sample_key":
+            continue
+        col = dep.column(name).take(take) if dep.num_rows else pa.nulls(len(keys), dep.schema.field(name).type)
+        images = images.append_column(f"{prefix}.{name}", pc.if_else(mask, pa.nulls(len(keys), col.type), col))
+    return images.append_column(f"{prefix}.__ok", pa.array([r is not None for r in rows], pa.bool_()))
 
 
 def _ensure_ray(address: str | None) -> None:

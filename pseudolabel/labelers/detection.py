@@ -4,6 +4,7 @@ Wraps :mod:`pseudolabel.detection`. Default: the papers' detector, ViTDet-H with
 (detectron2's COCO checkpoint converted with ``python -m pseudolabel convert-vitdet``); RT-DETR, DETR and
 Deformable-DETR (transformers) load as faster options, their class names mapped onto COCO-80 by name. Stored per image: the
 ``Detections`` JSON (normalised xyxy, class name, score) plus the COCO-clutter and instance-diversity counts.
+Oracle (``profile: oracle``): a synthetic scene's ground-truth boxes, each with score 1.0, stored the same way.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from typing import ClassVar
 import pyarrow as pa
 from pydantic import Field
 
-from ..spec import RGB, Batch, Resources
-from .model_base import HFModelSettings, ModelLabeler
+from ..spec import RGB, Batch, Resources, SampleFailure
+from .model_base import HFModelSettings, ModelLabeler, OracleSettings
 
 
-class DetectionSettings(HFModelSettings):
+class DetectionSettings(OracleSettings):
     model: str = "./models/vitdet_h"  # python -m pseudolabel convert-vitdet model_final_*.pkl ./models/vitdet_h
     family: str = Field("vitdet", description="detector family: vitdet, rt_detr, detr or deformable_detr")
     threshold: float = Field(0.6, ge=0, le=1, description="keep boxes with score >= threshold (4M: 0.6)")
@@ -32,7 +33,8 @@ class DetectionLabeler(ModelLabeler):
     name: ClassVar[str] = "detection"
     outputs: ClassVar[tuple[str, ...]] = ("det",)
     needs: ClassVar[tuple[str, ...]] = (RGB,)
-    code_version: ClassVar[str] = "2"  # 2: ViTDet-H Cascade by default; persons kept down to person_threshold
+    # 2: ViTDet-H Cascade by default; persons kept down to person_threshold. 3: the oracle path
+    code_version: ClassVar[str] = "3"
     Settings: ClassVar[type[HFModelSettings]] = DetectionSettings
     default_batch_size: ClassVar[int] = 8
     resources: ClassVar[Resources] = Resources(num_cpus=1, num_gpus=0.25, memory_mb=3072)
@@ -86,3 +88,17 @@ class DetectionLabeler(ModelLabeler):
                 for d in detect(self.detector, batch.rgb)]
         rows = to_table(kept, t).to_pylist()
         return [{"det": row} for row in rows]
+
+    def oracle_label(self, gt: dict) -> dict:
+        """The scene's boxes (``boxes`` JSON: normalised xyxy + COCO class name), each with score 1.0."""
+        import json
+
+        from ..detection.columns import to_table
+
+        from tokenize_stage.text.serialise.types import Box, Detections
+
+        try:
+            boxes = [Box(xyxy=b["xyxy"], class_name=b["class"], score=1.0) for b in json.loads(gt["boxes"])]
+        except (TypeError, KeyError, ValueError) as exc:
+            raise SampleFailure("oracle_boxes", f"ground_truth boxes unreadable: {exc}") from None
+        return {"det": to_table([Detections(boxes=boxes)], self.settings.threshold).to_pylist()[0]}

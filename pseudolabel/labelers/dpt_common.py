@@ -7,10 +7,10 @@ from typing import ClassVar
 import numpy as np
 
 from . import omnidata
-from .model_base import HFModelSettings, ModelLabeler
+from .model_base import HFModelSettings, ModelLabeler, OracleSettings
 
 
-class DPTSettings(HFModelSettings):
+class DPTSettings(OracleSettings):
     pass
 
 

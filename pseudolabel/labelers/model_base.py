@@ -11,11 +11,21 @@ from fourm_core.manifest import ModelRef
 from fourm_core.seeding import seeded
 
 from .. import models
-from ..spec import Labeler, ModelSettings, Resources
+from ..spec import Labeler, ModelSettings, Resources, SampleFailure, SampleResult
+
+ORACLE_ID = "oracle:ground_truth"  # suffix of the ModelRef id of a unit whose labels come partly from ground truth
 
 
 class HFModelSettings(ModelSettings):
     torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads; None = num_cpus of the actor")
+
+
+class OracleSettings(HFModelSettings):
+    """Settings of the labelers that can take their label from a synthetic scene's exact ground truth."""
+
+    oracle: bool = Field(False, description="samples with a `ground_truth` row (synthetic scenes) take their label "
+                                            "from it, the model labels the rest; set by `profile: oracle` on shards "
+                                            "that have ground truth (the stage turns it off on shards without)")
 
 
 class ModelLabeler(Labeler):
@@ -61,7 +71,22 @@ class ModelLabeler(Labeler):
     def model_ref(self) -> ModelRef:
         r = self.resolved()
         tiny_digest = _tiny_digest(type(self)) if r.is_tiny else None
-        return models.model_ref(self.name, r, tiny_digest)
+        ref = models.model_ref(self.name, r, tiny_digest)
+        if self.oracle_active:  # lineage says so; the digest stays the model's (it labels the other samples)
+            ref = ref.model_copy(update={"id": f"{ref.id}+{ORACLE_ID}"})
+        return ref
+
+    # ------------------------------------------------------------------------------ oracle
+
+    @property
+    def oracle_active(self) -> bool:
+        """Whether samples with a ground-truth row take their label from it (OracleSettings.oracle)."""
+        return bool(getattr(self.settings, "oracle", False))
+
+    def oracle_label(self, gt: dict[str, Any]) -> SampleResult:
+        """One sample's label from its ``ground_truth`` row (docs/data-format.md columns), in exactly the
+        format ``label_batch`` produces. Implemented by the labelers whose Settings derive from OracleSettings."""
+        raise NotImplementedError(f"labeler {self.name} has no oracle (ground-truth) path")
 
     # ------------------------------------------------------------------------------ actor side
 
@@ -115,3 +140,17 @@ def resize_batch(images: list[np.ndarray], size: int, mean: tuple[float, ...], s
 def f16_bytes(t) -> bytes:
     """A tensor as float16 little-endian row-major bytes."""
     return t.detach().to("cpu", dtype=__import__("torch").float16).contiguous().numpy().astype("<f2").tobytes()
+
+
+def gt_array(gt: dict[str, Any], column: str) -> np.ndarray:
+    """A ``ground_truth`` row's ``.npy`` cell -> its array, checked against the row's stored image size
+    (depth H×W float32, normal H×W×3 float32, semseg H×W uint8)."""
+    from fourm_core.label_codec import npy_decode
+
+    if gt.get(column) is None:
+        raise SampleFailure("oracle_missing", f"ground_truth row has no {column!r} cell")
+    arr = npy_decode(gt[column])
+    if arr.shape[:2] != (gt["height"], gt["width"]):
+        raise SampleFailure("oracle_shape", f"ground_truth {column} is {arr.shape[:2]}, the image "
+                                            f"{(gt['height'], gt['width'])}: re-run ingest")
+    return arr

@@ -5,7 +5,8 @@ transformers ``Mask2FormerForUniversalSegmentation`` fed as Mask2Former's COCO s
 map = argmax over classes of Σ_q softmax(class_q)[:-1] · sigmoid(mask_q) (Mask2Former's semantic inference), with
 the mask logits upsampled to the padded input, cropped to the image and resized to the stored image size
 (bilinear, as detectron2's ``sem_seg_postprocess``). Stored as PNG uint8 H×W with COCO-panoptic id + 1
-(0 = none; fourm_core.coco).
+(0 = none; fourm_core.coco). Oracle (``profile: oracle``): a synthetic scene's ground-truth map (same ids), stored
+the same way.
 Production: ``facebook/mask2former-swin-base-coco-panoptic`` (the 4M papers' Swin-B COCO-panoptic model).
 """
 
@@ -21,12 +22,12 @@ from fourm_core.coco import NUM_PANOPTIC
 
 from ..codecs import png_encode
 from ..spec import RGB, Batch
-from .model_base import IMAGENET_MEAN, IMAGENET_STD, HFModelSettings, ModelLabeler
+from .model_base import IMAGENET_MEAN, IMAGENET_STD, HFModelSettings, ModelLabeler, OracleSettings, gt_array
 
 SIZE_DIVISIBILITY = 32  # Swin's 4 stages of 2× downsampling after the 4× patch embedding
 
 
-class SemsegSettings(HFModelSettings):
+class SemsegSettings(OracleSettings):
     model: str = "facebook/mask2former-swin-base-coco-panoptic"
     short_side: int = Field(800, gt=0, description="network input's shorter side (Mask2Former COCO: 800)")
     max_side: int = Field(1333, gt=0, description="cap on the longer side (Mask2Former COCO: 1333)")
@@ -60,7 +61,7 @@ class SemsegLabeler(ModelLabeler):
     name: ClassVar[str] = "semseg"
     outputs: ClassVar[tuple[str, ...]] = ("semseg",)
     needs: ClassVar[tuple[str, ...]] = (RGB,)
-    code_version: ClassVar[str] = "2"  # 2: Mask2Former's COCO input size (short side 800, aspect kept)
+    code_version: ClassVar[str] = "3"  # 2: Mask2Former's COCO input size (short side 800, aspect kept); 3: oracle
     Settings: ClassVar[type[HFModelSettings]] = SemsegSettings
     default_batch_size: ClassVar[int] = 4
 
@@ -112,6 +113,13 @@ class SemsegLabeler(ModelLabeler):
             with torch.inference_mode():
                 m = F.interpolate(masks[i:i + 1, :, :h, :w], size=(oh, ow), mode="bilinear", align_corners=False)
                 seg = torch.einsum("qc,qhw->chw", classes[i], m[0].sigmoid()).argmax(0)  # oh × ow, 0..132
-            png = png_encode((seg + 1).to(torch.uint8).cpu().numpy())
-            res.append({"semseg": {"semseg": png, "height": oh, "width": ow}})
+            res.append(_row((seg + 1).to(torch.uint8).cpu().numpy()))
         return res
+
+    def oracle_label(self, gt: dict) -> dict:
+        return _row(gt_array(gt, "semseg"))
+
+
+def _row(ids) -> dict:
+    """uint8 H×W COCO-panoptic id + 1 -> the ``labels/semseg`` cells (PNG)."""
+    return {"semseg": {"semseg": png_encode(ids.astype("uint8")), "height": ids.shape[0], "width": ids.shape[1]}}
