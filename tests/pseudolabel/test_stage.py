@@ -152,7 +152,8 @@ def test_viewer_draws_instances_boxes_and_persons(images_store, tmp_path):
     from pseudolabel.viewer import render_sample, sample_panels
 
     sam = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.6, "stability_score_offset": 0.5}
-    det = {"threshold": 0.0, "max_detections": 80, "input_size": 128}  # 80 random classes: persons among them
+    # the tiny RT-DETR's 80 random classes include persons (the tiny random ViTDet ranks the same classes first)
+    det = {"family": "rt_detr", "threshold": 0.0, "max_detections": 80, "input_size": 128}
     cfg = dataset_config(runner="local", profile="tiny", labelers=["sam", "detection", "human_poses"],
                          settings={"sam": sam, "detection": det})
     results = run_shard(images_store, cfg, 0)
