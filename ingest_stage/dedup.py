@@ -13,9 +13,9 @@ shards 0..N ingested (it fails, naming the missing ones, before they are).
 What it reads is only the small per-part digest file each ingest unit commits beside its data
 (``shard-N.digests.parquet``: sample_key, sha256 of the stored pixels or text, 64-bit pHash), through the
 narrow :class:`DigestSource` interface: which parts are committed (manifests) and one part's digest table.
-Nothing re-reads image shards. ``StoreDigests`` answers from the store's manifests (one listing per
-artifact, manifests re-read only when the listing changes); an index of committed units can answer the
-same two questions in place of it. The unit's cache key holds a fingerprint of every digest file it
+Nothing re-reads image shards. ``StoreDigests`` answers from the store's index of committed units
+(fourm_core.index: a compacted snapshot plus the parts committed since), so planning cost does not grow with
+re-reading manifests. The unit's cache key holds a fingerprint of every digest file it
 consulted, so a re-ingested earlier shard (or a grown ``against`` dataset) re-runs it.
 """
 
@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from fourm_core.config import ConfigError, DatasetConfig, StrictModel
+from fourm_core.index import load_index
 from fourm_core.manifest import Manifest
 from fourm_core.stage import StageSpec
 from fourm_core.store import ArtifactStore
@@ -80,21 +81,15 @@ class DigestSource(Protocol):
 
 
 class StoreDigests:
-    """A :class:`DigestSource` over the store's manifests and digest files."""
+    """A :class:`DigestSource` over the store's index of committed units (fourm_core.index) and the digest files."""
 
     def __init__(self, store: ArtifactStore):
         self.store = store
 
     def parts(self, dataset: str, artifact: str) -> dict[int, Manifest]:
-        d = self.store.artifact_dir(dataset, artifact)
-        try:
-            listing = self.store.fs.ls(d, detail=True, refresh=True)
-        except FileNotFoundError:
-            return {}
-        names = tuple(sorted((e["name"].rsplit("/", 1)[-1], e.get("size"), str(e.get("mtime") or e.get("ETag") or
-                                                                                 e.get("LastModified")))
-                             for e in listing if e["name"].endswith(".manifest.json")))
-        return _manifests(self.store, dataset, artifact, names)
+        # a fresh load each time: shards commit while a dedup run goes on (snapshot + newer journal marks)
+        index = load_index(self.store, dataset, artifact)
+        return {shard: index.get(shard).manifest() for shard in index.committed()}
 
     def digests(self, manifest: Manifest) -> pa.Table:
         entry = next((f for f in manifest.files if f.name.endswith(DIGESTS_SUFFIX)), None)
@@ -103,18 +98,6 @@ class StoreDigests:
                                f"on dataset '{manifest.dataset}' shard {manifest.shard} (python -m ingest_stage "
                                f"--dataset {manifest.dataset} --shard {manifest.shard})")
         return _digest_table(self.store, manifest.dataset, manifest.artifact, manifest.shard, entry.digest)
-
-
-@lru_cache(maxsize=64)
-def _manifests(store: ArtifactStore, dataset: str, artifact: str, listing: tuple) -> dict[int, Manifest]:
-    # keyed by the listing (names, sizes, times): a process running many dedup shards reads each manifest once
-    out = {}
-    for name, _, _ in listing:
-        shard = int(name[6:11])
-        m = store.read_manifest(dataset, artifact, shard)
-        if m is not None:
-            out[shard] = m
-    return out
 
 
 @lru_cache(maxsize=1024)  # ~100 KB per 1000-sample part: at most ~100 MB held

@@ -36,7 +36,7 @@ def test_cc12m_then_coyo700m_presets(http_server, store, tmp_path, monkeypatch):
                    f"{u('/p/big2.jpg')}\t\n")
     monkeypatch.setenv("CC12M_TSV", str(tsv))
     cc = load_dataset_config("cc12m", TINY)
-    assert cc.stages == ["ingest", "dedup"]
+    assert cc.stages[:2] == ["ingest", "dedup"]  # then labelling and tokenizing (the nightly run)
     ingest(store, cc, 0)
     [row] = store.read_table("cc12m", "images", 0).to_pylist()
     assert row["caption"] == "a photo"
