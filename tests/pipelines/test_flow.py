@@ -101,7 +101,7 @@ def test_run_failing_at_planning_still_writes_its_record_and_artifact(prefect_ap
     with pytest.raises(ValueError, match=r"no shard\(s\) \[99\]"):
         state.result()
     record = ArtifactStore(root).latest_run_record("fk")
-    assert record["error"].startswith("ValueError: stage 'fake' has no shard(s) [99]") and record["shards"] == [99]
+    assert record["error"].startswith("UnknownShardError: stage 'fake' has no shard(s) [99]") and record["shards"] == [99]
     from prefect.client.orchestration import get_client
 
     from pipelines.report import artifact_key

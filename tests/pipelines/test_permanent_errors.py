@@ -38,7 +38,7 @@ def test_missing_cc12m_source_fails_at_once(prefect_api, tmp_path, monkeypatch):
     """The nightly preset with its URL list missing (CC12M_TSV wrong): one attempt, no retry delays."""
     monkeypatch.setenv("CC12M_TSV", str(tmp_path / "nowhere" / "cc12m.tsv"))
     state = build_dataset(dataset="cc12m", store_root=str(tmp_path / "store"), ray_address="off",
-                          return_state=True)
+                          overrides={"pseudolabel.runner": "local"}, return_state=True)  # Ray off: in-process
     assert state.is_failed()
     with pytest.raises(FileNotFoundError, match="cc12m.tsv' does not exist"):
         state.result()
