@@ -32,8 +32,9 @@ def tokenizer():
     return _tokenizer()
 
 
-def _rgb(seed=0, n=N):
-    # scaled up so that the random-init model predicts a different token set for every image
+def _rgb(seed=3, n=N):
+    # scaled up, and a seed, so that the random-init model (which predicts one code almost everywhere) gives a
+    # different token set for every image; the gallery test asserts they are distinct
     return 3 * torch.randn(n, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
 
 

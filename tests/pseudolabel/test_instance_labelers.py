@@ -75,9 +75,13 @@ def test_default_threshold_keeps_only_confident_boxes(batch):
     cls = labeler_class("detection")
     lab = cls(cls.Settings(model="tiny", input_size=128))
     lab.setup()
-    assert lab.detector.threshold == 0.6
-    for res in lab.label_batch(batch):  # random weights stay far below 0.6
+    assert (lab.settings.threshold, lab.settings.person_threshold) == (0.6, 0.5)  # 4M's boxes, 4D-Humans' persons
+    assert lab.detector.threshold == 0.5  # candidates down to the lower one; the labeler keeps the rest apart
+    from tokenize_stage.text.serialise.types import Detections
+
+    for res in lab.label_batch(batch):  # random weights stay far below 0.5
         assert res["det"]["n_coco_instances"] == 0
+        assert Detections.model_validate_json(res["det"]["det"]).boxes == []
 
 
 def _det(*boxes):
