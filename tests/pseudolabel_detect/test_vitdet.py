@@ -136,7 +136,7 @@ def test_a_pkl_that_would_run_code_is_refused(tmp_path):
 
     pkl = tmp_path / "evil.pkl"
     pkl.write_bytes(pickle.dumps({"model": {"x": Payload()}}, protocol=2))
-    with pytest.raises(pickle.UnpicklingError, match=r"refusing to load (__builtin__|builtins)\.print"):
+    with pytest.raises(pickle.UnpicklingError, match=r"refusing to load \S*print: only numpy arrays"):
         read_checkpoint(pkl)
 
 
