@@ -4,8 +4,10 @@
     PYTHONPATH=. python bench/bench_labelers.py --profile full --labelers dinov2,depth --n 4,12 --rounds 2
 
 ``bare``: decoded 224² images, the labeler's own ``label_batch`` (pre- and post-processing included) in
-batches, after one warm-up batch. ``stage``: ``run_shard`` on a committed shard of the same images (read,
-JPEG decode, the labeler's Ray actor pool, Arrow/Parquet, manifest commit; the Ray session is up already).
+batches, after one warm-up batch, in a Ray actor of its own: Ray runs its workers at nice 15, so a bare loop in
+this (nice 0) process would win CPU from the stage's actors on a shared machine and skew the ratio. ``stage``:
+``run_shard`` on a committed shard of the same images (read, JPEG decode, the labeler's Ray actor pool,
+Arrow/Parquet, manifest commit; the Ray session is up already).
 Per labeler: one warm-up shard of n1 images (first-use imports, the actor pool's start and model load: the
 pool then lives across the run's shards, as in a build-dataset run), then ``--rounds`` rounds of one bare pass
 over n2 images followed by ``run_shard`` on a new shard of n2 images, so bare and stage are measured under
@@ -44,7 +46,22 @@ def make_labeler(name: str, profile: str, model_dir: str | None, threads: int, b
     return cls(cls.Settings(**kw), available=frozenset())
 
 
+class BareLoop:
+    """The bare model loop in a Ray worker (same niceness and process kind as the stage's actors)."""
+
+    def __init__(self, name: str, profile: str, model_dir: str | None, threads: int, batch_size: int | None):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.lab = make_labeler(name, profile, model_dir, threads, batch_size)
+        self.lab.setup()
+
+    def run(self, imgs: list[np.ndarray], captions: list[str]) -> float:
+        return bare(self.lab, imgs, captions)
+
+
 def bare(lab, imgs: list[np.ndarray], captions: list[str]) -> float:
+    """Images per second of ``lab.label_batch`` over ``imgs`` in the labeler's batch size."""
     from pseudolabel.spec import Batch
 
     bs = lab.batch_size
@@ -113,8 +130,8 @@ def main() -> None:
                 model_dir = os.path.join(tmp, name)
                 probe.save(model, model_dir)
                 del model
-            lab = make_labeler(name, args.profile, model_dir, args.threads, args.batch_size)
-            lab.setup()
+            lab = ray.remote(BareLoop).options(num_cpus=0.01).remote(name, args.profile, model_dir, args.threads,
+                                                                      args.batch_size)
             st = {k2: v for k2, v in make_labeler(name, args.profile, model_dir, args.threads, args.batch_size)
                   .settings.model_dump().items() if v is not None}
             root = os.path.join(tmp, "store")
@@ -122,10 +139,10 @@ def main() -> None:
             shard += 1
             bare_s, stage_s = [], []
             for _ in range(args.rounds):
-                bare_s.append(n2 / bare(lab, imgs, caps))
+                bare_s.append(n2 / ray.get(lab.run.remote(imgs, caps)))
                 stage_s.append(stage(name, st, root, imgs, caps, shard))
                 shard += 1
-            del lab
+            ray.kill(lab)
             release()
             b, s_ = args.rounds * n2 / sum(bare_s), args.rounds * n2 / sum(stage_s)
             ratios = [bt / stt for bt, stt in zip(bare_s, stage_s)]

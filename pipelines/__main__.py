@@ -128,6 +128,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     _print_reruns(rows, args.dataset, store.root if store.is_local else store.root_uri)
     if record and record.get("not_run"):
         print(f"not run by the latest run (an earlier stage failed): {', '.join(record['not_run'])}")
+    for stage, shards in ((record or {}).get("blocked") or {}).items():
+        print(f"not run by the latest run (an input they read failed): {stage} shard(s) {shards}")
     print(f"\n{status_counts(rows)}  (store {store.root if store.is_local else store.root_uri})")
     return 0
 

@@ -1,0 +1,268 @@
+"""Per-shard pipelining: a small dependency-driven dispatcher over (stage, shard) units (no Prefect, no Ray).
+
+A unit of a stage waits only for what it reads (``StageSpec.after``, ``reads_shards``, ``whole_dataset``):
+shard 3's pseudolabel starts as soon as shard 3's images are committed, not when every shard is ingested;
+``tokenize`` of a shard also waits for the trained tokenizers (a whole-dataset unit), which wait only for the
+pseudolabel shards of their declared subset. A failed unit stops only the units that read it (``blocked``).
+
+Planning: a stage whose inputs are all complete plans once (``plan``: its final shard list, checked against
+``shards=[...]``, then the orchestrator's cached check, as a whole). Before that, its candidate shards are
+those its input stages have or may have, and a candidate whose inputs are committed runs if the stage's
+current plan (``peek``) already lists it; what the final plan adds (e.g. shards committed by an earlier run)
+runs then, what it drops is dropped. ``pipelined=False`` makes every unit wait for every unit of every earlier
+stage: the old stage-by-stage barrier, kept for comparison (bench/bench_pipelining.py).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from fourm_core.config import DatasetConfig
+from fourm_core.stage import StageSpec
+
+from pipelines.errors import UnknownShardError
+from pipelines.report import PROGRESS_EVERY_S, Progress
+
+OK, FAILED, BLOCKED = "ok", "failed", "blocked"
+
+
+@dataclass
+class Callbacks:
+    """What the orchestrator provides. ``submit`` returns a future; ``wait`` returns the finished ones."""
+
+    plan: Callable[[StageSpec], list[int]]  # the stage's final plan (may raise: the run fails)
+    peek: Callable[[StageSpec], list[int]]  # the stage's plan as of now (cheap; not final)
+    cached: Callable[[StageSpec, list[int]], tuple[list[dict[str, Any]], list[int]]]  # (cached summaries, to run)
+    submit: Callable[[StageSpec, int], Any]
+    wait: Callable[[list[Any], float], set[Any]]
+    result: Callable[[Any], list[dict[str, Any]]]  # a finished future's unit summaries; raises if it failed
+    log: Callable[[str], None] = print
+    refresh: Callable[[], None] = lambda: None  # before each round of checks: see what was committed since
+    release: Callable[[StageSpec], None] = lambda spec: None  # a stage has no unit left to run
+
+
+@dataclass
+class _Stage:
+    spec: StageSpec
+    inputs: list[str]  # stages of this run it reads
+    plan: list[int] | None = None  # final plan (selected shards), once its inputs are complete
+    peeked: set[int] = field(default_factory=set)
+    peek_stale: bool = True
+    state: dict[int, str] = field(default_factory=dict)  # shard -> ok / failed / blocked (resolved units)
+    running: set[int] = field(default_factory=set)
+    progress: Progress | None = None
+    released: bool = False
+
+    def complete(self) -> bool:
+        return self.plan is not None and not self.running and all(s in self.state for s in self.plan)
+
+
+class ShardDag:
+    """Dispatches the units of ``specs`` (in run order) as their inputs become ready."""
+
+    def __init__(self, specs: list[StageSpec], config: DatasetConfig, shards: list[int] | None = None,
+                 pipelined: bool = True):
+        self.config, self.shards, self.pipelined = config, (None if shards is None else set(shards)), pipelined
+        self.order = [s.name for s in specs]
+        self.stages: dict[str, _Stage] = {}
+        for i, spec in enumerate(specs):
+            earlier = self.order[:i]
+            reads = earlier if spec.after is None or not pipelined else [n for n in earlier if n in spec.after]
+            self.stages[spec.name] = _Stage(spec, reads)
+        self._units: list[tuple[int, int, dict[str, Any]]] = []  # (stage position, shard, unit summary)
+        self.plans: dict[str, list[int]] = {}  # stage -> its full plan (before the shards filter), for the record
+        self.blocked: dict[str, list[int]] = {}
+
+    @property
+    def summaries(self) -> list[dict[str, Any]]:
+        """Every unit's summary (done, cached, failed), in stage order, then shard order."""
+        return [u for _, _, u in sorted(self._units, key=lambda t: (t[0], t[1]))]
+
+    def _record(self, st: _Stage, units: list[dict[str, Any]]) -> None:
+        pos = self.order.index(st.spec.name)
+        self._units.extend((pos, -1 if u["shard"] is None else u["shard"], u) for u in units)
+
+    # ------------------------------------------------------------------------------------------ queries
+
+    def _shards_from_plan(self, st: _Stage) -> bool:
+        """Candidates come from the stage's own plan as of now (a whole-dataset stage; no per-shard inputs)."""
+        return st.spec.whole_dataset or all(self.stages[i].spec.whole_dataset for i in st.inputs)
+
+    def candidates(self, st: _Stage) -> set[int]:
+        """Shards the stage has or may have: its final plan, else what its per-shard inputs have or may have."""
+        if st.plan is not None:
+            return set(st.plan)
+        if self._shards_from_plan(st):
+            return {s for s in st.peeked if self.shards is None or s in self.shards}
+        out: set[int] = set()
+        for i in st.inputs:
+            if not self.stages[i].spec.whole_dataset:
+                out |= self.candidates(self.stages[i])
+        return {s for s in out if self.shards is None or s in self.shards}
+
+    def _input_state(self, st: _Stage, shard: int) -> str | None:
+        """OK when every unit ``shard`` reads is resolved ok, FAILED when one failed or was blocked, else None."""
+        for name in st.inputs:
+            inp = self.stages[name]
+            whole = inp.spec.whole_dataset or not self.pipelined
+            needed = None if whole else st.spec.shards_read(self.config, shard)
+            if needed is None:  # every unit of the input stage
+                if any(v != OK for v in inp.state.values()):
+                    return FAILED
+                if not inp.complete():
+                    return None
+                continue
+            for m in needed:
+                if m in inp.state:
+                    if inp.state[m] != OK:
+                        return FAILED
+                elif inp.plan is None or m in inp.plan:  # not resolved yet (or its stage not planned yet)
+                    return None
+        return OK
+
+    def _inputs_complete(self, st: _Stage) -> bool:
+        return all(self.stages[i].complete() for i in st.inputs)
+
+    def done(self) -> bool:
+        return all(st.complete() for st in self.stages.values())
+
+    # --------------------------------------------------------------------------------------------- run
+
+    def run(self, cb: Callbacks) -> None:
+        """Dispatch until every stage is complete. An exception from planning stops new work; the units in
+        flight finish (their summaries are kept) and the exception is raised."""
+        futures: dict[Any, tuple[_Stage, int]] = {}
+        error: BaseException | None = None
+        last_log = time.monotonic()
+        try:
+            while True:
+                if error is None:
+                    try:
+                        self._advance(cb, futures)
+                    except Exception as exc:
+                        error = exc
+                if not futures:
+                    break
+                finished = cb.wait(list(futures), PROGRESS_EVERY_S)
+                for fut in finished:
+                    st, shard = futures.pop(fut)
+                    self._finish(cb, st, shard, fut)
+                for st in self.stages.values():
+                    st.peek_stale = st.peek_stale or bool(finished)
+                if time.monotonic() - last_log >= PROGRESS_EVERY_S or finished:
+                    self._log_progress(cb)
+                    last_log = time.monotonic()
+        finally:
+            for st in self.stages.values():
+                if st.progress is not None:
+                    st.progress.close()
+                if not st.released:
+                    cb.release(st.spec)
+        if error is not None:
+            raise error
+        if not self.done():  # nothing in flight and nothing ready: a bug in the dependency rules
+            stuck = {n: sorted(self.candidates(st) - set(st.state)) for n, st in self.stages.items() if not st.complete()}
+            raise RuntimeError(f"build-dataset dispatcher stopped with units left and nothing ready: {stuck}")
+
+    def _advance(self, cb: Callbacks, futures: dict[Any, tuple[_Stage, int]]) -> None:
+        """Plan what can be planned, block what cannot run, submit what is ready; repeat until nothing changes
+        (a stage finishing entirely from cache can make the next one plannable at once)."""
+        cb.refresh()
+        changed = True
+        while changed:
+            changed = False
+            for name in self.order:
+                st = self.stages[name]
+                if st.plan is None and self._inputs_complete(st):
+                    self._plan(cb, st)
+                    changed = True
+                elif st.plan is None and st.peek_stale and self._shards_from_plan(st):
+                    st.peeked, st.peek_stale = set(cb.peek(st.spec)), False
+                for shard in sorted(self.candidates(st) - set(st.state) - st.running):
+                    ready = self._input_state(st, shard)
+                    if ready == FAILED:
+                        self._block(st, shard)
+                        changed = True
+                    elif ready == OK and self._planned(cb, st, shard):
+                        summaries, to_run = cb.cached(st.spec, [shard]) if st.plan is None else ([], [shard])
+                        if summaries and not to_run:
+                            self._record(st, summaries)
+                            st.state[shard] = OK
+                            self._progress(st).update(summaries)
+                        else:
+                            futures[cb.submit(st.spec, shard)] = (st, shard)
+                            st.running.add(shard)
+                        changed = True
+                if st.complete() and not st.released:
+                    st.released = True
+                    cb.release(st.spec)
+
+    def _planned(self, cb: Callbacks, st: _Stage, shard: int) -> bool:
+        """Whether ``shard`` is in the stage's plan: the final one, or (before it) the plan as of now."""
+        if st.plan is not None:
+            return shard in st.plan
+        if shard not in st.peeked and st.peek_stale:
+            st.peeked, st.peek_stale = set(cb.peek(st.spec)), False
+        return shard in st.peeked
+
+    def _block(self, st: _Stage, shard: int) -> None:
+        st.state[shard] = BLOCKED
+        self.blocked.setdefault(st.spec.name, []).append(shard)
+
+    def _plan(self, cb: Callbacks, st: _Stage) -> None:
+        # Candidates whose input failed are blocked (and reported) even if the final plan no longer lists them.
+        for shard in self.candidates(st) - set(st.state) - st.running:
+            if self._input_state(st, shard) == FAILED:
+                self._block(st, shard)
+        planned = list(cb.plan(st.spec))
+        self.plans[st.spec.name] = planned
+        if self.shards is not None and (unknown := sorted(self.shards - set(planned))):
+            raise UnknownShardError(
+                f"stage {st.spec.name!r} has no shard(s) {unknown} for dataset {self.config.name!r}; planned shards: "
+                f"{planned[:20]}{' ...' if len(planned) > 20 else ''}")
+        selected = [s for s in planned if self.shards is None or s in self.shards]
+        # what already ran or was blocked before the final plan stays part of it
+        st.plan = sorted(set(selected) | set(st.state) | st.running)
+        cb.log(f"stage {st.spec.name}: {len(selected)} of {len(planned)} shards selected")
+        # Shards not yet resolved whose inputs are ready: one cached check for all of them (index snapshot reads).
+        todo = [s for s in selected if s not in st.state and s not in st.running and self._input_state(st, s) == OK]
+        cached, _ = cb.cached(st.spec, todo) if todo else ([], [])
+        if cached:
+            self._record(st, cached)
+            by_shard: dict[int, list[dict[str, Any]]] = {}
+            for s in cached:
+                by_shard.setdefault(s["shard"], []).append(s)
+            for shard, units in by_shard.items():
+                st.state[shard] = OK
+                self._progress(st).update(units)
+            cb.log(f"stage {st.spec.name}: {len(by_shard)} shard(s) already committed (cached)")
+        self._progress(st).total = len(st.plan)
+
+    def _finish(self, cb: Callbacks, st: _Stage, shard: int, fut: Any) -> None:
+        st.running.discard(shard)
+        try:
+            units = cb.result(fut)
+            st.state[shard] = OK
+        except Exception as exc:  # retries exhausted: what reads this unit is blocked; the rest goes on
+            st.state[shard] = FAILED
+            units = [{"unit": f"{self.config.name}/{st.spec.name}/shard-{shard:05d}", "stage": st.spec.name,
+                      "artifacts": list(st.spec.dataset_artifacts(self.config)), "shard": shard, "status": "failed",
+                      "rows": 0, "errors": 0, "uris": [], "error": f"{type(exc).__name__}: {exc}"}]
+        self._record(st, units)
+        self._progress(st).update(units)
+
+    def _progress(self, st: _Stage) -> Progress:
+        if st.progress is None:
+            st.progress = Progress(st.spec.name, len(self.candidates(st)))
+        return st.progress
+
+    def _log_progress(self, cb: Callbacks) -> None:
+        for st in self.stages.values():
+            if st.progress is not None and (st.running or not st.complete()):
+                cb.log(st.progress.line())
+
+    def not_run(self) -> list[str]:
+        """Stages never planned (an earlier failure or a planning error stopped the run first)."""
+        return [n for n in self.order if self.stages[n].plan is None]
