@@ -111,7 +111,7 @@ class ShardDag:
             if needed is None:  # every unit of the input stage
                 if any(v != OK for v in inp.state.values()):
                     return FAILED
-                if not inp.complete():
+                if not (inp.complete() or (self.pipelined and inp.spec.whole_dataset and self._settled(inp))):
                     return None
                 continue
             for m in needed:
@@ -121,6 +121,12 @@ class ShardDag:
                 elif inp.plan is None or m in inp.plan:  # not resolved yet (or its stage not planned yet)
                     return None
         return OK
+
+    def _settled(self, st: _Stage) -> bool:
+        """A whole-dataset stage whose units (as its plan lists them now) all committed, before its final plan:
+        e.g. tokenizers trained on their declared subset while other shards are still being labelled."""
+        units = self.candidates(st)
+        return bool(units) and not st.running and all(st.state.get(s) == OK for s in units)
 
     def _inputs_complete(self, st: _Stage) -> bool:
         return all(self.stages[i].complete() for i in st.inputs)

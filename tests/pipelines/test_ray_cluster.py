@@ -58,10 +58,10 @@ def test_build_dataset_runs_on_both_nodes_and_a_pseudolabel_rerun_joins_the_clus
     nodes = {n["node_id"] for n in state["nodes"] if n["state"] == "ALIVE"}
     assert len(nodes) == 2
     tasks = state["tasks"]
-    # shard tasks of heavy stages are named <stage>/shard-NNNNN; pseudolabel's Ray Data tasks by their steps
+    # shard tasks of heavy stages are named <stage>/shard-NNNNN; pseudolabel's tasks as pseudolabel/<step>
     assert _nodes_of(tasks, lambda n: n.startswith("ingest/shard-")) == nodes
     assert _nodes_of(tasks, lambda n: n.startswith("tokenize/shard-")) == nodes
-    assert _nodes_of(tasks, lambda n: "MapBatches(decode_step)" in n) == nodes
+    assert _nodes_of(tasks, lambda n: n == "pseudolabel/decode") == nodes
     jobs_before = {j["job_id"] for j in state["jobs"]}
 
     store = ArtifactStore(str(root))
@@ -75,5 +75,5 @@ def test_build_dataset_runs_on_both_nodes_and_a_pseudolabel_rerun_joins_the_clus
     new_jobs = {j["job_id"] for j in state["jobs"]} - jobs_before
     assert len(new_jobs) == 1, state["jobs"]  # the re-run's driver joined this cluster ...
     rerun_tasks = [t for t in state["tasks"] if t["job_id"] in new_jobs]
-    assert _nodes_of(rerun_tasks, lambda n: "MapBatches(decode_step)" in n)  # ... and labelled on it
+    assert _nodes_of(rerun_tasks, lambda n: n == "pseudolabel/decode")  # ... and labelled on it
     assert not _nodes_of(rerun_tasks, lambda n: n.startswith(("ingest/", "tokenize/")))
