@@ -47,16 +47,21 @@ class Callbacks:
 class _Stage:
     spec: StageSpec
     inputs: list[str]  # stages of this run it reads
-    plan: list[int] | None = None  # final plan (selected shards), once its inputs are complete
+    plan: set[int] | None = None  # final plan (selected shards), once its inputs are complete
     peeked: set[int] = field(default_factory=set)
     peek_stale: bool = True
     state: dict[int, str] = field(default_factory=dict)  # shard -> ok / failed / blocked (resolved units)
     running: set[int] = field(default_factory=set)
     progress: Progress | None = None
     released: bool = False
+    bad: int = 0  # units failed or blocked
+    # Shards to look at in the next round (None: all candidates): what a resolution or a plan could have made
+    # ready. Keeps a round's cost proportional to what changed, not to the dataset's shard count.
+    dirty: set[int] | None = None
 
     def complete(self) -> bool:
-        return self.plan is not None and not self.running and all(s in self.state for s in self.plan)
+        # after the final plan every resolved shard is in it (candidates are the plan)
+        return self.plan is not None and not self.running and len(self.state) >= len(self.plan)
 
 
 class ShardDag:
@@ -74,6 +79,8 @@ class ShardDag:
         self._units: list[tuple[int, int, dict[str, Any]]] = []  # (stage position, shard, unit summary)
         self.plans: dict[str, list[int]] = {}  # stage -> its full plan (before the shards filter), for the record
         self.blocked: dict[str, list[int]] = {}
+        self._cands: dict[str, set[int]] = {}  # cache; cleared when a plan or a peek changes
+        self._readers = {n: [m for m in self.order if n in self.stages[m].inputs] for n in self.order}
 
     @property
     def summaries(self) -> list[dict[str, Any]]:
@@ -92,8 +99,14 @@ class ShardDag:
 
     def candidates(self, st: _Stage) -> set[int]:
         """Shards the stage has or may have: its final plan, else what its per-shard inputs have or may have."""
+        name = st.spec.name
+        if name not in self._cands:
+            self._cands[name] = self._candidates(st)
+        return self._cands[name]
+
+    def _candidates(self, st: _Stage) -> set[int]:
         if st.plan is not None:
-            return set(st.plan)
+            return st.plan
         if self._shards_from_plan(st):
             return {s for s in st.peeked if self.shards is None or s in self.shards}
         out: set[int] = set()
@@ -109,7 +122,7 @@ class ShardDag:
             whole = inp.spec.whole_dataset or not self.pipelined
             needed = None if whole else st.spec.shards_read(self.config, shard)
             if needed is None:  # every unit of the input stage
-                if any(v != OK for v in inp.state.values()):
+                if inp.bad:
                     return FAILED
                 if not (inp.complete() or (self.pipelined and inp.spec.whole_dataset and self._settled(inp))):
                     return None
@@ -185,8 +198,11 @@ class ShardDag:
                     self._plan(cb, st)
                     changed = True
                 elif st.plan is None and st.peek_stale and self._shards_from_plan(st):
-                    st.peeked, st.peek_stale = set(cb.peek(st.spec)), False
-                for shard in sorted(self.candidates(st) - set(st.state) - st.running):
+                    self._set_peeked(st, cb.peek(st.spec))
+                cands = self.candidates(st)
+                look = cands if st.dirty is None else st.dirty & cands
+                st.dirty = set()
+                for shard in sorted(s for s in look if s not in st.state and s not in st.running):
                     ready = self._input_state(st, shard)
                     if ready == FAILED:
                         self._block(st, shard)
@@ -195,7 +211,7 @@ class ShardDag:
                         summaries, to_run = cb.cached(st.spec, [shard]) if st.plan is None else ([], [shard])
                         if summaries and not to_run:
                             self._record(st, summaries)
-                            st.state[shard] = OK
+                            self._resolve(st, shard, OK)
                             self._progress(st).update(summaries)
                         else:
                             futures[cb.submit(st.spec, shard)] = (st, shard)
@@ -210,11 +226,31 @@ class ShardDag:
         if st.plan is not None:
             return shard in st.plan
         if shard not in st.peeked and st.peek_stale:
-            st.peeked, st.peek_stale = set(cb.peek(st.spec)), False
+            self._set_peeked(st, cb.peek(st.spec))
         return shard in st.peeked
 
+    def _set_peeked(self, st: _Stage, shards: list[int]) -> None:
+        new = set(shards)
+        st.peek_stale = False
+        if new != st.peeked:
+            st.peeked, st.dirty = new, None
+            self._cands.clear()
+
+    def _resolve(self, st: _Stage, shard: int, state: str) -> None:
+        """A unit is done, cached, failed or blocked: mark what may read it for the next round."""
+        st.state[shard] = state
+        st.bad += state != OK
+        for name in self._readers[st.spec.name]:
+            reader = self.stages[name]
+            if reader.dirty is None:
+                continue
+            if st.spec.whole_dataset or not self.pipelined or reader.spec.reads_shards is not None:
+                reader.dirty = None
+            else:
+                reader.dirty.add(shard)
+
     def _block(self, st: _Stage, shard: int) -> None:
-        st.state[shard] = BLOCKED
+        self._resolve(st, shard, BLOCKED)
         self.blocked.setdefault(st.spec.name, []).append(shard)
 
     def _plan(self, cb: Callbacks, st: _Stage) -> None:
@@ -230,7 +266,11 @@ class ShardDag:
                 f"{planned[:20]}{' ...' if len(planned) > 20 else ''}")
         selected = [s for s in planned if self.shards is None or s in self.shards]
         # what already ran or was blocked before the final plan stays part of it
-        st.plan = sorted(set(selected) | set(st.state) | st.running)
+        st.plan = set(selected) | set(st.state) | st.running
+        self._cands.clear()
+        st.dirty = None
+        for name in self._readers[st.spec.name]:
+            self.stages[name].dirty = None
         cb.log(f"stage {st.spec.name}: {len(selected)} of {len(planned)} shards selected")
         # Shards not yet resolved whose inputs are ready: one cached check for all of them (index snapshot reads).
         todo = [s for s in selected if s not in st.state and s not in st.running and self._input_state(st, s) == OK]
@@ -241,7 +281,7 @@ class ShardDag:
             for s in cached:
                 by_shard.setdefault(s["shard"], []).append(s)
             for shard, units in by_shard.items():
-                st.state[shard] = OK
+                self._resolve(st, shard, OK)
                 self._progress(st).update(units)
             cb.log(f"stage {st.spec.name}: {len(by_shard)} shard(s) already committed (cached)")
         self._progress(st).total = len(st.plan)
@@ -250,9 +290,9 @@ class ShardDag:
         st.running.discard(shard)
         try:
             units = cb.result(fut)
-            st.state[shard] = OK
+            self._resolve(st, shard, OK)
         except Exception as exc:  # retries exhausted: what reads this unit is blocked; the rest goes on
-            st.state[shard] = FAILED
+            self._resolve(st, shard, FAILED)
             units = [{"unit": f"{self.config.name}/{st.spec.name}/shard-{shard:05d}", "stage": st.spec.name,
                       "artifacts": list(st.spec.dataset_artifacts(self.config)), "shard": shard, "status": "failed",
                       "rows": 0, "errors": 0, "uris": [], "error": f"{type(exc).__name__}: {exc}"}]
