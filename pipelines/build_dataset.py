@@ -123,7 +123,7 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
         plan=lambda spec: plan_shards(spec.name, targets[spec.name], cfg, store.root_uri, storage_options),
         peek=lambda spec: plan_job(targets[spec.name], cfg, store.root_uri, storage_options),
         cached=cached, submit=submit, wait=lambda futures, timeout: wait(futures, timeout=timeout).done,
-        result=lambda fut: fut.result(), log=logger.info, refresh=store.invalidate,
+        result=lambda fut: fut.result(), log=logger.info, refresh=store.invalidate, max_in_flight=MAX_PARALLEL_UNITS,
         release=lambda spec: spec.release() if spec.release and ray_state["connected"] else None)
     error: Exception | None = None  # a failure outside the units (planning, the cached check, Ray start)
     try:

@@ -40,6 +40,7 @@ class Callbacks:
     result: Callable[[Any], list[dict[str, Any]]]  # a finished future's unit summaries; raises if it failed
     log: Callable[[str], None] = print
     refresh: Callable[[], None] = lambda: None  # before each round of checks: see what was committed since
+    max_in_flight: int | None = None  # units submitted and not finished at most (None: no bound)
     release: Callable[[StageSpec], None] = lambda spec: None  # a stage has no unit left to run
 
 
@@ -54,6 +55,7 @@ class _Stage:
     running: set[int] = field(default_factory=set)
     progress: Progress | None = None
     released: bool = False
+    ready: set[int] = field(default_factory=set)  # inputs committed, not cached, waiting for room to run
     bad: int = 0  # units failed or blocked
     # Shards to look at in the next round (None: all candidates): what a resolution or a plan could have made
     # ready. Keeps a round's cost proportional to what changed, not to the dataset's shard count.
@@ -61,7 +63,7 @@ class _Stage:
 
     def complete(self) -> bool:
         # after the final plan every resolved shard is in it (candidates are the plan)
-        return self.plan is not None and not self.running and len(self.state) >= len(self.plan)
+        return self.plan is not None and not self.running and not self.ready and len(self.state) >= len(self.plan)
 
 
 class ShardDag:
@@ -202,7 +204,7 @@ class ShardDag:
                 cands = self.candidates(st)
                 look = cands if st.dirty is None else st.dirty & cands
                 st.dirty = set()
-                for shard in sorted(s for s in look if s not in st.state and s not in st.running):
+                for shard in sorted(s for s in look if s not in st.state and s not in st.running and s not in st.ready):
                     ready = self._input_state(st, shard)
                     if ready == FAILED:
                         self._block(st, shard)
@@ -214,12 +216,24 @@ class ShardDag:
                             self._resolve(st, shard, OK)
                             self._progress(st).update(summaries)
                         else:
-                            futures[cb.submit(st.spec, shard)] = (st, shard)
-                            st.running.add(shard)
+                            st.ready.add(shard)
                         changed = True
                 if st.complete() and not st.released:
                     st.released = True
                     cb.release(st.spec)
+        self._submit(cb, futures)
+
+    def _submit(self, cb: Callbacks, futures: dict[Any, tuple[_Stage, int]]) -> None:
+        """Submit ready units up to ``max_in_flight``, later stages first, then lower shards: a shard flows
+        through the stages instead of queueing behind every shard of an earlier stage (the task runner's
+        queue is first in, first out)."""
+        room = (cb.max_in_flight or 1 << 62) - len(futures)
+        for st in reversed([self.stages[n] for n in self.order]):
+            for shard in sorted(st.ready)[:max(room, 0)]:
+                st.ready.discard(shard)
+                futures[cb.submit(st.spec, shard)] = (st, shard)
+                st.running.add(shard)
+                room -= 1
 
     def _planned(self, cb: Callbacks, st: _Stage, shard: int) -> bool:
         """Whether ``shard`` is in the stage's plan: the final one, or (before it) the plan as of now."""

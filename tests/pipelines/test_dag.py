@@ -151,3 +151,13 @@ def test_releases_each_stage_once_when_it_has_no_unit_left():
     ShardDag([INGEST, LABEL, TRAIN, TOKENIZE], CONFIG).run(cb)
     assert [n for n, _ in released] == ["ingest", "pseudolabel", "train", "tokenize"]
     assert dict(released)["pseudolabel"] == 11.0  # its last shard ran after ingest's slow one
+
+
+def test_with_bounded_slots_a_shard_flows_through_before_the_next_is_ingested():
+    sim = Sim()
+    cb = sim.callbacks()
+    cb.max_in_flight = 2
+    ShardDag([INGEST, LABEL], CONFIG).run(cb)
+    order = [(st, s) for _, _, st, s in sorted(sim.log, key=lambda e: (e[0], e[2] != "pseudolabel"))]
+    assert order[:4] == [("ingest", 0), ("ingest", 1), ("pseudolabel", 0), ("pseudolabel", 1)]
+    assert max(sum(1 for t0, t1, _, _ in sim.log if t0 <= t < t1) for t in (0.5, 1.5, 2.5, 3.5)) == 2
