@@ -130,7 +130,8 @@ def main() -> None:
                 model_dir = os.path.join(tmp, name)
                 probe.save(model, model_dir)
                 del model
-            lab = ray.remote(BareLoop).options(num_cpus=0.01).remote(name, args.profile, model_dir, args.threads,
+            # no CPU reservation: a reserving actor would hold a slot the stage's decode tasks need (2 CPUs here)
+            lab = ray.remote(BareLoop).options(num_cpus=0).remote(name, args.profile, model_dir, args.threads,
                                                                       args.batch_size)
             st = {k2: v for k2, v in make_labeler(name, args.profile, model_dir, args.threads, args.batch_size)
                   .settings.model_dump().items() if v is not None}
