@@ -26,6 +26,9 @@ import time
 import numpy as np
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# Ray starts its workers at nice 15; on a shared machine they would then get a sliver of the CPU next to
+# everyone's nice-0 jobs, and the figures would measure the neighbours. Bare and stage both run in Ray workers.
+os.environ.setdefault("RAY_worker_niceness", "0")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
