@@ -3,11 +3,12 @@
 Starts a real two-node Ray cluster on this host (1 CPU each by default, token auth on, tests/ray_cluster.py),
 runs ``python -m pipelines run`` into a fresh store, once stage by stage (``--no-pipeline``: every shard of a
 stage before any of the next) and once pipelined (a shard's next stage starts as soon as what it reads is
-committed; tokenize waits for the tokenizers, trained on their declared subset), alternating, and prints the
-flow's own duration (from its run record) for each and their ratio.
+committed; tokenize waits for the tokenizers, trained on their declared subset), alternating which goes first
+each round, and prints the flow's own duration (from its run record) for each and their ratio (means over
+rounds).
 
     PYTHONPATH=. python bench/bench_pipelining.py                               # the demo preset
-    PYTHONPATH=. python bench/bench_pipelining.py --set tokenize.train.steps=20 --rounds 1
+    PYTHONPATH=. python bench/bench_pipelining.py --set tokenize.train.steps=30 --rounds 2
 """
 
 from __future__ import annotations
@@ -28,12 +29,15 @@ def main() -> None:
     ap.add_argument("--dataset", default="demo", help="preset or YAML path")
     ap.add_argument("--cpus-per-node", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=1, help="barrier / pipelined pairs")
+    ap.add_argument("--pipelined-first", action="store_true", help="start round 0 with the pipelined build")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="dataset config override")
     args = ap.parse_args()
     times: dict[str, list[float]] = {"stage by stage": [], "pipelined": []}
     with tempfile.TemporaryDirectory(prefix="bench-pipe-") as tmp:
+        runs = [("stage by stage", ["--no-pipeline"]), ("pipelined", [])]
         for r in range(args.rounds):
-            for name, extra in (("stage by stage", ["--no-pipeline"]), ("pipelined", [])):
+            # alternate which goes first, so a load that drifts over the run does not favour one side
+            for name, extra in (runs if (r + args.pipelined_first) % 2 == 0 else runs[::-1]):
                 flow, _ = build_on(2, args.cpus_per_node, args.dataset, args.set, Path(tmp) / f"{r}-{extra}", extra)
                 times[name].append(flow)
                 print(f"round {r}: {name:<15} makespan {flow:7.1f} s", flush=True)
