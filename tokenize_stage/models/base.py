@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
+
+from fourm_core.checkpoints import read_state_dict
 
 from .config import parse_config
 
@@ -116,8 +118,8 @@ def _read(directory: str, source: str, tokenizer: str | None) -> tuple[Any, dict
         config_path, weights_path = _files_in(directory)
         raw_cfg = json.loads(Path(config_path).read_text())
         if not ml4m.is_ml4m_config(raw_cfg):
-            return parse_config(raw_cfg), load_file(weights_path)
-        raw_sd, hint = load_file(weights_path), source
+            return parse_config(raw_cfg), read_state_dict(weights_path)
+        raw_sd, hint = read_state_dict(weights_path), source
     shapes = {k: tuple(v.shape) for k, v in raw_sd.items()}
     config = ml4m.config_from_ml4m(raw_cfg, shapes, tokenizer=tokenizer, hint=hint)
     return config, ml4m.state_dict_from_ml4m(raw_sd, config)
