@@ -24,10 +24,10 @@ GT_COLUMNS = {"depth": "depth", "normal": "normal", "semseg": "semseg"}  # token
 
 def tokenizer_name(modality: str) -> str | None:
     """The registry tokenizer of ``modality`` ('wordpiece+pose_vq' -> 'pose_vq'), or None if it has none."""
-    from tokenize_stage.registry import _sub_tokenizer
+    from tokenize_stage.registry import sub_tokenizer
 
     tok = get_modality(modality).tokenizer
-    return _sub_tokenizer(tok) if tok else None
+    return sub_tokenizer(tok) if tok else None
 
 
 def tokenizer_manifest(store: ArtifactStore, cfg: EvalConfig, modality: str) -> Manifest | None:

@@ -82,7 +82,7 @@ def _stack_tokens(samples: Samples, modality: str, keys: list[str]) -> torch.Ten
 
 def run_evaluation(store: ArtifactStore, cfg: EvalConfig, ckpt: Manifest, plan: EvalPlan) -> EvalOutcome:
     """The computation behind eval_stage.evaluation.evaluate (no caching, no commit)."""
-    from tokenize_stage.models.base import Tokenizer
+    from tokenize_stage.models.hub import from_pretrained
 
     from .generate import TargetStep, generate
     from .report import generation_grid, markdown_report
@@ -91,8 +91,8 @@ def run_evaluation(store: ArtifactStore, cfg: EvalConfig, ckpt: Manifest, plan: 
     timings: dict[str, float] = {}
     torch.manual_seed(cfg.seed)
     model = load_checkpoint(store, ckpt, cfg.device)
-    tokenizers = {m: Tokenizer.from_pretrained(store.uri(store.artifact_dir(tm.dataset, tm.artifact)),
-                                               **store.storage_options).to(cfg.device).eval()
+    tokenizers = {m: from_pretrained(store.uri(store.artifact_dir(tm.dataset, tm.artifact)),
+                                     **store.storage_options).to(cfg.device).eval()
                   for m, tm in plan.tokenizers.items()}
     timings["load"] = time.perf_counter() - t_start
     ds, keys = cfg.dataset, plan.keys
