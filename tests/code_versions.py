@@ -35,7 +35,7 @@ ENTRIES: dict[str, tuple[str | list[str], list[str]]] = {
                          ["tokenize_stage/captions.py", "tokenize_stage/text/*.py"]),
     "tokenize.sequences": ("tokenize_stage/sequences.py:CODE_VERSION",
                            ["tokenize_stage/sequences.py", "tokenize_stage/seq_geometry.py",
-                            "tokenize_stage/text/serialise/*.py"]),
+                            "tokenize_stage/text/serialise/*.py", "fourm_core/structured.py"]),
     "tokenize.fused": ("tokenize_stage/fused.py:CODE_VERSION", ["tokenize_stage/fused.py"]),
     "tokenize.train": ("tokenize_stage/train_tokenizer.py:CODE_VERSION", ["tokenize_stage/train_tokenizer.py"]),
     "train": ("train_stage/trainer.py:CODE_VERSION",

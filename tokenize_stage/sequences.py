@@ -51,18 +51,17 @@ from fourm_core.config import StrictModel
 from fourm_core.manifest import Manifest, ModelRef
 from fourm_core.modalities import MODALITIES, Modality
 from fourm_core.store import ArtifactStore
+from fourm_core.structured import Box, ColorPalette, ColorPaletteSet, Detections, HumanPoses, Metadata, Person
 from fourm_core.units import SampleError, Unit, UnitOutput, UnitResult, run_unit
 
 from .captions import text_tokenizer
 from .committed import load_committed
 from .crops import Crop, CropConfig, crop_for
 from .registry import sub_tokenizer
-from .seq_geometry import (crop_boxes, crop_mask, in_box_mask, persons_of_row, sam_row_masks, tight_box,
-                           transform_person)
+from .seq_geometry import crop_boxes, crop_mask, in_box_mask, persons_of_row, sam_row_masks, tight_box, transform_person
 from .text.serialise import PARSED_TYPES, SERIALISERS, STRUCTURED_TYPES, token_budget
 from .text.serialise import color_palette as palette_ser
 from .text.serialise import sam_instance as sam_ser
-from .text.serialise.types import Box, ColorPalette, ColorPaletteSet, Detections, HumanPoses, Metadata, Person
 from .train_tokenizer import tokenizer_artifact, trained_ref
 
 CODE_VERSION = "tokenize.sequences/3"  # 3: the reference's serialisation conventions (det order and rounding, metadata bins)

@@ -231,7 +231,7 @@ def test_det_sequences_parse_back_to_boxes():
     from eval_stage.boxes_eval import class_prior, parse_det
     from tokenize_stage.captions import text_tokenizer
     from tokenize_stage.text.serialise import det
-    from tokenize_stage.text.serialise.types import Box, Detections
+    from fourm_core.structured import Box, Detections
 
     tok, _ = text_tokenizer(None)
     dets = Detections(boxes=[Box(xyxy=(0.1, 0.2, 0.5, 0.6), class_name="cup", score=0.9),
