@@ -232,6 +232,7 @@ def test_keep_all_puts_the_whole_caption_in_the_input():
 def test_unpadded_sequence_narrower_than_half_the_budget():
     """A direct caller may pass a sequence tensor only as wide as its longest sample (2W + 1 <= max_tokens)."""
     mods = ["caption", "tok_depth@224"]
+    rebuilt = 0
     for mode in ("reference", "fill"):
         r = raw(mods, B=8)
         r.tokens["caption"] = r.tokens["caption"][:, :10]
@@ -242,8 +243,12 @@ def test_unpadded_sequence_narrower_than_half_the_budget():
             inp = b.enc_tokens[i][b.enc_modality[i] == mid].tolist()
             sel = b.dec_modality[i] == mid
             tgt = b.dec_tokens[i][sel].tolist() + b.dec_labels[i][sel].tolist()[-1:]
-            if len(tgt) and tgt[-1] - SENTINEL0 == sum(SENTINEL0 <= t < SENTINEL0 + 200 for t in inp) + 1:
+            # a whole target (not cut to a window: from [S_1] to the sentinel after the input's last) rebuilds it
+            whole = len(tgt) and tgt[0] == SENTINEL0 + 1
+            if whole and tgt[-1] - SENTINEL0 == sum(SENTINEL0 <= t < SENTINEL0 + 200 for t in inp) + 1:
                 assert reconstruct(inp, tgt) == r.tokens["caption"][i, : int(r.lengths["caption"][i])].tolist() + [EOS]
+                rebuilt += 1
+    assert rebuilt >= 4
 
 
 def test_fill_mode_uses_more_tokens_than_reference():

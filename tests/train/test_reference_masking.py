@@ -34,40 +34,38 @@ def test_span_masking_vectors(modality, case):
     m = case["masking"]
     chunked = modality == "metadata"
     ids = [t for c in case["chunk_token_ids"] for t in c] if chunked else case["token_ids"]
-    tok, n = with_eos(torch.tensor([ids + [0]], dtype=torch.long), torch.tensor([len(ids)]),
-                      torch.tensor([True]), m["max_tokens"])
+    tok, n = with_eos(np.array([ids + [0]]), np.array([len(ids)]), np.array([True]), m["max_tokens"])
     before = [t for c in m["sequence_before_masking"] for t in c] if chunked else m["sequence_before_masking"]
-    assert tok[0, : int(n)].tolist() == before  # [EOS] appended, truncated to max_tokens (metadata: whole chunks)
+    assert tok[0, : int(n[0])].tolist() == before  # [EOS] appended, truncated to max_tokens (metadata: whole chunks)
     masked = m["span_masking_calls"][-1]["masked"]
     if chunked:  # the keep pattern is per chunk: spread it over the chunk's tokens
         masked = [x for x, c in zip(masked, m["sequence_before_masking"]) for _ in c]
-    kept = torch.zeros_like(tok, dtype=torch.bool)
-    kept[0, : len(masked)] = ~torch.tensor(masked)
-    budget_in, budget_out = torch.tensor([m["input_budget"]]), torch.tensor([m["target_budget"]])
-    in_ids, in_len, tgt, tgt_len, is_sent = span_mask(tok, n, kept, budget_in)
-    assert in_ids[0, : int(in_len)].tolist() == m["input_ids"]
+    kept = np.zeros(tok.shape, dtype=bool)
+    kept[0, : len(masked)] = ~np.array(masked, dtype=bool)
+    budget_in, budget_out = np.array([m["input_budget"]]), np.array([m["target_budget"]])
+    sp = span_mask(tok, n, kept, budget_in)
+    assert sp.in_ids[0, : int(sp.in_len[0])].tolist() == m["input_ids"]
     # the reference draws the truncation start with np.random.randint(max(1, n_sentinels - 1)) after seeding
-    n_choices = max(1, int(is_sent.sum()) - 1)
+    n_choices = max(1, int(sp.n_sent[0]) - 1)
     np.random.seed(m["seed"])
-    u = torch.tensor([(np.random.randint(n_choices) + 0.5) / n_choices])
-    start, width = target_window(tgt_len, is_sent, budget_out, u)
-    assert tgt[0, int(start): int(start + width)].tolist() == m["target_ids"]
+    u = np.array([(np.random.randint(n_choices) + 0.5) / n_choices])
+    start, width = target_window(sp.tgt_len, sp.sent_pos, sp.n_sent, budget_out, u)
+    assert sp.tgt[0, int(start[0]): int(start[0] + width[0])].tolist() == m["target_ids"]
 
 
 def test_keep_probability_decays_until_the_input_fits():
     """Inputs over budget are re-masked with keep_prob * 0.9 until they fit; the rest keep their first draw."""
-    g = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
     B, L = 4000, 60
-    n = torch.full((B,), L)
-    budget = torch.tensor([1, 5, 30, 200]).repeat(B // 4)
-    kept = draw_kept(n, torch.full((B,), 0.7), budget, L, 1, g)
-    valid = torch.ones(B, L, dtype=torch.bool)
-    _, in_len, *_ = span_mask(torch.arange(L).repeat(B, 1) + 300, n, kept, budget)
-    assert (in_len <= budget).all()
+    n = np.full(B, L)
+    budget = np.tile([1, 5, 30, 200], B // 4)
+    kept = draw_kept(n, np.full(B, 0.7), budget, L, 1, rng)
+    sp = span_mask(np.arange(L)[None].repeat(B, 0) + 300, n, kept, budget)
+    assert (sp.in_len <= budget).all()
     # a generous budget never triggers a redraw: those rows keep ~70 % of their tokens
-    assert kept[budget == 200].float().mean() == pytest.approx(0.7, abs=0.01)
-    assert kept[budget == 1].sum() == 0 and valid.any()  # one token of input: the single sentinel [S_1]
-    zero = draw_kept(n[:8], torch.full((8,), 0.7), torch.zeros(8, dtype=torch.long), L, 1, g)
+    assert kept[budget == 200].mean() == pytest.approx(0.7, abs=0.01)
+    assert kept[budget == 1].sum() == 0  # one token of input: the single sentinel [S_1]
+    zero = draw_kept(n[:8], np.full(8, 0.7), np.zeros(8, dtype=np.int64), L, 1, rng)
     assert not zero.any()
 
 
