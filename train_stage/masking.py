@@ -159,6 +159,42 @@ def allocate(p: torch.Tensor, cap: torch.Tensor, budget: int) -> torch.Tensor:
     return k.long()
 
 
+def split_cells(k_in: np.ndarray, k_all: np.ndarray, L: int, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint uniform input / target cells of B grids of L cells: k_in (B,) inputs, k_all - k_in targets.
+
+    Each cell gets a random key; a row's k_in lowest keys are its inputs, the next ones up to k_all its
+    targets. One row-wise sort gives the thresholds (the (k+1)-th lowest key), one scan the selected cells.
+    Returns the selected cells as flat indices into (B, L), ascending, and whether each is an input. A tie at
+    a threshold (float32 keys: about one row in 10^5) would select one cell too many or too few: such rows
+    are drawn again, which keeps the subsets uniform.
+    """
+    B = k_in.shape[0]
+    rows = np.arange(B)
+    out_f, out_in = [], []
+    todo = rows
+    while todo.size:
+        n = todo.size
+        keys = rng.random((n, L), dtype=np.float32)
+        ordered = np.sort(keys, axis=1)
+        at = np.arange(n) * L
+        thr_in = np.where(k_in[todo] < L, ordered.reshape(-1)[at + np.minimum(k_in[todo], L - 1)], np.inf)
+        thr_all = np.where(k_all[todo] < L, ordered.reshape(-1)[at + np.minimum(k_all[todo], L - 1)], np.inf)
+        f = np.flatnonzero(keys < thr_all.astype(np.float32)[:, None])
+        r = f // L
+        is_in = keys.reshape(-1)[f] < thr_in[r]
+        ok = (np.bincount(r, minlength=n) == k_all[todo]) & (np.bincount(r[is_in], minlength=n) == k_in[todo])
+        if n == B and ok.all():
+            return f, is_in
+        keep = ok[r]
+        out_f.append(todo[r[keep]] * L + f[keep] % L)
+        out_in.append(is_in[keep])
+        todo = todo[~ok]
+    f, is_in = np.concatenate(out_f), np.concatenate(out_in)
+    order = np.argsort(f)
+    return f[order], is_in[order]
+
+
 # ----------------------------------------------------------------------------------------- masker
 
 
@@ -198,7 +234,7 @@ class Masker:
         self.seq_idx = [i for i, m in enumerate(self.mods) if not m.is_image_like]
         self.max_tokens = torch.tensor([m.max_tokens for m in self.mods])
         self.is_image = torch.tensor([m.is_image_like for m in self.mods])
-        # numpy copies of the static tables, and the image-like modalities grouped by grid size
+        # numpy copies of the static tables
         self._alpha_in = self.alpha_in.double().numpy()
         self._alpha_out = self.alpha_out.double().numpy()
         self._keep = self.keep.numpy()
@@ -210,9 +246,6 @@ class Masker:
         self._max_tokens = self.max_tokens.numpy()
         self._is_image = self.is_image.numpy()
         self._mids = [MODALITY_INDEX[m] for m in self.modalities]
-        self._by_len: dict[int, list[int]] = {}
-        for i in self.image_idx:
-            self._by_len.setdefault(self.mods[i].max_tokens, []).append(i)
 
     # ---------------------------------------------------------------------------------- pieces
 
@@ -253,7 +286,7 @@ class Masker:
         n = _np(raw.lengths[mod.name]).astype(np.int64) if mod.name in raw.lengths else np.zeros(B, np.int64)
         if mod.kind == ModalityKind.EMBEDDING_SEQ:
             L = min(raw.embeddings[mod.name].shape[1], mod.max_tokens) if mod.name in raw.embeddings else 1
-            tok = np.broadcast_to(np.arange(L, dtype=np.int64) + _EMB_OFFSET, (B, L))
+            tok = np.broadcast_to(np.arange(L, dtype=np.int32) + _EMB_OFFSET, (B, L))
             return tok, np.where(present, np.minimum(n, L), 0)
         tok = _np(raw.tokens[mod.name]) if mod.name in raw.tokens else np.zeros((B, 1), dtype=np.int64)
         return with_eos(tok, n, present, mod.max_tokens)
@@ -319,26 +352,18 @@ class Masker:
 
         enc = _Layout(B, self.input_budget, len(self.mods))
         dec = _Layout(B, self.target_budget, len(self.mods))
-        # image-like modalities, all of one grid size at once (rows: modality-major): each cell gets a uniform
-        # key; a row's k_in lowest keys are its inputs, the next k_out its targets (disjoint, uniform subsets).
-        # A row-wise sort of the keys gives the two thresholds.
-        for L, idx in self._by_len.items():
-            kin = np.where(present[:, idx], k_in[:, idx], 0).T.ravel()
-            kall = kin + np.where(present[:, idx], k_out[:, idx], 0).T.ravel()
-            R = kin.shape[0]
-            keys = rng.random((R, L))
-            ordered = np.sort(keys, axis=1)
-            rows = np.arange(R)
-            thr_in = np.where(kin > 0, ordered[rows, np.clip(kin - 1, 0, L - 1)], -1.0)[:, None]
-            thr_all = np.where(kall > 0, ordered[rows, np.clip(kall - 1, 0, L - 1)], -1.0)[:, None]
-            is_in = keys <= thr_in
-            is_out = (keys <= thr_all) & ~is_in
-            for jj, i in enumerate(idx):
-                part = slice(jj * B, (jj + 1) * B)
-                ids = self._grid_ids(i, raw, B)
-                enc.add_cells(i, self._mids[i], is_in[part], ids)
-                if self.mods[i].is_target:
-                    dec.add_cells(i, self._mids[i], is_out[part], ids)
+        # image-like modalities: uniform disjoint input / target cells per sample (see split_cells)
+        for i in self.image_idx:
+            L = self.mods[i].max_tokens
+            kin = np.where(present[:, i], k_in[:, i], 0)
+            kall = kin + np.where(present[:, i], k_out[:, i], 0)
+            f, inp = split_cells(kin, kall, L, rng)
+            b, c = np.divmod(f, L)
+            tok = self._grid_ids(i, raw, B).reshape(-1)[f].astype(np.int64, copy=False)
+            enc.add_cells(i, self._mids[i], b[inp], c[inp], tok[inp])
+            if self.mods[i].is_target:
+                out = ~inp
+                dec.add_cells(i, self._mids[i], b[out], c[out], tok[out])
 
         for i in self.seq_idx:
             mod, sp = self.mods[i], seqs[i]
@@ -357,9 +382,9 @@ class Masker:
             n_dec = np.clip(np.minimum(width - 1, min(mod.max_tokens + 1, self.target_budget)), 0, None)
             Lw = int(n_dec.max()) if B else 0
             W = sp.tgt.shape[1]
-            at = start[:, None] + np.arange(Lw)[None]
-            here = np.take_along_axis(sp.tgt, np.minimum(at, W - 1), 1)
-            after = np.take_along_axis(sp.tgt, np.minimum(at + 1, W - 1), 1)
+            at = np.minimum(start[:, None] + np.arange(Lw + 1)[None], W - 1) + (np.arange(B) * W)[:, None]
+            window = sp.tgt.reshape(-1)[at]  # (B, Lw + 1): the window and the token after it
+            here, after = window[:, :-1], window[:, 1:]
             dec.add_prefix(i, self._mids[i], here, n_dec, after)
 
         enc_tokens, enc_positions, enc_modality, _, enc_valid = enc.assemble()
@@ -386,13 +411,11 @@ class _Layout:
         self.counts = np.zeros((B, n_mods), dtype=np.int64)
         self.blocks: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 
-    def add_cells(self, i: int, mid: int, mask: np.ndarray, ids: np.ndarray) -> None:
-        """Modality ``i`` (registry index ``mid``) takes the cells ``mask`` (B, L) of its grid ``ids`` (B, L);
-        the label of a cell is its token."""
-        rows, cells = np.nonzero(mask)
+    def add_cells(self, i: int, mid: int, rows: np.ndarray, cells: np.ndarray, tok: np.ndarray) -> None:
+        """Modality ``i`` (registry index ``mid``) takes grid cells (rows and cells sorted row by row, cells
+        ascending within a row) with their tokens; the label of a cell is its token."""
         count = np.bincount(rows, minlength=self.B)
         rank = np.arange(rows.shape[0]) - (np.cumsum(count) - count)[rows]  # slot within the row's block
-        tok = ids[rows, cells].astype(np.int64)
         self.counts[:, i] = count
         self.blocks.append((i, mid, rows, rank, tok, cells, tok))
 
@@ -401,10 +424,11 @@ class _Layout:
         """Modality ``i`` takes the first ``count`` (B,) columns of ``values`` (B, W) (positions 0..count-1)."""
         W = values.shape[1]
         count = np.minimum(count, W)
-        rows, cols = np.nonzero(np.arange(W)[None] < count[:, None])
+        f = np.flatnonzero(np.arange(W)[None] < count[:, None])
+        rows, cols = f // W, f % W
         self.counts[:, i] = count
-        tok = values[rows, cols]
-        self.blocks.append((i, mid, rows, cols, tok, cols, tok if labels is None else labels[rows, cols]))
+        tok = values.reshape(-1)[f]
+        self.blocks.append((i, mid, rows, cols, tok, cols, tok if labels is None else labels.reshape(-1)[f]))
 
     def assemble(self):
         """-> tokens, positions, modality (-1 for padding), labels (IGNORE for padding), valid; each (B, n)."""

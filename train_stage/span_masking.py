@@ -27,7 +27,7 @@ import numpy as np
 
 PAD, EOS, SENTINEL0, N_SENTINELS = 0, 3, 4, 200  # 4M-FACTS §2: [S_k] is id 4 + k
 KEEP_DECAY = 0.9
-DECAY_ROUNDS = 32  # keep-probability attempts screened together (see _decay)
+DECAY_ROUNDS = 16  # keep-probability attempts screened together (see _decay)
 
 
 def sentinel(k: np.ndarray) -> np.ndarray:
@@ -37,7 +37,7 @@ def sentinel(k: np.ndarray) -> np.ndarray:
 
 def with_eos(tok: np.ndarray, length: np.ndarray, present: np.ndarray, max_tokens: int
              ) -> tuple[np.ndarray, np.ndarray]:
-    """Append ``[EOS]`` and truncate to ``max_tokens``: (B, W) ids + (B,) lengths -> (B, L) int64, (B,) int64.
+    """Append ``[EOS]`` and truncate to ``max_tokens``: (B, W) ids + (B,) lengths -> (B, L) int32, (B,) int64.
 
     Absent rows (``present`` False) get length 0. ``tok`` may be narrower than ``max_tokens`` (unpadded).
     The width L is what the longest row needs (at most ``max_tokens``): nothing downstream depends on it.
@@ -46,7 +46,7 @@ def with_eos(tok: np.ndarray, length: np.ndarray, present: np.ndarray, max_token
     n = np.minimum(np.asarray(length, dtype=np.int64), max_tokens)
     out_len = np.where(present, np.minimum(n + 1, max_tokens), 0)
     L = max(1, int(out_len.max()) if B else 1)
-    out = np.zeros((B, L + 1), dtype=np.int64)
+    out = np.zeros((B, L + 1), dtype=np.int32)  # ids fit in 32 bits; half the memory traffic
     w = min(W, L)
     out[:, :w] = tok[:, :w]
     out[:, w:] = PAD  # columns past an unpadded input
@@ -59,7 +59,7 @@ def with_eos(tok: np.ndarray, length: np.ndarray, present: np.ndarray, max_token
 def input_length(kept: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """(B, L) kept / valid tokens -> (B,) input length: kept tokens + one sentinel per masked span."""
     masked = valid & ~kept
-    starts = masked[:, :1].sum(1) + (masked[:, 1:] & ~masked[:, :-1]).sum(1)
+    starts = masked[:, 0].astype(np.int64) + (masked[:, 1:] & ~masked[:, :-1]).sum(1)
     return kept.sum(1) + starts
 
 
@@ -172,18 +172,20 @@ def _realise(nu: np.ndarray, c: np.ndarray, j: np.ndarray, last_kept: np.ndarray
     gaps = random_subset(n_free, j - force_last, G, rng)
     gaps[force_last, c[force_last]] = True
     # gap_of_run[r, q]: index of the q-th non-empty gap
-    rank = np.cumsum(gaps, 1) - 1
-    gap_of_run = np.zeros((R, G + 1), dtype=np.int64)
-    np.put_along_axis(gap_of_run, np.where(gaps, rank, G), np.broadcast_to(np.arange(G), (R, G)), 1)
+    f = np.flatnonzero(gaps)
+    rank = np.cumsum(gaps, 1, dtype=np.int64).ravel()[f] - 1
+    gap_of_run = np.zeros((R, G), dtype=np.int64)
+    gap_of_run.ravel()[(f // G) * G + rank] = f % G
     M = max(int(m.max()), 1) if R else 1
     cuts = random_subset(np.maximum(m - 1, 0), np.maximum(j - 1, 0), M - 1, rng)  # cut after masked unit x
     run = np.zeros((R, M), dtype=np.int64)
-    run[:, 1:] = np.cumsum(cuts, 1)
-    x = np.arange(M)[None]
+    run[:, 1:] = np.cumsum(cuts, 1, dtype=np.int64)
     # masked unit x sits after the kept units of the gaps before its run's gap
-    pos = x + np.take_along_axis(gap_of_run, run, 1)
-    units = np.ones((R, n_units + 1), dtype=bool)
-    np.put_along_axis(units, np.where(x < m[:, None], pos, n_units), False, 1)
+    f = np.flatnonzero(np.arange(M)[None] < m[:, None])
+    r = f // M
+    pos = f % M + gap_of_run.ravel()[r * G + run.ravel()[f]]
+    units = np.ones((R, n_units), dtype=bool)
+    units.ravel()[r * n_units + pos] = False
     return _spread(units, chunk, L) & (np.arange(L)[None] < n[:, None])
 
 
@@ -191,9 +193,9 @@ def _realise(nu: np.ndarray, c: np.ndarray, j: np.ndarray, last_kept: np.ndarray
 class Spans:
     """Span masking of a batch of sequences (B rows, width L).
 
-    in_ids (B, L) int64: the input (kept tokens and span sentinels), PAD after; in_len (B,) its length.
-    tgt (B, 2L + 2) int64: ``[S_1] span_1 ... [S_n] span_n [S_{n+1}]``, PAD after; tgt_len (B,) its length.
-    sent_pos (B, L + 2) int64: positions in ``tgt`` of its sentinels in order, ``2L + 2`` after; n_sent (B,).
+    in_ids (B, L) int32: the input (kept tokens and span sentinels), PAD after; in_len (B,) its length.
+    tgt (B, 2L + 2) int32: ``[S_1] span_1 ... [S_n] span_n [S_{n+1}]``, PAD after; tgt_len (B,) its length.
+    sent_pos (B, L + 2) int32: positions in ``tgt`` of its sentinels in order, ``2L + 2`` after; n_sent (B,).
     """
 
     in_ids: np.ndarray
@@ -219,31 +221,33 @@ def span_mask(tok: np.ndarray, n: np.ndarray, kept: np.ndarray, budget_in: np.nd
     masked = valid & ~kept
     start = masked.copy()
     start[:, 1:] &= ~masked[:, :-1]
-    span = np.cumsum(start, 1)  # 1-based span number of each masked token
+    span = np.cumsum(start, 1, dtype=np.int32)  # 1-based span number of each masked token
     in_keep = kept | start
-    in_vals = np.where(kept, tok, sentinel(span))
-    slot = np.cumsum(in_keep, 1) - 1
-    in_ids = np.zeros((B, L + 1), dtype=np.int64)
-    np.put_along_axis(in_ids, np.where(in_keep, slot, L), in_vals, 1)
-    in_len = np.where(budget_in > 0, slot[:, -1] + 1, 0)
+    slot = np.cumsum(in_keep, 1, dtype=np.int32)  # 1-based input slot of each kept token / span sentinel
+    tok_f, span_f = tok.ravel(), span.ravel()
+    f = np.flatnonzero(in_keep)
+    in_ids = np.zeros(B * L, dtype=np.int32)
+    in_ids[(f // L) * L + slot.ravel()[f] - 1] = np.where(kept.ravel()[f], tok_f[f], sentinel(span_f[f]))
+    in_len = np.where(budget_in > 0, slot[:, -1], 0)
     n_spans = span[:, -1]
-    mcount = np.cumsum(masked, 1)
-    tpos = mcount - 1 + span
+    mcount = np.cumsum(masked, 1, dtype=np.int32)
     body = mcount[:, -1] + n_spans
     W = 2 * L + 2
-    tgt = np.zeros((B, W), dtype=np.int64)
-    r, col = np.nonzero(masked)
-    tgt.ravel()[r * W + tpos[r, col]] = tok[r, col]
-    r, col = np.nonzero(start)
-    s_at = tpos[r, col] - 1
-    s_num = span[r, col]
-    tgt.ravel()[r * W + s_at] = sentinel(s_num)
+    tgt = np.zeros(B * W, dtype=np.int32)
+    f = np.flatnonzero(masked)
+    tgt[(f // L) * W + mcount.ravel()[f] - 1 + span_f[f]] = tok_f[f]
+    f = np.flatnonzero(start)
+    r = f // L
+    s_num = span_f[f]
+    s_at = mcount.ravel()[f] + s_num - 2
+    tgt[r * W + s_at] = sentinel(s_num)
     has = n > 0
-    tgt[rows_b, body] = np.where(has, sentinel(n_spans + 1), PAD)
-    sent_pos = np.full((B, L + 2), W, dtype=np.int64)
-    sent_pos[r, s_num - 1] = s_at
-    sent_pos[rows_b, n_spans] = np.where(has, body, W)
-    return Spans(in_ids[:, :L], in_len, tgt, np.where(has, body + 1, 0), sent_pos, np.where(has, n_spans + 1, 0))
+    tgt[rows_b * W + body] = np.where(has, sentinel(n_spans + 1), PAD)
+    sent_pos = np.full(B * (L + 2), W, dtype=np.int32)
+    sent_pos[r * (L + 2) + s_num - 1] = s_at
+    sent_pos[rows_b * (L + 2) + n_spans] = np.where(has, body, W)
+    return Spans(in_ids.reshape(B, L), in_len, tgt.reshape(B, W), np.where(has, body + 1, 0),
+                 sent_pos.reshape(B, L + 2), np.where(has, n_spans + 1, 0))
 
 
 def target_window(tgt_len: np.ndarray, sent_pos: np.ndarray, n_sent: np.ndarray, budget: np.ndarray,
