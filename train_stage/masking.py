@@ -24,7 +24,7 @@ from fourm_core.modalities import ModalityKind, get_modality
 from .batch import IGNORE, MODALITY_INDEX, MaskedBatch
 from .mixture import MixtureConfig
 from .span_masking import EOS, N_SENTINELS, PAD, SENTINEL0  # noqa: F401  (re-exported: ids used with batches)
-from .span_masking import draw_kept, span_mask, target_window, with_eos
+from .span_masking import FirstDraw, decay, span_mask, target_window, with_eos
 
 _KEEP_CODES = {"random": 0, "all": 1, "binary": 2}
 _EMB_OFFSET = 1 << 20  # T5 embedding rows are masked as ids past every sentinel id
@@ -320,7 +320,7 @@ class Masker:
             cap_out = np.where(self._is_image, max_tokens - k_in, max_tokens)
             k_out = dirichlet_budgets(a_out, self.target_budget, cap_out, rng)
 
-        seqs = {}
+        seqs, draws = {}, {}
         for i in self.seq_idx:
             mod = self.mods[i]
             tok, n_seq = self._sequence(i, raw, present[:, i])
@@ -335,8 +335,16 @@ class Masker:
                 r = np.where(a_in[:, i] == 0, 0.0, r)
                 budget_in = np.where(a_in[:, i] == 0, 0, 2 * tok.shape[1] + 2)
             chunk = self.metadata_chunk if mod.name == "metadata" else 1
-            kept = draw_kept(n_seq, r, budget_in, tok.shape[1], chunk, rng)
-            seqs[i] = span_mask(tok, n_seq, kept, budget_in)
+            draws[i] = (FirstDraw(n_seq, r, budget_in, tok.shape[1], chunk, rng), tok, n_seq, budget_in)
+        # the keep-probability decay of the rows over budget, all sequence modalities in one call
+        over = [d[0] for d in draws.values() if d[0].rows.size]
+        if over:
+            units = decay(*(np.concatenate(x) for x in zip(*(d.decay_args() for d in over))), rng)
+            at = np.cumsum([0] + [d.rows.size for d in over])
+            for d, lo, hi in zip(over, at[:-1], at[1:]):
+                d.set_units(units[lo:hi])
+        for i, (draw, tok, n_seq, budget_in) in draws.items():
+            seqs[i] = span_mask(tok, n_seq, draw.kept, budget_in)
         if not reference:
             cap_in = n.copy()  # image-like: the grid (0 when absent)
             cap_out = np.zeros_like(n)
@@ -387,7 +395,7 @@ class Masker:
             here, after = window[:, :-1], window[:, 1:]
             dec.add_prefix(i, self._mids[i], here, n_dec, after)
 
-        enc_tokens, enc_positions, enc_modality, _, enc_valid = enc.assemble()
+        enc_tokens, enc_positions, enc_modality, _, enc_valid = enc.assemble(with_labels=False)
         dec_tokens, dec_positions, dec_modality, labels, dec_valid = dec.assemble()
         pixels = {m: v for m, v in raw.pixels.items() if m in self.modalities}
         embeddings = {m: v for m, v in raw.embeddings.items() if m in self.modalities}
@@ -430,24 +438,30 @@ class _Layout:
         tok = values.reshape(-1)[f]
         self.blocks.append((i, mid, rows, cols, tok, cols, tok if labels is None else labels.reshape(-1)[f]))
 
-    def assemble(self):
-        """-> tokens, positions, modality (-1 for padding), labels (IGNORE for padding), valid; each (B, n)."""
+    def assemble(self, with_labels: bool = True):
+        """-> tokens, positions, modality (-1 for padding), labels (IGNORE for padding; None without
+        ``with_labels``), valid; each (B, n)."""
         B, n = self.B, self.n
         total = self.counts.sum(1)
         if B and int(total.max()) > n:  # the budgets make this impossible; a bug must not spill into the next row
             raise RuntimeError(f"masking selected {int(total.max())} tokens for {n} slots")
         offset = np.cumsum(self.counts, 1) - self.counts  # (B, M) first slot of each modality's block
+        valid = np.arange(n)[None] < total[:, None]
+        # the modality of each valid slot: each row's blocks in modality order, as long as their counts
+        modality = np.full((B, n), -1, dtype=np.int64)
+        mids = np.zeros(self.counts.shape[1], dtype=np.int64)
+        for i, mid, *_ in self.blocks:
+            mids[i] = mid
+        modality[valid] = np.repeat(np.broadcast_to(mids, self.counts.shape).reshape(-1), self.counts.reshape(-1))
         tokens = np.zeros(B * n, dtype=np.int64)
         positions = np.zeros(B * n, dtype=np.int64)
-        modality = np.full(B * n, -1, dtype=np.int64)
-        labels = np.full(B * n, IGNORE, dtype=np.int64)
-        for i, mid, rows, slot, tok, pos, lab in self.blocks:
-            dest = rows * n + offset[rows, i] + slot
+        labels = np.full(B * n, IGNORE, dtype=np.int64) if with_labels else None
+        for i, _, rows, slot, tok, pos, lab in self.blocks:
+            dest = rows * n + offset[:, i][rows] + slot
             tokens[dest] = tok
             positions[dest] = pos
-            modality[dest] = mid
-            labels[dest] = lab
-        valid = np.arange(n)[None] < total[:, None]
+            if with_labels:
+                labels[dest] = lab
         return (torch.from_numpy(tokens.reshape(B, n)), torch.from_numpy(positions.reshape(B, n)),
-                torch.from_numpy(modality.reshape(B, n)), torch.from_numpy(labels.reshape(B, n)),
+                torch.from_numpy(modality), None if labels is None else torch.from_numpy(labels.reshape(B, n)),
                 torch.from_numpy(valid))

@@ -79,7 +79,9 @@ def random_subset(size: np.ndarray, k: np.ndarray, width: int, rng: np.random.Ge
 
 
 def _spread(units: np.ndarray, chunk: int, L: int) -> np.ndarray:
-    """Unit flags (B, U) -> token flags (B, L)."""
+    """Unit flags (B, U) -> token flags (B, L) (units past U: not kept)."""
+    if units.shape[1] * chunk < L:
+        units = np.pad(units, ((0, 0), (0, -(-L // chunk) - units.shape[1])))
     return units[:, :L] if chunk == 1 else units[:, np.arange(L) // chunk]
 
 
@@ -91,23 +93,47 @@ def draw_kept(n: np.ndarray, keep_prob: np.ndarray, budget: np.ndarray, L: int, 
     sentinels) exceeds ``budget`` (B,) are redrawn with ``keep_prob * 0.9`` until it fits. Rows with a zero
     budget keep nothing (their input is empty, see :func:`span_mask`).
     """
-    B = n.shape[0]
-    n_units = (L + chunk - 1) // chunk
-    nu = (n + chunk - 1) // chunk
-    valid = np.arange(L)[None] < n[:, None]
-    p = np.where(budget > 0, keep_prob, 0.0).astype(np.float64)
-    # float32 uniforms compared with <=, as the reference's torch.rand(n) <= keep_prob
-    u = rng.random((B, n_units), dtype=np.float32)
-    kept = _spread(u <= p.astype(np.float32)[:, None], chunk, L) & valid
-    rows = np.flatnonzero((input_length(kept, valid) > budget) & (budget > 0))
-    if rows.size:
-        kept[rows] = _decay(nu[rows], n[rows], p[rows], budget[rows], n_units, chunk, L, rng)
-    return kept
+    draw = FirstDraw(n, keep_prob, budget, L, chunk, rng)
+    if draw.rows.size:
+        draw.set_units(decay(*draw.decay_args(), rng))
+    return draw.kept
 
 
-def _decay(nu: np.ndarray, n: np.ndarray, p: np.ndarray, budget: np.ndarray, n_units: int, chunk: int, L: int,
-           rng: np.random.Generator) -> np.ndarray:
-    """The keep-probability decay of :func:`draw_kept` for rows whose first pattern was over budget: (R, L).
+class FirstDraw:
+    """The first keep pattern of each row (Bernoulli units, float32 uniforms compared with ``<=`` as the
+    reference's ``torch.rand(n) <= keep_prob``) and the rows whose input it puts over budget (``rows``).
+
+    Those rows' decay (:func:`decay`) can be drawn for several modalities at once (its Python overhead is
+    per call); ``set_units`` then puts the unit patterns it returns in place.
+    """
+
+    def __init__(self, n: np.ndarray, keep_prob: np.ndarray, budget: np.ndarray, L: int, chunk: int,
+                 rng: np.random.Generator) -> None:
+        B = n.shape[0]
+        self.n, self.budget, self.L, self.chunk = n, budget, L, chunk
+        n_units = (L + chunk - 1) // chunk
+        self.valid = np.arange(L)[None] < n[:, None]
+        self.p = np.where(budget > 0, keep_prob, 0.0).astype(np.float64)
+        u = rng.random((B, n_units), dtype=np.float32)
+        self.kept = _spread(u <= self.p.astype(np.float32)[:, None], chunk, L) & self.valid
+        self.rows = np.flatnonzero((input_length(self.kept, self.valid) > budget) & (budget > 0))
+
+    def decay_args(self) -> tuple[np.ndarray, ...]:
+        """(n, keep_prob, budget, chunk) of the over-budget rows, for :func:`decay`."""
+        r = self.rows
+        return self.n[r], self.p[r], self.budget[r], np.full(r.size, self.chunk)
+
+    def set_units(self, units: np.ndarray) -> None:
+        """Put the decayed unit patterns (len(rows), >= units of the longest row) of the over-budget rows."""
+        self.kept[self.rows] = _spread(units, self.chunk, self.L) & self.valid[self.rows]
+
+
+def decay(n: np.ndarray, p: np.ndarray, budget: np.ndarray, chunk: np.ndarray, rng: np.random.Generator
+          ) -> np.ndarray:
+    """The keep-probability decay for rows whose first pattern was over budget: (R, U) kept units.
+
+    n (R,) valid tokens, p (R,) the first keep probability, budget (R,) >= 1, chunk (R,) tokens per unit
+    (rows of several modalities can be drawn together); U = the most units of a row.
 
     Attempt t keeps each unit with p * 0.9^t and stops at the first pattern that fits. Only the input length
     of an attempt decides whether it fits, and that length has an exact distribution that needs no pattern:
@@ -119,20 +145,23 @@ def _decay(nu: np.ndarray, n: np.ndarray, p: np.ndarray, budget: np.ndarray, n_u
     once from these few numbers, and only the accepted attempt's pattern is realised, uniformly among the
     patterns with its (c, j, last unit kept): exactly the distribution of drawing attempt after attempt.
     """
-    R = nu.shape[0]
+    R = n.shape[0]
+    nu = (n + chunk - 1) // chunk
     last = n - chunk * (nu - 1)  # tokens of the last unit
     partial = last < chunk
-    decay = KEEP_DECAY ** np.arange(1, DECAY_ROUNDS + 1, dtype=np.float64)
+    p = p.copy()
+    decay_t = KEEP_DECAY ** np.arange(1, DECAY_ROUNDS + 1, dtype=np.float64)
     c_acc = np.zeros(R, dtype=np.int64)
     j_acc = np.zeros(R, dtype=np.int64)
     lk_acc = np.zeros(R, dtype=bool)
     pending = np.arange(R)
     while pending.size:
-        probs = p[pending, None] * decay[None]  # (P, K)
+        probs = p[pending, None] * decay_t[None]  # (P, K)
         nup = nu[pending, None]
+        ch = chunk[pending, None]
         c = rng.binomial(np.broadcast_to(nup, probs.shape), probs)
         # an attempt certainly fails when even its fewest possible input tokens exceed the budget
-        least = np.maximum(chunk * c - (chunk - 1), 0) + (c < nup)
+        least = np.maximum(ch * c - (ch - 1), 0) + (c < nup)
         cand = least <= budget[pending, None]
         j = np.zeros_like(c)
         lk = np.zeros(c.shape, dtype=bool)
@@ -142,8 +171,7 @@ def _decay(nu: np.ndarray, n: np.ndarray, p: np.ndarray, budget: np.ndarray, n_u
             jj = rng.hypergeometric(cc + 1, np.where(full, 0, nn - cc - 1), np.where(full, 0, nn - cc))
             j[cand] = jj
             lk[cand] = rng.random(jj.shape) * (cc + 1) < (cc + 1 - jj)
-        part = partial[pending, None]
-        kept_tokens = chunk * c - np.where(part & lk, chunk - last[pending, None], 0)
+        kept_tokens = ch * c - np.where(partial[pending, None] & lk, ch - last[pending, None], 0)
         fit = cand & (kept_tokens + j <= budget[pending, None])
         done = fit.any(1)
         first = fit.argmax(1)
@@ -151,14 +179,14 @@ def _decay(nu: np.ndarray, n: np.ndarray, p: np.ndarray, budget: np.ndarray, n_u
         c_acc[idx] = c[done, first[done]]
         j_acc[idx] = j[done, first[done]]
         lk_acc[idx] = lk[done, first[done]]
-        p[pending[~done]] *= decay[-1]
+        p[pending[~done]] *= decay_t[-1]
         pending = pending[~done]
-    return _realise(nu, c_acc, j_acc, lk_acc & partial, partial, n, n_units, chunk, L, rng)
+    return _realise(nu, c_acc, j_acc, lk_acc & partial, partial, rng)
 
 
 def _realise(nu: np.ndarray, c: np.ndarray, j: np.ndarray, last_kept: np.ndarray, partial: np.ndarray,
-             n: np.ndarray, n_units: int, chunk: int, L: int, rng: np.random.Generator) -> np.ndarray:
-    """A uniform pattern of ``nu`` units with c kept and the masked ones in j runs: (R, L) token flags.
+             rng: np.random.Generator) -> np.ndarray:
+    """A uniform pattern of ``nu`` units with c kept and the masked ones in j runs: (R, max nu) kept units.
 
     Which gaps (around the kept units) hold the runs is a uniform j-subset of the c+1 gaps (for rows with a
     short last unit, the last gap is held or not as ``last_kept`` says); the run lengths are a uniform
@@ -184,9 +212,10 @@ def _realise(nu: np.ndarray, c: np.ndarray, j: np.ndarray, last_kept: np.ndarray
     f = np.flatnonzero(np.arange(M)[None] < m[:, None])
     r = f // M
     pos = f % M + gap_of_run.ravel()[r * G + run.ravel()[f]]
-    units = np.ones((R, n_units), dtype=bool)
-    units.ravel()[r * n_units + pos] = False
-    return _spread(units, chunk, L) & (np.arange(L)[None] < n[:, None])
+    U = max(int(nu.max()), 1) if R else 1
+    units = np.ones((R, U), dtype=bool)
+    units.ravel()[r * U + pos] = False
+    return units
 
 
 @dataclass
