@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from fourm_core.modalities import ModalityKind, get_modality
+from fourm_core.modalities import get_modality
 from train_stage.batch import MODALITY_INDEX
-from train_stage.masking import Masker, RawBatch
+from train_stage.masking import Masker
 from train_stage.mixture import load_mixture
 from train_stage.span_masking import draw_kept, span_mask, target_window, with_eos
+from train_stage.synthetic_batch import reference_like_raw_batch
 
 FIXTURES = Path(__file__).parents[1] / "fixtures/ml4m"
 VECTORS = json.loads((FIXTURES / "text/text_vectors.json").read_text())
@@ -69,46 +70,6 @@ def test_keep_probability_decays_until_the_input_fits():
     assert not zero.any()
 
 
-def synthetic_reference_inputs(modalities: list[str], B: int, g: torch.Generator) -> RawBatch:
-    """Raw samples like the reference statistics' generator: captions of 3-39 words, 0-11 boxes, metadata
-    chunks, a palette of 1-7 colours, 0-2 persons, 7 SAM points, 3-39 T5 rows; image-like modalities full."""
-    raw = RawBatch(dataset=torch.zeros(B, dtype=torch.long))
-
-    def seq(name, length):
-        L = get_modality(name).max_tokens
-        raw.tokens[name] = torch.randint(300, 4000, (B, L), generator=g, dtype=torch.int32)
-        raw.lengths[name] = length.clamp(max=L)
-        raw.present[name] = torch.ones(B, dtype=torch.bool)
-
-    def randint(lo, hi):
-        return torch.randint(lo, hi + 1, (B,), generator=g)
-
-    for name in modalities:
-        mod = get_modality(name)
-        if mod.kind == ModalityKind.PIXELS:
-            raw.pixels[name] = torch.zeros(B, mod.max_tokens, 1)
-            raw.lengths[name] = torch.full((B,), mod.max_tokens)
-        elif mod.kind == ModalityKind.EMBEDDING_SEQ:
-            raw.embeddings[name] = torch.zeros(B, mod.max_tokens, 1)
-            raw.lengths[name] = randint(3, 39)
-        elif name == "caption":
-            seq(name, randint(3, 39) + 1)
-        elif name == "det":
-            seq(name, 5 * randint(0, 11))
-        elif name == "metadata":
-            seq(name, 2 * randint(1, 21))
-        elif name == "color_palette":
-            seq(name, 1 + 3 * randint(1, 7))
-        elif name == "human_poses":
-            seq(name, (39 * randint(0, 2)).clamp(min=1))
-        elif name == "sam_instance":
-            seq(name, 28 + 21 * randint(0, 8))
-        else:
-            raw.tokens[name] = torch.randint(0, mod.vocab_size, (B, mod.max_tokens), generator=g, dtype=torch.int32)
-            raw.lengths[name] = torch.full((B,), mod.max_tokens)
-    return raw
-
-
 @pytest.mark.parametrize("run, preset", [("4M-21_256_256", "4m21"), ("4M-7_128_128", "4m7")])
 def test_budget_statistics_match_the_reference(run, preset):
     """Per-modality mean token counts of image-like modalities (they do not depend on the synthetic inputs)
@@ -122,7 +83,7 @@ def test_budget_statistics_match_the_reference(run, preset):
     counts = {m: ([], []) for m in mix.modalities}
     totals = ([], [])
     for _ in range(10):
-        b = masker(synthetic_reference_inputs(mix.modalities, 500, g), g)
+        b = masker(reference_like_raw_batch(mix.modalities, 500, g), g)
         for m in mix.modalities:
             counts[m][0].append(((b.enc_modality == MODALITY_INDEX[m]) & b.enc_valid).sum(1))
             counts[m][1].append(((b.dec_modality == MODALITY_INDEX[m]) & b.dec_valid).sum(1))
