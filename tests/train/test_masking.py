@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pydantic
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch
 from fourm_core.config import ConfigError
 from fourm_core.modalities import FOURM21, get_modality
 from train_stage.batch import IGNORE, MODALITY_INDEX
-from train_stage.masking import EOS, SENTINEL0, Masker, allocate, sample_dirichlet
+from train_stage.masking import EOS, SENTINEL0, Masker, allocate, sample_dirichlet, split_cells
 from train_stage.mixture import MixtureConfig, load_data_mix, load_mixture
 from train_stage.synthetic_batch import random_raw_batch
 
@@ -260,3 +261,20 @@ def test_fill_mode_uses_more_tokens_than_reference():
         b = Masker(mix.model_copy(update={"budget_mode": mode}))(r, torch.Generator().manual_seed(1))
         used[mode] = b.n_tokens() / 256
     assert used["fill"] > used["reference"] + 40
+
+
+def test_image_cells_exact_counts_and_uniform():
+    """split_cells: exactly k_in input and k_all - k_in target cells per grid, every cell equally likely."""
+    rng = np.random.default_rng(0)
+    B, L = 4000, 16
+    k_in = rng.integers(0, L + 1, B)
+    k_all = k_in + rng.integers(0, L + 1 - k_in)
+    f, is_in = split_cells(k_in, k_all, L, rng)
+    assert (np.diff(f) > 0).all()  # sorted, each cell at most once: inputs and targets are disjoint
+    row, cell = np.divmod(f, L)
+    assert np.array_equal(np.bincount(row[is_in], minlength=B), k_in)
+    assert np.array_equal(np.bincount(row, minlength=B), k_all)
+    # P(cell is an input) = k_in / L for every cell
+    expected = k_in.sum() / L
+    freq = np.bincount(cell[is_in], minlength=L)
+    assert np.abs(freq - expected).max() < 5 * np.sqrt(expected)

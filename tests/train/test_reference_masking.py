@@ -14,7 +14,7 @@ from fourm_core.modalities import get_modality
 from train_stage.batch import MODALITY_INDEX
 from train_stage.masking import Masker
 from train_stage.mixture import load_mixture
-from train_stage.span_masking import draw_kept, span_mask, target_window, with_eos
+from train_stage.span_masking import draw_kept, input_length, span_mask, target_window, with_eos
 from train_stage.synthetic_batch import reference_like_raw_batch
 
 FIXTURES = Path(__file__).parents[1] / "fixtures/ml4m"
@@ -68,6 +68,39 @@ def test_keep_probability_decays_until_the_input_fits():
     assert kept[budget == 1].sum() == 0  # one token of input: the single sentinel [S_1]
     zero = draw_kept(n[:8], np.full(8, 0.7), np.zeros(8, dtype=np.int64), L, 1, rng)
     assert not zero.any()
+
+
+def attempt_by_attempt(n: int, p: float, budget: int, L: int, chunk: int, N: int, rng) -> np.ndarray:
+    """The reference's decay as written: whole Bernoulli patterns, keep_prob * 0.9 until the input fits."""
+    valid = np.broadcast_to(np.arange(L) < n, (N, L))
+    unit = np.arange(L) // chunk
+    kept = np.zeros((N, L), dtype=bool)
+    todo, prob = np.arange(N), p
+    while todo.size:
+        draw = (rng.random((todo.size, -(-L // chunk)), dtype=np.float32) <= np.float32(prob))[:, unit] & valid[todo]
+        fits = input_length(draw, valid[todo]) <= budget
+        kept[todo[fits]] = draw[fits]
+        todo, prob = todo[~fits], prob * 0.9
+    return kept
+
+
+@pytest.mark.parametrize("n, p, budget, chunk", [(60, 0.7, 5, 1), (37, 0.5, 9, 2), (9, 0.3, 4, 2), (21, 1.0, 10, 1)])
+def test_decay_has_the_attempt_by_attempt_distribution(n, p, budget, chunk):
+    """draw_kept screens attempts by (kept count, span count) and realises one pattern per row: the kept
+    patterns must be distributed as the reference's attempt-by-attempt redraws (chunk 2 with an odd length:
+    metadata's lone [EOS] unit)."""
+    N, L = 6000, n + 3
+    rng = np.random.default_rng(0)
+    fast = draw_kept(np.full(N, n), np.full(N, p), np.full(N, budget), L, chunk, rng)
+    slow = attempt_by_attempt(n, p, budget, L, chunk, N, rng)
+    valid = np.broadcast_to(np.arange(L) < n, (N, L))
+    for stat in (lambda k: input_length(k, valid), lambda k: k.sum(1)):
+        a, b = stat(fast), stat(slow)
+        cdf = [np.searchsorted(np.sort(x), np.arange(L + 1), side="right") / N for x in (a, b)]
+        assert np.abs(cdf[0] - cdf[1]).max() < 1.63 * np.sqrt(2 / N)  # two-sample KS at 1 %
+    # every position is kept equally often, as by the Bernoulli draws
+    assert np.abs(fast.mean(0) - slow.mean(0)).max() < 5 * np.sqrt(0.25 / N) * np.sqrt(2)
+    assert (input_length(fast, valid) <= budget).all()
 
 
 @pytest.mark.parametrize("run, preset", [("4M-21_256_256", "4m21"), ("4M-7_128_128", "4m7")])
