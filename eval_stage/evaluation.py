@@ -47,7 +47,8 @@ from .config import DEFAULT_CONDITIONS, EvalConfig
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
-CODE_VERSION = "evaluate/4"  # 4: generation with the reference's sentinel / [EOS] conventions
+CODE_VERSION = "evaluate/5"  # 4: generation with the reference's sentinel / [EOS] conventions; 5: masked-token
+# loss under the numpy masking (same distributions, another random stream)
 GT_ARTIFACT = "ground_truth"
 GT_COLUMNS = {"depth": "depth", "normal": "normal", "semseg": "semseg"}  # tokenizer target -> ground_truth column
 SCORED = ("depth", "normal", "semseg")  # tokenizer targets this stage scores
