@@ -118,13 +118,14 @@ def dirichlet_budgets(alpha: np.ndarray, total: int, cap: np.ndarray, rng: np.ra
     if D > 0:  # argmax of a Dirichlet draw = argmax of its Gamma draws (the normalisation does not move it)
         # rows whose allowed alphas are all equal: by symmetry the argmax is uniform over the allowed ones
         symmetric = (~allowed | (alpha == alpha.max(1, keepdims=True))).all(1)
+        allowed_cols = np.argsort(~allowed, axis=1, kind="stable")  # each row's allowed columns first, in order
         pick = (rng.random((B, D)) * allowed.sum(1)[:, None]).astype(np.int64)  # the pick-th allowed one
-        winners = np.minimum((np.cumsum(allowed, 1)[:, None, :] <= pick[:, :, None]).sum(2), M - 1)
+        winners = np.take_along_axis(allowed_cols, np.minimum(pick, M - 1), 1)
         rows = np.flatnonzero(~symmetric & has)
         if rows.size:
             winners[rows] = log_gamma(np.broadcast_to(alpha[rows, None, :], (rows.size, D, M)), rng).argmax(2)
         use = np.arange(D)[None] < diff[:, None]
-        k += ((winners[:, :, None] == np.arange(M)) & use[:, :, None]).sum(1)
+        k += np.bincount((np.arange(B)[:, None] * M + winners)[use], minlength=B * M).reshape(B, M)
     return np.minimum(k, cap)
 
 

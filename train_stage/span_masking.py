@@ -66,16 +66,24 @@ def input_length(kept: np.ndarray, valid: np.ndarray) -> np.ndarray:
 def random_subset(size: np.ndarray, k: np.ndarray, width: int, rng: np.random.Generator) -> np.ndarray:
     """(R, width) bool: per row a uniform k-subset of ``range(size)`` (size, k: (R,) with k <= size <= width).
 
-    The k smallest of ``size`` uniform keys, found by one row-wise sort (vectorised in numpy) and a
-    threshold. float64 keys tie with probability ~1e-12 per row, so the count is exact in practice.
+    The k lowest of ``size`` uniform float32 keys: below the (k+1)-th lowest, found by one row-wise sort
+    (vectorised in numpy). A tie at that threshold (about one row in 10^5) would take one too few: such rows
+    are drawn again, which keeps the subsets uniform.
     """
     R = size.shape[0]
-    if width == 0 or R == 0:
-        return np.zeros((R, width), dtype=bool)
-    keys = rng.random((R, width))
-    keys[np.arange(width)[None] >= size[:, None]] = 2.0  # never chosen
-    thr = np.sort(keys, axis=1)[np.arange(R), np.clip(k - 1, 0, width - 1)]
-    return (keys <= np.where(k > 0, thr, -1.0)[:, None])
+    out = np.zeros((R, width), dtype=bool)
+    todo = np.arange(R)
+    while todo.size and width:
+        n = todo.size
+        keys = rng.random((n, width), dtype=np.float32)
+        keys[np.arange(width)[None] >= size[todo, None]] = 2.0  # never chosen
+        kk = k[todo]
+        thr = np.sort(keys, axis=1).reshape(-1)[np.arange(n) * width + np.minimum(kk, width - 1)]
+        chosen = keys < np.where(kk < width, thr, np.float32(3.0))[:, None]
+        ok = chosen.sum(1) == kk
+        out[todo[ok]] = chosen[ok]
+        todo = todo[~ok]
+    return out
 
 
 def _spread(units: np.ndarray, chunk: int, L: int) -> np.ndarray:
