@@ -30,11 +30,12 @@ from tests.ray_cluster import start_ray_cluster
 
 NODE_LABELER = "tests.pseudolabel.plugins:RayNodeLabeler"
 # Two shards; the node labeler takes one sample per batch and holds its CPU for a while, so that the batches of
-# both shards overlap and Ray has to place them on both nodes.
+# both shards overlap and Ray has to place them on both nodes (concurrency 2: a pool of two where the runner
+# keeps labelers in actors, one per node).
 TINY = {"name": "rc", "sources": [{"kind": "synthetic", "n_samples": 8, "seed": 0, "size": 64}],
         "ingest": {"shard_size": 4, "shorter_side": 64}, "stages": ["ingest", "pseudolabel", "tokenize"],
         "pseudolabel": {"profile": "tiny", "runner": "ray", "labelers": ["canny", "ray_node"],
-                        "plugins": [NODE_LABELER], "settings": {"ray_node": {"sleep_s": 1.0}}},
+                        "plugins": [NODE_LABELER], "settings": {"ray_node": {"sleep_s": 1.0, "concurrency": 2}}},
         "tokenize": {"profile": "tiny"}}
 
 pytestmark = pytest.mark.slow
