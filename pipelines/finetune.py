@@ -14,16 +14,20 @@ by side; ``evaluation=None`` skips that.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from pipelines.evaluate import evaluate_unit
-from pipelines.finetune_eval import compare_rows, comparison_markdown, comparison_overrides
+from pipelines.finetune_eval import compare_rows, comparison_configs, comparison_markdown
 from pipelines.ops import storage_options_from
 from pipelines.pretrain import pretrain, train_config
 from pipelines.report import artifact_key
+
+if TYPE_CHECKING:
+    from eval_stage.config import EvalConfig
+    from train_stage.config import TrainConfig
 
 
 @flow(name="finetune", persist_result=False, log_prints=True)
@@ -42,44 +46,38 @@ def finetune(config: str = "finetune_demo", store_root: str | None = None,
     if cfg.init_from is None:
         raise ValueError(f"train config {config!r} has no init_from: a fine-tuning names the checkpoint it starts "
                          "from (init_from: {run: ...}); use the pretrain flow to train from scratch")
+    evals = comparison_configs(cfg, evaluation, evaluation_overrides) if evaluation else None  # fail early
     result = pretrain.fn(config=config, store_root=store_root, storage_options=storage_options, overrides=overrides,
                          steps=steps, log_dir=log_dir, force=force, nproc_per_node=nproc_per_node,
                          torchrun_args=torchrun_args, retries=retries)
-    if evaluation:
-        result["comparison"] = compare_with_start(cfg, result, evaluation, evaluation_overrides, store_root,
-                                                  storage_options, force, retries)
+    if evals:
+        result["comparison"] = compare_with_start(cfg, evals, store_root, storage_options, force, retries)
     return result
 
 
-def compare_with_start(cfg, result: dict[str, Any], evaluation: str, evaluation_overrides: dict[str, Any] | None,
-                       store_root: str | None, storage_options: dict[str, Any] | None, force: bool,
-                       retries: int) -> list[dict[str, Any]]:
-    """Evaluate the fine-tuned checkpoint (``result``) and ``cfg.init_from`` on the fine-tuning's task; the rows
-    both have, side by side (``pipelines.finetune_eval.compare_rows``), also published as a Prefect artifact."""
-    from eval_stage.config import load_eval_config
-
+def compare_with_start(cfg: TrainConfig, evals: dict[str, EvalConfig], store_root: str | None,
+                       storage_options: dict[str, Any] | None, force: bool, retries: int) -> list[dict[str, Any]]:
+    """Run the evaluations ``evals`` (:func:`pipelines.finetune_eval.comparison_configs`: the fine-tuned checkpoint
+    and ``cfg.init_from``); the rows both have, side by side (``compare_rows``), also published as a Prefect
+    artifact and logged."""
     logger = get_run_logger()
     store_root = store_root or os.environ.get("FOURM_STORE_ROOT", "./store")
     storage_options = storage_options if storage_options is not None else storage_options_from(None)
-    base = comparison_overrides(cfg, evaluation_overrides)
-    start = cfg.init_from
-    tuned_step = int(result["artifact"].rsplit("-", 1)[1])
     rows = {}
-    for which, (namespace, run, step) in {"finetuned": (cfg.namespace, cfg.run_name, tuned_step),
-                                          "pretrained": (start.namespace, start.run, start.step)}.items():
-        ecfg = load_eval_config(evaluation, {**base, "checkpoint.namespace": namespace, "checkpoint.run": run,
-                                             "checkpoint.step": step})
-        summary = evaluate_unit.with_options(retries=retries)(run, ecfg.model_dump(mode="json"), store_root,
+    for which, ecfg in evals.items():
+        ck = ecfg.checkpoint
+        summary = evaluate_unit.with_options(retries=retries)(ck.run, ecfg.model_dump(mode="json"), store_root,
                                                               storage_options, force)
         rows[which] = summary["rows"]
-        logger.info("evaluated %s %s/%s: %s (%s)", which, namespace, run, summary["status"], summary["uri"])
+        logger.info("evaluated %s %s/%s: %s (%s)", which, ck.namespace, ck.run, summary["status"], summary["uri"])
     table = compare_rows(rows["finetuned"], rows["pretrained"])
+    start = cfg.init_from.run
     if not table:
-        raise RuntimeError(f"the evaluations of {cfg.run_name} and {start.run} have no metric in common; "
-                           f"check evaluation_overrides {evaluation_overrides}")
+        raise RuntimeError(f"the evaluations of {cfg.run_name} and {start} have no metric in common; check the "
+                           "evaluation and evaluation_overrides parameters")
     create_markdown_artifact(key=artifact_key("finetune", cfg.run_name, "comparison", store_root=store_root),
-                             markdown=comparison_markdown(cfg.run_name, start.run, table),
-                             description=f"{cfg.run_name} vs {start.run}")
+                             markdown=comparison_markdown(cfg.run_name, start, table),
+                             description=f"{cfg.run_name} vs {start}")
     for r in table:
         logger.info("%s %s (%s) %s: fine-tuned %s, pre-trained %s%s", r["task"], r["target"], r["reference"],
                     r["metric"], r["finetuned"], r["pretrained"], "" if r["better"] is None else

@@ -11,9 +11,12 @@ replace an evaluation the ``evaluate`` flow made of it with another config.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from train_stage.config import TrainConfig
+
+if TYPE_CHECKING:
+    from eval_stage.config import EvalConfig
 
 # an evaluation row is identified by these; "model" holds its value
 ROW_KEY = ("task", "target", "reference", "metric")
@@ -41,6 +44,23 @@ def comparison_overrides(cfg: TrainConfig, overrides: dict[str, Any] | None) -> 
     out.update(overrides or {})
     out.setdefault("namespace", f"{out['dataset']}-{cfg.run_name}-comparison")
     return out
+
+
+def comparison_configs(cfg: TrainConfig, evaluation: str,
+                       overrides: dict[str, Any] | None) -> dict[str, "EvalConfig"]:
+    """The two eval configs, ``finetuned`` (the run's final checkpoint) and ``pretrained`` (``cfg.init_from``):
+    the preset / YAML ``evaluation`` with :func:`comparison_overrides`. Built before training, so a bad
+    evaluation config fails before any work."""
+    from eval_stage.config import load_eval_config
+
+    base = comparison_overrides(cfg, overrides)
+    start = cfg.init_from
+    if start is None:
+        raise ValueError(f"train config of run {cfg.run_name!r} has no init_from: nothing to compare against")
+    return {which: load_eval_config(evaluation, {**base, "checkpoint.namespace": ns, "checkpoint.run": run,
+                                                 "checkpoint.step": step})
+            for which, (ns, run, step) in {"finetuned": (cfg.namespace, cfg.run_name, cfg.steps),
+                                           "pretrained": (start.namespace, start.run, start.step)}.items()}
 
 
 def compare_rows(tuned: list[dict[str, Any]], start: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -46,15 +46,29 @@ def test_deployment_parameters_and_config_are_valid(d):
         known = {f"{flow_name(x)}/{x['name']}" for x in DEPLOYMENTS}
         assert {params["build"], params["pretrain"], params["evaluate"]} <= known
     if kind == "finetune" and params.get("evaluation"):  # the comparison's eval config: the fine-tuning's task
-        from eval_stage.config import load_eval_config
+        from pipelines.finetune_eval import comparison_configs
 
-        from pipelines.finetune_eval import comparison_overrides
-
-        ecfg = load_eval_config(params["evaluation"], comparison_overrides(cfg, params.get("evaluation_overrides")))
-        assert ecfg.condition and ecfg.targets and ecfg.mixture == cfg.mixture
+        evals = comparison_configs(cfg, params["evaluation"], params.get("evaluation_overrides"))
+        tuned, start = evals["finetuned"], evals["pretrained"]
+        assert (tuned.checkpoint.run, tuned.checkpoint.step) == (cfg.run_name, cfg.steps)
+        assert start.checkpoint.run == cfg.init_from.run and tuned.namespace == start.namespace != tuned.dataset
+        assert tuned.condition and tuned.targets and tuned.mixture == cfg.mixture
         if params["config"] == "finetune_demo":
-            assert (ecfg.condition, ecfg.targets) == (["tok_rgb@224"], ["tok_depth@224"])
+            assert (tuned.condition, tuned.targets) == (["tok_rgb@224"], ["tok_depth@224"])
 
 
 def flow_name(d: dict) -> str:
     return load_flow_from_entrypoint(str(REPO / d["entrypoint"])).name
+
+
+def test_compare_rows_pairs_metrics_and_knows_which_way_is_better():
+    from pipelines.finetune_eval import compare_rows
+
+    def row(metric, value, higher):
+        return {"task": "depth", "target": "tok_depth@224", "reference": "ground truth", "metric": metric,
+                "higher_is_better": higher, "primary": metric == "abs_rel", "model": value, "samples": 4}
+
+    tuned = [row("abs_rel", 0.2, False), row("delta1", 0.5, True), row("only_here", 1.0, True), row("nan", None, True)]
+    start = [row("abs_rel", 0.3, False), row("delta1", 0.6, True), row("nan", 0.1, True)]
+    out = {r["metric"]: (r["finetuned"], r["pretrained"], r["better"]) for r in compare_rows(tuned, start)}
+    assert out == {"abs_rel": (0.2, 0.3, True), "delta1": (0.5, 0.6, False), "nan": (None, 0.1, None)}
