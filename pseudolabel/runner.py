@@ -313,7 +313,8 @@ def run_ray(table: pa.Table, runs: list[LabelerRun], *, gpus_available: bool | N
                 refs = [by_name[run.name].submit(off, n, last, [refs[i] for i in idx]) for idx, off, n in groups]
             else:
                 want = float(lab.settings.num_cpus or lab.resources.num_cpus)
-                task = _remote(_task_range).options(num_cpus=min(want, free), name=f"pseudolabel/{run.name}")
+                task = _remote(_task_range).options(num_cpus=min(want, free), name=f"pseudolabel/{run.name}",
+                                                    scheduling_strategy="SPREAD")
                 refs = [task.remote(run, off, n, last, *[refs[i] for i in idx]) for idx, off, n in groups]
             sizes = [n for _, _, n in groups]
         tables = ray.get(refs)
