@@ -3,13 +3,15 @@
 The shard travels as an Arrow table. Step 1 decodes every image once into raw pixels (``_rgb`` bytes +
 ``_h``/``_w``); each labeler step then appends its output columns ``<label>.<col>`` and an error column
 ``_err.<labeler>``. Labelers run in dependency order, so a labeler that needs another's output finds its
-columns already in the table. The same steps run in-process (``local``) or as a Ray Data pipeline
-(``ray``: model labelers as actor pools, the rest as tasks).
+columns already in the table. The same steps run in-process (``local``) or on Ray (``ray``: model labelers
+as actor pools that live across the shards of a run, :mod:`pseudolabel.actor_pool`; the rest as tasks).
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import itertools
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -231,19 +233,22 @@ def _finish(table: pa.Table) -> pa.Table:
 # ----------------------------------------------------------------------------------------------- ray
 
 
-class _LabelerActor:
-    """Ray Data callable class: builds one labeler (loads its model once) and labels batches. Kept thin."""
+def label_range(labeler: Labeler, offset: int, length: int, drop_pixels: bool, tables) -> pa.Table:
+    """One step of the Ray pass: rows ``[offset, offset + length)`` of the concatenated ``tables`` (consecutive
+    chunks of the previous step), labelled in the labeler's own batch size; raw pixels dropped after the last
+    step (the driver needs only the labels)."""
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    if offset or length != table.num_rows:
+        table = table.slice(offset, length)
+    bs = labeler.batch_size
+    parts = [label_step(labeler, table.slice(s, bs)) for s in range(0, table.num_rows, bs)]
+    out = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+    return out.drop_columns(["_rgb", "_h", "_w"]) if drop_pixels else out
 
-    def __init__(self, run: LabelerRun):
-        self.labeler = run.build()
-        self.labeler.setup()
 
-    def __call__(self, table: pa.Table) -> pa.Table:
-        return label_step(self.labeler, table)
-
-
-def _task_step(table: pa.Table, run: LabelerRun) -> pa.Table:
-    return label_step(_cached_labeler(run), table)
+def _task_range(run: LabelerRun, offset: int, length: int, drop_pixels: bool, *tables) -> pa.Table:
+    """A model-free labeler's step as a Ray task (the labeler is cached per worker process)."""
+    return label_range(_cached_labeler(run), offset, length, drop_pixels, tables)
 
 
 _TASK_LABELERS: dict[int, Labeler] = {}
@@ -258,33 +263,80 @@ def _cached_labeler(run: LabelerRun) -> Labeler:
     return _TASK_LABELERS[key]
 
 
-def run_ray(table: pa.Table, runs: list[LabelerRun], *, gpus_available: bool | None = None) -> tuple[pa.Table, list[Labeler]]:
-    """The same steps as a Ray Data pipeline: decode as tasks, model labelers as actor pools."""
+def regroup(sizes: list[int], batch: int) -> list[tuple[list[int], int, int]]:
+    """Consecutive chunks of ``sizes`` rows -> chunks of ``batch`` rows (the last may be shorter): for each new
+    chunk, (indices of the old chunks it spans, offset into their concatenation, rows)."""
+    starts = list(itertools.accumulate([0, *sizes]))
+    total, out = starts[-1], []
+    for a in range(0, total, batch):
+        b = min(a + batch, total)
+        idx = [i for i in range(len(sizes)) if starts[i] < b and starts[i + 1] > a]
+        out.append((idx, a - starts[idx[0]], b - a))
+    return out
+
+
+def run_ray(table: pa.Table, runs: list[LabelerRun], *, gpus_available: bool | None = None,
+            pools=None) -> tuple[pa.Table, list[Labeler]]:
+    """The same steps on Ray: decode as tasks, then per labeler in dependency order either its long-lived actor
+    pool (model labelers, :mod:`pseudolabel.actor_pool`: weights loaded once per run, not per shard) or tasks.
+
+    Every step works on chunks of its own batch size; chunks stream from step to step as object references, so
+    batch 2 is decoded while batch 1 is labelled, and shards passed concurrently (threads) share the actors.
+    """
     import ray
 
+    from .actor_pool import POOLS, PoolRequest
+
+    pools = POOLS if pools is None else pools
     labelers = [r.build() for r in runs]
+    if table.num_rows == 0:  # nothing to label: the steps only add their (empty) columns
+        return run_empty(table, labelers), labelers
+    resources = ray.cluster_resources()
     if gpus_available is None:
-        gpus_available = ray.cluster_resources().get("GPU", 0) > 0
-    bs_decode = min([lab.batch_size for lab in labelers] or [16])
-    # Every step of the chain holds its CPUs while the shard streams through; on a small cluster the
-    # declared CPUs of all steps may exceed what exists, and Ray would wait forever for the last actor.
-    # Scale the reservations down (fractions are fine for Ray); torch threads keep the declared count.
-    wanted = [1.0] + [lab.settings.num_cpus or lab.resources.num_cpus for lab in labelers]
-    scale = min(1.0, ray.cluster_resources().get("CPU", 1.0) / sum(wanted))
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.execution_options.preserve_order = True
-    ds = ray.data.from_arrow(table)
-    ds = ds.map_batches(decode_step, batch_format="pyarrow", batch_size=bs_decode, num_cpus=wanted[0] * scale)
-    for run, lab, num_cpus in zip(runs, labelers, wanted[1:]):
-        st = lab.settings
-        if lab.uses_model:
-            num_gpus = (st.num_gpus if st.num_gpus is not None else lab.resources.num_gpus) if gpus_available else 0
-            ds = ds.map_batches(_LabelerActor, fn_constructor_kwargs={"run": run}, batch_format="pyarrow",
-                                batch_size=lab.batch_size, concurrency=st.concurrency, num_cpus=num_cpus * scale,
-                                num_gpus=num_gpus or None)
-        else:
-            ds = ds.map_batches(_task_step, fn_kwargs={"run": run}, batch_format="pyarrow",
-                                batch_size=lab.batch_size, num_cpus=num_cpus * scale)
-    tables = ray.get(ds.to_arrow_refs())
+        gpus_available = resources.get("GPU", 0) > 0
+    cpus = resources.get("CPU", 1.0)
+    requests = [PoolRequest(run, lab, _gpus(lab, gpus_available)) for run, lab in zip(runs, labelers)
+                if lab.uses_model]
+    with pools.lease(requests, cpus) as leased:
+        by_name = {p.name: p for p in leased}
+        # Tasks get what the pools leave free (at least the budget's remainder), so a task always fits.
+        free = max(cpus - pools.reserved_cpus(), min(1.0, cpus / 2))
+        bs = min(lab.batch_size for lab in labelers)
+        decode = _remote(decode_step).options(num_cpus=min(1.0, free), name="pseudolabel/decode",
+                                              scheduling_strategy="SPREAD")
+        refs = [decode.remote(table.slice(s, bs)) for s in range(0, table.num_rows, bs)]
+        sizes = [min(bs, table.num_rows - s) for s in range(0, table.num_rows, bs)]
+        for k, (run, lab) in enumerate(zip(runs, labelers)):
+            last = k == len(runs) - 1
+            groups = regroup(sizes, lab.batch_size)
+            if lab.uses_model:
+                refs = [by_name[run.name].submit(off, n, last, [refs[i] for i in idx]) for idx, off, n in groups]
+            else:
+                want = float(lab.settings.num_cpus or lab.resources.num_cpus)
+                task = _remote(_task_range).options(num_cpus=min(want, free), name=f"pseudolabel/{run.name}",
+                                                    scheduling_strategy="SPREAD")
+                refs = [task.remote(run, off, n, last, *[refs[i] for i in idx]) for idx, off, n in groups]
+            sizes = [n for _, _, n in groups]
+        tables = ray.get(refs)
     return _finish(pa.concat_tables(tables)), labelers
+
+
+@functools.cache
+def _remote(fn):
+    """One Ray remote function per step function (exporting it to the cluster once per process, not per shard)."""
+    import ray
+
+    return ray.remote(fn)
+
+
+def _gpus(lab: Labeler, gpus_available: bool) -> float:
+    st = lab.settings
+    return float((st.num_gpus if st.num_gpus is not None else lab.resources.num_gpus) if gpus_available else 0)
+
+
+def run_empty(table: pa.Table, labelers: list[Labeler]) -> pa.Table:
+    """An empty shard through every step without loading a model (no row reaches ``label_batch``)."""
+    out = decode_step(table)
+    for lab in labelers:
+        out = label_step(lab, out)
+    return _finish(out)
