@@ -27,7 +27,8 @@ from fourm_core.units import UnitStatus, is_cached
 from .config import PseudolabelConfig, pseudolabel_config
 from .registry import BUILTIN_OUTPUTS, resolve_order
 from .actor_pool import release_pools
-from .runner import LabelerRun, run_local, run_ray, split_results
+from .ray_pass import run_ray
+from .runner import LabelerRun, run_local, split_results
 from .spec import CAPTION, GROUND_TRUTH, RGB, Labeler
 
 log = logging.getLogger(__name__)

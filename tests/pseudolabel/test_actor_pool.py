@@ -6,7 +6,7 @@ import threading
 import time
 
 from pseudolabel.actor_pool import POOLS, release_pools
-from pseudolabel.runner import regroup
+from pseudolabel.ray_pass import regroup
 from pseudolabel.stage import run_shard
 
 from .conftest import PLUGIN, dataset_config
