@@ -13,7 +13,10 @@ snapshot, every part's data file and manifest, and a fully-cached run record. (O
 the pre-index cost (one manifest GET per unit) from timed GETs of real manifests.
 
     PYTHONPATH=. python bench/bench_control_plane.py [--shards 1000 3000 10000] [--s3-shards 1000 3000]
-        [--no-s3] [--no-local]
+        [--no-s3] [--no-local] [--workdir DIR]
+
+``--workdir DIR`` keeps the built stores (local folders and the S3 server's data) there, and a later run with
+the same ``DIR`` measures them again without rebuilding (a marker object records a finished build).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import hashlib
 import json
 import tempfile
 import time
+from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -96,10 +100,16 @@ def _data(shard: int) -> bytes:
     return table_to_parquet_bytes(pa.table({"sample_key": [f"s{shard}-{i}" for i in range(4)], "v": [1, 2, 3, 4]}))
 
 
+BUILT = "_bench/built.json"  # written last by build_store: the store at this root is complete
+
+
 def build_store(root: str, options: dict | None, n: int, manifest_shards: int) -> dict[str, float]:
     """Write the synthetic store: every artifact's index snapshot, and data + manifest files of the first
-    ``manifest_shards`` shards. Returns timings of the build."""
+    ``manifest_shards`` shards. Returns timings of the build (zeros when a finished build is already there)."""
     store = ArtifactStore(root, options)
+    marker = store.path(DATASET, BUILT)
+    if store.exists(marker):
+        return {"generate_s": 0.0, "write_s": 0.0, **json.loads(store.read_bytes(marker))}
     cfg = _config(n)
     t0 = time.perf_counter()
     data = {s: _data(s) for s in range(n)}
@@ -152,6 +162,7 @@ def build_store(root: str, options: dict | None, n: int, manifest_shards: int) -
 
     with ThreadPoolExecutor(32 if not store.is_local else 4) as pool:
         list(pool.map(lambda f: write(*f), files))
+    store.write_bytes(marker, json.dumps({"objects": len(files)}).encode())
     return {"generate_s": t_gen, "write_s": time.perf_counter() - t1, "objects": len(files)}
 
 
@@ -213,9 +224,10 @@ def main() -> None:
     p.add_argument("--s3-shards", type=int, nargs="+", default=[1000, 3000, 10000], help="S3 sizes")
     p.add_argument("--no-s3", action="store_true")
     p.add_argument("--no-local", action="store_true")
+    p.add_argument("--workdir", type=Path, help="keep the built stores here and reuse them on the next run")
     args = p.parse_args()
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() if args.workdir is None else nullcontext(str(args.workdir)) as tmp:
         if not args.no_local:
             for n in args.shards:
                 root = str(Path(tmp) / f"local-{n}")

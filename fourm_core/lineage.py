@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import lease
+from .gcpause import gc_paused
 from .manifest import Manifest
 from .store import ArtifactStore
 
@@ -125,6 +126,12 @@ def shard_status(store: ArtifactStore, dataset: str, stage_artifacts: dict[str, 
     read is 'unreadable' with its path, and every other row still shows. Reads each artifact's index
     (one snapshot and a short listing each, see ``fourm_core.index``), not one manifest per unit.
     """
+    with gc_paused():  # one row and one index entry per unit, all acyclic (fourm_core/gcpause.py)
+        return _shard_status(store, dataset, stage_artifacts, expected)
+
+
+def _shard_status(store: ArtifactStore, dataset: str, stage_artifacts: dict[str, tuple[str, ...]],
+                  expected: dict[str, list[int]]) -> list[StatusRow]:
     last = store.latest_run_record(dataset) or {}
     cached = cached_units(last)
     rows: list[StatusRow] = []
