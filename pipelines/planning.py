@@ -26,6 +26,7 @@ def split_cached(store: ArtifactStore, spec: StageSpec, config: DatasetConfig, s
     to_run: list[int] = []
     with gc_paused():  # ~10 objects per unit, all acyclic (fourm_core/gcpause.py)
         store.preload(config.name, spec.dataset_artifacts(config))
+        store.preload_sizes(config.name, spec.dataset_artifacts(config))  # the size check's listings, in parallel
         for shard in shards:
             results = spec.cached_results(store, config, shard)
             if results is None:
