@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,7 +136,11 @@ def _shard_status(store: ArtifactStore, dataset: str, stage_artifacts: dict[str,
     last = store.latest_run_record(dataset) or {}
     cached = cached_units(last)
     rows: list[StatusRow] = []
-    store.preload(dataset, [a for arts in stage_artifacts.values() for a in arts])
+    all_artifacts = [a for arts in stage_artifacts.values() for a in arts]
+    store.preload(dataset, all_artifacts)
+    # one lease listing per artifact, in parallel (on S3 a listing and, for an empty folder, a HEAD each)
+    with ThreadPoolExecutor(max(1, min(8, len(all_artifacts)))) as pool:
+        running = dict(zip(all_artifacts, pool.map(lambda a: lease.running(store, dataset, a), all_artifacts)))
     for stage, artifacts in stage_artifacts.items():
         for artifact in artifacts:
             index = store.index(dataset, artifact)
@@ -146,7 +151,7 @@ def _shard_status(store: ArtifactStore, dataset: str, stage_artifacts: dict[str,
                 continue
             planned = expected.get(artifact, expected.get(stage, []))
             parts = {p for p in index.entries if p is not None}
-            leases = {p: lz for p, lz in lease.running(store, dataset, artifact).items() if p is not None}
+            leases = {p: lz for p, lz in running[artifact].items() if p is not None}
             for shard in sorted(parts | set(planned) | set(leases)):
                 entry = index.get(shard)
                 if shard in leases:  # being computed now (or its worker died: stale)
