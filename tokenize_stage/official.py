@@ -2,7 +2,7 @@
 
 ``tokenize.official`` names, per tokenizer, where its released files are (a hub id such as
 ``EPFL-VILAB/4M_tokenizers_semseg_4k_224-448``, a local folder or an ``s3://`` prefix). One unit per
-tokenizer loads it through ``Tokenizer.from_pretrained`` (strictly, ``models.ml4m``) and commits it as the
+tokenizer loads it through ``models.from_pretrained`` (strictly, ``models.ml4m``) and commits it as the
 same artifact training would (``<dataset>/tokenizers/<name>[-<profile>]``: ``data.safetensors`` +
 ``data.config.json`` in our ml4m layout, a model card naming the source), so the ``tokenize`` stage and
 its sequence units encode with it unchanged and the token shards are what a released 4M-21 model reads.
@@ -23,7 +23,7 @@ from fourm_core.stage import StageSpec
 from fourm_core.store import ArtifactStore
 from fourm_core.units import Unit, UnitOutput, UnitResult, run_unit
 
-from .models.base import Tokenizer, source_digest
+from .models.hub import from_pretrained, source_digest
 from .models.ml4m import NAME_MAP
 from .stage import pretokenize_config
 from .train_tokenizer import tokenizer_artifact
@@ -41,7 +41,7 @@ def import_tokenizer(store: ArtifactStore, dataset: str, name: str, source: str,
                 config={"tokenizer": name, "source": source}, model=ModelRef(id=source, source=source, digest=digest))
 
     def compute() -> UnitOutput:
-        model = Tokenizer.from_pretrained(directory, tokenizer=name)
+        model = from_pretrained(directory, tokenizer=name)
         if model.config.name != name:
             raise ValueError(f"{source} holds a {model.config.name}, not {name}; fix tokenize.official.{name}")
         config = model.config_dict()

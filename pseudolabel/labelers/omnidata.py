@@ -52,11 +52,26 @@ def dpt_hybrid_config(profile: dict):
                                           out_features=["stage1", "stage2", "stage3"], **backbone))
 
 
+def surface_normals_class():
+    """transformers' DPTForDepthEstimation with Omnidata's 3-channel normal head (the class is built on call:
+    importing this module imports no transformers)."""
+    from torch import nn
+    from transformers import DPTForDepthEstimation
+
+    class DPTForSurfaceNormals(DPTForDepthEstimation):
+        """DPTForDepthEstimation with a 3-channel head (Omnidata's normal model layout)."""
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.head.head[4] = nn.Conv2d(32, 3, kernel_size=1, stride=1, padding=0)
+            self.post_init()
+
+    return DPTForSurfaceNormals
+
+
 def build(task: str, profile: dict):
     """An untrained Omnidata-layout model: ``task`` "depth" (1 channel) or "normal" (3 channels)."""
     from transformers import DPTForDepthEstimation
-
-    from .normals import surface_normals_class
 
     cls = DPTForDepthEstimation if task == "depth" else surface_normals_class()
     return cls(dpt_hybrid_config(profile))

@@ -205,7 +205,7 @@ def state_dict_from_ml4m(sd: dict[str, torch.Tensor], config: Any) -> dict[str, 
     return out
 
 
-def _load_pth(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
+def load_pth(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """The older ``<id>.pth`` layout -> (config kwargs as the mixin would write them, state dict)."""
     with torch.serialization.safe_globals([argparse.Namespace]):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
