@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from . import index as _index
 from .manifest import Manifest, sha256_bytes
+from .s3list import s3_sizes
 
 
 class NotCommittedError(FileNotFoundError):
@@ -310,6 +311,8 @@ class ArtifactStore:
                 if self.is_local:  # stat only the data files (fsspec's ls stats every entry)
                     with os.scandir(self.artifact_dir(dataset, artifact)) as it:
                         sizes = {int(e.name[6:11]): e.stat().st_size for e in it if data_file(e.name)}
+                elif (listed := s3_sizes(self.fs, self.artifact_dir(dataset, artifact))) is not None:
+                    sizes = {int(name[6:11]): size for name, size in listed.items() if data_file(name)}
                 else:
                     for info in self.fs.ls(self.artifact_dir(dataset, artifact), detail=True, refresh=True):
                         name = posixpath.basename(info["name"])
