@@ -46,7 +46,8 @@ from .run import run_evaluation
 from .tasks import EvalPlan
 
 STAGE = "evaluate"
-CODE_VERSION = "evaluate/4"  # 4: generation with the reference's sentinel / [EOS] conventions
+CODE_VERSION = "evaluate/5"  # 4: generation with the reference's sentinel / [EOS] conventions; 5: masked-token
+# loss under the numpy masking (same distributions, another random stream)
 
 
 def evaluation_artifact(run: str, step: int) -> str:

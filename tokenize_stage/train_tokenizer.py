@@ -42,7 +42,7 @@ from .normalize import normalize_batch
 from .registry import tokenizer_config, tokenizer_specs
 from .report import comparison_png, model_card
 
-CODE_VERSION = "tokenize.train/2"  # 2: Memcodes per-head codebook tensors (H, K, d); ml4m layout
+CODE_VERSION = "tokenize.train/3"  # 2: Memcodes per-head (H, K, d), ml4m layout; 3: ml4m decoders sample as the reference
 _BASELINE_KIND = {"semseg": "majority class", "mask": "per-pixel majority mask"}
 
 

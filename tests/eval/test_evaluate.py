@@ -10,6 +10,7 @@ from eval_stage.config import load_eval_config
 from eval_stage.checkpoints import find_checkpoint
 from eval_stage.evaluation import evaluate, evaluation_unit, result_summary
 from eval_stage.tasks import EvalPlan
+from fourm_core.config import ConfigError
 from fourm_core.lineage import lineage
 from fourm_core.units import UnitStatus
 from tests.conftest import TINY_EVAL_OVERRIDES
@@ -130,7 +131,7 @@ def test_missing_checkpoint_is_a_clear_error(tiny_eval_store):
 
 def test_ensembling_averages_several_sampled_generations(tiny_eval_store):
     store, _ = tiny_eval_store
-    with pytest.raises(Exception, match="generation.temperature > 0"):
+    with pytest.raises(ConfigError, match="generation.temperature > 0"):
         load_eval_config("demo", {**TINY_EVAL_OVERRIDES, "ensemble": 2})
     cfg = load_eval_config("demo", {**TINY_EVAL_OVERRIDES, "ensemble": 3, "generation.temperature": 1.0,
                                     "knn": None, "targets": ["tok_semseg@224"]})

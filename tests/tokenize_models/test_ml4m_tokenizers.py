@@ -144,3 +144,40 @@ def test_our_ml4m_diffusion_tokenizer_exports_and_reloads(tmp_path):
     loaded = from_pretrained(tmp_path, tokenizer="normal_diffusion")
     x = synthetic_batch(model.config, 2, seed=3)
     assert torch.equal(loaded.encode(x), model.encode(x))
+
+
+@pytest.mark.parametrize("released", ["DINOv2-B14-global_8k_16_224", "ImageBind-H14-global_8k_16_224"])
+def test_global_tokenizers_give_the_16_tokens_the_released_4m21_reads(released, tmp_path):
+    """Token count = Memcodes heads = ``num_codebooks`` of the config. The reference yaml (and so the key table
+    and the tiny fixture) say 8, but the released 4M-21 reads 16 positions (its ``tok_*_global.pos_emb`` has 16
+    rows) and the repositories are named ``..._16_``: ours follow the config, the 16-token form loads strictly,
+    and importing an 8-token one for the official preset is refused."""
+    from fourm_core.modalities import get_modality
+    from tokenize_stage.official import check_global_token_count
+
+    table = json.loads((FIXTURES / "released" / f"{released}.keys.json").read_text())
+    config = config_from_ml4m(table["constructor_kwargs"], {k: tuple(v["shape"]) for k, v in table["tensors"].items()},
+                              hint=table["hub_id"])
+    modality = get_modality(config.modality)
+    fm = json.loads((FIXTURES.parent / "fm" / "keys" / "4M-21_B.keys.json").read_text())["tensors"]
+    assert fm[f"encoder_embeddings.{modality.name}.pos_emb"]["shape"][1] == modality.max_tokens == 16
+    assert tokenizer_config(config.name, "production").n_tokens == 16  # what our own training builds
+    assert config.n_tokens == table["constructor_kwargs"]["num_codebooks"] == 8  # the yaml's count, as written
+    # the released form: 16 heads over the same 1024-d latent (64 per head)
+    kwargs = dict(table["constructor_kwargs"], num_codebooks=16)
+    shapes = {k: tuple(v["shape"]) for k, v in table["tensors"].items()}
+    shapes |= {"quantize.codes": (16, 8192, 64), "quantize.to_k.weight": (16, 64, 64),
+               "quantize.to_v.weight": (16, 64, 64)}
+    config16 = config_from_ml4m(kwargs, shapes, hint=table["hub_id"])
+    with torch.device("meta"):
+        model = build_tokenizer(config16)
+    model.load_state_dict(state_dict_from_ml4m({k: torch.empty(s, device="meta") for k, s in shapes.items()}, config16),
+                          strict=True, assign=True)
+    assert model.n_tokens == 16
+    tiny = {"DINOv2-B14-global_8k_16_224": "dinov2_global", "ImageBind-H14-global_8k_16_224": "imagebind_global"}
+    eight = from_pretrained(FIXTURES / "tiny" / tiny[released])
+    with pytest.raises(ValueError, match=r"gives 8 tokens per embedding .* holds 16 .*_8k_16_224"):
+        check_global_token_count(eight, "the-8-token-folder")
+    sixteen = build_tokenizer(tokenizer_config(config.name, "tiny", layout="ml4m"))
+    save_ml4m(sixteen, tmp_path)
+    check_global_token_count(from_pretrained(tmp_path, tokenizer=config.name), str(tmp_path))

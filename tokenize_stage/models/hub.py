@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from safetensors.torch import load_file
+
+from fourm_core.checkpoints import read_state_dict
 
 from . import ml4m
 from .base import CONFIG_NAME, STORE_CONFIG_NAME, STORE_WEIGHTS_NAME, WEIGHTS_NAME, Tokenizer
@@ -63,8 +64,8 @@ def _read(directory: str, source: str, tokenizer: str | None) -> tuple[Any, dict
         config_path, weights_path = _files_in(directory)
         raw_cfg = json.loads(Path(config_path).read_text())
         if not ml4m.is_ml4m_config(raw_cfg):
-            return parse_config(raw_cfg), load_file(weights_path)
-        raw_sd, hint = load_file(weights_path), source
+            return parse_config(raw_cfg), read_state_dict(weights_path)
+        raw_sd, hint = read_state_dict(weights_path), source
     shapes = {k: tuple(v.shape) for k, v in raw_sd.items()}
     config = ml4m.config_from_ml4m(raw_cfg, shapes, tokenizer=tokenizer, hint=hint)
     return config, ml4m.state_dict_from_ml4m(raw_sd, config)
