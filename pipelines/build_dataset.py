@@ -28,6 +28,7 @@ from fourm_core.stage import StageSpec
 from pipelines import ray_runtime, report
 from pipelines.dag import Callbacks, ShardDag
 from pipelines.errors import retry_unless_permanent
+from pipelines.run_log import forward_progress
 from pipelines.ops import storage_options_from
 from pipelines.planning import compact_units, split_cached
 from pipelines.shard_job import FLOW_RUN_ENV, plan_job, run_shard_job
@@ -83,6 +84,7 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
     runs unchanged on a laptop and on a cluster whose workers set those.
     """
     logger = get_run_logger()
+    forward_progress()  # the stages' own progress (e.g. tokenizer training steps) into this run's log
     store_root = store_root or os.environ.get("FOURM_STORE_ROOT", "./store")
     storage_options = storage_options if storage_options is not None else storage_options_from(None)
     ray_target = resolve_ray_address(ray_address)
