@@ -76,7 +76,7 @@ def run_loader(stream: TokenShardStream, args) -> dict[str, float]:
     for _ in range(args.batches):
         next(loader)
     dt, main_cpu = time.perf_counter() - t0, time.process_time() - m0
-    worker_cpu = cpu_seconds(pids) - c0
+    worker_cpu = max(cpu_seconds(pids) - c0, 0.01)  # the OS clock's 10 ms tick: a very short run may read 0
     loader.close()
     n = args.batches * args.batch
     return {"wall": n / dt / max(1, args.workers), "cpu": n / worker_cpu, "ms": dt / args.batches * 1e3,

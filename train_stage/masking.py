@@ -235,17 +235,18 @@ class Masker:
         self.seq_idx = [i for i, m in enumerate(self.mods) if not m.is_image_like]
         self.max_tokens = torch.tensor([m.max_tokens for m in self.mods])
         self.is_image = torch.tensor([m.is_image_like for m in self.mods])
-        # numpy copies of the static tables
-        self._alpha_in = self.alpha_in.double().numpy()
-        self._alpha_out = self.alpha_out.double().numpy()
-        self._keep = self.keep.numpy()
+        # numpy copies of the static tables: real copies, not .numpy() views, because sending the masker to a loader
+        # worker moves the tensors' storage into shared memory and a view would keep pointing at the freed buffer
+        self._alpha_in = self.alpha_in.double().numpy().copy()
+        self._alpha_out = self.alpha_out.double().numpy().copy()
+        self._keep = self.keep.numpy().copy()
         w = self.weights.numpy()
         cdf = np.cumsum(w, 1) / w.sum(1, keepdims=True)
         for d in range(len(mixtures)):  # no rounding can pick a component past the dataset's last one
             cdf[d, int(np.flatnonzero(w[d] > 0)[-1]):] = 1.0
         self._cdf = cdf
-        self._max_tokens = self.max_tokens.numpy()
-        self._is_image = self.is_image.numpy()
+        self._max_tokens = self.max_tokens.numpy().copy()
+        self._is_image = self.is_image.numpy().copy()
         self._mids = [MODALITY_INDEX[m] for m in self.modalities]
 
     # ---------------------------------------------------------------------------------- pieces

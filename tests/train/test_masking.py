@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import pickle
+from multiprocessing.reduction import ForkingPickler
+
 import numpy as np
 import pydantic
 import pytest
@@ -135,6 +139,26 @@ def test_deterministic_under_seed():
     for f in ("enc_tokens", "enc_positions", "enc_modality", "dec_tokens", "dec_labels", "dec_modality"):
         assert torch.equal(getattr(a, f), getattr(b, f)), f
     assert not torch.equal(a.enc_tokens, c.enc_tokens)
+
+
+def test_masker_sent_to_a_loader_worker_masks_as_before():
+    """DataLoader workers receive the masker through torch's ForkingPickler, which moves tensors into shared
+    memory: the masker's numpy tables must survive that, on both sides (a stale view gave garbage caps here,
+    k_in + k_out > 196 for an image grid, and the worker looped forever)."""
+    mix = load_mixture("4m21")
+    masker = Masker(mix)
+    r = raw(mix.modalities, B=16)
+    before = masker(r, torch.Generator().manual_seed(5))
+    sent = pickle.loads(ForkingPickler.dumps(masker))
+    gc.collect()
+    junk = [torch.randn(4096) for _ in range(64)]  # reuse any freed buffer
+    for m in (sent, masker):
+        assert m._is_image.tolist() == [get_modality(x).is_image_like for x in mix.modalities]
+        assert m._max_tokens.tolist() == [get_modality(x).max_tokens for x in mix.modalities]
+        after = m(r, torch.Generator().manual_seed(5))
+        for f in ("enc_tokens", "enc_positions", "enc_modality", "dec_tokens", "dec_labels", "dec_modality"):
+            assert torch.equal(getattr(before, f), getattr(after, f)), f
+    del junk
 
 
 def test_mixture_and_dataset_weights_respected():
