@@ -18,15 +18,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# the demo's two runs take ~7 min on 2 idle cores (12 min measured beside another test): its own timeout, matching
-# the subprocess's, not the suite's 600 s default for ordinary tests
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+# the demo's first run is the long one (build, 500 training steps, evaluation; README "What the demo does" has its
+# measured wall times), the second is all cached: its own timeout, not the suite's 600 s default for ordinary tests
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
 
 def _demo(root: Path) -> str:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, "-m", "pipelines", "demo", "--root", str(root)], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=1200)
+                         capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, f"demo failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
     return res.stdout
 
