@@ -1,10 +1,10 @@
-"""A chained any-to-any example (4M-FACTS §7): RGB -> caption -> RGB, and semantic map -> RGB.
+"""A chained any-to-any example (4M-FACTS §7): RGB -> semantic map -> RGB, and RGB -> caption -> RGB.
 
 For the first ``cfg.grid_samples`` evaluated samples (crop 0 of the first shard of ``cfg.dataset``):
 
-* the model writes a caption from the RGB tokens (greedy, autoregressive), then draws RGB tokens from that
-  caption **alone** (the original RGB is not an input of the second step), decoded with the RGB tokenizer;
-* it draws RGB tokens from the sample's semantic-map tokens alone.
+* the model draws semantic-map tokens from the RGB tokens (MaskGIT), then RGB tokens from that generated map
+  **alone** (the original RGB is not an input of the second step); images decoded with the RGB tokenizer;
+* it writes a caption from the RGB tokens (greedy, autoregressive), then draws RGB tokens from that caption alone.
 
 Committed as its own cached unit, ``<dataset>/evaluations/<run>-chain/step-NNNNNNNN`` (a PNG, a Markdown table
 of the captions, the generated token ids), beside the evaluation of the same checkpoint; its cache key holds the
@@ -29,7 +29,7 @@ from fourm_core.units import Unit, UnitOutput, UnitResult, run_unit
 from .config import EvalConfig
 
 STAGE = "evaluate.chain"
-CODE_VERSION = "evaluate.chain/1"
+CODE_VERSION = "evaluate.chain/2"  # 2: RGB -> semseg -> RGB as the main chain
 RGB, CAPTION, SEMSEG = "tok_rgb@224", "caption", "tok_semseg@224"
 TOKENIZERS = {RGB: "rgb_diffusion", SEMSEG: "semseg_vqvae"}
 
@@ -125,11 +125,14 @@ def run_chain(store: ArtifactStore, cfg: EvalConfig, plan: ChainPlan) -> tuple[d
     g = cfg.generation
     rgb_step = TargetStep(RGB, steps=g.steps, token_schedule=g.token_schedule, temperature=g.temperature,
                           top_k=g.top_k, top_p=g.top_p)
-    # step 1: RGB -> caption; step 2: that caption alone -> RGB (the RGB tokens are not an input of step 2)
+    semseg_step = TargetStep(SEMSEG, steps=g.steps, token_schedule=g.token_schedule, temperature=g.temperature,
+                             top_k=g.top_k, top_p=g.top_p)
+    # step 1: RGB -> X; step 2: the generated X alone -> RGB (the RGB tokens are not an input of step 2)
+    semseg_ids = generate(model, {RGB: plan.tokens[RGB]}, [semseg_step], seed=cfg.seed)[SEMSEG].cpu()
+    rgb_from_semseg = generate(model, {SEMSEG: semseg_ids}, [rgb_step], seed=cfg.seed)[RGB].cpu()
     caption_ids = generate(model, {RGB: plan.tokens[RGB]}, [TargetStep(CAPTION, temperature=0.0)],
                            seed=cfg.seed)[CAPTION].cpu()
     rgb_from_caption = generate(model, {CAPTION: caption_ids}, [rgb_step], seed=cfg.seed)[RGB].cpu()
-    rgb_from_semseg = generate(model, {SEMSEG: plan.tokens[SEMSEG]}, [rgb_step], seed=cfg.seed)[RGB].cpu()
     text_tok = load_text_tokenizer(plan.text_tokenizer)
     written = [decode_text(text_tok, row) for row in caption_ids]
 
@@ -143,10 +146,12 @@ def run_chain(store: ArtifactStore, cfg: EvalConfig, plan: ChainPlan) -> tuple[d
         images = {name: decoded_to_eval("rgb", rgb_tok.decode(t.clamp(max=vocab - 1).to(cfg.device), **kwargs).cpu())
                   for name, t in (("input", plan.tokens[RGB]), ("from caption", rgb_from_caption),
                                   ("from semseg", rgb_from_semseg))}
-        semseg = toks[SEMSEG].decode(plan.tokens[SEMSEG].to(cfg.device)).cpu().long()
+        semseg = {name: toks[SEMSEG].decode(t.to(cfg.device)).cpu().long()
+                  for name, t in (("ground truth", plan.tokens[SEMSEG]), ("generated", semseg_ids))}
     rows = {"sample_key": plan.keys, "source_caption": [plan.captions[k] for k in plan.keys],
-            "generated_caption": written, "rgb_from_caption": [r.tolist() for r in rgb_from_caption],
-            "rgb_from_semseg": [r.tolist() for r in rgb_from_semseg]}
+            "generated_caption": written, "semseg_from_rgb": [r.tolist() for r in semseg_ids],
+            "rgb_from_semseg": [r.tolist() for r in rgb_from_semseg],
+            "rgb_from_caption": [r.tolist() for r in rgb_from_caption]}
     md = chain_markdown(cfg, plan, written)
     return rows, md, chain_grid(plan, written, images, semseg)
 
@@ -155,16 +160,19 @@ def chain_markdown(cfg: EvalConfig, plan: ChainPlan, written: list[str]) -> str:
     from .report import _cell
 
     lines = [f"# Chained generation: {plan.checkpoint.dataset}/{plan.checkpoint.artifact} on {cfg.dataset}", "",
-             "RGB tokens -> caption (greedy, autoregressive) -> RGB tokens from that caption alone (MaskGIT, "
-             f"{cfg.generation.steps} steps, temperature {cfg.generation.temperature}); and the semantic map's tokens "
-             "alone -> RGB tokens. Images decoded with the committed RGB tokenizer; see data.chain.png.", "",
+             "RGB tokens -> semantic-map tokens -> RGB tokens from that generated map alone, and RGB tokens -> caption "
+             "(greedy, autoregressive) -> RGB tokens from that caption alone (MaskGIT, "
+             f"{cfg.generation.steps} steps, temperature {cfg.generation.temperature}). Images decoded with the "
+             "committed tokenizers; see data.chain.png.", "",
              "| sample | source caption | caption written from the RGB |", "|---|---|---|",
              *[f"| `{k}` | {_cell(plan.captions[k])} | {_cell(w)} |" for k, w in zip(plan.keys, written)], ""]
     return "\n".join(lines)
 
 
-def chain_grid(plan: ChainPlan, written: list[str], images: dict[str, torch.Tensor], semseg: torch.Tensor) -> bytes:
-    """PNG, one row per sample: RGB (tokenizer), written caption, RGB from it, semantic map, RGB from it."""
+def chain_grid(plan: ChainPlan, written: list[str], images: dict[str, torch.Tensor],
+               semseg: dict[str, torch.Tensor]) -> bytes:
+    """PNG, one row per sample: RGB (tokenizer), semantic map generated from it, RGB from that map, ground-truth
+    map; caption written from the RGB, RGB from that caption."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,14 +180,14 @@ def chain_grid(plan: ChainPlan, written: list[str], images: dict[str, torch.Tens
 
     from .report import _wrap, to_image
 
-    titles = ["input RGB (tokens)", "1. caption from RGB", "2. RGB from that caption", "input: semseg",
-              "RGB from semseg"]
+    titles = ["input RGB (tokens)", "1. semseg from RGB", "2. RGB from that semseg", "semseg: ground truth",
+              "1. caption from RGB", "2. RGB from that caption"]
     n = len(plan.keys)
     fig, axes = plt.subplots(n, len(titles), figsize=(1.7 * len(titles), 1.8 * n + 0.3), squeeze=False)
     for i in range(n):
         text = f"{_wrap(written[i], lines=5)}\n\n(source: {_wrap(plan.captions[plan.keys[i]], lines=4)})"
-        cells = [("rgb", images["input"][i]), ("text", text), ("rgb", images["from caption"][i]),
-                 ("semseg", semseg[i]), ("rgb", images["from semseg"][i])]
+        cells = [("rgb", images["input"][i]), ("semseg", semseg["generated"][i]), ("rgb", images["from semseg"][i]),
+                 ("semseg", semseg["ground truth"][i]), ("text", text), ("rgb", images["from caption"][i])]
         for j, (kind, x) in enumerate(cells):
             ax = axes[i][j]
             ax.set_xticks([])

@@ -287,7 +287,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def demo_chain(root: str, config: str = "demo") -> dict[str, Any] | None:
-    """The demo's any-to-any example (eval_stage.chain): RGB -> caption -> RGB and semseg -> RGB, a cached unit."""
+    """The demo's any-to-any example (eval_stage.chain): RGB -> semseg -> RGB and RGB -> caption -> RGB, a cached
+    unit."""
     from eval_stage.chain import chain
     from eval_stage.config import load_eval_config
     from fourm_core.store import ArtifactStore
@@ -304,7 +305,7 @@ def demo_chain(root: str, config: str = "demo") -> dict[str, Any] | None:
     print(f"  grid:   {store.uri(store.data_path(m.dataset, m.artifact, None, '.chain.png'))}")
     print(f"  report: {store.uri(store.data_path(m.dataset, m.artifact, None, '.chain.md'))}")
     for row in store.read_table(m.dataset, m.artifact, None, columns=["sample_key", "generated_caption"]).to_pylist():
-        print(f"  {row['sample_key']}: RGB -> {row['generated_caption']!r} -> RGB")
+        print(f"  {row['sample_key']}: RGB -> semseg -> RGB; RGB -> caption {row['generated_caption']!r} -> RGB")
     return summary
 
 
