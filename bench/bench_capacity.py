@@ -123,7 +123,7 @@ def labeler_flops(name: str) -> tuple[float, str]:
 
 
 def tokenizer_flops(name: str) -> float:
-    from tokenize_stage.models.base import build_tokenizer
+    from tokenize_stage.models.hub import build_tokenizer
     from tokenize_stage.registry import tokenizer_config
     from tokenize_stage.synthetic import synthetic_batch
 

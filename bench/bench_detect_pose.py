@@ -101,7 +101,7 @@ def bench_pose(profile: str, n_images: int, persons: int):
     from pseudolabel.humans import PoseEstimator, build_pose_model, estimate_poses
     from pseudolabel.humans.config import PROFILES
     from pseudolabel.humans.model import HMR2
-    from tokenize_stage.text.serialise.types import Box, Detections
+    from fourm_core.structured import Box, Detections
 
     t0 = time.perf_counter()
     model = build_full_quickly(lambda: HMR2(PROFILES["full"])).eval() if profile == "full" else build_pose_model()

@@ -47,7 +47,7 @@ def main() -> None:
     from pseudolabel.registry import labeler_class
     from pseudolabel.stage import run_shard as pseudolabel_shard
     from pseudolabel.testing import commit_images
-    from tokenize_stage.registry import _sub_tokenizer
+    from tokenize_stage.registry import sub_tokenizer
     from tokenize_stage.stage import STAGE
     from tokenize_stage.train_tokenizer import TrainTokenizerConfig, train_tokenizer
 
@@ -74,7 +74,7 @@ def main() -> None:
     mods = [m for m in MODALITIES.values() if m.label in cls.outputs and m.tokenizer]
     pseudolabel_shard(store, config([0]), 0)  # the tokenizers' training subset
     for m in mods:
-        train_tokenizer(store, "bench", TrainTokenizerConfig(tokenizer=_sub_tokenizer(m.tokenizer), profile="tiny",
+        train_tokenizer(store, "bench", TrainTokenizerConfig(tokenizer=sub_tokenizer(m.tokenizer), profile="tiny",
                                                              steps=5, eval_samples=4))
 
     two, fused = config([0, 1, 3]), config([0])  # shards 1, 3: features stored, then tokenized; 2, 4: fused

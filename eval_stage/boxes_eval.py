@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,10 +29,9 @@ from fourm_core.store import ArtifactStore
 
 from .config import EvalConfig
 from .metrics.boxes import Boxes, box_ap
+from .plan import Plan
+from .read import GT_ARTIFACT
 from .sequences import decode_text, generate_sequences, load_text_tokenizer, sequence_target_tokenizer
-
-if TYPE_CHECKING:
-    from .evaluation import _Plan
 
 TASK = "boxes"
 MODALITY = "det"
@@ -70,8 +69,6 @@ def _read_refs(store: ArtifactStore, dataset: str, shards: list[int], keys: set[
     """reference -> key -> cropped [(xyxy, class)] for the samples ``keys`` (None: all) of ``shards``."""
     from tokenize_stage.crops import Crop
 
-    from .evaluation import GT_ARTIFACT
-
     full = Crop((0.0, 0.0, 1.0, 1.0), False)
     out: dict[str, dict[str, list]] = {r: {} for r in REFERENCES}
     for s in shards:
@@ -94,7 +91,7 @@ def _read_refs(store: ArtifactStore, dataset: str, shards: list[int], keys: set[
     return out
 
 
-def plan_boxes(store: ArtifactStore, cfg: EvalConfig, plan: "_Plan") -> BoxPlan | None:
+def plan_boxes(store: ArtifactStore, cfg: EvalConfig, plan: Plan) -> BoxPlan | None:
     """The boxes task's plan when ``det`` is a target, or None with a note in ``plan.notes``."""
     text_tokenizer = sequence_target_tokenizer(store, cfg, plan, MODALITY)
     if text_tokenizer is None:
@@ -141,7 +138,7 @@ def class_prior(fit: list[list[tuple[tuple[float, ...], str]]]) -> list[tuple[tu
     return [(tuple(np.mean(by[c], axis=0).tolist()), c) for c in order]
 
 
-def box_rows(model, cfg: EvalConfig, plan: "_Plan", bp: BoxPlan,
+def box_rows(model, cfg: EvalConfig, plan: Plan, bp: BoxPlan,
              inputs: dict[str, torch.Tensor]) -> tuple[list[dict[str, Any]], dict[str, list]]:
     """The boxes task's rows (AP@0.5 and AP@[0.5:0.95] per reference) and the parsed generations by key."""
     tokenizer = load_text_tokenizer(bp.text_tokenizer)

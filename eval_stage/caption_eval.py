@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -25,10 +25,8 @@ from fourm_core.modalities import get_modality
 from fourm_core.store import ArtifactStore
 
 from .config import EvalConfig
+from .plan import Plan
 from .sequences import decode_text, generate_sequences, load_text_tokenizer, sequence_target_tokenizer
-
-if TYPE_CHECKING:
-    from .evaluation import _Plan
 
 TASK = "captioning"
 MODALITY = "caption"
@@ -63,7 +61,7 @@ def _read_captions(store: ArtifactStore, dataset: str, shards: list[int], keys: 
     return out
 
 
-def plan_captions(store: ArtifactStore, cfg: EvalConfig, plan: "_Plan") -> CaptionPlan | None:
+def plan_captions(store: ArtifactStore, cfg: EvalConfig, plan: Plan) -> CaptionPlan | None:
     """The captioning task's plan when ``caption`` is a target, or None with a note in ``plan.notes``."""
     text_tokenizer = sequence_target_tokenizer(store, cfg, plan, MODALITY)
     if text_tokenizer is None:
@@ -103,7 +101,7 @@ def most_frequent(captions: list[str]) -> str:
     return min(counts, key=lambda c: (-counts[c], c))
 
 
-def caption_rows(model, cfg: EvalConfig, plan: "_Plan", cp: CaptionPlan,
+def caption_rows(model, cfg: EvalConfig, plan: Plan, cp: CaptionPlan,
                  inputs: dict[str, torch.Tensor]) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """The captioning rows (BLEU-4, BLEU-1) and the generated caption of each evaluated key."""
     tokenizer = load_text_tokenizer(cp.text_tokenizer)

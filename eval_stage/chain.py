@@ -29,7 +29,7 @@ from fourm_core.units import Unit, UnitOutput, UnitResult, run_unit
 from .config import EvalConfig
 
 STAGE = "evaluate.chain"
-CODE_VERSION = "evaluate.chain/2"  # 2: RGB -> semseg -> RGB as the main chain
+CODE_VERSION = "evaluate.chain/3"  # 2: RGB -> semseg -> RGB as the main chain; 3: generation of evaluate/5
 RGB, CAPTION, SEMSEG = "tok_rgb@224", "caption", "tok_semseg@224"
 TOKENIZERS = {RGB: "rgb_diffusion", SEMSEG: "semseg_vqvae"}
 
@@ -55,7 +55,7 @@ def plan_chain(store: ArtifactStore, cfg: EvalConfig) -> ChainPlan:
     """Read the checkpoint, tokenizers and the first shard's tokens; errors name what is missing."""
     from tokenize_stage.train_tokenizer import tokenizer_artifact
 
-    from .evaluation import find_checkpoint
+    from .checkpoints import find_checkpoint
     from .sequences import token_shard_tokenizer
 
     ckpt = find_checkpoint(store, cfg)
@@ -116,7 +116,8 @@ def run_chain(store: ArtifactStore, cfg: EvalConfig, plan: ChainPlan) -> tuple[d
     """Generate the chain: (rows of the token table, Markdown, PNG)."""
     from tokenize_stage.models.base import Tokenizer
 
-    from .evaluation import decoded_to_eval, load_checkpoint
+    from .checkpoints import load_checkpoint
+    from .score import decoded_to_eval
     from .generate import TargetStep, generate
     from .sequences import decode_text, load_text_tokenizer
 

@@ -14,7 +14,7 @@ truth (``knn.label_column``; the synthetic scenes' label is their setting). Besi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,9 +24,8 @@ from fourm_core.modalities import ModalityKind, get_modality
 from fourm_core.store import ArtifactStore
 
 from .config import EvalConfig
-
-if TYPE_CHECKING:
-    from .evaluation import _Plan
+from .plan import Plan
+from .read import GT_ARTIFACT, read_tokens, tokenizer_manifest, tokenizer_name
 
 TASK = "kNN classification"
 
@@ -48,8 +47,6 @@ class KnnPlan:
 def labels_of(store: ArtifactStore, dataset: str, column: str, shards: list[int],
               inputs: list[Manifest]) -> dict[str, str]:
     """key -> class label (a string column of the ``ground_truth`` artifact) of ``shards``."""
-    from .evaluation import GT_ARTIFACT
-
     out: dict[str, str] = {}
     for s in shards:
         m = store.read_manifest(dataset, GT_ARTIFACT, s)
@@ -63,10 +60,8 @@ def labels_of(store: ArtifactStore, dataset: str, column: str, shards: list[int]
     return out
 
 
-def plan_knn(store: ArtifactStore, cfg: EvalConfig, plan: "_Plan") -> KnnPlan | None:
+def plan_knn(store: ArtifactStore, cfg: EvalConfig, plan: Plan) -> KnnPlan | None:
     """The kNN task's plan, or None with a note in ``plan.notes`` saying what is missing."""
-    from .evaluation import _read_tokens, _tokenizer_manifest, _tokenizer_name
-
     spec = cfg.knn
     if spec is None:
         return None
@@ -77,9 +72,9 @@ def plan_knn(store: ArtifactStore, cfg: EvalConfig, plan: "_Plan") -> KnnPlan | 
     if mod not in plan.domains_out:
         plan.notes.append(f"kNN on {mod}: not an output of the checkpoint; skipped")
         return None
-    tm = _tokenizer_manifest(store, cfg, mod)
+    tm = tokenizer_manifest(store, cfg, mod)
     if tm is None:
-        plan.notes.append(f"kNN on {mod}: tokenizer {_tokenizer_name(mod)} ({cfg.tokenizer_profile}) is not "
+        plan.notes.append(f"kNN on {mod}: tokenizer {tokenizer_name(mod)} ({cfg.tokenizer_profile}) is not "
                           f"committed under {cfg.tokenizer_dataset or cfg.dataset}; skipped")
         return None
     if "rgb@224" in plan.condition:
@@ -93,7 +88,7 @@ def plan_knn(store: ArtifactStore, cfg: EvalConfig, plan: "_Plan") -> KnnPlan | 
     need = [c for c in plan.condition if c != "rgb@224"] + [mod]
     for d, shards in plan.fit_shards.items():
         names = labels_of(store, d, spec.label_column, shards, inputs)
-        toks = {m: _read_tokens(store, d, m, shards, inputs) for m in need}
+        toks = {m: read_tokens(store, d, m, shards, inputs) for m in need}
         for k in sorted(names):
             if len(gallery_names) < spec.gallery_samples and all(k in toks[m] for m in need):
                 gallery_names[k] = names[k]
@@ -118,7 +113,7 @@ def _stack(rows: dict[str, np.ndarray], keys: list[str]) -> torch.Tensor:
     return torch.from_numpy(np.stack([rows[k] for k in keys])).long()
 
 
-def knn_rows(model, tokenizer, cfg: EvalConfig, plan: "_Plan", kp: KnnPlan) -> tuple[list[dict[str, Any]], int]:
+def knn_rows(model, tokenizer, cfg: EvalConfig, plan: Plan, kp: KnnPlan) -> tuple[list[dict[str, Any]], int]:
     """The kNN task's result rows (top-1 / top-5 in %) and the number of out-of-vocabulary ids clamped."""
     from .generate import TargetStep
     from .retrieval import Gallery, embed_tokens, predict_global_tokens

@@ -69,7 +69,8 @@ def check_tokenizer(tokenizer: nn.Module, modality: str = DEFAULT_MODALITY, *, m
     cfg = getattr(tokenizer, "config", None)
     if cfg is None or getattr(cfg, "architecture", None) != "mlp_memcodes":
         raise ValueError(f"tokenizer {type(tokenizer).__name__} is not an MLP+Memcodes tokenizer; load "
-                         f"{mod.tokenizer!r} for {modality} (Tokenizer.from_pretrained of its committed artifact)")
+                         f"{mod.tokenizer!r} for {modality} (tokenize_stage.models.from_pretrained of its committed "
+                         f"artifact)")
     name = getattr(cfg, "name", type(tokenizer).__name__)
     problems = []
     if getattr(cfg, "modality", modality) != modality:

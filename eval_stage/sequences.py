@@ -3,20 +3,17 @@ tokenizer their token shards were made with, and greedy autoregressive generatio
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from fourm_core.manifest import ModelRef
 from fourm_core.modalities import get_modality
 from fourm_core.store import ArtifactStore
 
-if TYPE_CHECKING:
-    from .config import EvalConfig
-    from .evaluation import _Plan
+from .config import EvalConfig
+from .plan import Plan
 
 
-def sequence_target_tokenizer(store: ArtifactStore, cfg: "EvalConfig", plan: "_Plan", modality: str) -> ModelRef | None:
+def sequence_target_tokenizer(store: ArtifactStore, cfg: EvalConfig, plan: Plan, modality: str) -> ModelRef | None:
     """The text tokenizer to score ``modality`` as a target with, or None (with a note in ``plan.notes``) when
     it is not a target, is the condition, is not an output of the checkpoint or has no usable token shards."""
     if modality not in cfg.targets:
@@ -68,7 +65,7 @@ def decode_text(tokenizer, ids: torch.Tensor) -> str:
     return decode(tokenizer, [int(i) for i in ids])
 
 
-def generate_sequences(model, cfg: "EvalConfig", all_keys: list[str], keys: list[str], modality: str,
+def generate_sequences(model, cfg: EvalConfig, all_keys: list[str], keys: list[str], modality: str,
                        inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """Greedy autoregressive ``modality`` rows (L,) for ``keys`` from the condition ``inputs`` (rows in
     ``all_keys`` order), ``cfg.batch_size`` samples at a time with the KV cache."""

@@ -326,7 +326,7 @@ def run_evaluate(config: str, root: str, storage_options: dict[str, Any] | None,
 def demo_evaluation(root: str, config: str = "demo", overrides: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The demo's last step: evaluate the pretrain/demo checkpoint when the store has one (else say so)."""
     from eval_stage.config import load_eval_config
-    from eval_stage.evaluation import find_checkpoint
+    from eval_stage.checkpoints import find_checkpoint
     from fourm_core.store import ArtifactStore
 
     cfg = load_eval_config(config, overrides)

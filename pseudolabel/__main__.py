@@ -39,11 +39,11 @@ def _convert_omnidata(a: argparse.Namespace) -> None:
 
 
 def _convert_imagebind(a: argparse.Namespace) -> None:
-    import torch
+    from fourm_core.checkpoints import read_state_dict
 
     from .labelers import imagebind
 
-    state = torch.load(a.checkpoint, map_location="cpu", weights_only=True)  # every modality: the vision trunk is kept
+    state = read_state_dict(a.checkpoint)  # every modality: the vision trunk is kept
     model = imagebind.build_vit(imagebind.FULL if a.profile == "full" else imagebind.TINY)
     model.load_state_dict(imagebind.convert_imagebind_state_dict(state), strict=True)
     imagebind.ImageBindLabeler().save(model, a.out)

@@ -1,6 +1,6 @@
 """Tokenizers (VQ-VAE, diffusion decoders, MLP+Memcodes, WordPiece), their training, and pre-tokenization.
 
-* ``tokenize_stage.models``          Tokenizer.from_pretrained / save_pretrained, encode / decode
+* ``tokenize_stage.models``          from_pretrained / build_tokenizer (models.hub), save_pretrained, encode / decode
 * ``tokenize_stage.registry``        tokenizer_config(name, profile) derived from the modality registry
 * ``tokenize_stage.normalize``       raw pseudo-label arrays -> normalised tensors (4M-FACTS §1)
 * ``tokenize_stage.train_tokenizer`` train_tokenizer(store, dataset, TrainTokenizerConfig) -> committed artifact

@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "check":
         import torch
 
-        from .models import Tokenizer
+        from .models import from_pretrained
         from .synthetic import synthetic_batch
 
-        tok = Tokenizer.from_pretrained(args.source, tokenizer=args.tokenizer)  # strict: raises on any mismatch
+        tok = from_pretrained(args.source, tokenizer=args.tokenizer)  # strict: raises on any mismatch
         torch.manual_seed(0)
         tokens = tok.encode(synthetic_batch(tok.config, 2, seed=0))
         print(json.dumps({"source": args.source, "tokenizer": tok.config.name, "layout": tok.config.layout,

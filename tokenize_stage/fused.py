@@ -24,9 +24,10 @@ from fourm_core.modalities import MODALITIES, Modality
 from fourm_core.store import ArtifactStore
 from fourm_core.units import SampleError, Unit, UnitOutput, UnitResult, run_unit
 
+from .committed import load_committed, tokenizer_ref
 from .crops import apply_crop, crop_for
 from .normalize import normalize
-from .registry import _sub_tokenizer
+from .registry import TOKEN_KINDS, sub_tokenizer
 from .train_tokenizer import tokenizer_artifact
 
 CODE_VERSION = "tokenize.fused/2"  # 2: keyed on the labeler's code version (CLIP/ImageBind inputs changed)
@@ -43,8 +44,6 @@ def fused_modalities(store: ArtifactStore, config: DatasetConfig, cfg, shard: in
     """labeler -> the token modalities it makes fused on ``shard``: heavy-output labelers of the dataset's
     pseudolabel config, on a shard outside the feature subset, for modalities with a committed tokenizer
     and no committed label shard here."""
-    from .stage import _TOKEN_KINDS
-
     if not cfg.fused or not config.pseudolabel:
         return {}
     pl = _pseudolabel(config)
@@ -60,9 +59,9 @@ def fused_modalities(store: ArtifactStore, config: DatasetConfig, cfg, shard: in
         if not cls.heavy_output:
             continue
         mods = [m for m in MODALITIES.values()
-                if m.kind in _TOKEN_KINDS and m.label in cls.outputs and m.tokenizer
+                if m.kind in TOKEN_KINDS and m.label in cls.outputs and m.tokenizer
                 and (wanted is None or m.name in wanted)
-                and store.read_manifest(ns, tokenizer_artifact(_sub_tokenizer(m.tokenizer), cfg.profile), None)
+                and store.read_manifest(ns, tokenizer_artifact(sub_tokenizer(m.tokenizer), cfg.profile), None)
                 and store.read_manifest(config.name, m.label_artifact, shard) is None]
         if mods:
             out[name] = mods
@@ -75,14 +74,12 @@ def fused_unit(store: ArtifactStore, config: DatasetConfig, cfg, shard: int, lab
     from pseudolabel.registry import labeler_class
     from pseudolabel.spec import Batch
 
-    from .stage import _tokenizer, _tokenizer_ref
-
     pl = _pseudolabel(config)
     cls = labeler_class(labeler, tuple(pl.plugins))
     lab = cls(pl.settings_for(labeler), available=frozenset(cls.outputs))
     lab_ref = lab.model_ref()
     ns = cfg.tokenizer_dataset or config.name
-    refs = {m.name: _tokenizer_ref(store, ns, _sub_tokenizer(m.tokenizer), cfg.profile) for m in mods}
+    refs = {m.name: tokenizer_ref(store, ns, sub_tokenizer(m.tokenizer), cfg.profile) for m in mods}
     images = store.read_manifest(config.name, IMAGES, shard)
     unit = Unit(stage="tokenize.fused", dataset=config.name, artifacts=[m.token_artifact for m in mods], shard=shard,
                 code_version=CODE_VERSION, model=lab_ref, inputs=[images.as_input()],
@@ -93,7 +90,7 @@ def fused_unit(store: ArtifactStore, config: DatasetConfig, cfg, shard: int, lab
 
     def compute() -> UnitOutput:
         lab.setup()
-        toks = {name: _tokenizer(store, ref) for name, ref in refs.items()}
+        toks = {name: load_committed(store, ref) for name, ref in refs.items()}
         table = store.read_table(config.name, IMAGES, shard, columns=["sample_key", "image", "caption"])
         keys, crops, errors = [], [], []
         inputs: dict[str, list[torch.Tensor]] = {m.name: [] for m in mods}

@@ -2,7 +2,7 @@
 
 ``tokenize.official`` names, per tokenizer, where its released files are (a hub id such as
 ``EPFL-VILAB/4M_tokenizers_semseg_4k_224-448``, a local folder or an ``s3://`` prefix). One unit per
-tokenizer loads it through ``Tokenizer.from_pretrained`` (strictly, ``models.ml4m``) and commits it as the
+tokenizer loads it through ``models.from_pretrained`` (strictly, ``models.ml4m``) and commits it as the
 same artifact training would (``<dataset>/tokenizers/<name>[-<profile>]``: ``data.safetensors`` +
 ``data.config.json`` in our ml4m layout, a model card naming the source), so the ``tokenize`` stage and
 its sequence units encode with it unchanged and the token shards are what a released 4M-21 model reads.
@@ -19,11 +19,13 @@ import pyarrow as pa
 
 from fourm_core.config import DatasetConfig
 from fourm_core.manifest import ModelRef
+from fourm_core.modalities import ModalityKind, get_modality
 from fourm_core.stage import StageSpec
 from fourm_core.store import ArtifactStore
 from fourm_core.units import Unit, UnitOutput, UnitResult, run_unit
 
-from .models.base import Tokenizer, source_digest
+from .models.base import Tokenizer
+from .models.hub import from_pretrained, source_digest
 from .models.ml4m import NAME_MAP
 from .stage import pretokenize_config
 from .train_tokenizer import tokenizer_artifact
@@ -41,9 +43,10 @@ def import_tokenizer(store: ArtifactStore, dataset: str, name: str, source: str,
                 config={"tokenizer": name, "source": source}, model=ModelRef(id=source, source=source, digest=digest))
 
     def compute() -> UnitOutput:
-        model = Tokenizer.from_pretrained(directory, tokenizer=name)
+        model = from_pretrained(directory, tokenizer=name)
         if model.config.name != name:
             raise ValueError(f"{source} holds a {model.config.name}, not {name}; fix tokenize.official.{name}")
+        check_global_token_count(model, source)
         config = model.config_dict()
         n_params = sum(p.numel() for p in model.parameters())
         card = (f"# {name} (released by apple/ml-4m)\n\nSource: `{source}` (sha256 of its files `{digest}`).\n"
@@ -57,6 +60,19 @@ def import_tokenizer(store: ArtifactStore, dataset: str, name: str, source: str,
                           extra_files={artifact: files})
 
     return run_unit(store, unit, compute, force=force)
+
+
+def check_global_token_count(model: Tokenizer, source: str) -> None:
+    """A global-embedding tokenizer must give as many tokens as the released 4M-21 reads (``max_tokens`` of the
+    modality = 16 rows of its position table). The reference yamls build these MLP tokenizers with
+    ``num_codebooks: 8`` (8 tokens); the releases named ``..._8k_16_224`` give 16, which the 4M-21 model needs."""
+    modality = get_modality(model.config.modality)
+    if modality.kind == ModalityKind.GLOBAL_TOKENS and model.n_tokens != modality.max_tokens:
+        raise ValueError(
+            f"{source}: {model.config.name} gives {model.n_tokens} tokens per embedding (num_codebooks "
+            f"{model.n_tokens} in its config.json), but {modality.name} holds {modality.max_tokens} (the released "
+            f"4M-21 reads {modality.max_tokens}); point tokenize.official.{model.config.name} at the release with "
+            f"{modality.max_tokens} tokens (EPFL-VILAB/4M_tokenizers_*-global_8k_16_224)")
 
 
 def imported_artifacts(config: DatasetConfig) -> list[str]:

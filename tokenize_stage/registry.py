@@ -17,6 +17,8 @@ from fourm_core.modalities import MODALITIES, Modality, ModalityKind
 from .models.config import DiffusionVQConfig, Layout, MemcodesConfig, Target, VQVAEConfig
 
 PROFILES = ("production", "tiny")
+# Modality kinds whose tokens a learned tokenizer of this registry makes (image grids and global tokens).
+TOKEN_KINDS = (ModalityKind.IMAGE_TOKENS, ModalityKind.GLOBAL_TOKENS)
 
 # Tokenizers embedded in sequence modalities (4M-FACTS §1): pose VQ 207-d -> 8 tokens, 1k codes;
 # SAM mask VQ 64x64 binary -> 16 tokens, 1k codes.
@@ -42,7 +44,7 @@ class TokenizerSpec:
         return MODALITIES[self.modalities[0]]
 
 
-def _sub_tokenizer(tokenizer: str) -> str:
+def sub_tokenizer(tokenizer: str) -> str:
     """'wordpiece+pose_vq' -> 'pose_vq'; plain names unchanged."""
     return tokenizer.split("+", 1)[1] if "+" in tokenizer else tokenizer
 
@@ -53,7 +55,7 @@ def tokenizer_specs() -> dict[str, TokenizerSpec]:
     for m in MODALITIES.values():
         if not m.tokenizer or m.tokenizer == "wordpiece":
             continue
-        name = _sub_tokenizer(m.tokenizer)
+        name = sub_tokenizer(m.tokenizer)
         mods, labels = specs.setdefault(name, ([], []))
         mods.append(m.name)
         if m.label not in labels:

@@ -51,17 +51,17 @@ from fourm_core.config import StrictModel
 from fourm_core.manifest import Manifest, ModelRef
 from fourm_core.modalities import MODALITIES, Modality
 from fourm_core.store import ArtifactStore
+from fourm_core.structured import Box, ColorPalette, ColorPaletteSet, Detections, HumanPoses, Metadata, Person
 from fourm_core.units import SampleError, Unit, UnitOutput, UnitResult, run_unit
 
 from .captions import text_tokenizer
+from .committed import load_committed
 from .crops import Crop, CropConfig, crop_for
-from .registry import _sub_tokenizer
-from .seq_geometry import (crop_boxes, crop_mask, in_box_mask, persons_of_row, sam_row_masks, tight_box,
-                           transform_person)
+from .registry import sub_tokenizer
+from .seq_geometry import crop_boxes, crop_mask, in_box_mask, persons_of_row, sam_row_masks, tight_box, transform_person
 from .text.serialise import PARSED_TYPES, SERIALISERS, STRUCTURED_TYPES, token_budget
 from .text.serialise import color_palette as palette_ser
 from .text.serialise import sam_instance as sam_ser
-from .text.serialise.types import Box, ColorPalette, ColorPaletteSet, Detections, HumanPoses, Metadata, Person
 from .train_tokenizer import tokenizer_artifact, trained_ref
 
 CODE_VERSION = "tokenize.sequences/3"  # 3: the reference's serialisation conventions (det order and rounding, metadata bins)
@@ -78,7 +78,7 @@ class SequenceConfig(StrictModel):
 
 def vq_tokenizer(modality: Modality) -> str | None:
     """'wordpiece+mask_vq' -> 'mask_vq'; None for plain WordPiece modalities."""
-    return _sub_tokenizer(modality.tokenizer) if modality.tokenizer and "+" in modality.tokenizer else None
+    return sub_tokenizer(modality.tokenizer) if modality.tokenizer and "+" in modality.tokenizer else None
 
 
 # -------------------------------------------------------------------------------------- tokenizers
@@ -255,9 +255,7 @@ def sequence_unit(store: ArtifactStore, dataset: str, cfg, shard: int, modality:
     serialiser = SERIALISERS[modality.name]
 
     def compute() -> UnitOutput:
-        from .stage import _tokenizer  # the stage's loader and its per-digest cache
-
-        vq_model = _tokenizer(store, vq_ref) if vq_ref is not None else None
+        vq_model = load_committed(store, vq_ref) if vq_ref is not None else None
         table = store.read_table(dataset, modality.label_artifact, shard)
         rows = sorted(table.to_pylist(), key=lambda r: r["sample_key"])
         out: dict[str, list] = {"sample_key": [], "crop": [], "text": [], "structured": []}

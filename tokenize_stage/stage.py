@@ -24,26 +24,24 @@ import torch
 from pydantic import Field, field_validator
 
 from fourm_core.config import DatasetConfig, StrictModel, validate_config
-from fourm_core.manifest import ModelRef
-from fourm_core.modalities import MODALITIES, Modality, ModalityKind
+from fourm_core.modalities import MODALITIES, Modality
 from fourm_core.stage import StageSpec, units_of_run_shard
 from fourm_core.store import ArtifactStore
 from fourm_core.units import SampleError, Unit, UnitOutput, UnitResult, run_unit
 
 from . import fused, sequences
 from .captions import CAPTION, CAPTION_ARTIFACT, caption_shards, caption_source, caption_unit
+from .committed import load_committed, tokenizer_ref
 from .crops import CropConfig, apply_crop, crop_for
 from .labels import iter_label_rows
-from .models.base import Tokenizer
 from .normalize import normalize
-from .train_tokenizer import tokenizer_artifact, trained_ref
-from .registry import _sub_tokenizer
+from .registry import TOKEN_KINDS, sub_tokenizer
 from .sequences import SequenceConfig
+from .train_tokenizer import tokenizer_artifact
 
 CODE_VERSION = "tokenize.pretokenize/1"
 CROPS_CODE_VERSION = "tokenize.crops/1"
 CROPS_ARTIFACT = "tokens/_crops"
-_TOKEN_KINDS = (ModalityKind.IMAGE_TOKENS, ModalityKind.GLOBAL_TOKENS)
 
 
 class TrainTokenizersConfig(StrictModel):
@@ -111,7 +109,7 @@ class PretokenizeConfig(StrictModel):
             if name not in MODALITIES:
                 raise ValueError(f"unknown modality {name!r}; known: {', '.join(MODALITIES)}")
             if (name != CAPTION.name and name not in sequences.SEQUENCE_MODALITIES
-                    and MODALITIES[name].kind not in _TOKEN_KINDS):
+                    and MODALITIES[name].kind not in TOKEN_KINDS):
                 raise ValueError(f"modality {name!r} is not pre-tokenized by this stage (image/global token "
                                  f"modalities, sequence modalities and caption are)")
         return names
@@ -128,10 +126,10 @@ def _captions_enabled(cfg: PretokenizeConfig) -> bool:
 def _token_modalities(store: ArtifactStore, config: DatasetConfig, cfg: PretokenizeConfig) -> list[Modality]:
     """Image/global token modalities to encode (caption and sequence modalities have their own units)."""
     if cfg.modalities is not None:
-        return [MODALITIES[m] for m in cfg.modalities if MODALITIES[m].kind in _TOKEN_KINDS]
+        return [MODALITIES[m] for m in cfg.modalities if MODALITIES[m].kind in TOKEN_KINDS]
     ns = cfg.tokenizer_dataset or config.name
-    return [m for m in MODALITIES.values() if m.kind in _TOKEN_KINDS and m.tokenizer and
-            store.read_manifest(ns, tokenizer_artifact(_sub_tokenizer(m.tokenizer), cfg.profile), None) is not None]
+    return [m for m in MODALITIES.values() if m.kind in TOKEN_KINDS and m.tokenizer and
+            store.read_manifest(ns, tokenizer_artifact(sub_tokenizer(m.tokenizer), cfg.profile), None) is not None]
 
 
 def plan_shards(store: ArtifactStore, config: DatasetConfig) -> list[int]:
@@ -142,28 +140,6 @@ def plan_shards(store: ArtifactStore, config: DatasetConfig) -> list[int]:
         shards.update(store.committed_shards(config.name, m.label_artifact))
     shards.update(sequences.plan_shards(store, config.name, cfg))  # sequence modalities (sequences.py)
     return sorted(shards)
-
-
-_LOADED: dict[tuple[str, str], Tokenizer] = {}
-
-
-def _tokenizer_ref(store: ArtifactStore, ns: str, name: str, profile: str) -> ModelRef:
-    """The committed tokenizer's ModelRef for a unit's cache key (its manifest only, no weights loaded)."""
-    try:
-        return trained_ref(store, ns, name, profile)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"tokenizer {ns}/{tokenizer_artifact(name, profile)} is not committed; train it "
-                                f"with python -m tokenize_stage train --tokenizer {name} --profile {profile}") from None
-
-
-def _tokenizer(store: ArtifactStore, ref: ModelRef) -> Tokenizer:
-    """The tokenizer ``ref`` names, loaded once per process per weights digest (a retrain reloads)."""
-    key = (ref.source, ref.digest)
-    if key not in _LOADED:
-        if len(_LOADED) >= 16:
-            _LOADED.pop(next(iter(_LOADED)))
-        _LOADED[key] = Tokenizer.from_pretrained(ref.source, **store.storage_options)
-    return _LOADED[key]
 
 
 def _crops_unit(store: ArtifactStore, config: DatasetConfig, cfg: PretokenizeConfig, shard: int,
@@ -189,8 +165,8 @@ def _crops_unit(store: ArtifactStore, config: DatasetConfig, cfg: PretokenizeCon
 def _token_unit(store: ArtifactStore, config: DatasetConfig, cfg: PretokenizeConfig, shard: int, modality: Modality,
                 force: bool) -> UnitResult:
     ns = cfg.tokenizer_dataset or config.name
-    name = _sub_tokenizer(modality.tokenizer)
-    ref = _tokenizer_ref(store, ns, name, cfg.profile)
+    name = sub_tokenizer(modality.tokenizer)
+    ref = tokenizer_ref(store, ns, name, cfg.profile)
     label_manifest = store.read_manifest(config.name, modality.label_artifact, shard)
     column = cfg.label_columns.get(modality.label)  # None: the labelers' storage format (label_codec)
     unit = Unit(stage="tokenize", dataset=config.name, artifacts=[modality.token_artifact], shard=shard,
@@ -198,7 +174,7 @@ def _token_unit(store: ArtifactStore, config: DatasetConfig, cfg: PretokenizeCon
                 config={"modality": modality.name, "column": column, "crops": cfg.crops.model_dump(mode="json")})
 
     def compute() -> UnitOutput:
-        model = _tokenizer(store, ref)
+        model = load_committed(store, ref)
         tcfg = model.config
         channels = getattr(tcfg, "in_channels", None)
         size = getattr(tcfg, "image_size", None)
@@ -260,19 +236,19 @@ def artifacts_for(config: DatasetConfig) -> list[str]:
     cfg = pretokenize_config(config)
     caption = [CAPTION_ARTIFACT] if _captions_enabled(cfg) else []
     if cfg.modalities is not None:
-        mods = [MODALITIES[m] for m in cfg.modalities if MODALITIES[m].kind in _TOKEN_KINDS]
+        mods = [MODALITIES[m] for m in cfg.modalities if MODALITIES[m].kind in TOKEN_KINDS]
     elif cfg.train is not None:
         trained = set(cfg.train.tokenizers)
-        mods = [m for m in MODALITIES.values() if m.kind in _TOKEN_KINDS and m.tokenizer
-                and _sub_tokenizer(m.tokenizer) in trained]
+        mods = [m for m in MODALITIES.values() if m.kind in TOKEN_KINDS and m.tokenizer
+                and sub_tokenizer(m.tokenizer) in trained]
     else:
-        mods = [m for m in MODALITIES.values() if m.kind in _TOKEN_KINDS]
+        mods = [m for m in MODALITIES.values() if m.kind in TOKEN_KINDS]
     seq = sequences.artifacts_for(cfg)
     return [m.token_artifact for m in mods] + seq + ([CROPS_ARTIFACT] if mods or seq else []) + caption
 
 
 STAGE = StageSpec(name="tokenize", plan_shards=plan_shards, run_shard=run_shard, artifacts_for=artifacts_for,
                   shard_units=units_of_run_shard(run_shard),
-                  artifacts=tuple(m.token_artifact for m in MODALITIES.values() if m.kind in _TOKEN_KINDS)
+                  artifacts=tuple(m.token_artifact for m in MODALITIES.values() if m.kind in TOKEN_KINDS)
                   + tuple(MODALITIES[m].token_artifact for m in sequences.SEQUENCE_MODALITIES)
                   + (CROPS_ARTIFACT, CAPTION_ARTIFACT), num_cpus=1.0)

@@ -6,7 +6,7 @@ reads every committed shard of the tokenizer's pseudo label (``labels/<label>``)
 ``eval_samples`` samples, trains, and commits ``<dataset>/tokenizers/<name>[-<profile>]/`` with:
 
     data.parquet        training log (step, loss, recon, perplexity, usage)
-    data.safetensors    weights     data.config.json   the tokenizer config (Tokenizer.from_pretrained
+    data.safetensors    weights     data.config.json   the tokenizer config (models.from_pretrained
                                                         loads the artifact directory directly)
     data.card.md        model card  data.metrics.json  tokenizer bound vs baseline
     data.report.png     held-out originals beside reconstructions
@@ -34,13 +34,14 @@ from fourm_core.units import Unit, UnitOutput, UnitResult, run_unit
 
 from .labels import read_label_arrays
 from .metrics import PRIMARY, baseline_prediction, beats, reconstruction_metrics
-from .models.base import Tokenizer, build_tokenizer
+from .models.base import Tokenizer
+from .models.hub import build_tokenizer, from_pretrained
 from .models.config import Layout
 from .normalize import normalize_batch
 from .registry import tokenizer_config, tokenizer_specs
 from .report import comparison_png, model_card
 
-CODE_VERSION = "tokenize.train/2"  # 2: Memcodes per-head codebook tensors (H, K, d); ml4m layout
+CODE_VERSION = "tokenize.train/3"  # 2: Memcodes per-head (H, K, d), ml4m layout; 3: ml4m decoders sample as the reference
 _BASELINE_KIND = {"semseg": "majority class", "mask": "per-pixel majority mask"}
 
 
@@ -217,4 +218,4 @@ def trained_ref(store: ArtifactStore, dataset: str, name: str, profile: str = "p
 def load_trained(store: ArtifactStore, dataset: str, name: str, profile: str = "production") -> tuple[Tokenizer, ModelRef]:
     """A committed tokenizer and the ModelRef (weights digest) that pre-tokenization keys its cache on."""
     ref = trained_ref(store, dataset, name, profile)
-    return Tokenizer.from_pretrained(ref.source, **store.storage_options), ref
+    return from_pretrained(ref.source, **store.storage_options), ref

@@ -1,27 +1,30 @@
-"""Vectorised 4M multimodal masking (4M-FACTS §5): a whole batch in a few tensor ops.
+"""Vectorised 4M multimodal masking (4M-FACTS §5): a whole batch in a few array ops.
 
 Per sample: pick a mixture component, draw Dirichlet input/target budgets over the modalities the
-sample has, cap them by what each modality can give (redistributing the excess), then pick disjoint
-random input/target positions for image-like modalities and T5-style span masking with sentinels
-for sequences (chunk-wise for metadata; zeroed spans for T5 embeddings). The result is a
-:class:`~train_stage.batch.MaskedBatch` with exactly ``input_budget`` / ``target_budget`` slots.
+sample has, cap them by what each modality can give, then pick disjoint random input/target positions
+for image-like modalities and T5-style span masking with sentinels for sequences (chunk-wise for
+metadata; zeroed spans for T5 embeddings). The result is a :class:`~train_stage.batch.MaskedBatch` with
+``input_budget`` / ``target_budget`` slots per sample (``budget_mode: reference``: what a cap removes
+stays unused; ``fill``: it is redistributed).
 
-There is no per-sample Python loop: loops run over modalities (a fixed, small number) only.
+There is no per-sample Python loop: loops run over modalities (a fixed, small number) only. The work is
+done in numpy, whose calls cost a fraction of torch's at these sizes (a few hundred rows); the caller's
+torch generator seeds a numpy generator, so a seeded call stays deterministic.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from fourm_core.modalities import ModalityKind, get_modality
-from fourm_core.seeding import seeded
 
 from .batch import IGNORE, MODALITY_INDEX, MaskedBatch
 from .mixture import MixtureConfig
 from .span_masking import EOS, N_SENTINELS, PAD, SENTINEL0  # noqa: F401  (re-exported: ids used with batches)
-from .span_masking import draw_kept, random_ranks, span_mask, target_window, with_eos
+from .span_masking import FirstDraw, decay, span_mask, target_window, with_eos
 
 _KEEP_CODES = {"random": 0, "all": 1, "binary": 2}
 _EMB_OFFSET = 1 << 20  # T5 embedding rows are masked as ids past every sentinel id
@@ -58,64 +61,48 @@ class RawBatch:
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def compact(values: torch.Tensor, keep: torch.Tensor, n: int, fill: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move the kept entries of each row to the front, in order: (B, W[, F]), (B, W) -> (B, n[, F]), valid (B, n).
-
-    A cumsum gives each kept entry its destination; one scatter writes it (O(W), no sort). Entries
-    beyond ``n`` and dropped ones go to a spare column that is cut off.
-    """
-    B, W = keep.shape
-    dest = keep.long().cumsum(1) - 1
-    dest = torch.where(keep & (dest < n), dest, torch.full_like(dest, n))
-    if values.dim() == 3:
-        F = values.shape[2]
-        out = values.new_full((B, n + 1, F), fill)
-        out.scatter_(1, dest[:, :, None].expand(B, W, F), values)
-    else:
-        out = values.new_full((B, n + 1), fill)
-        out.scatter_(1, dest, values)
-    count = keep.sum(1, keepdim=True)
-    valid = torch.arange(n, device=keep.device)[None] < count
-    return out[:, :n], valid
+def numpy_rng(generator: torch.Generator | np.random.Generator) -> np.random.Generator:
+    """A numpy generator seeded from the caller's torch generator (one draw from it), or the one given."""
+    if isinstance(generator, np.random.Generator):
+        return generator
+    return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
 
 
-def sample_dirichlet(alpha: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Batched Dirichlet (B, M) allowing α = 0 entries (they get 0); an all-zero row gives zeros.
-
-    Drawn as normalised Gamma variables in float64 (α = 0.01 underflows float32). If every draw of a
-    row underflows, the mass goes to one random allowed modality, the α -> 0 limit of the Dirichlet.
-    """
-    allowed = alpha > 0
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    with seeded(seed):  # torch.distributions has no generator argument
-        g = torch.distributions.Gamma(alpha.double().clamp(min=1e-12), torch.ones((), dtype=torch.float64)).sample()
-    g = torch.where(allowed, g, torch.zeros_like(g))
-    total = g.sum(1, keepdim=True)
-    underflow = (total <= 0) & allowed.any(1, keepdim=True)
-    if bool(underflow.any()):
-        pick = torch.multinomial(allowed.double() + 1e-30, 1, generator=generator)
-        onehot = torch.zeros_like(g).scatter_(1, pick, 1.0)
-        g = torch.where(underflow, onehot, g)
-        total = g.sum(1, keepdim=True)
-    return g / total.clamp(min=1e-300)
+def _np(t: torch.Tensor | np.ndarray) -> np.ndarray:
+    return t.numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
-def log_gamma(alpha: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def log_gamma(alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """log of Gamma(alpha, 1) draws, any shape; -inf where alpha == 0.
 
     Drawn as log G(alpha + 1) + log(U) / alpha, which stays finite for tiny alpha (G(0.01) itself is 0 in
     float64 about once in a thousand draws).
     """
     allowed = alpha > 0
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    with seeded(seed):  # torch._standard_gamma has no generator argument
-        g1 = torch._standard_gamma(alpha.double() + 1.0)
-    u = torch.rand(alpha.shape, generator=generator, dtype=torch.float64).clamp(min=1e-300)
-    out = g1.log() + u.log() / alpha.double().clamp(min=1e-300)
-    return torch.where(allowed, out, torch.full_like(out, float("-inf")))
+    a = np.where(allowed, alpha, 1.0)
+    g1 = rng.standard_gamma(a + 1.0)
+    u = np.maximum(rng.random(alpha.shape), 1e-300)
+    return np.where(allowed, np.log(g1) + np.log(u) / a, -np.inf)
 
 
-def dirichlet_budgets(alpha: torch.Tensor, total: int, cap: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _dirichlet(alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(B, M) Dirichlet draws (normalised Gammas, in log space); α = 0 entries and all-zero rows get 0."""
+    lg = log_gamma(alpha, rng)
+    has = (alpha > 0).any(1, keepdims=True)
+    lg = np.where(has, lg, 0.0)
+    e = np.exp(lg - lg.max(1, keepdims=True))
+    return np.where(has, e / e.sum(1, keepdims=True), 0.0)
+
+
+def sample_dirichlet(alpha: torch.Tensor, generator: torch.Generator | np.random.Generator) -> torch.Tensor:
+    """Batched Dirichlet (B, M) float64 allowing α = 0 entries (they get 0); an all-zero row gives zeros.
+
+    Normalised Gamma variables computed from their logarithms (see :func:`log_gamma`), so α = 0.01 never
+    underflows to an all-zero row."""
+    return torch.from_numpy(_dirichlet(_np(alpha).astype(np.float64), numpy_rng(generator)))
+
+
+def dirichlet_budgets(alpha: np.ndarray, total: int, cap: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The reference's token budgets: (B, M) alphas (0: no tokens), (B, M) caps -> (B, M) int64.
 
     ``floor(p * total)`` for a Dirichlet draw p, then the tokens the floors lost go one each to the argmax of
@@ -123,24 +110,23 @@ def dirichlet_budgets(alpha: torch.Tensor, total: int, cap: torch.Tensor, genera
     What a cap removes is not given to anyone: a sample can use fewer than ``total`` tokens.
     """
     B, M = alpha.shape
-    has = (alpha > 0).any(1, keepdim=True)
-    lg = log_gamma(alpha, generator)
-    p = torch.softmax(torch.where(has, lg, torch.zeros_like(lg)), 1)
-    k = torch.where(has, (p * total).floor(), torch.zeros_like(p)).long()
-    diff = torch.where(has[:, 0], total - k.sum(1), 0)
+    allowed = alpha > 0
+    has = allowed.any(1)
+    k = np.floor(_dirichlet(alpha, rng) * total).astype(np.int64)
+    diff = np.where(has, total - k.sum(1), 0)
     D = int(diff.max()) if B else 0
     if D > 0:  # argmax of a Dirichlet draw = argmax of its Gamma draws (the normalisation does not move it)
-        allowed = alpha > 0
         # rows whose allowed alphas are all equal: by symmetry the argmax is uniform over the allowed ones
-        top = alpha.max(1, keepdim=True).values
-        symmetric = (allowed <= (alpha == top)).all(1) & has[:, 0]
-        winners = torch.multinomial(allowed.double() + ~has * 1.0, D, replacement=True, generator=generator)
-        if not bool(symmetric.all()):
-            rows = (~symmetric).nonzero().flatten()
-            winners[rows] = log_gamma(alpha[rows, None, :].expand(rows.numel(), D, M), generator).argmax(2)
-        use = (torch.arange(D)[None] < diff[:, None]).long()
-        k = k.scatter_add(1, winners, use)
-    return torch.minimum(k, cap)
+        symmetric = (~allowed | (alpha == alpha.max(1, keepdims=True))).all(1)
+        allowed_cols = np.argsort(~allowed, axis=1, kind="stable")  # each row's allowed columns first, in order
+        pick = (rng.random((B, D)) * allowed.sum(1)[:, None]).astype(np.int64)  # the pick-th allowed one
+        winners = np.take_along_axis(allowed_cols, np.minimum(pick, M - 1), 1)
+        rows = np.flatnonzero(~symmetric & has)
+        if rows.size:
+            winners[rows] = log_gamma(np.broadcast_to(alpha[rows, None, :], (rows.size, D, M)), rng).argmax(2)
+        use = np.arange(D)[None] < diff[:, None]
+        k += np.bincount((np.arange(B)[:, None] * M + winners)[use], minlength=B * M).reshape(B, M)
+    return np.minimum(k, cap)
 
 
 def allocate(p: torch.Tensor, cap: torch.Tensor, budget: int) -> torch.Tensor:
@@ -172,6 +158,42 @@ def allocate(p: torch.Tensor, cap: torch.Tensor, budget: int) -> torch.Tensor:
     rank = frac.argsort(1, descending=True).argsort(1)
     k = k + ((rank < remainder) & (k < cap)).to(k.dtype)
     return k.long()
+
+
+def split_cells(k_in: np.ndarray, k_all: np.ndarray, L: int, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint uniform input / target cells of B grids of L cells: k_in (B,) inputs, k_all - k_in targets.
+
+    Each cell gets a random key; a row's k_in lowest keys are its inputs, the next ones up to k_all its
+    targets. One row-wise sort gives the thresholds (the (k+1)-th lowest key), one scan the selected cells.
+    Returns the selected cells as flat indices into (B, L), ascending, and whether each is an input. A tie at
+    a threshold (float32 keys: about one row in 10^5) would select one cell too many or too few: such rows
+    are drawn again, which keeps the subsets uniform.
+    """
+    B = k_in.shape[0]
+    rows = np.arange(B)
+    out_f, out_in = [], []
+    todo = rows
+    while todo.size:
+        n = todo.size
+        keys = rng.random((n, L), dtype=np.float32)
+        ordered = np.sort(keys, axis=1)
+        at = np.arange(n) * L
+        thr_in = np.where(k_in[todo] < L, ordered.reshape(-1)[at + np.minimum(k_in[todo], L - 1)], np.inf)
+        thr_all = np.where(k_all[todo] < L, ordered.reshape(-1)[at + np.minimum(k_all[todo], L - 1)], np.inf)
+        f = np.flatnonzero(keys < thr_all.astype(np.float32)[:, None])
+        r = f // L
+        is_in = keys.reshape(-1)[f] < thr_in[r]
+        ok = (np.bincount(r, minlength=n) == k_all[todo]) & (np.bincount(r[is_in], minlength=n) == k_in[todo])
+        if n == B and ok.all():
+            return f, is_in
+        keep = ok[r]
+        out_f.append(todo[r[keep]] * L + f[keep] % L)
+        out_in.append(is_in[keep])
+        todo = todo[~ok]
+    f, is_in = np.concatenate(out_f), np.concatenate(out_in)
+    order = np.argsort(f)
+    return f[order], is_in[order]
 
 
 # ----------------------------------------------------------------------------------------- masker
@@ -213,36 +235,48 @@ class Masker:
         self.seq_idx = [i for i, m in enumerate(self.mods) if not m.is_image_like]
         self.max_tokens = torch.tensor([m.max_tokens for m in self.mods])
         self.is_image = torch.tensor([m.is_image_like for m in self.mods])
+        # numpy copies of the static tables
+        self._alpha_in = self.alpha_in.double().numpy()
+        self._alpha_out = self.alpha_out.double().numpy()
+        self._keep = self.keep.numpy()
+        w = self.weights.numpy()
+        cdf = np.cumsum(w, 1) / w.sum(1, keepdims=True)
+        for d in range(len(mixtures)):  # no rounding can pick a component past the dataset's last one
+            cdf[d, int(np.flatnonzero(w[d] > 0)[-1]):] = 1.0
+        self._cdf = cdf
+        self._max_tokens = self.max_tokens.numpy()
+        self._is_image = self.is_image.numpy()
+        self._mids = [MODALITY_INDEX[m] for m in self.modalities]
 
     # ---------------------------------------------------------------------------------- pieces
 
-    def sample_components(self, dataset: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def sample_components(self, dataset: torch.Tensor, g: torch.Generator | np.random.Generator) -> torch.Tensor:
         """(B,) dataset index -> (B,) mixture component, drawn by the dataset's component weights."""
-        return torch.multinomial(self.weights[dataset], 1, generator=g)[:, 0]
+        return torch.from_numpy(self._components(_np(dataset).astype(np.int64), numpy_rng(g)))
 
-    def _present(self, raw: RawBatch, B: int) -> torch.Tensor:
+    def _components(self, dataset: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        u = rng.random(dataset.shape[0])
+        return (u[:, None] >= self._cdf[dataset]).sum(1)
+
+    def _present(self, raw: RawBatch, B: int) -> np.ndarray:
         """(B, M) whether each sample has each modality (an empty sequence is present: it is "[EOS]")."""
-        cols = []
-        for m in self.mods:
+        out = np.zeros((B, len(self.mods)), dtype=bool)
+        for i, m in enumerate(self.mods):
             if m.name in raw.present:
-                cols.append(raw.present[m.name].bool())
+                out[:, i] = _np(raw.present[m.name]).astype(bool)
             elif m.name in raw.lengths:
-                cols.append(raw.lengths[m.name] > 0)
-            else:
-                cols.append(torch.zeros(B, dtype=torch.bool))
-        return torch.stack(cols, 1)
+                out[:, i] = _np(raw.lengths[m.name]) > 0
+        return out
 
-    def _lengths(self, raw: RawBatch, B: int) -> torch.Tensor:
+    def _lengths(self, raw: RawBatch, B: int) -> np.ndarray:
         """(B, M) valid tokens per modality (0 when absent)."""
-        cols = []
-        for m in self.mods:
+        out = np.zeros((B, len(self.mods)), dtype=np.int64)
+        for i, m in enumerate(self.mods):
             if m.name in raw.lengths:
-                cols.append(raw.lengths[m.name].long().clamp(max=m.max_tokens))
-            else:
-                cols.append(torch.zeros(B, dtype=torch.long))
-        return torch.stack(cols, 1)
+                out[:, i] = np.minimum(_np(raw.lengths[m.name]), m.max_tokens)
+        return out
 
-    def _sequence(self, i: int, raw: RawBatch, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sequence(self, i: int, raw: RawBatch, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Sequence modality ``i`` as masked: (B, L) ids with [EOS] appended and (B,) lengths.
 
         T5 embeddings have no [EOS]; their "ids" are row numbers offset past the sentinel ids (see
@@ -250,112 +284,120 @@ class Masker:
         """
         mod = self.mods[i]
         B = present.shape[0]
-        n = raw.lengths[mod.name].long() if mod.name in raw.lengths else torch.zeros(B, dtype=torch.long)
+        n = _np(raw.lengths[mod.name]).astype(np.int64) if mod.name in raw.lengths else np.zeros(B, np.int64)
         if mod.kind == ModalityKind.EMBEDDING_SEQ:
             L = min(raw.embeddings[mod.name].shape[1], mod.max_tokens) if mod.name in raw.embeddings else 1
-            tok = (torch.arange(L) + _EMB_OFFSET)[None].expand(B, L)
-            return tok, torch.where(present, n.clamp(max=L), torch.zeros_like(n))
-        tok = raw.tokens[mod.name] if mod.name in raw.tokens else torch.zeros(B, 1, dtype=torch.int32)
+            tok = np.broadcast_to(np.arange(L, dtype=np.int32) + _EMB_OFFSET, (B, L))
+            return tok, np.where(present, np.minimum(n, L), 0)
+        tok = _np(raw.tokens[mod.name]) if mod.name in raw.tokens else np.zeros((B, 1), dtype=np.int64)
         return with_eos(tok, n, present, mod.max_tokens)
+
+    def _grid_ids(self, i: int, raw: RawBatch, B: int) -> np.ndarray:
+        """(B, L) ids of image-like modality ``i``: its tokens, or the patch index for pixels."""
+        mod = self.mods[i]
+        L = mod.max_tokens
+        if mod.kind == ModalityKind.PIXELS:
+            return np.broadcast_to(np.arange(L, dtype=np.int64), (B, L))
+        if mod.name in raw.tokens:
+            return _np(raw.tokens[mod.name])
+        return np.zeros((B, L), dtype=np.int64)
 
     # ---------------------------------------------------------------------------------- call
 
     def __call__(self, raw: RawBatch, generator: torch.Generator | None = None) -> MaskedBatch:
         g = generator if generator is not None else torch.Generator().manual_seed(0)
+        rng = numpy_rng(g)
         B = raw.batch_size
-        dataset = raw.dataset if raw.dataset is not None else torch.zeros(B, dtype=torch.long)
-        comp = self.sample_components(dataset, g)
+        dataset = _np(raw.dataset).astype(np.int64) if raw.dataset is not None else np.zeros(B, dtype=np.int64)
+        comp = self._components(dataset, rng)
         present = self._present(raw, B)
         n = self._lengths(raw, B)
-        a_in = torch.where(present, self.alpha_in[comp], 0.0)
-        a_out = torch.where(present, self.alpha_out[comp], 0.0)
+        a_in = np.where(present, self._alpha_in[comp], 0.0)
+        a_out = np.where(present, self._alpha_out[comp], 0.0)
+        max_tokens = np.broadcast_to(self._max_tokens, (B, len(self.mods)))
         reference = self.budget_mode == "reference"
         if reference:  # budgets first, from the Dirichlet draws alone; sequences then fit into them
-            k_in = dirichlet_budgets(a_in, self.input_budget, self.max_tokens.expand(B, -1), g)
-            cap_out = torch.where(self.is_image, self.max_tokens - k_in, self.max_tokens)
-            k_out = dirichlet_budgets(a_out, self.target_budget, cap_out, g)
+            k_in = dirichlet_budgets(a_in, self.input_budget, max_tokens, rng)
+            cap_out = np.where(self._is_image, max_tokens - k_in, max_tokens)
+            k_out = dirichlet_budgets(a_out, self.target_budget, cap_out, rng)
 
-        seqs = {}
+        seqs, draws = {}, {}
         for i in self.seq_idx:
             mod = self.mods[i]
             tok, n_seq = self._sequence(i, raw, present[:, i])
-            keep = self.keep[comp, i]
-            u = torch.rand(B, generator=g)
-            r = torch.where(keep == 1, 1.0, torch.where(keep == 2, (u < 0.5).float(), u))
+            keep = self._keep[comp, i]
+            u = rng.random(B)
+            r = np.where(keep == 1, 1.0, np.where(keep == 2, (u < 0.5).astype(np.float64), u))
             if reference:
                 budget_in = k_in[:, i]
             else:  # fill: no target wanted -> keep all; no input wanted -> mask all; inputs are cut later
                 if mod.is_target:
-                    r = torch.where(a_out[:, i] == 0, 1.0, r)
-                r = torch.where(a_in[:, i] == 0, 0.0, r)
-                budget_in = torch.where(a_in[:, i] == 0, 0, 2 * tok.shape[1] + 2)
-            kept = draw_kept(n_seq, r, budget_in, tok.shape[1], self.metadata_chunk if mod.name == "metadata" else 1, g)
-            seqs[i] = span_mask(tok, n_seq, kept, budget_in)
+                    r = np.where(a_out[:, i] == 0, 1.0, r)
+                r = np.where(a_in[:, i] == 0, 0.0, r)
+                budget_in = np.where(a_in[:, i] == 0, 0, 2 * tok.shape[1] + 2)
+            chunk = self.metadata_chunk if mod.name == "metadata" else 1
+            draws[i] = (FirstDraw(n_seq, r, budget_in, tok.shape[1], chunk, rng), tok, n_seq, budget_in)
+        # the keep-probability decay of the rows over budget, all sequence modalities in one call
+        over = [d[0] for d in draws.values() if d[0].rows.size]
+        if over:
+            units = decay(*(np.concatenate(x) for x in zip(*(d.decay_args() for d in over))), rng)
+            at = np.cumsum([0] + [d.rows.size for d in over])
+            for d, lo, hi in zip(over, at[:-1], at[1:]):
+                d.set_units(units[lo:hi])
+        for i, (draw, tok, n_seq, budget_in) in draws.items():
+            seqs[i] = span_mask(tok, n_seq, draw.kept, budget_in)
         if not reference:
-            cap_in = torch.zeros_like(n)
-            cap_out = torch.zeros_like(n)
+            cap_in = n.copy()  # image-like: the grid (0 when absent)
+            cap_out = np.zeros_like(n)
             for i in self.seq_idx:
-                cap_in[:, i] = seqs[i][1]
-                cap_out[:, i] = seqs[i][3] if self.mods[i].is_target else 0
-            for i in self.image_idx:
-                cap_in[:, i] = n[:, i]
-            k_in = allocate(sample_dirichlet(a_in, g), cap_in, self.input_budget)
+                cap_in[:, i] = seqs[i].in_len
+                cap_out[:, i] = seqs[i].tgt_len if self.mods[i].is_target else 0
+            k_in = allocate(torch.from_numpy(_dirichlet(a_in, rng)), torch.from_numpy(cap_in),
+                            self.input_budget).numpy()
             for i in self.image_idx:
                 cap_out[:, i] = n[:, i] - k_in[:, i]  # targets come from the positions inputs left
-            k_out = allocate(sample_dirichlet(a_out, g), cap_out, self.target_budget)
+            k_out = allocate(torch.from_numpy(_dirichlet(a_out, rng)), torch.from_numpy(cap_out),
+                             self.target_budget).numpy()
 
-        # image-like modalities: one random permutation per (sample, modality), one argsort per grid size;
-        # the first k_in cells of the permutation are inputs, the next k_out targets (so they are disjoint)
-        ranks: dict[int, torch.Tensor] = {}
-        by_len: dict[int, list[int]] = {}
+        enc = _Layout(B, self.input_budget, len(self.mods))
+        dec = _Layout(B, self.target_budget, len(self.mods))
+        # image-like modalities: uniform disjoint input / target cells per sample (see split_cells)
         for i in self.image_idx:
-            by_len.setdefault(self.mods[i].max_tokens, []).append(i)
-        for L, idx in by_len.items():
-            rank = random_ranks(B * len(idx), L, g).view(B, len(idx), L)
-            for j, i in enumerate(idx):
-                ranks[i] = rank[:, j]
+            L = self.mods[i].max_tokens
+            kin = np.where(present[:, i], k_in[:, i], 0)
+            kall = kin + np.where(present[:, i], k_out[:, i], 0)
+            f, inp = split_cells(kin, kall, L, rng)
+            b, c = np.divmod(f, L)
+            tok = self._grid_ids(i, raw, B).reshape(-1)[f].astype(np.int64, copy=False)
+            enc.add_cells(i, self._mids[i], b[inp], c[inp], tok[inp])
+            if self.mods[i].is_target:
+                out = ~inp
+                dec.add_cells(i, self._mids[i], b[out], c[out], tok[out])
 
-        enc = _Slots()
-        dec = _Slots()
-        for i, mod in enumerate(self.mods):
-            mid = MODALITY_INDEX[mod.name]
-            if mod.is_image_like:
-                L = mod.max_tokens
-                if mod.kind == ModalityKind.PIXELS:
-                    ids = torch.arange(L, dtype=torch.int32).expand(B, L)
-                elif mod.name in raw.tokens:
-                    ids = raw.tokens[mod.name].int()
-                else:
-                    ids = torch.zeros(B, L, dtype=torch.int32)
-                r = ranks[i]
-                lo, hi = k_in[:, i:i + 1], (k_in + k_out)[:, i:i + 1]
-                enc.add(ids, (r < lo) & present[:, i:i + 1], mid)
-                if mod.is_target:
-                    dec.add(ids, (r >= lo) & (r < hi) & present[:, i:i + 1], mid, ids)
-                continue
-            in_ids, in_len, tgt, tgt_len, is_sent = seqs[i]
+        for i in self.seq_idx:
+            mod, sp = self.mods[i], seqs[i]
+            in_ids = sp.in_ids
             if mod.kind == ModalityKind.EMBEDDING_SEQ:  # row L (a zero vector) stands for a masked span
-                in_ids = torch.where(in_ids >= _EMB_OFFSET, in_ids - _EMB_OFFSET, in_ids.shape[1])
-            Li = in_ids.shape[1]
-            enc.add(in_ids, torch.arange(Li)[None] < torch.minimum(in_len, k_in[:, i])[:, None], mid)
+                in_ids = np.where(in_ids >= _EMB_OFFSET, in_ids - _EMB_OFFSET, in_ids.shape[1])
+            enc.add_prefix(i, self._mids[i], in_ids, np.minimum(sp.in_len, k_in[:, i]))
             if not mod.is_target:
                 continue
             if reference:
-                start, width = target_window(tgt_len, is_sent, k_out[:, i], torch.rand(B, generator=g))
+                start, width = target_window(sp.tgt_len, sp.sent_pos, sp.n_sent, k_out[:, i], rng.random(B))
             else:
-                start, width = torch.zeros_like(tgt_len), torch.minimum(tgt_len, k_out[:, i])
-            Lt = min(tgt.shape[1], mod.max_tokens + 1, self.target_budget)
-            pos = torch.arange(Lt)[None]
-            W = tgt.shape[1]
-            here = tgt.gather(1, (start[:, None] + pos).clamp(max=W - 1))
-            after = tgt.gather(1, (start[:, None] + pos + 1).clamp(max=W - 1))
+                start, width = np.zeros_like(sp.tgt_len), np.minimum(sp.tgt_len, k_out[:, i])
             # sequence targets are predicted next-token: slot j is fed token j and predicts j + 1; as in the
             # reference, the last target token (nothing to predict after it) takes no decoder slot
-            has_next = pos + 1 < width[:, None]
-            dec.add(here, has_next, mid, torch.where(has_next, after, IGNORE))
+            n_dec = np.clip(np.minimum(width - 1, min(mod.max_tokens + 1, self.target_budget)), 0, None)
+            Lw = int(n_dec.max()) if B else 0
+            W = sp.tgt.shape[1]
+            at = np.minimum(start[:, None] + np.arange(Lw + 1)[None], W - 1) + (np.arange(B) * W)[:, None]
+            window = sp.tgt.reshape(-1)[at]  # (B, Lw + 1): the window and the token after it
+            here, after = window[:, :-1], window[:, 1:]
+            dec.add_prefix(i, self._mids[i], here, n_dec, after)
 
-        enc_tokens, enc_positions, enc_modality, _, enc_valid = enc.assemble(self.input_budget)
-        dec_tokens, dec_positions, dec_modality, labels, dec_valid = dec.assemble(self.target_budget)
+        enc_tokens, enc_positions, enc_modality, _, enc_valid = enc.assemble(with_labels=False)
+        dec_tokens, dec_positions, dec_modality, labels, dec_valid = dec.assemble()
         pixels = {m: v for m, v in raw.pixels.items() if m in self.modalities}
         embeddings = {m: v for m, v in raw.embeddings.items() if m in self.modalities}
         return MaskedBatch(
@@ -365,42 +407,62 @@ class Masker:
         )
 
 
-class _Slots:
-    """Candidate slots of all modalities side by side; ``assemble`` keeps the selected ones, in order.
+class _Layout:
+    """The flat slots of one side (encoder or decoder): each modality's selected tokens, in modality order.
 
-    Position and modality of a column are static (a column is one cell of one modality), so only the
-    column index is compacted and everything else is gathered through it.
+    Modalities register their tokens as a row-wise selection first (``add_cells``: selected grid cells, in
+    cell order; ``add_prefix``: the first ``count`` columns); ``assemble`` then knows every row's count per
+    modality, hence where each modality's block starts, and writes every token straight to its slot.
     """
 
-    def __init__(self) -> None:
-        self.tokens: list[torch.Tensor] = []
-        self.keep: list[torch.Tensor] = []
-        self.labels: list[torch.Tensor] = []
-        self.pos: list[torch.Tensor] = []
-        self.mod: list[torch.Tensor] = []
+    def __init__(self, B: int, n: int, n_mods: int) -> None:
+        self.B, self.n = B, n
+        self.counts = np.zeros((B, n_mods), dtype=np.int64)
+        self.blocks: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 
-    def add(self, tokens: torch.Tensor, keep: torch.Tensor, modality: int, labels: torch.Tensor | None = None) -> None:
-        L = tokens.shape[1]
-        self.tokens.append(tokens)
-        self.keep.append(keep)
-        self.labels.append(labels if labels is not None else tokens)
-        self.pos.append(torch.arange(L))
-        self.mod.append(torch.full((L,), modality))
+    def add_cells(self, i: int, mid: int, rows: np.ndarray, cells: np.ndarray, tok: np.ndarray) -> None:
+        """Modality ``i`` (registry index ``mid``) takes grid cells (rows and cells sorted row by row, cells
+        ascending within a row) with their tokens; the label of a cell is its token."""
+        count = np.bincount(rows, minlength=self.B)
+        rank = np.arange(rows.shape[0]) - (np.cumsum(count) - count)[rows]  # slot within the row's block
+        self.counts[:, i] = count
+        self.blocks.append((i, mid, rows, rank, tok, cells, tok))
 
-    def assemble(self, n: int):
-        """-> tokens, positions, modality (-1 for padding), labels (IGNORE for padding), valid; each (B, n)."""
-        keep = torch.cat(self.keep, 1)
-        B, W = keep.shape
-        # budgets never exceed n, so each row keeps <= n columns: nonzero lists them row by row in order
-        rows, cols = keep.nonzero(as_tuple=True)
-        count = keep.sum(1)
-        row_start = count.cumsum(0) - count
-        slot = torch.arange(rows.shape[0]) - row_start[rows]
-        col = torch.zeros(B, n, dtype=torch.long)
-        col[rows, slot] = cols
-        valid = torch.arange(n)[None] < count[:, None]
-        tokens = torch.cat(self.tokens, 1).gather(1, col).long()
-        labels = torch.where(valid, torch.cat(self.labels, 1).gather(1, col).long(), IGNORE)
-        pos = torch.cat(self.pos)[col]
-        mod = torch.where(valid, torch.cat(self.mod)[col], -1)
-        return tokens, pos, mod, labels, valid
+    def add_prefix(self, i: int, mid: int, values: np.ndarray, count: np.ndarray,
+                   labels: np.ndarray | None = None) -> None:
+        """Modality ``i`` takes the first ``count`` (B,) columns of ``values`` (B, W) (positions 0..count-1)."""
+        W = values.shape[1]
+        count = np.minimum(count, W)
+        f = np.flatnonzero(np.arange(W)[None] < count[:, None])
+        rows, cols = f // W, f % W
+        self.counts[:, i] = count
+        tok = values.reshape(-1)[f]
+        self.blocks.append((i, mid, rows, cols, tok, cols, tok if labels is None else labels.reshape(-1)[f]))
+
+    def assemble(self, with_labels: bool = True):
+        """-> tokens, positions, modality (-1 for padding), labels (IGNORE for padding; None without
+        ``with_labels``), valid; each (B, n)."""
+        B, n = self.B, self.n
+        total = self.counts.sum(1)
+        if B and int(total.max()) > n:  # the budgets make this impossible; a bug must not spill into the next row
+            raise RuntimeError(f"masking selected {int(total.max())} tokens for {n} slots")
+        offset = np.cumsum(self.counts, 1) - self.counts  # (B, M) first slot of each modality's block
+        valid = np.arange(n)[None] < total[:, None]
+        # the modality of each valid slot: each row's blocks in modality order, as long as their counts
+        modality = np.full((B, n), -1, dtype=np.int64)
+        mids = np.zeros(self.counts.shape[1], dtype=np.int64)
+        for i, mid, *_ in self.blocks:
+            mids[i] = mid
+        modality[valid] = np.repeat(np.broadcast_to(mids, self.counts.shape).reshape(-1), self.counts.reshape(-1))
+        tokens = np.zeros(B * n, dtype=np.int64)
+        positions = np.zeros(B * n, dtype=np.int64)
+        labels = np.full(B * n, IGNORE, dtype=np.int64) if with_labels else None
+        for i, _, rows, slot, tok, pos, lab in self.blocks:
+            dest = rows * n + offset[:, i][rows] + slot
+            tokens[dest] = tok
+            positions[dest] = pos
+            if with_labels:
+                labels[dest] = lab
+        return (torch.from_numpy(tokens.reshape(B, n)), torch.from_numpy(positions.reshape(B, n)),
+                torch.from_numpy(modality), None if labels is None else torch.from_numpy(labels.reshape(B, n)),
+                torch.from_numpy(valid))

@@ -15,7 +15,7 @@ import hashlib
 from fourm_core.manifest import Ingredients, Manifest, ModelRef, Timings, flow_run_id, git_commit, hostname, now
 from fourm_core.store import ArtifactStore
 
-from .model.hub import CONFIG_NAME, STORE_CONFIG_NAME, STORE_WEIGHTS_NAME, WEIGHTS_NAME, _local_dir, from_pretrained
+from .model.hub import CONFIG_NAME, STORE_CONFIG_NAME, STORE_WEIGHTS_NAME, WEIGHTS_NAME, from_pretrained, local_dir
 
 STAGE = "import-pretrained"
 CODE_VERSION = "1"
@@ -24,7 +24,7 @@ CODE_VERSION = "1"
 def import_pretrained(store: ArtifactStore, source: str, run: str, namespace: str = "training",
                       storage_options: dict | None = None, force: bool = False) -> Manifest:
     """Commit the checkpoint at ``source`` (folder, s3:// prefix or hub id) as ``checkpoints/<run>/step-00000000``."""
-    directory = _local_dir(str(source), storage_options)
+    directory = local_dir(str(source), storage_options)
     names = (CONFIG_NAME, WEIGHTS_NAME) if (directory / WEIGHTS_NAME).exists() else (STORE_CONFIG_NAME,
                                                                                      STORE_WEIGHTS_NAME)
     weights = (directory / names[1]).read_bytes()

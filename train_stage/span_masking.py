@@ -1,4 +1,4 @@
-"""T5-style span masking of sequence modalities with the reference's conventions, a batch at a time.
+"""T5-style span masking of sequence modalities with the reference's conventions, a batch at a time (numpy).
 
 Conventions (those of the released 4M models, checked against the reference vectors in
 ``tests/fixtures/ml4m/text``):
@@ -14,199 +14,295 @@ Conventions (those of the released 4M models, checked against the reference vect
   last one, or, when less than the budget is left from there, at the first sentinel after which the rest
   fits.
 
-Everything is vectorised over the batch: the keep-probability decay redraws only the rows still over
-their budget.
+Everything is vectorised over the batch with numpy (at these sizes a numpy call costs a fraction of a torch
+call); the keep-probability decay is sampled exactly without realising the rejected patterns (see
+:func:`_decay`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-import torch
 
 PAD, EOS, SENTINEL0, N_SENTINELS = 0, 3, 4, 200  # 4M-FACTS §2: [S_k] is id 4 + k
 KEEP_DECAY = 0.9
-DECAY_ROUNDS = 32  # keep-probability redraws screened together (see _redraw)
-REALISED = 4  # of which at most this many are realised per row and pass
+DECAY_ROUNDS = 16  # keep-probability attempts screened together (see _decay)
 
 
-def sentinel(k: torch.Tensor) -> torch.Tensor:
+def sentinel(k: np.ndarray) -> np.ndarray:
     """Id of sentinel ``[S_k]``, k clamped to the 200 the vocabulary has."""
-    return SENTINEL0 + k.clamp(0, N_SENTINELS - 1)
+    return SENTINEL0 + np.clip(k, 0, N_SENTINELS - 1)
 
 
-def with_eos(tok: torch.Tensor, length: torch.Tensor, present: torch.Tensor, max_tokens: int
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Append ``[EOS]`` and truncate to ``max_tokens``: (B, W) ids + (B,) lengths -> (B, max_tokens), (B,).
+def with_eos(tok: np.ndarray, length: np.ndarray, present: np.ndarray, max_tokens: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Append ``[EOS]`` and truncate to ``max_tokens``: (B, W) ids + (B,) lengths -> (B, L) int32, (B,) int64.
 
     Absent rows (``present`` False) get length 0. ``tok`` may be narrower than ``max_tokens`` (unpadded).
+    The width L is what the longest row needs (at most ``max_tokens``): nothing downstream depends on it.
     """
     B, W = tok.shape
-    out = tok.new_zeros((B, max_tokens + 1))
-    w = min(W, max_tokens)
+    n = np.minimum(np.asarray(length, dtype=np.int64), max_tokens)
+    out_len = np.where(present, np.minimum(n + 1, max_tokens), 0)
+    L = max(1, int(out_len.max()) if B else 1)
+    out = np.zeros((B, L + 1), dtype=np.int32)  # ids fit in 32 bits; half the memory traffic
+    w = min(W, L)
     out[:, :w] = tok[:, :w]
-    n = length.long().clamp(max=max_tokens)
-    out.scatter_(1, n[:, None], torch.full((B, 1), EOS, dtype=out.dtype))
-    n = torch.where(present, (n + 1).clamp(max=max_tokens), torch.zeros_like(n))
-    return out[:, :max_tokens], n
+    out[:, w:] = PAD  # columns past an unpadded input
+    out[np.arange(B), np.minimum(n, L)] = EOS  # a row at max_tokens puts it in the spare column (cut)
+    valid = np.arange(L + 1)[None] < out_len[:, None]
+    out = np.where(valid, out, PAD)
+    return out[:, :L], out_len
 
 
-def input_length(kept: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def input_length(kept: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """(B, L) kept / valid tokens -> (B,) input length: kept tokens + one sentinel per masked span."""
     masked = valid & ~kept
-    start = masked.clone()
-    start[:, 1:] &= ~masked[:, :-1]
-    return kept.sum(1) + start.sum(1)
+    starts = masked[:, 0].astype(np.int64) + (masked[:, 1:] & ~masked[:, :-1]).sum(1)
+    return kept.sum(1) + starts
 
 
-def draw_kept(n: torch.Tensor, keep_prob: torch.Tensor, budget: torch.Tensor, L: int, chunk: int,
-              generator: torch.Generator) -> torch.Tensor:
+def random_subset(size: np.ndarray, k: np.ndarray, width: int, rng: np.random.Generator) -> np.ndarray:
+    """(R, width) bool: per row a uniform k-subset of ``range(size)`` (size, k: (R,) with k <= size <= width).
+
+    The k lowest of ``size`` uniform float32 keys: below the (k+1)-th lowest, found by one row-wise sort
+    (vectorised in numpy). A tie at that threshold (about one row in 10^5) would take one too few: such rows
+    are drawn again, which keeps the subsets uniform.
+    """
+    R = size.shape[0]
+    out = np.zeros((R, width), dtype=bool)
+    todo = np.arange(R)
+    while todo.size and width:
+        n = todo.size
+        keys = rng.random((n, width), dtype=np.float32)
+        keys[np.arange(width)[None] >= size[todo, None]] = 2.0  # never chosen
+        kk = k[todo]
+        thr = np.sort(keys, axis=1).reshape(-1)[np.arange(n) * width + np.minimum(kk, width - 1)]
+        chosen = keys < np.where(kk < width, thr, np.float32(3.0))[:, None]
+        ok = chosen.sum(1) == kk
+        out[todo[ok]] = chosen[ok]
+        todo = todo[~ok]
+    return out
+
+
+def _spread(units: np.ndarray, chunk: int, L: int) -> np.ndarray:
+    """Unit flags (B, U) -> token flags (B, L) (units past U: not kept)."""
+    if units.shape[1] * chunk < L:
+        units = np.pad(units, ((0, 0), (0, -(-L // chunk) - units.shape[1])))
+    return units[:, :L] if chunk == 1 else units[:, np.arange(L) // chunk]
+
+
+def draw_kept(n: np.ndarray, keep_prob: np.ndarray, budget: np.ndarray, L: int, chunk: int,
+              rng: np.random.Generator) -> np.ndarray:
     """Which of the ``n`` valid tokens of each row stay in the input: (B, L) bool.
 
     Units of ``chunk`` tokens are kept with ``keep_prob`` (B,); rows whose input (kept tokens + span
     sentinels) exceeds ``budget`` (B,) are redrawn with ``keep_prob * 0.9`` until it fits. Rows with a zero
     budget keep nothing (their input is empty, see :func:`span_mask`).
     """
-    B = n.shape[0]
-    n_units = (L + chunk - 1) // chunk
-    unit = torch.arange(L) // chunk
-
-    def spread(k: torch.Tensor) -> torch.Tensor:  # unit flags -> token flags
-        return k if chunk == 1 else k[..., unit]
-
-    valid = torch.arange(L)[None] < n[:, None]
-    p = torch.where(budget > 0, keep_prob.float(), torch.zeros_like(keep_prob, dtype=torch.float32))
-    # float32 uniforms compared with <=, as the reference's torch.rand(n) <= keep_prob
-    kept = spread(torch.rand(B, n_units, generator=generator) <= p[:, None]) & valid
-    rows = torch.nonzero((input_length(kept, valid) > budget) & (budget > 0)).flatten()
-    if rows.numel():
-        _redraw(kept, rows, p, (n + chunk - 1) // chunk, valid, budget, n_units, spread, generator)
-    return kept
+    draw = FirstDraw(n, keep_prob, budget, L, chunk, rng)
+    if draw.rows.size:
+        draw.set_units(decay(*draw.decay_args(), rng))
+    return draw.kept
 
 
-def _redraw(kept: torch.Tensor, rows: torch.Tensor, p: torch.Tensor, n_valid_units: torch.Tensor,
-            valid: torch.Tensor, budget: torch.Tensor, n_units: int, spread, generator: torch.Generator) -> None:
-    """The keep-probability decay of :func:`draw_kept` for the rows over budget, in place.
+class FirstDraw:
+    """The first keep pattern of each row (Bernoulli units, float32 uniforms compared with ``<=`` as the
+    reference's ``torch.rand(n) <= keep_prob``) and the rows whose input it puts over budget (``rows``).
 
-    A Bernoulli(p) keep pattern is the same as a kept count c ~ Binomial(units, p) and then a uniform c-subset
-    of the units. An attempt with c > budget certainly fails (the input has at least c tokens), so DECAY_ROUNDS
-    attempts are screened at once by drawing only their counts; the first REALISED attempts that pass are
-    realised (their sentinels may still push them over budget) and the first that fits is kept; a row with
-    none goes on from the last attempt examined. The result has the distribution of drawing whole patterns
-    one attempt at a time, at a fraction of the random numbers and tensor operations.
+    Those rows' decay (:func:`decay`) can be drawn for several modalities at once (its Python overhead is
+    per call); ``set_units`` then puts the unit patterns it returns in place.
     """
-    decay = KEEP_DECAY ** torch.arange(1, DECAY_ROUNDS + 1, dtype=torch.float64)
-    K = DECAY_ROUNDS
-    while rows.numel():
-        R = rows.numel()
-        probs = p[rows, None].double() * decay[None]  # (R, K)
-        count = torch.binomial(n_valid_units[rows, None].expand(R, K).double(), probs, generator=generator)
-        # the first REALISED candidate attempts (count within budget) of each row are realised together
-        cand = count <= budget[rows, None]
-        rank = cand.long().cumsum(1) - 1
-        chosen = cand & (rank < REALISED)
-        r_idx, k_idx = chosen.nonzero(as_tuple=True)  # row-major: each row's attempts in order
-        fit = torch.zeros(R, K, dtype=torch.bool)
-        patterns = None
-        if r_idx.numel():
-            M = r_idx.numel()
-            # a uniform c-subset of the row's valid units: those of the c lowest ranks
-            order_rank = random_ranks(M, n_units, generator, n_valid_units[rows[r_idx]])
-            patterns = spread(order_rank < count[r_idx, k_idx].long()[:, None]) & valid[rows[r_idx]]
-            fit[r_idx, k_idx] = input_length(patterns, valid[rows[r_idx]]) <= budget[rows[r_idx]]
+
+    def __init__(self, n: np.ndarray, keep_prob: np.ndarray, budget: np.ndarray, L: int, chunk: int,
+                 rng: np.random.Generator) -> None:
+        B = n.shape[0]
+        self.n, self.budget, self.L, self.chunk = n, budget, L, chunk
+        n_units = (L + chunk - 1) // chunk
+        self.valid = np.arange(L)[None] < n[:, None]
+        self.p = np.where(budget > 0, keep_prob, 0.0).astype(np.float64)
+        u = rng.random((B, n_units), dtype=np.float32)
+        self.kept = _spread(u <= self.p.astype(np.float32)[:, None], chunk, L) & self.valid
+        self.rows = np.flatnonzero((input_length(self.kept, self.valid) > budget) & (budget > 0))
+
+    def decay_args(self) -> tuple[np.ndarray, ...]:
+        """(n, keep_prob, budget, chunk) of the over-budget rows, for :func:`decay`."""
+        r = self.rows
+        return self.n[r], self.p[r], self.budget[r], np.full(r.size, self.chunk)
+
+    def set_units(self, units: np.ndarray) -> None:
+        """Put the decayed unit patterns (len(rows), >= units of the longest row) of the over-budget rows."""
+        self.kept[self.rows] = _spread(units, self.chunk, self.L) & self.valid[self.rows]
+
+
+def decay(n: np.ndarray, p: np.ndarray, budget: np.ndarray, chunk: np.ndarray, rng: np.random.Generator
+          ) -> np.ndarray:
+    """The keep-probability decay for rows whose first pattern was over budget: (R, U) kept units.
+
+    n (R,) valid tokens, p (R,) the first keep probability, budget (R,) >= 1, chunk (R,) tokens per unit
+    (rows of several modalities can be drawn together); U = the most units of a row.
+
+    Attempt t keeps each unit with p * 0.9^t and stops at the first pattern that fits. Only the input length
+    of an attempt decides whether it fits, and that length has an exact distribution that needs no pattern:
+    a Bernoulli pattern of ``nu`` units keeps c ~ Binomial(nu, p) units, uniformly placed; the masked units
+    then form j runs with P(j | c) = C(c+1, j) C(nu-c-1, j-1) / C(nu, c), a hypergeometric law (j of the
+    c+1 gaps around the kept units are non-empty); the input length is the kept tokens plus j. With chunks
+    whose last one is short (metadata's lone [EOS]), the kept tokens also depend on whether the last unit is
+    kept, i.e. the last gap is empty: probability (c+1-j)/(c+1). So DECAY_ROUNDS attempts are screened at
+    once from these few numbers, and only the accepted attempt's pattern is realised, uniformly among the
+    patterns with its (c, j, last unit kept): exactly the distribution of drawing attempt after attempt.
+    """
+    R = n.shape[0]
+    nu = (n + chunk - 1) // chunk
+    last = n - chunk * (nu - 1)  # tokens of the last unit
+    partial = last < chunk
+    p = p.copy()
+    decay_t = KEEP_DECAY ** np.arange(1, DECAY_ROUNDS + 1, dtype=np.float64)
+    c_acc = np.zeros(R, dtype=np.int64)
+    j_acc = np.zeros(R, dtype=np.int64)
+    lk_acc = np.zeros(R, dtype=bool)
+    pending = np.arange(R)
+    while pending.size:
+        probs = p[pending, None] * decay_t[None]  # (P, K)
+        nup = nu[pending, None]
+        ch = chunk[pending, None]
+        c = rng.binomial(np.broadcast_to(nup, probs.shape), probs)
+        # an attempt certainly fails when even its fewest possible input tokens exceed the budget
+        least = np.maximum(ch * c - (ch - 1), 0) + (c < nup)
+        cand = least <= budget[pending, None]
+        j = np.zeros_like(c)
+        lk = np.zeros(c.shape, dtype=bool)
+        if cand.any():
+            cc, nn = c[cand], np.broadcast_to(nup, c.shape)[cand]
+            full = cc >= nn
+            jj = rng.hypergeometric(cc + 1, np.where(full, 0, nn - cc - 1), np.where(full, 0, nn - cc))
+            j[cand] = jj
+            lk[cand] = rng.random(jj.shape) * (cc + 1) < (cc + 1 - jj)
+        kept_tokens = ch * c - np.where(partial[pending, None] & lk, ch - last[pending, None], 0)
+        fit = cand & (kept_tokens + j <= budget[pending, None])
         done = fit.any(1)
-        first = fit.long().argmax(1)
-        # the attempts examined: up to the first that fits; else up to the last realised candidate when a
-        # row had more candidates than were realised, else all K (the others failed on their count)
-        n_cand = cand.sum(1)
-        last_realised = torch.where(chosen, torch.arange(K)[None], -1).max(1).values
-        last = torch.where(done, first, torch.where(n_cand > REALISED, last_realised, K - 1))
-        p[rows] = probs[torch.arange(R), last].float()
-        if bool(done.any()):
-            pick = fit[r_idx, k_idx] & (k_idx == first[r_idx]) & done[r_idx]
-            kept[rows[r_idx[pick]]] = patterns[pick]
-        rows = rows[~done]
+        first = fit.argmax(1)
+        idx = pending[done]
+        c_acc[idx] = c[done, first[done]]
+        j_acc[idx] = j[done, first[done]]
+        lk_acc[idx] = lk[done, first[done]]
+        p[pending[~done]] *= decay_t[-1]
+        pending = pending[~done]
+    return _realise(nu, c_acc, j_acc, lk_acc & partial, partial, rng)
 
 
-def random_ranks(n: int, L: int, generator: torch.Generator, n_valid: torch.Tensor | None = None) -> torch.Tensor:
-    """(n, L) int64: each row the ranks of a uniform random order of its entries (rank r = r-th in a shuffle).
+def _realise(nu: np.ndarray, c: np.ndarray, j: np.ndarray, last_kept: np.ndarray, partial: np.ndarray,
+             rng: np.random.Generator) -> np.ndarray:
+    """A uniform pattern of ``nu`` units with c kept and the masked ones in j runs: (R, max nu) kept units.
 
-    With ``n_valid`` (n,), only the first n_valid entries of a row are shuffled: they get ranks 0..n_valid-1,
-    the rest rank after them. Sorting random keys is a cost centre of the masking, so the keys are 31-bit
-    integers and the sort is numpy's radix sort (``kind="stable"`` on integers), several times faster than a
-    float argsort. Equal keys (about one row of 196 in 10^5 has a pair) keep their index order, a negligible bias.
+    Which gaps (around the kept units) hold the runs is a uniform j-subset of the c+1 gaps (for rows with a
+    short last unit, the last gap is held or not as ``last_kept`` says); the run lengths are a uniform
+    composition of the nu - c masked units into j positive parts (a uniform (j-1)-subset of the cut points).
     """
-    keys = torch.randint(0, 2**31 - 1, (n, L), generator=generator, dtype=torch.int32)
-    if n_valid is not None:
-        keys.masked_fill_(torch.arange(L)[None] >= n_valid[:, None], 2**31 - 1)
-    perm = torch.from_numpy(np.argsort(keys.numpy(), axis=1, kind="stable"))
-    return torch.empty_like(perm).scatter_(1, perm, torch.arange(L).expand(n, L))
+    R = nu.shape[0]
+    m = nu - c
+    force_last = partial & ~last_kept & (j > 0)  # the last gap holds a run
+    n_free = np.where(partial, c, c + 1)
+    G = int((c + 1).max()) if R else 1
+    gaps = random_subset(n_free, j - force_last, G, rng)
+    gaps[force_last, c[force_last]] = True
+    # gap_of_run[r, q]: index of the q-th non-empty gap
+    f = np.flatnonzero(gaps)
+    rank = np.cumsum(gaps, 1, dtype=np.int64).ravel()[f] - 1
+    gap_of_run = np.zeros((R, G), dtype=np.int64)
+    gap_of_run.ravel()[(f // G) * G + rank] = f % G
+    M = max(int(m.max()), 1) if R else 1
+    cuts = random_subset(np.maximum(m - 1, 0), np.maximum(j - 1, 0), M - 1, rng)  # cut after masked unit x
+    run = np.zeros((R, M), dtype=np.int64)
+    run[:, 1:] = np.cumsum(cuts, 1, dtype=np.int64)
+    # masked unit x sits after the kept units of the gaps before its run's gap
+    f = np.flatnonzero(np.arange(M)[None] < m[:, None])
+    r = f // M
+    pos = f % M + gap_of_run.ravel()[r * G + run.ravel()[f]]
+    U = max(int(nu.max()), 1) if R else 1
+    units = np.ones((R, U), dtype=bool)
+    units.ravel()[r * U + pos] = False
+    return units
 
 
-def span_mask(tok: torch.Tensor, n: torch.Tensor, kept: torch.Tensor, budget_in: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+@dataclass
+class Spans:
+    """Span masking of a batch of sequences (B rows, width L).
+
+    in_ids (B, L) int32: the input (kept tokens and span sentinels), PAD after; in_len (B,) its length.
+    tgt (B, 2L + 2) int32: ``[S_1] span_1 ... [S_n] span_n [S_{n+1}]``, PAD after; tgt_len (B,) its length.
+    sent_pos (B, L + 2) int32: positions in ``tgt`` of its sentinels in order, ``2L + 2`` after; n_sent (B,).
+    """
+
+    in_ids: np.ndarray
+    in_len: np.ndarray
+    tgt: np.ndarray
+    tgt_len: np.ndarray
+    sent_pos: np.ndarray
+    n_sent: np.ndarray
+
+
+def span_mask(tok: np.ndarray, n: np.ndarray, kept: np.ndarray, budget_in: np.ndarray) -> Spans:
     """Inputs and targets of span masking with the kept pattern given.
 
-    tok (B, L) ids, n (B,) valid lengths, kept (B, L) bool, budget_in (B,) (0: no input at all).
-    Returns input ids (B, L) + lengths (B,), target ids (B, 2L + 1) + lengths (B,), and is_sentinel
-    (B, 2L + 1) marking the target's sentinels. Absent rows (n = 0) have empty input and target.
+    tok (B, L) ids, n (B,) valid lengths, kept (B, L) bool, budget_in (B,) (0: no input at all). Absent
+    rows (n = 0) have empty input and target. Each target entry is written straight to its position: a
+    masked token at i goes to (masked tokens up to i) - 1 + (its span number), a span's sentinel just before
+    its first token.
     """
     B, L = tok.shape
-    valid = torch.arange(L)[None] < n[:, None]
+    rows_b = np.arange(B)
+    valid = np.arange(L)[None] < n[:, None]
     kept = kept & valid
     masked = valid & ~kept
-    start = masked.clone()
+    start = masked.copy()
     start[:, 1:] &= ~masked[:, :-1]
-    span = start.cumsum(1)  # 1-based span number of each masked token
-    tok = tok.long()
+    span = np.cumsum(start, 1, dtype=np.int32)  # 1-based span number of each masked token
     in_keep = kept | start
-    in_vals = torch.where(kept, tok, sentinel(span))
-    in_ids = _compact(in_vals, in_keep, L)
-    in_len = torch.where(budget_in > 0, in_keep.sum(1), torch.zeros_like(n))
-    # target: (sentinel, token) pairs, then the closing sentinel [S_{n+1}]
-    pair_vals = torch.stack([sentinel(span), tok], 2).reshape(B, 2 * L)
-    pair_keep = torch.stack([start, masked], 2).reshape(B, 2 * L)
-    pair_sent = torch.stack([start, torch.zeros_like(start)], 2).reshape(B, 2 * L)
-    body = pair_keep.sum(1)
-    tgt = _compact(pair_vals, pair_keep, 2 * L + 1)
-    is_sent = _compact(pair_sent, pair_keep, 2 * L + 1).bool()
+    slot = np.cumsum(in_keep, 1, dtype=np.int32)  # 1-based input slot of each kept token / span sentinel
+    tok_f, span_f = tok.ravel(), span.ravel()
+    f = np.flatnonzero(in_keep)
+    in_ids = np.zeros(B * L, dtype=np.int32)
+    in_ids[(f // L) * L + slot.ravel()[f] - 1] = np.where(kept.ravel()[f], tok_f[f], sentinel(span_f[f]))
+    in_len = np.where(budget_in > 0, slot[:, -1], 0)
+    n_spans = span[:, -1]
+    mcount = np.cumsum(masked, 1, dtype=np.int32)
+    body = mcount[:, -1] + n_spans
+    W = 2 * L + 2
+    tgt = np.zeros(B * W, dtype=np.int32)
+    f = np.flatnonzero(masked)
+    tgt[(f // L) * W + mcount.ravel()[f] - 1 + span_f[f]] = tok_f[f]
+    f = np.flatnonzero(start)
+    r = f // L
+    s_num = span_f[f]
+    s_at = mcount.ravel()[f] + s_num - 2
+    tgt[r * W + s_at] = sentinel(s_num)
     has = n > 0
-    tgt.scatter_(1, body[:, None], torch.where(has, sentinel(span[:, -1] + 1), PAD)[:, None])
-    is_sent.scatter_(1, body[:, None], has[:, None])
-    tgt_len = torch.where(has, body + 1, torch.zeros_like(body))
-    return in_ids, in_len, tgt, tgt_len, is_sent
+    tgt[rows_b * W + body] = np.where(has, sentinel(n_spans + 1), PAD)
+    sent_pos = np.full(B * (L + 2), W, dtype=np.int32)
+    sent_pos[r * (L + 2) + s_num - 1] = s_at
+    sent_pos[rows_b * (L + 2) + n_spans] = np.where(has, body, W)
+    return Spans(in_ids.reshape(B, L), in_len, tgt.reshape(B, W), np.where(has, body + 1, 0),
+                 sent_pos.reshape(B, L + 2), np.where(has, n_spans + 1, 0))
 
 
-def target_window(tgt_len: torch.Tensor, is_sent: torch.Tensor, budget: torch.Tensor, u: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def target_window(tgt_len: np.ndarray, sent_pos: np.ndarray, n_sent: np.ndarray, budget: np.ndarray,
+                  u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Start and length of the part of each target that fits ``budget`` (B,): (B,), (B,).
 
     ``u`` (B,) uniform in [0, 1) picks the start sentinel among all but the last (the reference's
     ``np.random.randint(max(1, n_sentinels - 1))``); a target within budget starts at 0.
     """
-    B, W = is_sent.shape
+    B, S = sent_pos.shape
+    rows = np.arange(B)
+    none = sent_pos[0, -1] if B else 0  # the "no sentinel" position (past the target)
     over = tgt_len > budget
-    n_sent = is_sent.sum(1)
-    choice = (u * (n_sent - 1).clamp(min=1)).long()
-    rank = is_sent.long().cumsum(1) - 1  # rank of each sentinel among the row's sentinels
-    pos = torch.arange(W)[None].expand(B, W)
-    chosen = torch.where(is_sent & (rank == choice[:, None]), pos, W).min(1).values
+    choice = (u * np.maximum(n_sent - 1, 1)).astype(np.int64)
+    chosen = np.where(choice < n_sent, sent_pos[rows, np.minimum(choice, S - 1)], none)
     # too little left after the chosen sentinel: the first sentinel from which the rest fits
-    fits = is_sent & (pos >= (tgt_len - budget)[:, None])
-    first_fit = torch.where(fits, pos, W).min(1).values
-    start = torch.where(tgt_len - chosen >= budget, chosen, first_fit)
-    start = torch.where(over, start, torch.zeros_like(start))
-    return start, torch.where(over, torch.minimum(tgt_len - start, budget), tgt_len)
-
-
-def _compact(values: torch.Tensor, keep: torch.Tensor, n: int) -> torch.Tensor:
-    """The kept entries of each row moved to the front, in order, PAD after: (B, W) -> (B, n).
-
-    A cumsum gives each kept entry its destination and one scatter writes it (no sort); dropped entries
-    go to a spare column that is cut off.
-    """
-    B = keep.shape[0]
-    dest = keep.long().cumsum(1) - 1
-    dest = torch.where(keep & (dest < n), dest, torch.full_like(dest, n))
-    out = values.new_zeros((B, n + 1))
-    out.scatter_(1, dest, values)
-    return out[:, :n]
+    k = (sent_pos < (tgt_len - budget)[:, None]).sum(1)
+    first_fit = np.where(k < n_sent, sent_pos[rows, np.minimum(k, S - 1)], none)
+    start = np.where(tgt_len - chosen >= budget, chosen, first_fit)
+    start = np.where(over, start, 0)
+    return start, np.where(over, np.minimum(tgt_len - start, budget), tgt_len)

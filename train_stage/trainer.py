@@ -36,8 +36,8 @@ from .model.hub import load_state, reference_state, safetensors_metadata
 
 STAGE = "train"
 # bump when a change alters what a given config trains (2: learned global-token positions; 3: the reference's
-# sentinels, [EOS] and masking budgets)
-CODE_VERSION = "3"
+# sentinels, [EOS] and masking budgets; 4: masking in numpy, same distributions, another random stream)
+CODE_VERSION = "4"
 
 
 # ------------------------------------------------------------------------------------ building blocks

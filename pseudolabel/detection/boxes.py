@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tokenize_stage.text.serialise.types import Box, Detections
+from fourm_core.structured import Box, Detections
 
 Rect = tuple[float, float, float, float]  # (x0, y0, x1, y1)
 

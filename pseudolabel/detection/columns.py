@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from fourm_core.structured import Detections
 from pseudolabel.detection.metadata import coco_instance_diversity, n_coco_instances
 from pseudolabel.detection.postprocess import SCORE_THRESHOLD
-from tokenize_stage.text.serialise.types import Detections
 
 
 def schema() -> pa.Schema:

@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 import torch
 
+from fourm_core.seeding import seeded
+from fourm_core.structured import Detections
 from pseudolabel.detection.families import DEFAULT_FAMILY, Family, build_config, get_family, resolve_class
 from pseudolabel.detection.labels import coco_index_map
 from pseudolabel.detection.postprocess import SCORE_THRESHOLD, from_scored_boxes, to_detections
-from tokenize_stage.text.serialise.types import Detections
-from fourm_core.seeding import seeded
 
 FAMILY_FILE = "fourm_detector.json"  # records the family next to the transformers config
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from tokenize_stage.text.serialise.types import Detections
-
+from fourm_core.structured import Detections
 from pseudolabel.detection.postprocess import SCORE_THRESHOLD
 
 

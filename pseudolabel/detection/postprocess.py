@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 
 from fourm_core.coco import COCO_THING_CLASSES
-from tokenize_stage.text.serialise.types import Box, Detections
+from fourm_core.structured import Box, Detections
 
 SCORE_THRESHOLD = 0.6  # 4M-FACTS §1: ViTDet boxes with score >= 0.6
 

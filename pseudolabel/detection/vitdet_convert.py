@@ -15,12 +15,12 @@ Names are detectron2's everywhere except inside the ViT, which is transformers' 
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from fourm_core.checkpoints import read_state_dict
 
 _BLOCK = re.compile(r"^backbone\.net\.blocks\.(\d+)\.(.+)$")
 _DROPPED = {"pixel_mean", "pixel_std"}
@@ -44,36 +44,10 @@ def released_to_ours(name: str) -> str | None:
     return name
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Rebuilds dicts of numpy arrays and nothing else: any other global in the file is refused."""
-
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict"),
-               ("_codecs", "encode")}  # protocol-2 pickles spell array bytes as _codecs.encode(str, "latin1")
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are read from .pkl")
-        return super().find_class(module, name)
-
-
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict of a detectron2 checkpoint (``.pkl``, ``.pth`` or ``.safetensors``) as tensors."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    if path.suffix == ".pkl":
-        with open(path, "rb") as f:
-            data = _NumpyOnlyUnpickler(f, encoding="latin1").load()
-    else:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    state = data.get("model", data) if isinstance(data, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a dict (or {{'model': dict}}) of weights, got {type(data).__name__}")
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in state.items()}
+    """The state dict of a detectron2 checkpoint (``.pkl``, ``.pth`` or ``.safetensors``) as tensors, read by the
+    shared safe reader (``.pkl``: numpy arrays only)."""
+    return read_state_dict(path, keys=("model",))
 
 
 def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

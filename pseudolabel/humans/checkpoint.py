@@ -36,10 +36,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from pseudolabel.humans.config import FULL, HMR2Config
 from pseudolabel.humans.model import HMR2
+from fourm_core.checkpoints import CheckpointError as _CheckpointError
+from fourm_core.checkpoints import read_state_dict
 from fourm_core.seeding import seeded
 
 WEIGHTS_FILE = "model.safetensors"
@@ -92,8 +94,8 @@ _FORWARD = [(_regex(a), b) for a, b in RULES]
 _BACKWARD = [(_regex(b), a) for a, b in RULES]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint does not have the HMR2.0 layout."""
+class CheckpointError(_CheckpointError):
+    """A checkpoint does not have the HMR2.0 layout (or cannot be read safely)."""
 
 
 def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str | None:
@@ -141,21 +143,14 @@ def read_hmr2_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of an HMR2.0 checkpoint: a Lightning ``.ckpt`` (read with ``weights_only=True`` only) or
     a ``.safetensors`` file of that state dict. Raises :class:`CheckpointError` with the one-line conversion
     when the safe loader refuses the ``.ckpt`` (expected for the released file: see the message)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
     try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle.UnpicklingError from the safe loader; never retry unsafely
-        raise CheckpointError(
-            f"{path}: torch.load(weights_only=True) refused the checkpoint ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200]}). Lightning checkpoints of HMR2.0 pickle the yacs config in "
-            "'hyper_parameters', which the safe loader cannot rebuild. Convert once, in an environment you trust "
-            "that has yacs installed: safetensors.torch.save_file(torch.load(ckpt, weights_only=False)"
-            "['state_dict'], 'hmr2.safetensors'), and pass the .safetensors file.") from exc
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
-    return dict(ckpt.get("state_dict", ckpt))
+        return read_state_dict(path, fix=(
+            "Lightning checkpoints of HMR2.0 pickle the yacs config in 'hyper_parameters', which the safe loader "
+            "cannot rebuild. Convert once, in an environment you trust that has yacs installed: "
+            "safetensors.torch.save_file(torch.load(ckpt, weights_only=False)['state_dict'], 'hmr2.safetensors'), "
+            "and pass the .safetensors file"))
+    except _CheckpointError as exc:
+        raise CheckpointError(str(exc)) from exc
 
 
 def load_hmr2_checkpoint(path: str | Path, cfg: HMR2Config = FULL) -> HMR2:
@@ -179,7 +174,7 @@ def load_pose_model(path: str | Path) -> HMR2:
     path = Path(path)
     cfg = HMR2Config(**json.loads((path / CONFIG_FILE).read_text()))
     model = HMR2(cfg)
-    model.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=True)
+    model.load_state_dict(read_state_dict(path / WEIGHTS_FILE), strict=True)
     return model.eval()
 
 

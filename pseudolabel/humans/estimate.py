@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fourm_core.structured import Detections
 from pseudolabel.detection.boxes import to_pixels
 from pseudolabel.humans.crops import crops_tensor
 from pseudolabel.humans.model import HMR2
 from pseudolabel.humans.types import HumanPosesRaw, PersonRaw
-from tokenize_stage.text.serialise.types import Detections
 
 PERSON = "person"
 BETA_LIMIT = 3.0  # 4M serialises betas over [-3, 3]

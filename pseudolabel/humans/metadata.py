@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from fourm_core.structured import HumanPoses
 from pseudolabel.humans.types import HumanPosesRaw
-from tokenize_stage.text.serialise.types import HumanPoses
 
 
 def n_humans(poses: HumanPosesRaw | HumanPoses) -> int:

@@ -1,6 +1,6 @@
 """What the pose labeler stores per image before pose tokenization: :class:`HumanPosesRaw`.
 
-``Person`` (tokenize_stage.text.serialise.types) needs the 8 pose-VQ codes, which only exist once the pose
+``Person`` (fourm_core.structured) needs the 8 pose-VQ codes, which only exist once the pose
 VQ tokenizer (another stage) has run. So the labeler stores the 207-d body pose (23 rotation matrices,
 row-major) next to everything else, and :func:`to_human_poses` fills ``pose_tokens`` with a given tokenizer.
 """
@@ -13,7 +13,7 @@ from typing import Annotated
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from tokenize_stage.text.serialise.types import XYXY, HumanPoses, Person
+from fourm_core.structured import XYXY, HumanPoses, Person
 
 
 def _plain(v):

@@ -78,10 +78,10 @@ class DetectionLabeler(ModelLabeler):
             with_input_size(self.detector, self.settings.input_size)
 
     def label_batch(self, batch: Batch) -> list:
+        from fourm_core.structured import Detections
+
         from ..detection import detect
         from ..detection.columns import to_table
-
-        from tokenize_stage.text.serialise.types import Detections
 
         t, tp = self.settings.threshold, self.settings.person_threshold
         kept = [Detections(boxes=[b for b in d.boxes if b.score >= t or (b.class_name == "person" and b.score > tp)])
@@ -93,9 +93,9 @@ class DetectionLabeler(ModelLabeler):
         """The scene's boxes (``boxes`` JSON: normalised xyxy + COCO class name), each with score 1.0."""
         import json
 
-        from ..detection.columns import to_table
+        from fourm_core.structured import Box, Detections
 
-        from tokenize_stage.text.serialise.types import Box, Detections
+        from ..detection.columns import to_table
 
         try:
             boxes = [Box(xyxy=b["xyxy"], class_name=b["class"], score=1.0) for b in json.loads(gt["boxes"])]

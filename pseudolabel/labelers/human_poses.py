@@ -59,11 +59,10 @@ class HumanPosesLabeler(ModelLabeler):
         return {"human_poses": schema()}
 
     def label_batch(self, batch: Batch) -> list:
-        from tokenize_stage.text.serialise.types import Detections
+        from fourm_core.structured import Detections
 
         from ..humans import PoseEstimator, estimate_poses
         from ..humans.columns import to_table
-
         from ..spec import SampleFailure
 
         have = [i for i, d in enumerate(batch.deps["det"]) if d is not None]

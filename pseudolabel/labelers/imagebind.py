@@ -98,12 +98,12 @@ class ImageBindLabeler(ModelLabeler):
         return build_vit(FULL)
 
     def load_dir(self, path: str):
-        from safetensors.torch import load_file
+        from fourm_core.checkpoints import read_state_dict
 
         with open(os.path.join(path, "config.json")) as f:
             cfg = json.load(f)
         m = build_vit(cfg)
-        sd = load_file(os.path.join(path, "model.safetensors"))
+        sd = read_state_dict(os.path.join(path, "model.safetensors"))
         if any(k.startswith("modality_") for k in sd):  # raw ImageBind keys: map them
             sd = convert_imagebind_state_dict(sd)
         m.load_state_dict(sd, strict=True)

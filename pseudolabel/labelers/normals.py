@@ -21,22 +21,7 @@ from ..codecs import png_encode
 from ..spec import RGB, Batch
 from .dpt_common import DPTLabelerBase, DPTSettings
 from .model_base import gt_array
-from .omnidata import NORMAL_MEAN, NORMAL_STD
-
-
-def surface_normals_class():
-    from torch import nn
-    from transformers import DPTForDepthEstimation
-
-    class DPTForSurfaceNormals(DPTForDepthEstimation):
-        """DPTForDepthEstimation with a 3-channel head (Omnidata's normal model layout)."""
-
-        def __init__(self, config):
-            super().__init__(config)
-            self.head.head[4] = nn.Conv2d(32, 3, kernel_size=1, stride=1, padding=0)
-            self.post_init()
-
-    return DPTForSurfaceNormals
+from .omnidata import NORMAL_MEAN, NORMAL_STD, surface_normals_class
 
 
 class NormalsSettings(DPTSettings):

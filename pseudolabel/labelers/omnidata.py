@@ -52,11 +52,26 @@ def dpt_hybrid_config(profile: dict):
                                           out_features=["stage1", "stage2", "stage3"], **backbone))
 
 
+def surface_normals_class():
+    """transformers' DPTForDepthEstimation with Omnidata's 3-channel normal head (the class is built on call:
+    importing this module imports no transformers)."""
+    from torch import nn
+    from transformers import DPTForDepthEstimation
+
+    class DPTForSurfaceNormals(DPTForDepthEstimation):
+        """DPTForDepthEstimation with a 3-channel head (Omnidata's normal model layout)."""
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.head.head[4] = nn.Conv2d(32, 3, kernel_size=1, stride=1, padding=0)
+            self.post_init()
+
+    return DPTForSurfaceNormals
+
+
 def build(task: str, profile: dict):
     """An untrained Omnidata-layout model: ``task`` "depth" (1 channel) or "normal" (3 channels)."""
     from transformers import DPTForDepthEstimation
-
-    from .normals import surface_normals_class
 
     cls = DPTForDepthEstimation if task == "depth" else surface_normals_class()
     return cls(dpt_hybrid_config(profile))
@@ -148,25 +163,11 @@ def convert_state_dict(state: dict) -> dict:
 def read_checkpoint(path: str | Path) -> dict:
     """The state dict of a released Omnidata ``.ckpt`` / ``.pth`` (``torch.load(weights_only=True)``, with
     argparse.Namespace allowed: Lightning stores hyper-parameters as one) or of a ``.safetensors`` file."""
-    import torch
+    from fourm_core.checkpoints import read_state_dict
 
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # the safe loader refused something; never retry unsafely
-        raise ValueError(
-            f"{path}: torch.load(weights_only=True) refused the checkpoint ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200]}). Re-save its state dict once, in an environment you trust: "
-            "safetensors.torch.save_file(torch.load(ckpt, weights_only=False)['state_dict'], 'omnidata.safetensors'), "
-            "and pass the .safetensors file.") from exc
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
-    return dict(ckpt.get("state_dict", ckpt))
+    return read_state_dict(path, allow=[argparse.Namespace], fix=(
+        "re-save its state dict once, in an environment you trust: safetensors.torch.save_file(torch.load(ckpt, "
+        "weights_only=False)['state_dict'], 'omnidata.safetensors'), and pass the .safetensors file"))
 
 
 def convert_checkpoint(checkpoint: str | Path, out: str | Path, task: str, profile: dict = FULL) -> Path:

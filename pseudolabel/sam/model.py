@@ -170,12 +170,9 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from fourm_core.checkpoints import read_state_dict
 
-        return load_file(str(path))
-    # Official checkpoints are plain state dicts: never unpickle arbitrary objects.
-    return torch.load(str(path), map_location="cpu", weights_only=True)
+    return read_state_dict(path)  # official checkpoints are plain state dicts: nothing else is unpickled
 
 
 def _find_weights(directory: Path) -> Path:

@@ -7,7 +7,10 @@ import json
 import pytest
 
 from eval_stage.config import load_eval_config
-from eval_stage.evaluation import _Plan, evaluate, evaluation_unit, find_checkpoint, result_summary
+from eval_stage.checkpoints import find_checkpoint
+from eval_stage.evaluation import evaluate, evaluation_unit, result_summary
+from eval_stage.tasks import EvalPlan
+from fourm_core.config import ConfigError
 from fourm_core.lineage import lineage
 from fourm_core.units import UnitStatus
 from tests.conftest import TINY_EVAL_OVERRIDES
@@ -83,13 +86,13 @@ def test_rerun_is_cached_and_config_changes_the_key(first_run):
     summary = result_summary(store, again)
     assert summary["status"] == "cached" and summary["report"].endswith("data.report.md")
     ckpt = find_checkpoint(store, cfg)
-    key = evaluation_unit(store, cfg, ckpt, _Plan(store, cfg, ckpt)).cache_key
+    key = evaluation_unit(store, cfg, ckpt, EvalPlan(store, cfg, ckpt)).cache_key
     assert key == res.manifests[0].cache_key
     other = load_eval_config("demo", {**TINY_EVAL_OVERRIDES, "seed": 1})
-    assert evaluation_unit(store, other, ckpt, _Plan(store, other, ckpt)).cache_key != key
+    assert evaluation_unit(store, other, ckpt, EvalPlan(store, other, ckpt)).cache_key != key
     # the device is not part of the key
     dev = load_eval_config("demo", {**TINY_EVAL_OVERRIDES, "device": "cpu:0"})
-    assert evaluation_unit(store, dev, ckpt, _Plan(store, dev, ckpt)).cache_key == key
+    assert evaluation_unit(store, dev, ckpt, EvalPlan(store, dev, ckpt)).cache_key == key
 
 
 def test_absent_modalities_are_skipped_with_a_note(tiny_eval_store):
@@ -97,24 +100,24 @@ def test_absent_modalities_are_skipped_with_a_note(tiny_eval_store):
     cfg = load_eval_config("demo", {**TINY_EVAL_OVERRIDES, "targets": ["tok_depth@224", "tok_clip@224"],
                                     "condition": ["tok_rgb@224", "tok_canny_edge@224"]})
     ckpt = find_checkpoint(store, cfg)
-    plan = _Plan(store, cfg, ckpt)
+    plan = EvalPlan(store, cfg, ckpt)
     assert plan.targets == ["tok_depth@224"] and plan.condition == ["tok_canny_edge@224"]
     assert any("tok_clip@224" in n and "skipped" in n for n in plan.notes)
     assert any("condition tok_rgb@224" in n for n in plan.notes)
     # a sequence target that is also the condition is skipped with a note; the other one is planned
     cfg = load_eval_config("demo", {**TINY_EVAL_OVERRIDES, "targets": ["caption", "det"], "condition": ["caption"],
                                     "knn": None})
-    plan = _Plan(store, cfg, find_checkpoint(store, cfg))
+    plan = EvalPlan(store, cfg, find_checkpoint(store, cfg))
     assert plan.captions is None and "target caption: is the condition; skipped" in plan.notes
     assert plan.boxes is not None and plan.condition == ["caption"]
     # the grid writes a caption condition as text, through the tokenizer its token shards were made with
     import torch
 
-    from eval_stage.evaluation import _sequence_texts
     from eval_stage.caption_eval import words
+    from eval_stage.run import sequence_texts
 
     key = plan.keys[0]
-    [text] = _sequence_texts(store, plan, "caption", torch.from_numpy(plan.tokens["caption"][key])[None])
+    [text] = sequence_texts(store, plan, "caption", torch.from_numpy(plan.tokens["caption"][key])[None])
     by_key = {r["sample_key"]: r["text"] for s in plan.shards
               for r in store.read_table("ev", "tokens/caption", s, columns=["sample_key", "text"]).to_pylist()}
     assert text and words(text) == words(by_key[key])
@@ -128,7 +131,7 @@ def test_missing_checkpoint_is_a_clear_error(tiny_eval_store):
 
 def test_ensembling_averages_several_sampled_generations(tiny_eval_store):
     store, _ = tiny_eval_store
-    with pytest.raises(Exception, match="generation.temperature > 0"):
+    with pytest.raises(ConfigError, match="generation.temperature > 0"):
         load_eval_config("demo", {**TINY_EVAL_OVERRIDES, "ensemble": 2})
     cfg = load_eval_config("demo", {**TINY_EVAL_OVERRIDES, "ensemble": 3, "generation.temperature": 1.0,
                                     "knn": None, "targets": ["tok_semseg@224"]})
@@ -142,7 +145,7 @@ def test_ensembling_averages_several_sampled_generations(tiny_eval_store):
 def test_ensemble_combines_samples_per_target():
     import torch
 
-    from eval_stage.evaluation import ensemble
+    from eval_stage.score import ensemble
 
     depth = [torch.full((1, 2, 2), v) for v in (1.0, 2.0, 6.0)]
     assert torch.equal(ensemble("depth", depth), torch.full((1, 2, 2), 3.0))
@@ -229,7 +232,7 @@ def test_det_sequences_parse_back_to_boxes():
     from eval_stage.boxes_eval import class_prior, parse_det
     from tokenize_stage.captions import text_tokenizer
     from tokenize_stage.text.serialise import det
-    from tokenize_stage.text.serialise.types import Box, Detections
+    from fourm_core.structured import Box, Detections
 
     tok, _ = text_tokenizer(None)
     dets = Detections(boxes=[Box(xyxy=(0.1, 0.2, 0.5, 0.6), class_name="cup", score=0.9),

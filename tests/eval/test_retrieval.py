@@ -17,7 +17,7 @@ MOD = "tok_dinov2_global"
 def _tokenizer(codebook_size: int | None = 8192):
     """The tiny MLP+Memcodes DINOv2-global tokenizer, random init under a fixed seed; by default with the
     modality's full vocabulary (the tiny profile has 256 codes) so that every predicted id decodes."""
-    from tokenize_stage.models.base import build_tokenizer
+    from tokenize_stage.models.hub import build_tokenizer
     from tokenize_stage.registry import tokenizer_config
 
     cfg = tokenizer_config("dinov2_global_memcodes", "tiny")
@@ -136,7 +136,7 @@ def test_bad_modality_raises(tiny_model, tokenizer):
 
 
 def test_mismatched_tokenizer_raises(tiny_model):
-    from tokenize_stage.models.base import build_tokenizer
+    from tokenize_stage.models.hub import build_tokenizer
     from tokenize_stage.registry import tokenizer_config
 
     inputs = {"rgb@224": _rgb(n=1)}

@@ -82,7 +82,7 @@ def _commit_tokenizer(store, dataset: str, name: str, steps: int, image_size: in
 
     from fourm_core.units import Unit, UnitOutput, run_unit
     from tokenize_stage.labels import read_label_arrays
-    from tokenize_stage.models.base import build_tokenizer
+    from tokenize_stage.models.hub import build_tokenizer
     from tokenize_stage.normalize import normalize_batch
     from tokenize_stage.registry import tokenizer_config
     from tokenize_stage.train_tokenizer import TrainTokenizerConfig, fit, tokenizer_artifact

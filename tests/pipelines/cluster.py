@@ -102,7 +102,7 @@ class Cluster:
         out = prefect(self.env, "deployment", "run", name, *args)
         flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
         state = self.wait(flow_run_id, timeout)
-        assert state == "COMPLETED", f"{name} ended {state}:\n" + "\n".join(self.log(p)[-4000:] for p in POOLS)
+        assert state == "COMPLETED", f"{name} ended {state}:\n" + "\n".join(self.log(p)[-4000:] for p in self.workers)
         return flow_run_id
 
     def wait(self, flow_run_id: str, timeout: float = 300) -> str:
@@ -119,9 +119,24 @@ class Cluster:
             kill(proc)
 
 
-def start_cluster(server: PrefectServer, workdir: Path, extra_env: dict[str, str] | None = None) -> Cluster:
+def flow_run_logs(api_url: str, flow_run_id: str, until: str | None = None, timeout: float = 60) -> str:
+    """The flow run's log lines as the Prefect server stored them (what the UI shows), oldest first. Logs reach
+    the server in batches, after the run's final state: with ``until``, wait up to ``timeout`` s for that text."""
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = api(api_url, "logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}},
+                                            "sort": "TIMESTAMP_ASC", "limit": 200})
+        text = "\n".join(entry["message"] for entry in logs)
+        if until is None or until in text or time.monotonic() > deadline:
+            return text
+        time.sleep(1)
+
+
+def start_cluster(server: PrefectServer, workdir: Path, extra_env: dict[str, str] | None = None,
+                  pools: tuple[str, ...] = POOLS) -> Cluster:
     """Pools, deployments (``prefect deploy --all`` from a clone of a snapshot of this tree) and one worker per
-    pool, each started in its own empty folder with no PYTHONPATH: the code comes from the pull step."""
+    pool in ``pools``, each started in its own empty folder with no PYTHONPATH: the code comes from the pull
+    step."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in server.env.items() if k != "PYTHONPATH"}
     env.update({"OMP_NUM_THREADS": "1", "PREFECT_WORKER_QUERY_SECONDS": "2", **(extra_env or {})})
@@ -129,7 +144,7 @@ def start_cluster(server: PrefectServer, workdir: Path, extra_env: dict[str, str
         prefect(env, "work-pool", "create", pool, "--type", "process", "--overwrite")
     cluster = Cluster(server, "", "", workdir, env)
     try:
-        for pool in POOLS:  # workers import for seconds while the deployments are made
+        for pool in pools:  # workers import for seconds while the deployments are made
             folder = workdir / f"worker-{pool}"
             folder.mkdir(exist_ok=True)
             cluster.workers[pool] = start([str(BIN / "prefect"), "worker", "start", "--pool", pool],

@@ -1,7 +1,8 @@
 """The ops path end to end on the cluster in a box (tests/pipelines/cluster.py): a real ``prefect server``,
 the ``fourm-cpu`` and ``fourm-gpu`` pools, ``prefect deploy --all`` from a clone, one process worker per pool
 in its own empty folder (the code arrives through the ``git_clone`` pull step), ``prefect deployment run``,
-a schedule that fires, and the build -> pretrain -> evaluate chain.
+a schedule that fires, the build -> pretrain -> evaluate chain, and finetune/demo (fine-tune, then evaluate
+against the starting checkpoint).
 
 The build-dataset runs use the test-only fake stages (``dataset`` points at their config). To run the real
 demo instead, drop that parameter (the deployment's own ``dataset: demo`` applies).
@@ -20,11 +21,13 @@ import pytest
 from fourm_core import ArtifactStore
 from tests.conftest import TINY_EVAL_OVERRIDES
 from tests.eval.tiny_store import MODALITIES as TINY_MODALITIES
+from tests.eval.tiny_store import build as build_tiny_store
 from tests.pipelines.cluster import REPO, api, start_cluster
 from tests.pipelines.fake_stage import CONFIG_YAML, REGISTRATION
 
 DEPLOYMENTS = {("build_dataset", n): "fourm-cpu" for n in ("cc12m", "coyo700m", "c4", "demo", "demo-heldout")} | \
-    {("pretrain", "demo"): "fourm-gpu", ("pretrain", "4m-21-b"): "fourm-gpu", ("evaluate", "demo"): "fourm-gpu",
+    {("pretrain", "demo"): "fourm-gpu", ("pretrain", "4m-21-b"): "fourm-gpu", ("finetune", "demo"): "fourm-gpu",
+     ("evaluate", "demo"): "fourm-gpu",
      ("evaluate", "4m-21-b"): "fourm-gpu", ("chain", "demo"): "fourm-cpu", ("chain", "4m-21-b"): "fourm-cpu"}
 
 pytestmark = pytest.mark.slow
@@ -150,3 +153,65 @@ def test_chain_runs_build_then_pretrain_then_evaluate(cluster, tmp_path, fk_conf
     evaluated = [(i.dataset, i.artifact, i.digest) for i in evaluation.ingredients.inputs] + \
         [(m.id, m.source, m.digest) for m in [evaluation.ingredients.model] if m is not None]
     assert any(ckpt.digest in entry for entry in evaluated), evaluated  # the checkpoint pretrain just committed
+
+
+RGB_DEPTH = ["tok_rgb@224", "tok_depth@224"]
+
+
+@pytest.fixture(scope="module")
+def rgb_depth_store(tmp_path_factory):
+    """tests/eval/tiny_store.py at its smallest with RGB and depth tokens: 8 scenes in dataset ``ft``, 4 held-out
+    scenes of another seed in ``ft-heldout`` (same tokenizers) and a 4-step tiny 4M checkpoint ``start``."""
+    import torch
+
+    root = tmp_path_factory.mktemp("ft-store")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        store, start = build_tiny_store(str(root / "store"), dataset="ft", n_samples=8, shard_size=4, size=64,
+                                        tokenizer_steps=0, train_steps=4, batch_size=4, dim=32, run="start",
+                                        workdir=root, heldout=4, modalities=RGB_DEPTH)
+    finally:
+        torch.set_num_threads(threads)
+    return store, start
+
+
+def test_finetune_deployment_beats_the_checkpoint_it_started_from(cluster, tmp_path, rgb_depth_store):
+    """finetune/demo on the fourm-gpu worker: the finetune_demo preset (transfer masking RGB -> depth) started from
+    the store's ``start`` checkpoint, then the flow's own evaluation of both checkpoints on held-out scenes: the
+    fine-tuned model's RGB -> depth token loss is below the starting checkpoint's."""
+    src, start = rgb_depth_store
+    root = tmp_path / "store"
+    shutil.copytree(src.root, root)
+    train = {"init_from": {"run": "start"}, "datasets": [{"name": "ft", "weight": 1.0, "modalities": RGB_DEPTH}],
+             "checkpoint_every": 0, "batch_size": 4, "warmup_tokens": 0, "log_every": 4, "blr": 0.3}
+    evaluation = {"dataset": "ft-heldout", "tokenizer_dataset": "ft", "max_samples": 4, "batch_size": 4,
+                  "decode_steps": 1, "generation.steps": 2, "loss_repeats": 2, "grid_samples": 2}
+    t0 = time.monotonic()
+    run_id = cluster.run("finetune/demo", {"store_root": str(root), "overrides": train, "steps": 12,
+                                           "log_dir": str(tmp_path / "runs"), "evaluation_overrides": evaluation},
+                         timeout=600)
+    print(f"\nfinetune/demo: {time.monotonic() - t0:.1f} s from `deployment run` to COMPLETED")
+    run = api(cluster.server.api_url, f"flow_runs/{run_id}")
+    assert run["work_pool_name"] == "fourm-gpu"
+    store = _store(root)
+    tuned = store.read_manifest("training", "checkpoints/finetune-demo/step-00000012", None)
+    assert tuned.flow_run_id == run_id and tuned.ingredients.git_commit == cluster.commit
+    start = store.read_manifest("training", start.artifact, None)  # the copy's manifest (same digest)
+    assert start.as_input() in tuned.ingredients.inputs  # lineage: the checkpoint it started from
+    # both evaluations are committed units beside each other, not over evaluate/demo's
+    ns = "ft-heldout-finetune-demo-comparison"
+    evals = {m.ingredients.model.source: m for m in (store.read_manifest(ns, f"evaluations/{r}", None)
+                                                     for r in ("finetune-demo/step-00000012", "start/step-00000004"))}
+    assert set(evals) == {tuned.uri, start.uri}
+    rows: dict[tuple, dict] = {}
+    for source, m in evals.items():
+        for r in store.read_table(m.dataset, m.artifact, None).to_pylist():
+            rows.setdefault((r["task"], r["target"], r["reference"], r["metric"]), {})[source] = r["model"]
+    [loss_key] = [k for k in rows if k[0] == "masked tokens" and k[1] == "tok_depth@224" and k[3] == "loss"]
+    assert "rgb2depth" in loss_key[2]  # held-out tokens masked like the fine-tuning: RGB in, depth out
+    before, after = rows[loss_key][start.uri], rows[loss_key][tuned.uri]
+    print(f"held-out RGB -> depth token loss: pre-trained {before:.3f}, fine-tuned {after:.3f}")
+    for k, v in sorted(rows.items()):
+        print(" ", " | ".join(k), f"fine-tuned {v.get(tuned.uri)}, pre-trained {v.get(start.uri)}")
+    assert after < before - 0.3, (before, after)

@@ -50,3 +50,32 @@ class FaultyLabeler(Labeler):
         if any(k in self.settings.fail_keys for k in batch.keys):
             raise ValueError(f"boom on {[k for k in batch.keys if k in self.settings.fail_keys]}")
         return [{"faulty": {"mean": float(np.mean(im)), "pid": os.getpid()}} for im in batch.rgb]
+
+
+class NodeSettings(LabelerSettings):
+    sleep_s: float = Field(0.0, ge=0, description="seconds per batch, so that batches overlap and spread over nodes")
+
+
+class RayNodeLabeler(Labeler):
+    """The Ray node each sample was labelled on (``ray.get_runtime_context().get_node_id()``; empty outside Ray):
+    where pseudolabel work ran, reported by the work itself, however the runner schedules it (tasks, actors)."""
+
+    name: ClassVar[str] = "ray_node"
+    outputs: ClassVar[tuple[str, ...]] = ("ray_node",)
+    needs: ClassVar[tuple[str, ...]] = (RGB,)
+    Settings: ClassVar[type[LabelerSettings]] = NodeSettings
+    default_batch_size: ClassVar[int] = 1
+    resources: ClassVar[Resources] = Resources(num_cpus=1)
+
+    def config_for_key(self):
+        return super().config_for_key() | {"sleep_s": None}
+
+    def schema(self):
+        return {"ray_node": pa.schema([("node_id", pa.string()), ("pid", pa.int32())])}
+
+    def label_batch(self, batch: Batch) -> list:
+        import ray
+
+        time.sleep(self.settings.sleep_s)
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        return [{"ray_node": {"node_id": node, "pid": os.getpid()}} for _ in batch.rgb]

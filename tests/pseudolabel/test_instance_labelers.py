@@ -59,7 +59,7 @@ def test_sam_low_resolution_edges_align_with_the_image(batch):
 
 
 def test_detection_boxes_in_coco80_and_counts(batch, tmp_path):
-    from tokenize_stage.text.serialise.types import Detections
+    from fourm_core.structured import Detections
 
     lab, mem = _labeler("detection", tmp_path, **DET)
     out = lab.label_batch(batch)
@@ -77,7 +77,7 @@ def test_default_threshold_keeps_only_confident_boxes(batch):
     lab.setup()
     assert (lab.settings.threshold, lab.settings.person_threshold) == (0.6, 0.5)  # 4M's boxes, 4D-Humans' persons
     assert lab.detector.threshold == 0.5  # candidates down to the lower one; the labeler keeps the rest apart
-    from tokenize_stage.text.serialise.types import Detections
+    from fourm_core.structured import Detections
 
     for res in lab.label_batch(batch):  # random weights stay far below 0.5
         assert res["det"]["n_coco_instances"] == 0
@@ -85,7 +85,7 @@ def test_default_threshold_keeps_only_confident_boxes(batch):
 
 
 def _det(*boxes):
-    from tokenize_stage.text.serialise.types import Detections
+    from fourm_core.structured import Detections
 
     dets = Detections.model_validate({"boxes": [{"xyxy": xyxy, "class_name": c, "score": 0.9} for c, xyxy in boxes]})
     return {"det": dets.model_dump_json()}
@@ -93,7 +93,7 @@ def _det(*boxes):
 
 def test_poses_per_person_box_none_without_people_and_missing_boxes_fail_the_sample(tmp_path):
     from tokenize_stage.text.serialise import human_poses as serialiser
-    from tokenize_stage.text.serialise.types import HumanPoses
+    from fourm_core.structured import HumanPoses
 
     lab, mem = _labeler("human_poses", tmp_path)
     imgs = [photo("astronaut", 96), photo("chelsea", 96), synthetic_image(1, 64)]

@@ -11,7 +11,7 @@ import pytest
 from pseudolabel.detection import crop_boxes, hflip_boxes, transform_detections
 from pseudolabel.detection.boxes import pixel_rect_to_normalised, to_normalised, to_pixels
 from tokenize_stage.text.serialise import det
-from tokenize_stage.text.serialise.types import Box, Detections
+from fourm_core.structured import Box, Detections
 
 COLOURS = {"dog": (255, 0, 0), "cat": (0, 255, 0), "car": (0, 0, 255)}
 RECTS_PX = {"dog": (40, 30, 120, 90), "cat": (150, 100, 230, 170), "car": (10, 150, 60, 230)}  # x0,y0,x1,y1 excl.

@@ -9,7 +9,7 @@ import pytest
 from pseudolabel.detection import columns as det_columns
 from pseudolabel.humans import HumanPosesRaw, PersonRaw
 from pseudolabel.humans import columns as pose_columns
-from tokenize_stage.text.serialise.types import Box, Detections
+from fourm_core.structured import Box, Detections
 
 
 def test_det_columns_round_trip(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from fourm_core.coco import COCO_THING_CLASSES
 from pseudolabel.detection import FAMILIES, build_detector, detect, load_detector, save_detector
 from tokenize_stage.text.serialise import det
-from tokenize_stage.text.serialise.types import Detections
+from fourm_core.structured import Detections
 
 from .conftest import small
 

@@ -25,7 +25,7 @@ from pseudolabel.humans.checkpoint import CheckpointError, map_hmr2_key
 from pseudolabel.humans.crops import IMAGENET_MEAN, IMAGENET_STD, crop_person
 from pseudolabel.humans.rotations import rot6d_to_rotmat, rotation_error, rotmat_to_rot6d
 from tokenize_stage.text.serialise import human_poses
-from tokenize_stage.text.serialise.types import Box, Detections
+from fourm_core.structured import Box, Detections
 
 from .conftest import small
 

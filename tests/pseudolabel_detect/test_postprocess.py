@@ -9,7 +9,7 @@ from fourm_core.coco import COCO_THING_CLASSES
 from pseudolabel.detection import coco_index_map, n_coco_instances, coco_instance_diversity, to_detections
 from pseudolabel.detection.labels import coco80_id2label
 from tokenize_stage.text.serialise import det
-from tokenize_stage.text.serialise.types import Box, Detections
+from fourm_core.structured import Box, Detections
 
 COCO80 = coco_index_map(coco80_id2label())
 

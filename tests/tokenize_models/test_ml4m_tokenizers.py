@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tokenize_stage.models import Tokenizer, build_tokenizer
+from tokenize_stage.models import Tokenizer, build_tokenizer, from_pretrained
 from tokenize_stage.models.ml4m import (Ml4mFormatError, config_from_ml4m, save_ml4m, state_dict_from_ml4m,
                                         state_dict_to_ml4m)
 from tokenize_stage.registry import tokenizer_config
@@ -43,7 +43,7 @@ def _run(tok: Tokenizer, vectors: dict[str, torch.Tensor]) -> tuple[torch.Tensor
 @pytest.mark.parametrize("fixture", sorted(TINY))
 def test_tiny_reference_tokenizer_reproduces_tokens_and_decodes(fixture):
     folder = FIXTURES / "tiny" / fixture
-    tok = Tokenizer.from_pretrained(folder)  # the one loading path; the name is guessed from the folder
+    tok = from_pretrained(folder)  # the one loading path; the name is guessed from the folder
     assert tok.config.name == TINY[fixture] and tok.config.layout == "ml4m"
     vectors = load_file(str(folder / "vectors.safetensors"))
     tokens, decoded = _run(tok, vectors)
@@ -84,7 +84,7 @@ def test_older_pth_layout_and_hints(tmp_path):
     (tmp_path / "old").mkdir()
     torch.save({"model": load_file(str(src / "model.safetensors")), "args": args},
                tmp_path / "old" / "semseg_4k_224-448.pth")
-    tok = Tokenizer.from_pretrained(tmp_path / "old")
+    tok = from_pretrained(tmp_path / "old")
     vectors = load_file(str(src / "vectors.safetensors"))
     assert torch.equal(_run(tok, vectors)[0], vectors["tokens"].flatten(1))
 
@@ -96,7 +96,7 @@ def test_unplaceable_tensor_is_refused(tmp_path):
     weights["quantize.extra"] = torch.zeros(1)
     save_file(weights, str(folder / "model.safetensors"))
     with pytest.raises(Ml4mFormatError, match="quantize.extra"):
-        Tokenizer.from_pretrained(folder)
+        from_pretrained(folder)
 
 
 @pytest.mark.parametrize("name", ["semseg_vqvae", "mask_vq", "pose_vq", "dinov2_global_memcodes", "rgb_diffusion"])
@@ -109,7 +109,7 @@ def test_our_training_builds_and_reloads_the_ml4m_layout(tmp_path, name):
     loss.backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "pos_emb" not in n)
     model.eval().save_pretrained(tmp_path / name)
-    loaded = Tokenizer.from_pretrained(tmp_path / name)
+    loaded = from_pretrained(tmp_path / name)
     tokens = model.encode(x)
     assert loaded.config == model.config and torch.equal(loaded.encode(x), tokens)
     assert loaded.decode(tokens).shape == model.decode(tokens).shape
@@ -130,7 +130,7 @@ def test_export_reproduces_the_released_files(tmp_path, fixture):
     """Loading a released folder and writing it back in the release format gives the same tensors, bit for
     bit, and the same config (MLP tokenizers: up to the image/patch sizes they do not use)."""
     folder = FIXTURES / "tiny" / fixture
-    save_ml4m(Tokenizer.from_pretrained(folder), tmp_path)
+    save_ml4m(from_pretrained(folder), tmp_path)
     ref, ours = load_file(str(folder / "model.safetensors")), load_file(str(tmp_path / "model.safetensors"))
     assert set(ref) == set(ours) and all(torch.equal(ref[k], ours[k]) for k in ref)
     ref_cfg, our_cfg = (json.loads((d / "config.json").read_text()) for d in (folder, tmp_path))
@@ -141,6 +141,43 @@ def test_export_reproduces_the_released_files(tmp_path, fixture):
 def test_our_ml4m_diffusion_tokenizer_exports_and_reloads(tmp_path):
     model = build_tokenizer(tokenizer_config("normal_diffusion", "tiny", layout="ml4m")).eval()
     save_ml4m(model, tmp_path)
-    loaded = Tokenizer.from_pretrained(tmp_path, tokenizer="normal_diffusion")
+    loaded = from_pretrained(tmp_path, tokenizer="normal_diffusion")
     x = synthetic_batch(model.config, 2, seed=3)
     assert torch.equal(loaded.encode(x), model.encode(x))
+
+
+@pytest.mark.parametrize("released", ["DINOv2-B14-global_8k_16_224", "ImageBind-H14-global_8k_16_224"])
+def test_global_tokenizers_give_the_16_tokens_the_released_4m21_reads(released, tmp_path):
+    """Token count = Memcodes heads = ``num_codebooks`` of the config. The reference yaml (and so the key table
+    and the tiny fixture) say 8, but the released 4M-21 reads 16 positions (its ``tok_*_global.pos_emb`` has 16
+    rows) and the repositories are named ``..._16_``: ours follow the config, the 16-token form loads strictly,
+    and importing an 8-token one for the official preset is refused."""
+    from fourm_core.modalities import get_modality
+    from tokenize_stage.official import check_global_token_count
+
+    table = json.loads((FIXTURES / "released" / f"{released}.keys.json").read_text())
+    config = config_from_ml4m(table["constructor_kwargs"], {k: tuple(v["shape"]) for k, v in table["tensors"].items()},
+                              hint=table["hub_id"])
+    modality = get_modality(config.modality)
+    fm = json.loads((FIXTURES.parent / "fm" / "keys" / "4M-21_B.keys.json").read_text())["tensors"]
+    assert fm[f"encoder_embeddings.{modality.name}.pos_emb"]["shape"][1] == modality.max_tokens == 16
+    assert tokenizer_config(config.name, "production").n_tokens == 16  # what our own training builds
+    assert config.n_tokens == table["constructor_kwargs"]["num_codebooks"] == 8  # the yaml's count, as written
+    # the released form: 16 heads over the same 1024-d latent (64 per head)
+    kwargs = dict(table["constructor_kwargs"], num_codebooks=16)
+    shapes = {k: tuple(v["shape"]) for k, v in table["tensors"].items()}
+    shapes |= {"quantize.codes": (16, 8192, 64), "quantize.to_k.weight": (16, 64, 64),
+               "quantize.to_v.weight": (16, 64, 64)}
+    config16 = config_from_ml4m(kwargs, shapes, hint=table["hub_id"])
+    with torch.device("meta"):
+        model = build_tokenizer(config16)
+    model.load_state_dict(state_dict_from_ml4m({k: torch.empty(s, device="meta") for k, s in shapes.items()}, config16),
+                          strict=True, assign=True)
+    assert model.n_tokens == 16
+    tiny = {"DINOv2-B14-global_8k_16_224": "dinov2_global", "ImageBind-H14-global_8k_16_224": "imagebind_global"}
+    eight = from_pretrained(FIXTURES / "tiny" / tiny[released])
+    with pytest.raises(ValueError, match=r"gives 8 tokens per embedding .* holds 16 .*_8k_16_224"):
+        check_global_token_count(eight, "the-8-token-folder")
+    sixteen = build_tokenizer(tokenizer_config(config.name, "tiny", layout="ml4m"))
+    save_ml4m(sixteen, tmp_path)
+    check_global_token_count(from_pretrained(tmp_path, tokenizer=config.name), str(tmp_path))

@@ -16,7 +16,7 @@ from pipelines.stages import get_stages
 from tokenize_stage.crops import apply_crop, crop_for
 from tokenize_stage.labels import iter_label_rows
 from pseudolabel.registry import labeler_class
-from tokenize_stage.models import Tokenizer, build_tokenizer
+from tokenize_stage.models import build_tokenizer, from_pretrained
 from tokenize_stage.models.ml4m import save_ml4m
 from tokenize_stage.registry import tokenizer_config
 from tokenize_stage.normalize import normalize
@@ -90,7 +90,7 @@ def test_4m21_official_preset_tokenizes_with_released_tokenizers(tmp_path):
     assert not store.committed_shards(config.name, "labels/clip_features")  # fused: no raw features kept
 
     # the stored semseg tokens are the released tokenizer's encoding of the shard's labels
-    released = Tokenizer.from_pretrained(sources["semseg_vqvae"])
+    released = from_pretrained(sources["semseg_vqvae"])
     cfg = pretokenize_config(config)
     table = store.read_table(config.name, MODALITIES["tok_semseg@224"].token_artifact, 0).to_pylist()
     stored = {(r["sample_key"], r["crop"]): r["tokens"] for r in table}

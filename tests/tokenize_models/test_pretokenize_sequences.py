@@ -28,7 +28,7 @@ from tokenize_stage.stage import CROPS_ARTIFACT, STAGE
 from tokenize_stage.synthetic import pose
 from tokenize_stage.text.serialise import SERIALISERS
 from tokenize_stage.text.serialise import det as det_ser
-from tokenize_stage.text.serialise.types import Box, Detections
+from fourm_core.structured import Box, Detections
 from tokenize_stage.train_tokenizer import TrainTokenizerConfig, train_tokenizer
 
 DS = "seq"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tokenize_stage.models.base import Tokenizer, build_tokenizer
+from tokenize_stage.models.hub import build_tokenizer, from_pretrained
 from tokenize_stage.models.vqvae import VQVAE
 from tokenize_stage.registry import tokenizer_config
 from tokenize_stage.synthetic import synthetic_batch
@@ -18,7 +18,7 @@ def test_round_trip_identical_tokens(tmp_path, name):
     model.training_loss(x)  # move EMA buffers away from their init so buffers are really saved
     model.eval()
     model.save_pretrained(tmp_path / name)
-    loaded = Tokenizer.from_pretrained(tmp_path / name)
+    loaded = from_pretrained(tmp_path / name)
     assert type(loaded) is type(model) and loaded.config == model.config
     tokens = model.encode(x)
     assert torch.equal(loaded.encode(x), tokens)
@@ -28,13 +28,13 @@ def test_round_trip_identical_tokens(tmp_path, name):
 def test_fsspec_url_and_wrong_class(tmp_path):
     model = build_tokenizer(tokenizer_config("pose_vq", "tiny")).eval()
     model.save_pretrained(tmp_path / "pose")
-    loaded = Tokenizer.from_pretrained(f"file://{tmp_path / 'pose'}")
+    loaded = from_pretrained(f"file://{tmp_path / 'pose'}")
     x = torch.randn(2, 207)
     assert torch.equal(loaded.encode(x), model.encode(x))
     with pytest.raises(TypeError):
-        VQVAE.from_pretrained(tmp_path / "pose")
+        from_pretrained(tmp_path / "pose", expect=VQVAE)
 
 
 def test_missing_files_error(tmp_path):
     with pytest.raises(FileNotFoundError):
-        Tokenizer.from_pretrained(tmp_path)
+        from_pretrained(tmp_path)

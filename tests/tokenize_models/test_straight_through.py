@@ -5,7 +5,7 @@ import torch
 from tokenize_stage.models.memcodes import Memcodes
 from tokenize_stage.models.quantizer import VectorQuantizer
 from tokenize_stage.registry import tokenizer_config
-from tokenize_stage.models.base import build_tokenizer
+from tokenize_stage.models.hub import build_tokenizer
 
 
 def test_vq_passes_gradient_to_its_input():

@@ -6,7 +6,7 @@ import numpy as np
 
 from fourm_core.coco import COCO_THING_CLASSES
 from tokenize_stage.text.serialise import metadata as meta_mod
-from tokenize_stage.text.serialise.types import (
+from fourm_core.structured import (
     Box,
     ColorPalette,
     ColorPaletteSet,

@@ -7,7 +7,7 @@ import pytest
 
 from tests.tokenize_text import samples
 from tokenize_stage.text.serialise import ParseError, color_palette, token_budget
-from tokenize_stage.text.serialise.types import ColorPalette, ColorPaletteSet
+from fourm_core.structured import ColorPalette, ColorPaletteSet
 
 
 def test_example():

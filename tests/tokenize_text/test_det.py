@@ -9,7 +9,7 @@ import pytest
 
 from tests.tokenize_text import samples
 from tokenize_stage.text.serialise import ParseError, det, token_budget
-from tokenize_stage.text.serialise.types import Box, Detections
+from fourm_core.structured import Box, Detections
 
 
 def test_example_string_and_order_by_distance_to_origin():

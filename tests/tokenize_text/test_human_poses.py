@@ -8,7 +8,7 @@ import pytest
 from tests.tokenize_text import samples
 from tokenize_stage.text.serialise import ParseError, human_poses, token_budget
 from tokenize_stage.text.serialise.human_poses import BBOX_MAX_ERROR, BETAS, CAMERA, GLOBAL
-from tokenize_stage.text.serialise.types import HumanPoses, Person
+from fourm_core.structured import HumanPoses, Person
 
 
 def make_person(**kw) -> Person:

@@ -7,7 +7,7 @@ import pytest
 
 from tests.tokenize_text import samples
 from tokenize_stage.text.serialise import ParseError, color_palette, det, human_poses, metadata, sam_instance
-from tokenize_stage.text.serialise.types import ColorPalette, Metadata
+from fourm_core.structured import ColorPalette, Metadata
 
 
 def test_det_drops_the_broken_box_and_stops_at_eos():

@@ -8,7 +8,7 @@ import pytest
 from tests.tokenize_text import samples
 from tokenize_stage.text.serialise import ParseError, metadata, token_budget
 from tokenize_stage.text.serialise.metadata import BY_NAME, METADATA_TYPES, N_BINS, dequantise, quantise
-from tokenize_stage.text.serialise.types import Metadata
+from fourm_core.structured import Metadata
 
 
 def q(name, value):

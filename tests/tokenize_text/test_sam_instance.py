@@ -7,7 +7,7 @@ import pytest
 
 from tests.tokenize_text import samples
 from tokenize_stage.text.serialise import ParseError, sam_instance, token_budget
-from tokenize_stage.text.serialise.types import SamInstance, SamInstances, SamPoint
+from fourm_core.structured import SamInstance, SamInstances, SamPoint
 
 CODES = list(range(500, 516))  # crosses the v0/v1 split at 512
 

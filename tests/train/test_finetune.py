@@ -107,3 +107,11 @@ def test_finetune_flow_refuses_a_config_without_init_from():
 
     with pytest.raises(ValueError, match="no init_from"):
         finetune.fn(config="demo")
+
+
+def test_finetune_flow_refuses_a_bad_evaluation_before_training():
+    from fourm_core.config import ConfigError
+    from pipelines.finetune import finetune
+
+    with pytest.raises(ConfigError, match="no-such-eval"):
+        finetune.fn(config="finetune_demo", store_root="/nonexistent/store", evaluation="no-such-eval")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pydantic
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch
 from fourm_core.config import ConfigError
 from fourm_core.modalities import FOURM21, get_modality
 from train_stage.batch import IGNORE, MODALITY_INDEX
-from train_stage.masking import EOS, SENTINEL0, Masker, allocate, sample_dirichlet
+from train_stage.masking import EOS, SENTINEL0, Masker, allocate, sample_dirichlet, split_cells
 from train_stage.mixture import MixtureConfig, load_data_mix, load_mixture
 from train_stage.synthetic_batch import random_raw_batch
 
@@ -232,6 +233,7 @@ def test_keep_all_puts_the_whole_caption_in_the_input():
 def test_unpadded_sequence_narrower_than_half_the_budget():
     """A direct caller may pass a sequence tensor only as wide as its longest sample (2W + 1 <= max_tokens)."""
     mods = ["caption", "tok_depth@224"]
+    rebuilt = 0
     for mode in ("reference", "fill"):
         r = raw(mods, B=8)
         r.tokens["caption"] = r.tokens["caption"][:, :10]
@@ -242,8 +244,12 @@ def test_unpadded_sequence_narrower_than_half_the_budget():
             inp = b.enc_tokens[i][b.enc_modality[i] == mid].tolist()
             sel = b.dec_modality[i] == mid
             tgt = b.dec_tokens[i][sel].tolist() + b.dec_labels[i][sel].tolist()[-1:]
-            if len(tgt) and tgt[-1] - SENTINEL0 == sum(SENTINEL0 <= t < SENTINEL0 + 200 for t in inp) + 1:
+            # a whole target (not cut to a window: from [S_1] to the sentinel after the input's last) rebuilds it
+            whole = len(tgt) and tgt[0] == SENTINEL0 + 1
+            if whole and tgt[-1] - SENTINEL0 == sum(SENTINEL0 <= t < SENTINEL0 + 200 for t in inp) + 1:
                 assert reconstruct(inp, tgt) == r.tokens["caption"][i, : int(r.lengths["caption"][i])].tolist() + [EOS]
+                rebuilt += 1
+    assert rebuilt >= 4
 
 
 def test_fill_mode_uses_more_tokens_than_reference():
@@ -255,3 +261,20 @@ def test_fill_mode_uses_more_tokens_than_reference():
         b = Masker(mix.model_copy(update={"budget_mode": mode}))(r, torch.Generator().manual_seed(1))
         used[mode] = b.n_tokens() / 256
     assert used["fill"] > used["reference"] + 40
+
+
+def test_image_cells_exact_counts_and_uniform():
+    """split_cells: exactly k_in input and k_all - k_in target cells per grid, every cell equally likely."""
+    rng = np.random.default_rng(0)
+    B, L = 4000, 16
+    k_in = rng.integers(0, L + 1, B)
+    k_all = k_in + rng.integers(0, L + 1 - k_in)
+    f, is_in = split_cells(k_in, k_all, L, rng)
+    assert (np.diff(f) > 0).all()  # sorted, each cell at most once: inputs and targets are disjoint
+    row, cell = np.divmod(f, L)
+    assert np.array_equal(np.bincount(row[is_in], minlength=B), k_in)
+    assert np.array_equal(np.bincount(row, minlength=B), k_all)
+    # P(cell is an input) = k_in / L for every cell
+    expected = k_in.sum() / L
+    freq = np.bincount(cell[is_in], minlength=L)
+    assert np.abs(freq - expected).max() < 5 * np.sqrt(expected)

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from fourm_core.modalities import ModalityKind, get_modality
+from fourm_core.modalities import get_modality
 from train_stage.batch import MODALITY_INDEX
-from train_stage.masking import Masker, RawBatch
+from train_stage.masking import Masker
 from train_stage.mixture import load_mixture
-from train_stage.span_masking import draw_kept, span_mask, target_window, with_eos
+from train_stage.span_masking import draw_kept, input_length, span_mask, target_window, with_eos
+from train_stage.synthetic_batch import reference_like_raw_batch
 
 FIXTURES = Path(__file__).parents[1] / "fixtures/ml4m"
 VECTORS = json.loads((FIXTURES / "text/text_vectors.json").read_text())
@@ -34,81 +35,72 @@ def test_span_masking_vectors(modality, case):
     m = case["masking"]
     chunked = modality == "metadata"
     ids = [t for c in case["chunk_token_ids"] for t in c] if chunked else case["token_ids"]
-    tok, n = with_eos(torch.tensor([ids + [0]], dtype=torch.long), torch.tensor([len(ids)]),
-                      torch.tensor([True]), m["max_tokens"])
+    tok, n = with_eos(np.array([ids + [0]]), np.array([len(ids)]), np.array([True]), m["max_tokens"])
     before = [t for c in m["sequence_before_masking"] for t in c] if chunked else m["sequence_before_masking"]
-    assert tok[0, : int(n)].tolist() == before  # [EOS] appended, truncated to max_tokens (metadata: whole chunks)
+    assert tok[0, : int(n[0])].tolist() == before  # [EOS] appended, truncated to max_tokens (metadata: whole chunks)
     masked = m["span_masking_calls"][-1]["masked"]
     if chunked:  # the keep pattern is per chunk: spread it over the chunk's tokens
         masked = [x for x, c in zip(masked, m["sequence_before_masking"]) for _ in c]
-    kept = torch.zeros_like(tok, dtype=torch.bool)
-    kept[0, : len(masked)] = ~torch.tensor(masked)
-    budget_in, budget_out = torch.tensor([m["input_budget"]]), torch.tensor([m["target_budget"]])
-    in_ids, in_len, tgt, tgt_len, is_sent = span_mask(tok, n, kept, budget_in)
-    assert in_ids[0, : int(in_len)].tolist() == m["input_ids"]
+    kept = np.zeros(tok.shape, dtype=bool)
+    kept[0, : len(masked)] = ~np.array(masked, dtype=bool)
+    budget_in, budget_out = np.array([m["input_budget"]]), np.array([m["target_budget"]])
+    sp = span_mask(tok, n, kept, budget_in)
+    assert sp.in_ids[0, : int(sp.in_len[0])].tolist() == m["input_ids"]
     # the reference draws the truncation start with np.random.randint(max(1, n_sentinels - 1)) after seeding
-    n_choices = max(1, int(is_sent.sum()) - 1)
+    n_choices = max(1, int(sp.n_sent[0]) - 1)
     np.random.seed(m["seed"])
-    u = torch.tensor([(np.random.randint(n_choices) + 0.5) / n_choices])
-    start, width = target_window(tgt_len, is_sent, budget_out, u)
-    assert tgt[0, int(start): int(start + width)].tolist() == m["target_ids"]
+    u = np.array([(np.random.randint(n_choices) + 0.5) / n_choices])
+    start, width = target_window(sp.tgt_len, sp.sent_pos, sp.n_sent, budget_out, u)
+    assert sp.tgt[0, int(start[0]): int(start[0] + width[0])].tolist() == m["target_ids"]
 
 
 def test_keep_probability_decays_until_the_input_fits():
     """Inputs over budget are re-masked with keep_prob * 0.9 until they fit; the rest keep their first draw."""
-    g = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
     B, L = 4000, 60
-    n = torch.full((B,), L)
-    budget = torch.tensor([1, 5, 30, 200]).repeat(B // 4)
-    kept = draw_kept(n, torch.full((B,), 0.7), budget, L, 1, g)
-    valid = torch.ones(B, L, dtype=torch.bool)
-    _, in_len, *_ = span_mask(torch.arange(L).repeat(B, 1) + 300, n, kept, budget)
-    assert (in_len <= budget).all()
+    n = np.full(B, L)
+    budget = np.tile([1, 5, 30, 200], B // 4)
+    kept = draw_kept(n, np.full(B, 0.7), budget, L, 1, rng)
+    sp = span_mask(np.arange(L)[None].repeat(B, 0) + 300, n, kept, budget)
+    assert (sp.in_len <= budget).all()
     # a generous budget never triggers a redraw: those rows keep ~70 % of their tokens
-    assert kept[budget == 200].float().mean() == pytest.approx(0.7, abs=0.01)
-    assert kept[budget == 1].sum() == 0 and valid.any()  # one token of input: the single sentinel [S_1]
-    zero = draw_kept(n[:8], torch.full((8,), 0.7), torch.zeros(8, dtype=torch.long), L, 1, g)
+    assert kept[budget == 200].mean() == pytest.approx(0.7, abs=0.01)
+    assert kept[budget == 1].sum() == 0  # one token of input: the single sentinel [S_1]
+    zero = draw_kept(n[:8], np.full(8, 0.7), np.zeros(8, dtype=np.int64), L, 1, rng)
     assert not zero.any()
 
 
-def synthetic_reference_inputs(modalities: list[str], B: int, g: torch.Generator) -> RawBatch:
-    """Raw samples like the reference statistics' generator: captions of 3-39 words, 0-11 boxes, metadata
-    chunks, a palette of 1-7 colours, 0-2 persons, 7 SAM points, 3-39 T5 rows; image-like modalities full."""
-    raw = RawBatch(dataset=torch.zeros(B, dtype=torch.long))
+def attempt_by_attempt(n: int, p: float, budget: int, L: int, chunk: int, N: int, rng) -> np.ndarray:
+    """The reference's decay as written: whole Bernoulli patterns, keep_prob * 0.9 until the input fits."""
+    valid = np.broadcast_to(np.arange(L) < n, (N, L))
+    unit = np.arange(L) // chunk
+    kept = np.zeros((N, L), dtype=bool)
+    todo, prob = np.arange(N), p
+    while todo.size:
+        draw = (rng.random((todo.size, -(-L // chunk)), dtype=np.float32) <= np.float32(prob))[:, unit] & valid[todo]
+        fits = input_length(draw, valid[todo]) <= budget
+        kept[todo[fits]] = draw[fits]
+        todo, prob = todo[~fits], prob * 0.9
+    return kept
 
-    def seq(name, length):
-        L = get_modality(name).max_tokens
-        raw.tokens[name] = torch.randint(300, 4000, (B, L), generator=g, dtype=torch.int32)
-        raw.lengths[name] = length.clamp(max=L)
-        raw.present[name] = torch.ones(B, dtype=torch.bool)
 
-    def randint(lo, hi):
-        return torch.randint(lo, hi + 1, (B,), generator=g)
-
-    for name in modalities:
-        mod = get_modality(name)
-        if mod.kind == ModalityKind.PIXELS:
-            raw.pixels[name] = torch.zeros(B, mod.max_tokens, 1)
-            raw.lengths[name] = torch.full((B,), mod.max_tokens)
-        elif mod.kind == ModalityKind.EMBEDDING_SEQ:
-            raw.embeddings[name] = torch.zeros(B, mod.max_tokens, 1)
-            raw.lengths[name] = randint(3, 39)
-        elif name == "caption":
-            seq(name, randint(3, 39) + 1)
-        elif name == "det":
-            seq(name, 5 * randint(0, 11))
-        elif name == "metadata":
-            seq(name, 2 * randint(1, 21))
-        elif name == "color_palette":
-            seq(name, 1 + 3 * randint(1, 7))
-        elif name == "human_poses":
-            seq(name, (39 * randint(0, 2)).clamp(min=1))
-        elif name == "sam_instance":
-            seq(name, 28 + 21 * randint(0, 8))
-        else:
-            raw.tokens[name] = torch.randint(0, mod.vocab_size, (B, mod.max_tokens), generator=g, dtype=torch.int32)
-            raw.lengths[name] = torch.full((B,), mod.max_tokens)
-    return raw
+@pytest.mark.parametrize("n, p, budget, chunk", [(60, 0.7, 5, 1), (37, 0.5, 9, 2), (9, 0.3, 4, 2), (21, 1.0, 10, 1)])
+def test_decay_has_the_attempt_by_attempt_distribution(n, p, budget, chunk):
+    """draw_kept screens attempts by (kept count, span count) and realises one pattern per row: the kept
+    patterns must be distributed as the reference's attempt-by-attempt redraws (chunk 2 with an odd length:
+    metadata's lone [EOS] unit)."""
+    N, L = 6000, n + 3
+    rng = np.random.default_rng(0)
+    fast = draw_kept(np.full(N, n), np.full(N, p), np.full(N, budget), L, chunk, rng)
+    slow = attempt_by_attempt(n, p, budget, L, chunk, N, rng)
+    valid = np.broadcast_to(np.arange(L) < n, (N, L))
+    for stat in (lambda k: input_length(k, valid), lambda k: k.sum(1)):
+        a, b = stat(fast), stat(slow)
+        cdf = [np.searchsorted(np.sort(x), np.arange(L + 1), side="right") / N for x in (a, b)]
+        assert np.abs(cdf[0] - cdf[1]).max() < 1.63 * np.sqrt(2 / N)  # two-sample KS at 1 %
+    # every position is kept equally often, as by the Bernoulli draws
+    assert np.abs(fast.mean(0) - slow.mean(0)).max() < 5 * np.sqrt(0.25 / N) * np.sqrt(2)
+    assert (input_length(fast, valid) <= budget).all()
 
 
 @pytest.mark.parametrize("run, preset", [("4M-21_256_256", "4m21"), ("4M-7_128_128", "4m7")])
@@ -124,7 +116,7 @@ def test_budget_statistics_match_the_reference(run, preset):
     counts = {m: ([], []) for m in mix.modalities}
     totals = ([], [])
     for _ in range(10):
-        b = masker(synthetic_reference_inputs(mix.modalities, 500, g), g)
+        b = masker(reference_like_raw_batch(mix.modalities, 500, g), g)
         for m in mix.modalities:
             counts[m][0].append(((b.enc_modality == MODALITY_INDEX[m]) & b.enc_valid).sum(1))
             counts[m][1].append(((b.dec_modality == MODALITY_INDEX[m]) & b.dec_valid).sum(1))

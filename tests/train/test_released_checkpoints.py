@@ -193,7 +193,7 @@ def test_released_checkpoint_imports_into_the_store_and_evaluation_loads_it(tmp_
     """``python -m train_stage import-pretrained`` commits the files unchanged as a store checkpoint that the
     evaluation stage finds and loads; a second import is cached; a file that does not load is refused."""
     from eval_stage.config import CheckpointSpec
-    from eval_stage.evaluation import find_checkpoint, load_checkpoint
+    from eval_stage.checkpoints import find_checkpoint, load_checkpoint
     from fourm_core import ArtifactStore
     from train_stage.__main__ import main
 

@@ -99,15 +99,30 @@ class DiffusionVQ(Tokenizer):
         return loss, {"loss": loss.item(), "recon": recon.item(), "commit": q.loss.item(),
                       "perplexity": q.perplexity.item(), "usage": q.usage.item()}
 
+    def sampling_scheduler(self, steps: int) -> DDIMScheduler:
+        """The DDIM scheduler of ``decode``, set to ``steps`` steps.
+
+        Released (ml4m) decoders sample as the reference's ``DiVAE`` does by default: "trailing" timesteps with
+        its integer step ratio (``arange(T, 0, -(T // steps)) - 1``, one more step than ``steps`` when ``T`` is
+        not a multiple of it), and the predicted x0 dynamically thresholded each step (ratio 0.995, max 1.0, so
+        in effect clamped to [-1, 1]). Ours sample on trailing (zero terminal SNR) or leading timesteps, unclamped.
+        """
+        ml4m = self.config.unet_decoder == "ml4m"
+        spacing = "trailing" if self.config.zero_terminal_snr else "leading"
+        extra = dict(thresholding=True, dynamic_thresholding_ratio=0.995, sample_max_value=1.0) if ml4m else {}
+        scheduler = DDIMScheduler.from_config(self.train_scheduler.config, timestep_spacing=spacing, **extra)
+        scheduler.set_timesteps(steps)
+        if ml4m:
+            t = self.config.train_timesteps
+            scheduler.timesteps = torch.arange(t, 0, -(t // steps), dtype=torch.int64) - 1
+        return scheduler
+
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor, steps: int | None = None, seed: int = 0,
                generator: torch.Generator | None = None, **_: object) -> torch.Tensor:
         """(B, N) tokens -> (B, C, H, W) by ``steps`` DDIM steps (eta = 0) from seeded noise."""
         cond = self.condition(self.quantizer.indices_to_vectors(tokens))
-        # ml4m samples on "trailing" timesteps (the reference's default; needed with zero terminal SNR).
-        spacing = "trailing" if self.config.zero_terminal_snr else "leading"
-        scheduler = DDIMScheduler.from_config(self.train_scheduler.config, timestep_spacing=spacing)
-        scheduler.set_timesteps(steps or self.config.sampling_steps)
+        scheduler = self.sampling_scheduler(steps or self.config.sampling_steps)
         if generator is None:
             generator = torch.Generator(device="cpu").manual_seed(seed)
         side = square_grid(tokens.shape[1])[0] * self.config.patch_size

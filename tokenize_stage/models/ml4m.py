@@ -205,10 +205,11 @@ def state_dict_from_ml4m(sd: dict[str, torch.Tensor], config: Any) -> dict[str, 
     return out
 
 
-def _load_pth(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
+def load_pth(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """The older ``<id>.pth`` layout -> (config kwargs as the mixin would write them, state dict)."""
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    from fourm_core.checkpoints import read_checkpoint
+
+    ckpt = read_checkpoint(path, allow=[argparse.Namespace])
     if not isinstance(ckpt, dict) or "model" not in ckpt or "args" not in ckpt:
         raise Ml4mFormatError(f"{path}: expected a dict with 'model' and 'args' (apple/ml-4m tokenizer checkpoint)")
     args = dict(vars(ckpt["args"]))

@@ -110,7 +110,7 @@ def model_from_bytes(config: bytes | str, weights: bytes, source: str = "checkpo
     return model.to(map_location)
 
 
-def _local_dir(source: str, storage_options: dict | None = None) -> Path:
+def local_dir(source: str, storage_options: dict | None = None) -> Path:
     """Resolve ``source`` to a local directory holding the config and weights."""
     if os.path.isdir(source):
         return Path(source)
@@ -144,7 +144,7 @@ def from_pretrained(source: str | Path, map_location: str | torch.device = "cpu"
     ``source``: a local folder, an fsspec URL (``s3://bucket/prefix``) or a hub id
     (``EPFL-VILAB/4M-21_B``). A folder of a committed training checkpoint (``data.config.json`` +
     ``data.safetensors``) loads too. ``storage_options`` go to fsspec (S3 endpoint, credentials)."""
-    directory = _local_dir(str(source), storage_options)
+    directory = local_dir(str(source), storage_options)
     config_name, weights_name = CONFIG_NAME, WEIGHTS_NAME
     if not (directory / WEIGHTS_NAME).exists() and (directory / STORE_WEIGHTS_NAME).exists():
         config_name, weights_name = STORE_CONFIG_NAME, STORE_WEIGHTS_NAME

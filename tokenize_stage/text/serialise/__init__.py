@@ -2,16 +2,14 @@
 
 Each module has ``serialise(structured, rng=None, ...) -> str`` and ``parse(text, strict=True) ->
 structured``; :data:`SERIALISERS` maps modality names (as in :mod:`fourm_core.modalities`) to them, and
-:data:`STRUCTURED_TYPES` / :data:`PARSED_TYPES` to their structured types (:mod:`.types`).
+:data:`STRUCTURED_TYPES` / :data:`PARSED_TYPES` to their structured types (:mod:`fourm_core.structured`).
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from tokenize_stage.text.serialise import color_palette, det, human_poses, metadata, sam_instance
-from tokenize_stage.text.serialise._common import EOS_RESERVE, ParseError, token_budget
-from tokenize_stage.text.serialise.types import (
+from fourm_core.structured import (
     Box,
     ColorPalette,
     ColorPaletteSet,
@@ -23,6 +21,8 @@ from tokenize_stage.text.serialise.types import (
     SamInstances,
     SamPoint,
 )
+from tokenize_stage.text.serialise import color_palette, det, human_poses, metadata, sam_instance
+from tokenize_stage.text.serialise._common import EOS_RESERVE, ParseError, token_budget
 
 SERIALISERS: dict[str, ModuleType] = {
     "det": det,

@@ -14,11 +14,11 @@ from typing import TypeVar
 import numpy as np
 
 from fourm_core.modalities import get_modality
+from fourm_core.structured import VQ_CODES
 from tokenize_stage.text.vocab import CLASS_TOKENS, EOS, NUM_VALUE_AXES, NUM_VALUES
 
 COORD_SCALE = 999  # normalised coordinates in [0, 1] map to value tokens 0..999
 VQ_SPLIT = 512  # VQ code t is written v0=t for t < 512, else v1=t-512 (4M-FACTS §3)
-VQ_CODES = 1024  # largest codebook the two axes can hold here (the pose and mask VQs have ~1k codes)
 EOS_RESERVE = 1  # the masking code appends [EOS]; budgets leave room for it (det: 51 boxes = 255 + 1 = 256)
 # metadata is the exception: like the reference, its whole 2-token chunks fill all 40 slots when 20+ fields are
 # present and the [EOS] chunk is the one dropped (the masking code truncates [EOS] away when there is no room)

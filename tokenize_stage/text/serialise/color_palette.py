@@ -7,8 +7,8 @@ Colours are integers, so the round trip is exact. At most 1 + 3*7 = 22 tokens (+
 
 from __future__ import annotations
 
+from fourm_core.structured import MAX_PALETTE, ColorPalette, ColorPaletteSet
 from tokenize_stage.text.serialise._common import Rng, WordReader, coerce_rng, parse_value_word, value_word
-from tokenize_stage.text.serialise.types import MAX_PALETTE, ColorPalette, ColorPaletteSet
 
 MODALITY = "color_palette"
 MAX_ERROR = 0  # integer colours round-trip exactly

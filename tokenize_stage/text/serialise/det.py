@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+from fourm_core.structured import Box, Detections
 from tokenize_stage.text.serialise._common import (
     Rng,
     WordReader,
@@ -24,7 +25,6 @@ from tokenize_stage.text.serialise._common import (
     token_budget,
     value_word,
 )
-from tokenize_stage.text.serialise.types import Box, Detections
 
 MODALITY = "det"
 SCORE_THRESHOLD = 0.6

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fourm_core.structured import HumanPoses, Person
 from tokenize_stage.text.serialise._common import (
     Rng,
     WordReader,
@@ -33,7 +34,6 @@ from tokenize_stage.text.serialise._common import (
     value_word,
     vq_word,
 )
-from tokenize_stage.text.serialise.types import HumanPoses, Person
 
 MODALITY = "human_poses"
 NONE = "none"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from fourm_core.structured import Metadata
 from tokenize_stage.text.serialise._common import (
     Rng,
     WordReader,
@@ -29,7 +30,6 @@ from tokenize_stage.text.serialise._common import (
     token_budget,
     value_word,
 )
-from tokenize_stage.text.serialise.types import Metadata
 
 MODALITY = "metadata"
 N_BINS = 50

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fourm_core.structured import SamInstance, SamInstances, SamPoint
 from tokenize_stage.text.serialise._common import (
     Rng,
     WordReader,
@@ -26,7 +27,6 @@ from tokenize_stage.text.serialise._common import (
     value_word,
     vq_word,
 )
-from tokenize_stage.text.serialise.types import SamInstance, SamInstances, SamPoint
 
 MODALITY = "sam_instance"
 NONE = "none"

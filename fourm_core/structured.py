@@ -1,7 +1,8 @@
 """Structured forms of the sequence modalities: what labelers write and what ``parse()`` gives back.
 
 The pseudo-label stage produces these, the pre-tokenization stage serialises them (stored as JSON beside the
-text, docs/data-format.md ``structured``), and the evaluation stage parses model outputs back into them.
+text, docs/data-format.md ``structured``; tokenize_stage.text.serialise), and the evaluation stage parses
+model outputs back into them: a data format shared by three stages, so it lives here.
 Coordinates are normalised to the (cropped) image, ``[0, 1]``, ``(x0, y0, x1, y1)`` = (left, top, right,
 bottom), except for SAM instances, which use integer pixels of the 224x224 crop as the reference does.
 All models are frozen and reject unknown fields; numpy scalars and arrays are accepted and converted.
@@ -15,7 +16,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeInt, field_validator, model_validator
 
 from fourm_core.coco import COCO_THING_CLASSES
-from tokenize_stage.text.serialise._common import VQ_CODES
+
+VQ_CODES = 1024  # largest codebook the two value axes of a sequence can hold (the pose and mask VQs have ~1k codes)
 
 
 def _plain(v: Any) -> Any:
