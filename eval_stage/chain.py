@@ -114,7 +114,7 @@ def chain_unit(cfg: EvalConfig, plan: ChainPlan) -> Unit:
 
 def run_chain(store: ArtifactStore, cfg: EvalConfig, plan: ChainPlan) -> tuple[dict[str, list], str, bytes]:
     """Generate the chain: (rows of the token table, Markdown, PNG)."""
-    from tokenize_stage.models.base import Tokenizer
+    from tokenize_stage.models.hub import from_pretrained
 
     from .checkpoints import load_checkpoint
     from .score import decoded_to_eval
@@ -137,8 +137,8 @@ def run_chain(store: ArtifactStore, cfg: EvalConfig, plan: ChainPlan) -> tuple[d
     text_tok = load_text_tokenizer(plan.text_tokenizer)
     written = [decode_text(text_tok, row) for row in caption_ids]
 
-    toks = {m: Tokenizer.from_pretrained(store.uri(store.artifact_dir(tm.dataset, tm.artifact)),
-                                         **store.storage_options).to(cfg.device).eval()
+    toks = {m: from_pretrained(store.uri(store.artifact_dir(tm.dataset, tm.artifact)),
+                               **store.storage_options).to(cfg.device).eval()
             for m, tm in plan.tokenizers.items()}
     rgb_tok = toks[RGB]
     vocab = rgb_tok.vocab_size
