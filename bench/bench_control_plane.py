@@ -13,7 +13,10 @@ snapshot, every part's data file and manifest, and a fully-cached run record. (O
 the pre-index cost (one manifest GET per unit) from timed GETs of real manifests.
 
     PYTHONPATH=. python bench/bench_control_plane.py [--shards 1000 3000 10000] [--s3-shards 1000 3000]
-        [--no-s3] [--no-local]
+        [--no-s3] [--no-local] [--workdir DIR]
+
+``--workdir DIR`` keeps the built stores (local folders and the S3 server's data) there, and a later run with
+the same ``DIR`` measures them again without rebuilding (a marker object records a finished build).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import hashlib
 import json
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -96,43 +100,73 @@ def _data(shard: int) -> bytes:
     return table_to_parquet_bytes(pa.table({"sample_key": [f"s{shard}-{i}" for i in range(4)], "v": [1, 2, 3, 4]}))
 
 
+BUILT = "_bench/built.json"  # written last by build_store: the store at this root is complete
+
+
 def build_store(root: str, options: dict | None, n: int, manifest_shards: int) -> dict[str, float]:
     """Write the synthetic store: every artifact's index snapshot, and data + manifest files of the first
-    ``manifest_shards`` shards. Returns timings of the build."""
+    ``manifest_shards`` shards. Returns timings of the build (zeros when a finished build is already there).
+
+    Shard by shard, writing as it goes: memory holds only the snapshot rows (one manifest JSON per unit), not
+    every file and parsed manifest of the store (10 000 shards did not fit a shared 24 GB box that way)."""
     store = ArtifactStore(root, options)
+    marker = store.path(DATASET, BUILT)
+    if store.exists(marker):
+        return {"generate_s": 0.0, "write_s": 0.0, **json.loads(store.read_bytes(marker))}
     cfg = _config(n)
     t0 = time.perf_counter()
-    data = {s: _data(s) for s in range(n)}
-    digests = {s: hashlib.sha256(b).hexdigest() for s, b in data.items()}
     now = datetime.now(timezone.utc)
-    files: list[tuple[str, bytes]] = []
     snapshots: dict[str, list[ix.PartEntry]] = {}
-    manifests: dict[tuple[str, int], Manifest] = {}
+    upstream: dict[str, Manifest] = {}  # this shard's manifests, for the next stage's units
 
     class Lookup(ArtifactStore):  # the synthetic stages' units read upstream manifests from memory here
         def read_manifest(self, dataset: str, artifact: str, shard: int | None) -> Manifest | None:
-            return manifests.get((artifact, shard))  # type: ignore[arg-type]
+            return upstream.get(artifact)
+
+    def write(files: list[tuple[str, bytes]]) -> None:
+        for path, data in files:
+            if store.is_local:  # no fsync per file: a benchmark fixture, not a commit
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                Path(path).write_bytes(data)
+            else:
+                store.write_bytes(path, data)
 
     lookup = Lookup(root, options)
-    for spec in STAGES:
+    objects = 0
+    pending: set = set()
+    with ThreadPoolExecutor(32 if not store.is_local else 4) as pool:
         for shard in range(n):
-            for unit in spec.shard_units(lookup, cfg, shard):  # type: ignore[misc]
-                artifact = unit.artifacts[0]
-                ing = unit.ingredients()
-                data_path = store.data_path(DATASET, artifact, shard)
-                m = Manifest(dataset=DATASET, artifact=artifact, shard=shard, uri=store.uri(data_path),
-                             digest=digests[shard],
-                             files=[FileEntry(name=Path(data_path).name, digest=digests[shard], bytes=len(data[shard]))],
-                             rows=4, schema={"sample_key": "string", "v": "int64"}, cache_key=ing.cache_key(),
-                             ingredients=ing, timings=Timings(started=now, finished=now, seconds=1.5), host="bench")
-                manifests[(artifact, shard)] = m
-                text = m.to_json()
-                entry = ix.PartEntry.from_truth(shard, text.encode(), None, "")
-                snapshots.setdefault(artifact, []).append(entry)
-                if shard < manifest_shards:
-                    files.append((data_path, data[shard]))
-                    files.append((store.manifest_path(DATASET, artifact, shard), text.encode()))
+            data = _data(shard)
+            digest = hashlib.sha256(data).hexdigest()
+            upstream.clear()
+            files: list[tuple[str, bytes]] = []
+            for spec in STAGES:
+                for unit in spec.shard_units(lookup, cfg, shard):  # type: ignore[misc]
+                    artifact = unit.artifacts[0]
+                    ing = unit.ingredients()
+                    data_path = store.data_path(DATASET, artifact, shard)
+                    m = Manifest(dataset=DATASET, artifact=artifact, shard=shard, uri=store.uri(data_path),
+                                 digest=digest, files=[FileEntry(name=Path(data_path).name, digest=digest, bytes=len(data))],
+                                 rows=4, schema={"sample_key": "string", "v": "int64"}, cache_key=ing.cache_key(),
+                                 ingredients=ing, timings=Timings(started=now, finished=now, seconds=1.5), host="bench")
+                    upstream[artifact] = m
+                    text = m.to_json()
+                    snapshots.setdefault(artifact, []).append(ix.PartEntry(
+                        part=shard, has_manifest=True, cache_key=m.cache_key, digest=digest, rows=m.rows,
+                        seconds=m.timings.seconds, stage=ing.stage, data_bytes=len(data), uri=m.uri, _json=text))
+                    if shard < manifest_shards:
+                        files += [(data_path, data), (store.manifest_path(DATASET, artifact, shard), text.encode())]
+            objects += len(files)
+            pending.add(pool.submit(write, files))
+            if len(pending) >= 64:  # bounded: the writes keep up with the generation, memory stays flat
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    f.result()
+        for f in pending:
+            f.result()
     t_gen = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    files = []
     watermark = ix.now_us() - ix.MARGIN_US
     for artifact, entries in snapshots.items():
         files += ix.snapshot_files(store, DATASET, artifact, entries, watermark)
@@ -141,18 +175,10 @@ def build_store(root: str, options: dict | None, n: int, manifest_shards: int) -
               "stage_artifacts": {s.name: list(s.artifacts) for s in STAGES}, "units": [],
               "cached": {a: list(range(n)) for a in [IMAGES, *LABELS, *TOKENS]}, "finished": now.isoformat()}
     files.append((store.path(DATASET, "_runs", "00000000T000000-bench.json"), json.dumps(record).encode()))
-    t1 = time.perf_counter()
-
-    def write(path: str, data: bytes) -> None:
-        if store.is_local:  # no fsync per file: a benchmark fixture, not a commit
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_bytes(data)
-        else:
-            store.write_bytes(path, data)
-
-    with ThreadPoolExecutor(32 if not store.is_local else 4) as pool:
-        list(pool.map(lambda f: write(*f), files))
-    return {"generate_s": t_gen, "write_s": time.perf_counter() - t1, "objects": len(files)}
+    write(files)
+    objects += len(files)
+    store.write_bytes(marker, json.dumps({"objects": objects}).encode())
+    return {"generate_s": t_gen, "write_s": time.perf_counter() - t1, "objects": objects}
 
 
 # --------------------------------------------------------------------------------- measurements
@@ -213,9 +239,10 @@ def main() -> None:
     p.add_argument("--s3-shards", type=int, nargs="+", default=[1000, 3000, 10000], help="S3 sizes")
     p.add_argument("--no-s3", action="store_true")
     p.add_argument("--no-local", action="store_true")
+    p.add_argument("--workdir", type=Path, help="keep the built stores here and reuse them on the next run")
     args = p.parse_args()
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() if args.workdir is None else nullcontext(str(args.workdir)) as tmp:
         if not args.no_local:
             for n in args.shards:
                 root = str(Path(tmp) / f"local-{n}")
@@ -243,7 +270,7 @@ def _line(where: str, n: int, build: dict, m: dict) -> str:
             f"status {m['status_s']:6.2f} s (cpu {CPU['status']:.2f}) | re-run plan + cached check "
             f"{m['rerun_plan_and_cached_check_s']:6.2f} s (cpu {CPU['rerun']:.2f}) | lineage {m['lineage_s']:5.2f} s | old status "
             f"(1 GET/unit, extrapolated) {m['old_status_extrapolated_s']:7.1f} s | built in "
-            f"{build['generate_s']:.0f}+{build['write_s']:.0f} s ({build['objects']} objects)")
+            f"{build['generate_s']:.0f} s (shards) + {build['write_s']:.0f} s (snapshots), {build['objects']} objects")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ sys.path.insert(0, str(REPO))
 from tests.ray_cluster import start_ray_cluster  # noqa: E402
 
 
-def build_on(n_nodes: int, cpus: int, dataset: str, overrides: list[str], workdir: Path) -> tuple[float, float]:
+def build_on(n_nodes: int, cpus: int, dataset: str, overrides: list[str], workdir: Path,
+             extra_args: list[str] = ()) -> tuple[float, float]:
     """(flow seconds from the run record, process wall seconds) of one build on a fresh n-node cluster."""
     workdir.mkdir(parents=True)
     cluster = start_ray_cluster(workdir, [cpus] * n_nodes)
@@ -35,6 +36,7 @@ def build_on(n_nodes: int, cpus: int, dataset: str, overrides: list[str], workdi
         cmd = [sys.executable, "-m", "pipelines", "run", "--dataset", dataset, "--root", str(root)]
         for o in overrides:
             cmd += ["--set", o]
+        cmd += list(extra_args)
         t0 = time.perf_counter()
         res = subprocess.run(cmd, cwd=REPO, env=dict(cluster.env, FOURM_RAY_ADDRESS=cluster.address),
                              capture_output=True, text=True)

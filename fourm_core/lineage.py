@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import lease
+from .gcpause import gc_paused
 from .manifest import Manifest
 from .store import ArtifactStore
 
@@ -125,10 +127,20 @@ def shard_status(store: ArtifactStore, dataset: str, stage_artifacts: dict[str, 
     read is 'unreadable' with its path, and every other row still shows. Reads each artifact's index
     (one snapshot and a short listing each, see ``fourm_core.index``), not one manifest per unit.
     """
+    with gc_paused():  # one row and one index entry per unit, all acyclic (fourm_core/gcpause.py)
+        return _shard_status(store, dataset, stage_artifacts, expected)
+
+
+def _shard_status(store: ArtifactStore, dataset: str, stage_artifacts: dict[str, tuple[str, ...]],
+                  expected: dict[str, list[int]]) -> list[StatusRow]:
     last = store.latest_run_record(dataset) or {}
     cached = cached_units(last)
     rows: list[StatusRow] = []
-    store.preload(dataset, [a for arts in stage_artifacts.values() for a in arts])
+    all_artifacts = [a for arts in stage_artifacts.values() for a in arts]
+    store.preload(dataset, all_artifacts)
+    # one lease listing per artifact, in parallel (on S3 a listing and, for an empty folder, a HEAD each)
+    with ThreadPoolExecutor(max(1, min(8, len(all_artifacts)))) as pool:
+        running = dict(zip(all_artifacts, pool.map(lambda a: lease.running(store, dataset, a), all_artifacts)))
     for stage, artifacts in stage_artifacts.items():
         for artifact in artifacts:
             index = store.index(dataset, artifact)
@@ -139,7 +151,7 @@ def shard_status(store: ArtifactStore, dataset: str, stage_artifacts: dict[str, 
                 continue
             planned = expected.get(artifact, expected.get(stage, []))
             parts = {p for p in index.entries if p is not None}
-            leases = {p: lz for p, lz in lease.running(store, dataset, artifact).items() if p is not None}
+            leases = {p: lz for p, lz in running[artifact].items() if p is not None}
             for shard in sorted(parts | set(planned) | set(leases)):
                 entry = index.get(shard)
                 if shard in leases:  # being computed now (or its worker died: stale)

@@ -8,7 +8,7 @@ stage runs and tests the same with no Prefect server and no Ray cluster.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 from .config import DatasetConfig
 from .store import ArtifactStore
@@ -34,6 +34,10 @@ class ArtifactShards(Protocol):
 
 class UsesRay(Protocol):
     def __call__(self, config: DatasetConfig) -> bool: ...
+
+
+class ReadsShards(Protocol):
+    def __call__(self, config: DatasetConfig, shard: int) -> list[int] | None: ...
 
 
 class ShardUnits(Protocol):
@@ -68,9 +72,23 @@ class StageSpec:
     # True when ``run_shard`` itself drives Ray in the calling process for this config (e.g. a Ray Data
     # pipeline): the orchestrator joins its Ray address before calling it, so the stage uses that cluster.
     uses_ray: UsesRay | None = None
+    # Per-shard pipelining (pipelines/dag.py). ``after``: the stages whose outputs this one reads (None: every
+    # earlier stage of the run); a shard waits only for those. ``reads_shards(config, shard)``: which of their
+    # shards one unit reads; unset: the same shard; None from it: all of them (the whole dataset).
+    # ``whole_dataset``: the stage's units are read by every shard of the stages after it (trained tokenizers).
+    after: tuple[str, ...] | None = None
+    reads_shards: ReadsShards | None = None
+    whole_dataset: bool = False
+    # Frees what ``run_shard`` keeps alive across the shards of a run in this process (pseudolabel's labeler
+    # actors); the orchestrator calls it once no shard of the stage is left to run, and at the end of a run.
+    release: Callable[[], None] | None = None
 
     def drives_ray(self, config: DatasetConfig) -> bool:
         return bool(self.uses_ray and self.uses_ray(config))
+
+    def shards_read(self, config: DatasetConfig, shard: int) -> list[int] | None:
+        """The shards of the stages in ``after`` that unit ``shard`` reads (None: all of them)."""
+        return [shard] if self.reads_shards is None else self.reads_shards(config, shard)
 
     def expected_shards(self, config: DatasetConfig, artifact: str, shards: list[int]) -> list[int]:
         return list(self.artifact_shards(config, artifact, shards)) if self.artifact_shards else list(shards)

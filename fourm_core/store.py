@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from . import index as _index
 from .manifest import Manifest, sha256_bytes
+from .s3list import s3_sizes
 
 
 class NotCommittedError(FileNotFoundError):
@@ -270,7 +271,9 @@ class ArtifactStore:
             raise CorruptPartError(f"{self.uri(path)} has {len(data)} bytes but its manifest records {expected} "
                                    f"(truncated or replaced); {self._redo(manifest)}")
         try:
-            return pq.read_table(io.BytesIO(data), columns=columns)
+            # a BufferReader reads the bytes in place; through io.BytesIO Arrow copies them in Python-sized
+            # reads (4x the CPU for a 180 MB T5 label shard)
+            return pq.read_table(pa.BufferReader(data), columns=columns)
         except (pa.ArrowInvalid, OSError) as err:
             raise CorruptPartError(f"{self.uri(path)} is not readable Parquet ({err}); {self._redo(manifest)}") from None
 
@@ -310,6 +313,8 @@ class ArtifactStore:
                 if self.is_local:  # stat only the data files (fsspec's ls stats every entry)
                     with os.scandir(self.artifact_dir(dataset, artifact)) as it:
                         sizes = {int(e.name[6:11]): e.stat().st_size for e in it if data_file(e.name)}
+                elif (listed := s3_sizes(self.fs, self.artifact_dir(dataset, artifact))) is not None:
+                    sizes = {int(name[6:11]): size for name, size in listed.items() if data_file(name)}
                 else:
                     for info in self.fs.ls(self.artifact_dir(dataset, artifact), detail=True, refresh=True):
                         name = posixpath.basename(info["name"])
@@ -319,6 +324,16 @@ class ArtifactStore:
                 pass
             self._sizes[key] = sizes
         return self._sizes[key]
+
+    def preload_sizes(self, dataset: str, artifacts: Iterable[str]) -> None:
+        """List several artifacts' folders at once for :meth:`data_sizes` (on S3 each listing is a chain of
+        1 000-key pages, so one artifact after another would add up their round trips)."""
+        todo = [a for a in dict.fromkeys(artifacts) if ("sizes", dataset, a) not in self._sizes]
+        if len(todo) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(8, len(todo))) as pool:
+                list(pool.map(lambda a: self.data_sizes(dataset, a), todo))
 
     def read_errors(self, dataset: str, artifact: str, shard: int | None) -> pa.Table | None:
         path = self.data_path(dataset, artifact, shard, ".errors.parquet")

@@ -326,4 +326,6 @@ def shard_units(store: ArtifactStore, config: DatasetConfig, shard: int) -> list
 
 
 STAGE = StageSpec(name=STAGE_NAME, plan_shards=plan_shards, run_shard=run_shard, artifacts=("dedup",), heavy=False,
-                  num_cpus=1.0, shard_units=shard_units)
+                  num_cpus=1.0, shard_units=shard_units,
+                  # shard N reads the digests of this dataset's shards 0..N (pipelines/dag.py)
+                  after=("ingest",), reads_shards=lambda config, shard: list(range(shard + 1)))

@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--stages", nargs="+", default=None)
     sp.add_argument("--shards", nargs="+", type=int, default=None)
     sp.add_argument("--force", action="store_true")
+    sp.add_argument("--no-pipeline", action="store_true",
+                    help="stage by stage (every shard of a stage before any of the next) instead of per shard")
     flow_args(sp)
 
     sp = sub.add_parser("rerun", help="redo just these units (force) of one or more stages")
@@ -130,6 +132,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     _print_reruns(rows, args.dataset, store.root if store.is_local else store.root_uri)
     if record and record.get("not_run"):
         print(f"not run by the latest run (an earlier stage failed): {', '.join(record['not_run'])}")
+    for stage, shards in ((record or {}).get("blocked") or {}).items():
+        print(f"not run by the latest run (an input they read failed): {stage} shard(s) {shards}")
     print(f"\n{status_counts(rows)}  (store {store.root if store.is_local else store.root_uri})")
     return 0
 
@@ -182,7 +186,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 def run_flow(dataset: str, root: str, storage_options: dict[str, Any] | None, stages: list[str] | None,
              shards: list[int] | None, force: bool, ray_address: str | None,
-             overrides: dict[str, Any] | None) -> dict[str, Any]:
+             overrides: dict[str, Any] | None, pipeline: bool = True) -> dict[str, Any]:
     """Validate, then run build-dataset in this process (Prefect's ephemeral API unless PREFECT_API_URL is set)."""
     from .stages import get_stages
 
@@ -194,7 +198,8 @@ def run_flow(dataset: str, root: str, storage_options: dict[str, Any] | None, st
     from .build_dataset import build_dataset
 
     return build_dataset(dataset=dataset, store_root=root, storage_options=storage_options, stages=stages,
-                         shards=shards, force=force, ray_address=ray_address, overrides=overrides or None)
+                         shards=shards, force=force, ray_address=ray_address, overrides=overrides or None,
+                         pipeline=pipeline)
 
 
 def _print_result(result: dict[str, Any]) -> None:
@@ -206,7 +211,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .ops import storage_options_from
 
     _print_result(run_flow(args.dataset, args.root, storage_options_from(args.storage_options), args.stages,
-                           args.shards, args.force, args.ray_address, parse_overrides(args.set)))
+                           args.shards, args.force, args.ray_address, parse_overrides(args.set),
+                           pipeline=not args.no_pipeline))
     return 0
 
 

@@ -23,8 +23,12 @@ from fourm_core.config import load_dataset_config
 from fourm_core.ray_address import resolve_ray_address
 from fourm_core.store import ArtifactStore
 
+from fourm_core.stage import StageSpec
+
 from pipelines import ray_runtime, report
-from pipelines.errors import UnknownShardError, retry_unless_permanent
+from pipelines.dag import Callbacks, ShardDag
+from pipelines.errors import retry_unless_permanent
+from pipelines.run_log import forward_progress
 from pipelines.ops import storage_options_from
 from pipelines.planning import compact_units, split_cached
 from pipelines.shard_job import FLOW_RUN_ENV, plan_job, run_shard_job
@@ -62,7 +66,7 @@ def run_shard(stage: str, target: str, config: dict[str, Any], store_root: str,
 def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_options: dict[str, Any] | None = None,
                   stages: list[str] | None = None, shards: list[int] | None = None, force: bool = False,
                   ray_address: str | None = None, overrides: dict[str, Any] | None = None,
-                  retries: int = 2) -> dict[str, Any]:
+                  retries: int = 2, pipeline: bool = True) -> dict[str, Any]:
     """Build ``dataset`` (a preset name or a YAML path) into ``store_root``.
 
     ``stages`` defaults to the config's ``stages``; ``shards`` limits every stage to those shard indices;
@@ -72,12 +76,15 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
     :mod:`fourm_core.ray_address`). Joined once, before the first stage that needs Ray: heavy stages'
     shards run as Ray tasks there, and stages that drive Ray themselves (pseudolabel) use the same cluster.
     ``overrides`` are dotted config fields (``{"ingest.shard_size": 8}``).
+    ``pipeline``: a shard's next stage starts as soon as what it reads is committed (pipelines/dag.py); False
+    runs stage by stage (every shard of a stage before any of the next), for comparison.
 
     Unset ``store_root`` / ``storage_options`` / ``ray_address`` come from the worker's environment
     (``FOURM_STORE_ROOT``, ``FOURM_STORAGE_OPTIONS`` as JSON, ``FOURM_RAY_ADDRESS``), so one deployment
     runs unchanged on a laptop and on a cluster whose workers set those.
     """
     logger = get_run_logger()
+    forward_progress()  # the stages' own progress (e.g. tokenizer training steps) into this run's log
     store_root = store_root or os.environ.get("FOURM_STORE_ROOT", "./store")
     storage_options = storage_options if storage_options is not None else storage_options_from(None)
     ray_target = resolve_ray_address(ray_address)
@@ -97,67 +104,41 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
     started = datetime.now(timezone.utc)
 
     logger.info("Ray: %s", ray_target.describe())
-    we_started_ray = False
-    ray_connected = False
-    summaries: list[dict[str, Any]] = []
-    plan: dict[str, list[int]] = {}
+    dag = ShardDag(specs, config, shards, pipelined=pipeline)
+    ray_state = {"connected": False, "ours": False}
+    task_fn = run_shard.with_options(retries=retries)
+
+    def submit(spec: StageSpec, shard: int):
+        on_ray = ray_target.uses_ray and spec.heavy
+        if (on_ray or spec.drives_ray(config)) and not ray_state["connected"]:
+            ray_state["ours"] = ray_runtime.connect(ray_target)  # joined once, before the first unit needing it
+            ray_state["connected"] = True
+        return task_fn.submit(spec.name, targets[spec.name], cfg, store.root_uri, storage_options, shard, force,
+                              on_ray, spec.num_cpus, spec.num_gpus, run_id)
+
+    def cached(spec: StageSpec, selected: list[int]):
+        # Shards whose every unit is already committed with its cache key are reported from the index without
+        # dispatching anything (no task, no Ray start): one snapshot read per artifact.
+        return split_cached(store, spec, config, selected, force)
+
+    callbacks = Callbacks(
+        plan=lambda spec: plan_shards(spec.name, targets[spec.name], cfg, store.root_uri, storage_options),
+        peek=lambda spec: plan_job(targets[spec.name], cfg, store.root_uri, storage_options),
+        cached=cached, submit=submit, wait=lambda futures, timeout: wait(futures, timeout=timeout).done,
+        result=lambda fut: fut.result(), log=logger.info, refresh=store.invalidate, max_in_flight=MAX_PARALLEL_UNITS,
+        release=lambda spec: spec.release() if spec.release and ray_state["connected"] else None)
     error: Exception | None = None  # a failure outside the units (planning, the cached check, Ray start)
     try:
-        for spec in specs:
-            target = targets[spec.name]
-            planned = plan_shards(spec.name, target, cfg, store.root_uri, storage_options)
-            plan[spec.name] = planned
-            selected = [s for s in planned if shards is None or s in set(shards)]
-            unknown = sorted(set(shards or []) - set(planned))
-            if unknown:
-                raise UnknownShardError(f"stage {spec.name!r} has no shard(s) {unknown} for dataset {config.name!r}; "
-                                 f"planned shards: {planned[:20]}{' ...' if len(planned) > 20 else ''}")
-            logger.info("stage %s: %d of %d shards selected", spec.name, len(selected), len(planned))
-            # Shards whose every unit is already committed with its cache key are reported from the index
-            # without dispatching anything (no task, no Ray start): one snapshot read per artifact.
-            cached, to_run = split_cached(store, spec, config, selected, force)
-            summaries.extend(cached)
-            if len(to_run) < len(selected):
-                logger.info("stage %s: %d shard(s) already committed (cached)", spec.name, len(selected) - len(to_run))
-            on_ray = ray_target.uses_ray and spec.heavy and bool(to_run)
-            if (on_ray or (to_run and spec.drives_ray(config))) and not ray_connected:
-                we_started_ray = ray_runtime.connect(ray_target)
-                ray_connected = True
-            task_fn = run_shard.with_options(retries=retries)
-            futures = [task_fn.submit(spec.name, target, cfg, store.root_uri, storage_options, shard, force,
-                                      on_ray, spec.num_cpus, spec.num_gpus, run_id)
-                       for shard in to_run]
-            failed_here = 0
-            pending = dict(zip(futures, to_run))
-            progress = report.Progress(spec.name, len(to_run))
-            stage_units: list[dict[str, Any]] = []
-            while pending:  # collect as shards finish; log progress at least every PROGRESS_EVERY_S
-                done, _ = wait(list(pending), timeout=report.PROGRESS_EVERY_S)
-                for fut in done:
-                    shard = pending.pop(fut)
-                    try:
-                        units = fut.result()
-                    except Exception as exc:  # retries exhausted: keep going with the other shards, report below
-                        failed_here += 1
-                        units = [{"unit": f"{config.name}/{spec.name}/shard-{shard:05d}", "stage": spec.name,
-                                  "artifacts": list(spec.dataset_artifacts(config)), "shard": shard,
-                                  "status": "failed", "rows": 0, "errors": 0, "uris": [],
-                                  "error": f"{type(exc).__name__}: {exc}"}]
-                    stage_units += units
-                    progress.update(units)
-                logger.info(progress.line())
-            progress.close()
-            summaries.extend(sorted(stage_units, key=lambda u: (u["shard"] is None, u["shard"] or 0)))
-            store.invalidate()  # the next stage plans on what this one committed
-            if failed_here:
-                # Later stages read this stage's shards; running them on a partial input would hide the gap.
-                logger.error("stage %s: %d shard(s) failed; later stages not run", spec.name, failed_here)
-                break
+        dag.run(callbacks)
     except Exception as exc:  # still write the run record and the artifacts, then fail the run with it
         error = exc
     finally:
-        if we_started_ray:
+        if ray_state["ours"]:
             ray_runtime.shutdown()
+    summaries = dag.summaries
+    plan = dag.plans
+    for name, blocked in dag.blocked.items():
+        logger.error("stage %s: shard(s) %s not run: an input they read failed", name, sorted(blocked))
 
     record = {"dataset": config.name, "config_source": dataset, "store_root": store.root_uri, "flow_run_id": run_id,
               "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
@@ -165,7 +146,8 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
               "stage_artifacts": {s.name: list(s.dataset_artifacts(config)) for s in specs},
               "artifact_plan": {a: s.expected_shards(config, a, plan[s.name]) for s in specs if s.name in plan
                                 for a in s.dataset_artifacts(config)},
-              "not_run": [s.name for s in specs if s.name not in plan],
+              "not_run": dag.not_run(), "blocked": {k: sorted(v) for k, v in dag.blocked.items()},
+              "pipelined": pipeline,
               "error": f"{type(error).__name__}: {error}" if error else None}
     record["units"], record["cached"] = compact_units(summaries)
     record_id = f"{started:%Y%m%dT%H%M%S%f}-{(run_id or 'local')[:8]}"

@@ -6,21 +6,21 @@ from collections import Counter
 from typing import Any, Iterable, Sequence
 
 from fourm_core.lineage import StatusRow
+from fourm_core.progress import DEFAULT_EVERY_S, ProgressMeter
 
 
-PROGRESS_EVERY_S = 30.0  # the flow logs each stage's progress at least this often
+PROGRESS_EVERY_S = DEFAULT_EVERY_S  # the flow logs each stage's progress at least this often
 
 
-class Progress:
-    """Units done / total, samples per second and ETA of one stage, for the run log (and a tqdm bar when the
-    flow runs in a terminal)."""
+class Progress(ProgressMeter):
+    """Shards done / total, samples per second and ETA of one stage, for the run log (and a tqdm bar when the
+    flow runs in a terminal). The figures are fourm_core.progress's, shared with the stages' own progress."""
 
     def __init__(self, stage: str, total: int):
         import sys
-        import time
 
-        self.stage, self.total, self.done, self.failed, self.samples = stage, total, 0, 0, 0
-        self.t0 = time.monotonic()
+        super().__init__(stage, total, unit="shard")
+        self.stage, self.failed = stage, 0
         self._bar = None
         if total and sys.stderr.isatty():
             from tqdm import tqdm
@@ -35,14 +35,9 @@ class Progress:
             self._bar.update(1)
 
     def line(self) -> str:
-        import time
-
-        elapsed = time.monotonic() - self.t0
-        rate = self.samples / elapsed if elapsed > 0 else 0.0
-        eta = (elapsed / self.done * (self.total - self.done)) if self.done else float("nan")
-        eta_text = "?" if eta != eta else f"{eta:.0f}s"
         return (f"stage {self.stage}: {self.done}/{self.total} shards" + (f" ({self.failed} failed)" if self.failed else "")
-                + f", {self.samples} samples, {rate:.1f} samples/s, {elapsed:.0f}s elapsed, ETA {eta_text}")
+                + f", {self.samples} samples, {self.samples_per_s():.1f} samples/s, {self.elapsed():.0f}s elapsed, "
+                  f"ETA {self.eta_text()}")
 
     def close(self) -> None:
         if self._bar is not None:

@@ -3,8 +3,8 @@
 The shard travels as an Arrow table. Step 1 decodes every image once into raw pixels (``_rgb`` bytes +
 ``_h``/``_w``); each labeler step then appends its output columns ``<label>.<col>`` and an error column
 ``_err.<labeler>``. Labelers run in dependency order, so a labeler that needs another's output finds its
-columns already in the table. The same steps run in-process (``local``) or as a Ray Data pipeline
-(``ray``: model labelers as actor pools, the rest as tasks).
+columns already in the table. The same steps run in-process (``local``) or on Ray (``ray``: model labelers
+as actor pools that live across the shards of a run, :mod:`pseudolabel.actor_pool`; the rest as tasks).
 """
 
 from __future__ import annotations
@@ -220,10 +220,11 @@ def run_local(table: pa.Table, runs: list[LabelerRun]) -> tuple[pa.Table, list[L
         for lab in labelers:
             part = label_step(lab, part)
         out.append(part)
-    return _finish(pa.concat_tables(out)), labelers
+    return finish(pa.concat_tables(out)), labelers
 
 
-def _finish(table: pa.Table) -> pa.Table:
+def finish(table: pa.Table) -> pa.Table:
+    """The pass's rows back in shard order, without the decoded pixels (the labels are what the stage commits)."""
     table = table.sort_by("_idx")
     return table.drop_columns([c for c in ("_rgb", "_h", "_w") if c in table.column_names])
 
@@ -231,60 +232,22 @@ def _finish(table: pa.Table) -> pa.Table:
 # ----------------------------------------------------------------------------------------------- ray
 
 
-class _LabelerActor:
-    """Ray Data callable class: builds one labeler (loads its model once) and labels batches. Kept thin."""
-
-    def __init__(self, run: LabelerRun):
-        self.labeler = run.build()
-        self.labeler.setup()
-
-    def __call__(self, table: pa.Table) -> pa.Table:
-        return label_step(self.labeler, table)
-
-
-def _task_step(table: pa.Table, run: LabelerRun) -> pa.Table:
-    return label_step(_cached_labeler(run), table)
+def label_range(labeler: Labeler, offset: int, length: int, drop_pixels: bool, tables) -> pa.Table:
+    """One step of the Ray pass: rows ``[offset, offset + length)`` of the concatenated ``tables`` (consecutive
+    chunks of the previous step), labelled in the labeler's own batch size; raw pixels dropped after the last
+    step (the driver needs only the labels)."""
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    if offset or length != table.num_rows:
+        table = table.slice(offset, length)
+    bs = labeler.batch_size
+    parts = [label_step(labeler, table.slice(s, bs)) for s in range(0, table.num_rows, bs)]
+    out = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+    return out.drop_columns(["_rgb", "_h", "_w"]) if drop_pixels else out
 
 
-_TASK_LABELERS: dict[int, Labeler] = {}
-
-
-def _cached_labeler(run: LabelerRun) -> Labeler:
-    key = hash((run.name, repr(sorted(run.settings.items())), run.available))
-    if key not in _TASK_LABELERS:
-        lab = run.build()
-        lab.setup()
-        _TASK_LABELERS[key] = lab
-    return _TASK_LABELERS[key]
-
-
-def run_ray(table: pa.Table, runs: list[LabelerRun], *, gpus_available: bool | None = None) -> tuple[pa.Table, list[Labeler]]:
-    """The same steps as a Ray Data pipeline: decode as tasks, model labelers as actor pools."""
-    import ray
-
-    labelers = [r.build() for r in runs]
-    if gpus_available is None:
-        gpus_available = ray.cluster_resources().get("GPU", 0) > 0
-    bs_decode = min([lab.batch_size for lab in labelers] or [16])
-    # Every step of the chain holds its CPUs while the shard streams through; on a small cluster the
-    # declared CPUs of all steps may exceed what exists, and Ray would wait forever for the last actor.
-    # Scale the reservations down (fractions are fine for Ray); torch threads keep the declared count.
-    wanted = [1.0] + [lab.settings.num_cpus or lab.resources.num_cpus for lab in labelers]
-    scale = min(1.0, ray.cluster_resources().get("CPU", 1.0) / sum(wanted))
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.execution_options.preserve_order = True
-    ds = ray.data.from_arrow(table)
-    ds = ds.map_batches(decode_step, batch_format="pyarrow", batch_size=bs_decode, num_cpus=wanted[0] * scale)
-    for run, lab, num_cpus in zip(runs, labelers, wanted[1:]):
-        st = lab.settings
-        if lab.uses_model:
-            num_gpus = (st.num_gpus if st.num_gpus is not None else lab.resources.num_gpus) if gpus_available else 0
-            ds = ds.map_batches(_LabelerActor, fn_constructor_kwargs={"run": run}, batch_format="pyarrow",
-                                batch_size=lab.batch_size, concurrency=st.concurrency, num_cpus=num_cpus * scale,
-                                num_gpus=num_gpus or None)
-        else:
-            ds = ds.map_batches(_task_step, fn_kwargs={"run": run}, batch_format="pyarrow",
-                                batch_size=lab.batch_size, num_cpus=num_cpus * scale)
-    tables = ray.get(ds.to_arrow_refs())
-    return _finish(pa.concat_tables(tables)), labelers
+def run_empty(table: pa.Table, labelers: list[Labeler]) -> pa.Table:
+    """An empty shard through every step without loading a model (no row reaches ``label_batch``)."""
+    out = decode_step(table)
+    for lab in labelers:
+        out = label_step(lab, out)
+    return finish(out)

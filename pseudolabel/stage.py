@@ -1,7 +1,8 @@
 """The pseudolabel stage: per images shard, one cached unit per enabled labeler.
 
 ``run_shard`` decides which labelers are stale (cache key differs or ``force``), runs all of them in one
-pass over the shard (decode once, fan out; Ray Data or in-process), then commits one unit per labeler in
+pass over the shard (decode once, fan out; on Ray through actor pools that live across the shards of the run,
+or in-process), then commits one unit per labeler in
 dependency order through :func:`fourm_core.units.run_unit`. A labeler whose model cannot be resolved
 fails its own unit (and its dependents') with a message naming the model source; the other labelers
 still commit; ``run_shard`` raises at the end so the orchestrator retries.
@@ -25,7 +26,9 @@ from fourm_core.units import UnitStatus, is_cached
 
 from .config import PseudolabelConfig, pseudolabel_config
 from .registry import BUILTIN_OUTPUTS, resolve_order
-from .runner import LabelerRun, run_local, run_ray, split_results
+from .actor_pool import release_pools
+from .ray_pass import run_ray
+from .runner import LabelerRun, run_local, split_results
 from .spec import CAPTION, GROUND_TRUTH, RGB, Labeler
 
 log = logging.getLogger(__name__)
@@ -228,7 +231,7 @@ def _join(images: pa.Table, dep: pa.Table, prefix: str) -> pa.Table:
 
 
 def _ensure_ray(address: str | None) -> None:
-    """Join Ray for the Ray Data runner: the runtime this process already joined (build-dataset joins its
+    """Join Ray for the Ray runner: the runtime this process already joined (build-dataset joins its
     ``ray_address`` / ``FOURM_RAY_ADDRESS`` before calling the stage), else ``pseudolabel.ray_address``, else
     ``FOURM_RAY_ADDRESS``, else a local runtime (resolved in one place: :mod:`fourm_core.ray_address`)."""
     resolve_ray_address(address, "pseudolabel.ray_address").join()
@@ -262,9 +265,11 @@ STAGE = StageSpec(
     artifacts=tuple(label_artifact(label) for labels in BUILTIN_OUTPUTS.values() for label in labels),
     artifacts_for=artifacts_for,
     artifact_shards=artifact_shards,
-    # run_shard itself drives a Ray Data pipeline (actor pools per labeler): the orchestrator calls it
-    # in-process (a thread per shard), not as a Ray task that would hold CPUs the pipeline needs.
+    # run_shard itself drives Ray (labeler actor pools that live across the run's shards, in this process's
+    # registry): the orchestrator calls it in-process (a thread per shard), not as a Ray task.
     heavy=False,
     num_cpus=0.0,
     uses_ray=lambda config: pseudolabel_config(config).runner == "ray",
+    after=("ingest",),  # images and ground truth; not dedup (it drops nothing)
+    release=release_pools,
 )

@@ -91,4 +91,4 @@ def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force:
 
 
 STAGE = StageSpec(name="import-tokenizers", plan_shards=plan_shards, run_shard=run_shard, heavy=False,
-                  artifacts=(), artifacts_for=imported_artifacts)
+                  artifacts=(), artifacts_for=imported_artifacts, after=(), whole_dataset=True)

@@ -251,4 +251,5 @@ STAGE = StageSpec(name="tokenize", plan_shards=plan_shards, run_shard=run_shard,
                   shard_units=units_of_run_shard(run_shard),
                   artifacts=tuple(m.token_artifact for m in MODALITIES.values() if m.kind in TOKEN_KINDS)
                   + tuple(MODALITIES[m].token_artifact for m in sequences.SEQUENCE_MODALITIES)
-                  + (CROPS_ARTIFACT, CAPTION_ARTIFACT), num_cpus=1.0)
+                  + (CROPS_ARTIFACT, CAPTION_ARTIFACT), num_cpus=1.0,
+                  after=("ingest", "pseudolabel", "train-tokenizers", "import-tokenizers"))  # not dedup

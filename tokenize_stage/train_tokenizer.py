@@ -29,6 +29,7 @@ from pydantic import Field
 from fourm_core.config import StrictModel
 from fourm_core.manifest import ModelRef
 from fourm_core.modalities import MODALITIES
+from fourm_core.progress import ProgressLog
 from fourm_core.store import ArtifactStore
 from fourm_core.units import Unit, UnitOutput, UnitResult, run_unit
 
@@ -72,7 +73,10 @@ def tokenizer_artifact(name: str, profile: str) -> str:
 
 
 def fit(model: Tokenizer, x: torch.Tensor, cfg: TrainTokenizerConfig) -> list[dict[str, float]]:
-    """Train ``model`` on ``x`` (N, ...) for ``cfg.steps`` AdamW steps with warm-up + cosine decay."""
+    """Train ``model`` on ``x`` (N, ...) for ``cfg.steps`` AdamW steps with warm-up + cosine decay.
+
+    Logs step / total, loss, samples/s and ETA on ``fourm.progress`` at least every 30 s
+    (``$FOURM_PROGRESS_EVERY_S``; fourm_core.progress): one unit can train for many minutes."""
     gen = torch.Generator().manual_seed(cfg.seed)
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
@@ -82,15 +86,18 @@ def fit(model: Tokenizer, x: torch.Tensor, cfg: TrainTokenizerConfig) -> list[di
         opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     log = []
     model.train()
-    for step in range(cfg.steps):
-        idx = torch.randint(0, x.shape[0], (min(cfg.batch_size, x.shape[0]),), generator=gen)
-        loss, logs = model.training_loss(x[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        log.append({"step": step, **logs})
+    batch = min(cfg.batch_size, x.shape[0])
+    with ProgressLog(f"train-tokenizers {cfg.tokenizer}", total=cfg.steps, unit="step") as progress:
+        for step in range(cfg.steps):
+            idx = torch.randint(0, x.shape[0], (batch,), generator=gen)
+            loss, logs = model.training_loss(x[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            log.append({"step": step, **logs})
+            progress.advance(samples=batch, loss=logs.get("loss"))
     return log
 
 

@@ -64,4 +64,7 @@ def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force:
 
 
 STAGE = StageSpec(name="train-tokenizers", plan_shards=plan_shards, run_shard=run_shard, heavy=False,
-                  artifacts=(), artifacts_for=lambda config: trained_artifacts(config))
+                  artifacts=(), artifacts_for=lambda config: trained_artifacts(config),
+                  # one unit over the declared subset (all shards when none is declared); every tokenize shard reads it
+                  after=("ingest", "pseudolabel"), whole_dataset=True, reads_shards=lambda config, shard: (
+                      pretokenize_config(config).train.shards if pretokenize_config(config).train else None))

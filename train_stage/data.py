@@ -29,18 +29,20 @@ from dataclasses import dataclass, fields
 from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fourm_core.crops import Crop
-from fourm_core.label_codec import f16_decode, image_decode
+from fourm_core.label_codec import image_decode
 from fourm_core.manifest import InputRef
 from fourm_core.modalities import ModalityKind, get_modality
 from fourm_core.store import ArtifactStore
 
 from .batch import MaskedBatch
 from .masking import Masker, RawBatch
-from .pixels import model_pixels
+from .pixels import model_pixels, model_pixels_into
 
 CROPS_ARTIFACT = "tokens/_crops"  # (sample_key, crop, box, flip): the crops the token shards were made from
 _RAW_KINDS = (ModalityKind.PIXELS, ModalityKind.EMBEDDING_SEQ)  # read from images / label shards, not tokens
@@ -119,71 +121,88 @@ def token_input_refs(store: ArtifactStore, datasets: list[DatasetSpec]) -> list[
 
 
 class _Shard:
-    """One shard of one dataset: per modality, tokens of (sample_key, crop) as flat numpy + offsets; for a
-    pixel modality the encoded images and the crops, for T5 the embedding rows (decoded when batched)."""
+    """One shard of one dataset, decoded once into arrays that a batch gathers from without per-row Python.
+
+    keys: every sample of any modality, in first-seen order (modalities in order, rows in order); key_index
+    maps a key to its position. Per token modality, ``tables[m]`` = (row map (n_keys, n_crops) -> table row or
+    -1, flat values, offsets, and for fixed-length rows (image grids, global tokens) the (rows, L) matrix).
+    Pixels: the encoded images as one Arrow binary column (decoded when batched) and the crops of
+    ``tokens/_crops``; T5: the float16 rows as one Arrow binary column, viewed in place when batched."""
 
     def __init__(self, store: ArtifactStore, dataset: str, shard: int, modalities: tuple[str, ...]):
-        self.tables: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # (row map, values, offsets)
-        self.images: dict[str, bytes] = {}
+        self.tables: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        self.images: _Blobs | None = None
         self.crops: dict[tuple[str, int], Crop] = {}
-        self.embeddings: dict[str, dict[str, tuple[bytes, int, int]]] = {}
+        self.embeddings: dict[str, tuple[_Blobs, np.ndarray, np.ndarray]] = {}  # (rows, n_tokens, dim)
         self.where = f"{dataset} shard {shard}"
-        keys: dict[str, None] = {}  # every sample of any modality, in first-seen order
-        crops: dict[str, int] = {}
-        read: dict[str, tuple[list[str], np.ndarray, np.ndarray, np.ndarray]] = {}
+        key_columns: list[pa.ChunkedArray] = []  # sample_key of every table read, in modality order
+        read: dict[str, tuple[int, np.ndarray, np.ndarray, np.ndarray]] = {}  # m -> (column, crop, values, offsets)
+        blobs: list[tuple[str, int, pa.Table]] = []  # (modality, column, table) of the pixel / T5 tables
+        crop_table = None
         for m in modalities:
             mod = get_modality(m)
             if mod.kind == ModalityKind.PIXELS:
                 t = store.read_table(dataset, source_artifact(m), shard, columns=["sample_key", "image"])
-                sk = t.column("sample_key").to_pylist()
-                self.images = dict(zip(sk, t.column("image").to_pylist()))
-                c = store.read_table(dataset, CROPS_ARTIFACT, shard, columns=["sample_key", "crop", "box", "flip"])
-                for k, i, box, flip in zip(c.column("sample_key").to_pylist(), c.column("crop").to_pylist(),
-                                           c.column("box").to_pylist(), c.column("flip").to_pylist()):
-                    self.crops[(k, int(i))] = Crop(tuple(float(v) for v in box), bool(flip))
-                keys.update(dict.fromkeys(sk))
-                continue
-            if mod.kind == ModalityKind.EMBEDDING_SEQ:
+                crop_table = store.read_table(dataset, CROPS_ARTIFACT, shard, columns=["sample_key", "crop", "box",
+                                                                                      "flip"])
+            elif mod.kind == ModalityKind.EMBEDDING_SEQ:
                 t = store.read_table(dataset, source_artifact(m), shard,
                                      columns=["sample_key", "embedding", "n_tokens", "dim"])
-                sk = t.column("sample_key").to_pylist()
-                self.embeddings[m] = {k: (e, int(n), int(d)) for k, e, n, d in zip(
-                    sk, t.column("embedding").to_pylist(), t.column("n_tokens").to_pylist(),
-                    t.column("dim").to_pylist()) if e is not None}
-                keys.update(dict.fromkeys(sk))
-                continue
-            t = store.read_table(dataset, mod.token_artifact, shard, columns=["sample_key", "crop", "tokens"])
-            sk = t.column("sample_key").to_pylist()
-            cr = t.column("crop").to_numpy().astype(np.int64)
-            lst = t.column("tokens").combine_chunks()
-            offsets = lst.offsets.to_numpy().astype(np.int64)
-            values = lst.values.to_numpy(zero_copy_only=False)
-            if mod.is_image_like:
-                values, offsets = fit_grid_rows(values, offsets, m)
-            read[m] = (sk, cr, values, offsets)
-            for k, c in zip(sk, cr.tolist()):
-                crops[k] = max(crops.get(k, 0), c + 1)
-            keys.update(dict.fromkeys(sk))
-        self.keys = list(keys)
-        self.n_crops = crops
+            else:
+                t = store.read_table(dataset, mod.token_artifact, shard, columns=["sample_key", "crop", "tokens"])
+                lst = t.column("tokens").combine_chunks()
+                offsets = lst.offsets.to_numpy().astype(np.int64)
+                values = lst.values.to_numpy(zero_copy_only=False)
+                if mod.is_image_like:
+                    values, offsets = fit_grid_rows(values, offsets, m)
+                read[m] = (len(key_columns), t.column("crop").to_numpy().astype(np.int64), values, offsets)
+            if mod.kind in _RAW_KINDS:
+                blobs.append((m, len(key_columns), t))
+            key_columns.append(t.column("sample_key"))
+        # first-seen order over all tables (Arrow's unique keeps the order of first occurrence)
+        unique = pc.unique(pa.chunked_array([c for col in key_columns for c in col.chunks], pa.string()))
+        self.keys: list[str] = unique.to_pylist()
         self.key_index = {k: i for i, k in enumerate(self.keys)}
+        rows_of = [pc.index_in(col, value_set=unique).to_numpy(zero_copy_only=False).astype(np.int64)
+                   for col in key_columns]  # key index of every row of every table
+        n_crops = np.zeros(len(self.keys), dtype=np.int64)  # crops a key has: 1 + its largest crop index
+        for col, cr, _, _ in read.values():
+            np.maximum.at(n_crops, rows_of[col], cr + 1)
+        self.n_crops = np.maximum(n_crops, 1)  # a key without token rows (only an image) has one crop
         # per token modality: row[key index, crop] -> table row (-1: none); a modality without per-crop rows
         # (a caption) answers every crop with its crop-0 row
-        width = max(crops.values(), default=1)
-        for m, (sk, cr, values, offsets) in read.items():
+        width = int(n_crops.max(initial=0)) or 1
+        for m, (col, cr, values, offsets) in read.items():
             row = np.full((len(self.keys), width), -1, dtype=np.int64)
-            row[np.array([self.key_index[k] for k in sk], dtype=np.int64), cr] = np.arange(len(sk))
+            row[rows_of[col], cr] = np.arange(len(cr))
             row = np.where(row >= 0, row, row[:, :1])
-            self.tables[m] = (row, values, offsets)
+            lengths = np.diff(offsets)
+            L = get_modality(m).max_tokens
+            fixed = values[: len(lengths) * L].reshape(-1, L) if len(lengths) and (lengths == L).all() else None
+            self.tables[m] = (row, values, offsets, fixed)
+        for m, col, t in blobs:
+            present = _Blobs(t.column(t.column_names[1]), rows_of[col], len(self.keys))
+            if get_modality(m).kind == ModalityKind.PIXELS:
+                self.images = present
+            else:
+                self.embeddings[m] = (present, t.column("n_tokens").to_numpy(zero_copy_only=False).astype(np.int64),
+                                      t.column("dim").to_numpy(zero_copy_only=False).astype(np.int64))
+        if crop_table is not None:
+            for k, i, box, flip in zip(crop_table.column("sample_key").to_pylist(),
+                                       crop_table.column("crop").to_pylist(), crop_table.column("box").to_pylist(),
+                                       crop_table.column("flip").to_pylist()):
+                self.crops[(k, int(i))] = Crop(tuple(float(v) for v in box), bool(flip))
 
     def gather_tokens(self, modality: str, key_idx: np.ndarray, crop: np.ndarray, width: int
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Tokens of samples (key index, crop) as a zero-padded (n, width) int32 matrix, their lengths (n,) and
         whether the modality has a row for them (n,) bool, in a few array operations (no per-sample Python)."""
-        row, values, offsets = self.tables[modality]
+        row, values, offsets, fixed = self.tables[modality]
         r = row[key_idx, np.minimum(crop, row.shape[1] - 1)]
         ok = r >= 0
         r = np.where(ok, r, 0)
+        if fixed is not None and fixed.shape[1] == width:  # image grids, global tokens: one row gather
+            return np.where(ok[:, None], fixed[r], 0).astype(np.int32), np.where(ok, width, 0), ok
         start = offsets[r]
         n = np.where(ok, np.minimum(offsets[r + 1] - start, width), 0)
         cols = np.arange(width)
@@ -195,34 +214,74 @@ class _Shard:
     def tokens(self, modality: str, key: str, crop: int) -> np.ndarray | None:
         """One sample's tokens (None when the modality has no row for it)."""
         i = self.key_index.get(key)
-        row, values, offsets = self.tables[modality]
+        row, values, offsets, _ = self.tables[modality]
         r = -1 if i is None else int(row[i, min(crop, row.shape[1] - 1)])
         return None if r < 0 else values[offsets[r]:offsets[r + 1]]
 
-    def pixels(self, modality: str, key: str, crop: int) -> torch.Tensor | None:
-        """(n_patches, P·P·3) ImageNet-normalised patches of the sample's crop, None without an image."""
-        data = self.images.get(key)
-        if data is None:
-            return None
+    def crop_of(self, key: str, crop: int) -> Crop:
+        """The ``tokens/_crops`` box and flip of the sample's crop (its crop 0 when it has no such crop)."""
         box = self.crops.get((key, crop)) or self.crops.get((key, 0))
         if box is None:
             raise ValueError(f"{self.where}: sample {key!r} has an image but no row in {CROPS_ARTIFACT}, so its "
                              "pixels cannot be cut like its tokens; re-run the tokenize stage for this shard")
+        return box
+
+    def image(self, key: str) -> np.ndarray | None:
+        """The sample's encoded image bytes as a uint8 view (None without an image)."""
+        return None if self.images is None else self.images.get(self.key_index.get(key, -1))
+
+    def pixels(self, modality: str, key: str, crop: int) -> torch.Tensor | None:
+        """(n_patches, P·P·3) ImageNet-normalised patches of the sample's crop, None without an image."""
+        data = self.image(key)
+        if data is None:
+            return None
         mod = get_modality(modality)
-        return model_pixels(image_decode(data), box, mod.grid[0] * mod.patch_size, mod.patch_size)
+        return model_pixels(image_decode(data), self.crop_of(key, crop), mod.grid[0] * mod.patch_size, mod.patch_size)
 
     def embedding(self, modality: str, key: str) -> np.ndarray | None:
-        """(n_tokens, dim) float32 rows of the sample's embedding sequence, None without one."""
-        row = self.embeddings[modality].get(key)
-        if row is None:
+        """(n_tokens, dim) float16 rows of the sample's embedding sequence (a view of the shard), None without."""
+        rows, n_tokens, dims = self.embeddings[modality]
+        r = rows.row(self.key_index.get(key, -1))
+        if r < 0:
             return None
-        data, n, dim = row
+        n, dim = int(n_tokens[r]), int(dims[r])
         want = get_modality(modality).feature_dim
         if dim != want:
             raise ValueError(f"{self.where}: {source_artifact(modality)} rows are {dim}-d but the model's "
                              f"{modality} embedding takes {want}-d vectors (T5-XXL); label the dataset with the "
                              "production T5 labeler, or leave t5_caption out of the model's modalities")
-        return f16_decode(data, (n, dim))
+        data = rows.value(r)
+        if len(data) != 2 * n * dim:
+            raise ValueError(f"{self.where}: the {source_artifact(modality)} row of {key!r} has {len(data)} bytes, "
+                             f"not n_tokens x dim x 2 = {2 * n * dim} (float16); re-run its labeler for this shard")
+        return data.view("<f2").reshape(n, dim)
+
+
+class _Blobs:
+    """A binary Arrow column (encoded images, float16 embedding rows) addressed by key index, its values
+    viewed in place as uint8 (no per-row Python objects)."""
+
+    def __init__(self, column: pa.ChunkedArray, key_rows: np.ndarray, n_keys: int):
+        arr = column.combine_chunks()
+        if pa.types.is_large_binary(arr.type):
+            arr = arr.cast(pa.binary())
+        _, offsets, data = arr.buffers()  # validity, int32 offsets (into data), data
+        self.offsets = (np.frombuffer(offsets, dtype=np.int32)[arr.offset: arr.offset + len(arr) + 1].astype(np.int64)
+                        if offsets is not None else np.zeros(1, dtype=np.int64))
+        self.data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+        valid = ~arr.is_null().to_numpy(zero_copy_only=False)
+        self.rows = np.full(n_keys, -1, dtype=np.int64)  # key index -> row (-1: none or null)
+        self.rows[key_rows[valid]] = np.flatnonzero(valid)
+
+    def row(self, key_idx: int) -> int:
+        return -1 if key_idx < 0 else int(self.rows[key_idx])
+
+    def value(self, r: int) -> np.ndarray:
+        return self.data[self.offsets[r]:self.offsets[r + 1]]
+
+    def get(self, key_idx: int) -> np.ndarray | None:
+        r = self.row(key_idx)
+        return None if r < 0 else self.value(r)
 
 
 @dataclass
@@ -353,7 +412,7 @@ class TokenShardStream(IterableDataset):
                 s, r = int(shard_order[i]), int(row_order[i])
                 shard = self._shard(store, cache, d, s)
                 key = shard.keys[r]
-                crop = int(rng.integers(0, shard.n_crops.get(key, 1)))
+                crop = int(rng.integers(0, int(shard.n_crops[r])))
                 samples.append((d, shard, key, crop))
         order = rng.permutation(len(samples))
         return self.collate([samples[i] for i in order])
@@ -398,28 +457,36 @@ class TokenShardStream(IterableDataset):
 
     @staticmethod
     def _collate_pixels(raw: RawBatch, m: str, samples, has: list[bool]) -> None:
-        """pixels[m] (B, n_patches, P·P·3) when any sample has an image (zeros for those without)."""
+        """pixels[m] (B, n_patches, P·P·3) float32 when any sample has an image (zeros for those without): each
+        image decoded, cut and normalised straight into its row of the batch tensor."""
         mod = get_modality(m)
-        rows = [shard.pixels(m, key, crop) if has[j] else None for j, (d, shard, key, crop) in enumerate(samples)]
-        n = torch.tensor([0 if r is None else mod.max_tokens for r in rows], dtype=torch.long)
+        images = [shard.image(key) if has[j] else None for j, (d, shard, key, crop) in enumerate(samples)]
+        n = torch.tensor([0 if r is None else mod.max_tokens for r in images], dtype=torch.long)
         if n.any():
-            shape = next(r for r in rows if r is not None).shape
-            raw.pixels[m] = torch.stack([torch.zeros(shape) if r is None else r for r in rows])
+            out = torch.empty(len(samples), mod.max_tokens, mod.patch_size**2 * 3)
+            for j, ((_, shard, key, crop), data) in enumerate(zip(samples, images)):
+                if data is None:
+                    out[j].zero_()
+                else:
+                    model_pixels_into(out[j], image_decode(data), shard.crop_of(key, crop),
+                                      mod.grid[0] * mod.patch_size, mod.patch_size)
+            raw.pixels[m] = out
         raw.lengths[m] = n
 
     @staticmethod
     def _collate_embeddings(raw: RawBatch, m: str, samples, has: list[bool]) -> None:
-        """embeddings[m] (B, L, F), L = the longest sequence of the batch (at most max_tokens), zero-padded."""
+        """embeddings[m] (B, L, F) float16 as stored (the model casts them), L = the longest sequence of the
+        batch (at most max_tokens), zero-padded; half the bytes of float32 to send to the trainer."""
         mod = get_modality(m)
         rows = [shard.embedding(m, key) if has[j] else None for j, (d, shard, key, crop) in enumerate(samples)]
         rows = [None if r is None else r[: mod.max_tokens] for r in rows]
         n = torch.tensor([0 if r is None else len(r) for r in rows], dtype=torch.long)
         if n.any():
-            out = torch.zeros(len(rows), int(n.max()), mod.feature_dim)
+            out = np.zeros((len(rows), int(n.max()), mod.feature_dim), dtype=np.float16)
             for j, r in enumerate(rows):
                 if r is not None:
-                    out[j, : len(r)] = torch.from_numpy(r)
-            raw.embeddings[m] = out
+                    out[j, : len(r)] = r
+            raw.embeddings[m] = torch.from_numpy(out)
         raw.lengths[m] = n
 
 

@@ -21,8 +21,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def crop_rgb(image: np.ndarray, crop: Crop, size: int) -> torch.Tensor:
     """uint8 (H, W, 3) -> (3, size, size) float in [0, 1]: crop + flip, then an antialiased bilinear resize."""
     a = apply_crop(np.asarray(image), crop, "rgb", None)
-    x = torch.from_numpy(a.astype(np.float32)).permute(2, 0, 1)[None] / 255.0
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+    x = torch.from_numpy(a).permute(2, 0, 1)[None].float().div_(255.0)  # in place: no second float copy
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0].clamp_(0, 1)
 
 
 def normalize_rgb(x: torch.Tensor) -> torch.Tensor:
@@ -39,6 +39,20 @@ def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 3, 5, 1).reshape(B, (H // patch) * (W // patch), patch * patch * C)
 
 
+def model_pixels_into(out: torch.Tensor, image: np.ndarray, crop: Crop, size: int, patch: int) -> None:
+    """One ingested image -> its encoder patches, ImageNet-normalised, written into ``out``
+    ((size/patch)², patch² · 3) float32, e.g. a row of the batch's pixel tensor.
+
+    The same values as ``patchify(normalize_rgb(crop_rgb(...)))``, computed in place on one image (it stays in
+    the CPU cache; normalising and patchifying a whole 64-image batch afterwards cost 3-4x as much)."""
+    x = crop_rgb(image, crop, size)
+    x.sub_(torch.tensor(IMAGENET_MEAN)[:, None, None]).div_(torch.tensor(IMAGENET_STD)[:, None, None])
+    g = size // patch
+    out.view(g, g, patch, patch, 3).copy_(x.view(3, g, patch, g, patch).permute(1, 3, 2, 4, 0))
+
+
 def model_pixels(image: np.ndarray, crop: Crop, size: int, patch: int) -> torch.Tensor:
     """One ingested image -> its encoder patches (size/patch)² x (patch² · 3), ImageNet-normalised."""
-    return patchify(normalize_rgb(crop_rgb(image, crop, size))[None], patch)[0]
+    out = torch.empty((size // patch) ** 2, patch * patch * 3)
+    model_pixels_into(out, image, crop, size, patch)
+    return out

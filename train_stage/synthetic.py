@@ -8,6 +8,12 @@ Each sample has ``n_crops`` crops; crop c shifts the image grids by c columns so
 consistently across modalities matters, and ``tokens/_crops`` gives each crop its own box (and every odd
 crop a flip). The raw inputs, when asked for: ``rgb@224`` writes an ``images`` shard (small PNGs whose
 colour follows the class), ``t5_caption`` a ``labels/t5_caption`` shard (4096-d float16 rows).
+
+``realistic=True`` makes shards with the costs of production ones instead (for benchmarks; the task is not
+learnable): image and global tokens uniform over the modality's vocabulary (VQ codes barely compress, so
+Parquet decodes every byte), sequences of 1/8 to all of their ``max_tokens`` ids, crops drawn like the tokenize
+stage's (``CropConfig`` defaults: 80-100 % of the area), 256-px-shorter-side JPEGs (the ingest default, quality
+95) and 8-40 T5 rows per caption.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import pyarrow as pa
 from fourm_core.modalities import ModalityKind, get_modality
 from fourm_core.store import ArtifactStore
 from fourm_core.units import Unit, UnitOutput, run_unit
+
+from .synthetic_realistic import realistic_tables
 
 STAGE = "tokenize-synthetic"
 CODE_VERSION = "2"
@@ -81,8 +89,10 @@ def _sample_tokens(mod_name: str, cls: int, crop: int, rng: np.random.Generator,
 
 def make_token_shards(store: ArtifactStore, dataset: str, modalities: list[str], n_shards: int = 2,
                       shard_size: int = 32, n_crops: int = 2, n_classes: int = 8, seed: int = 0,
-                      force: bool = False) -> dict[str, list]:
+                      force: bool = False, realistic: bool = False) -> dict[str, list]:
     """Commit ``tokens/<modality>`` and ``tokens/_crops`` shards of a synthetic dataset; return manifests.
+
+    ``realistic``: production-like content and sizes instead of a learnable task (``synthetic_realistic``).
 
     ``dataset`` may not be ``demo``: that name holds the real demo token shards the build-dataset flow makes."""
     if dataset == "demo":
@@ -90,6 +100,8 @@ def make_token_shards(store: ArtifactStore, dataset: str, modalities: list[str],
                          "use another name, e.g. 'synthetic'")
     out: dict[str, list] = {}
     config = dict(modalities=modalities, shard_size=shard_size, n_crops=n_crops, n_classes=n_classes, seed=seed)
+    if realistic:  # only then, so the cache keys of existing learnable stores stay as they were
+        config["realistic"] = True
     raw_kinds = (ModalityKind.PIXELS, ModalityKind.EMBEDDING_SEQ)
     token_mods = [m for m in modalities if get_modality(m).kind not in raw_kinds]
     artifacts = [get_modality(m).token_artifact for m in token_mods] + [CROPS_ARTIFACT] + \
@@ -98,6 +110,8 @@ def make_token_shards(store: ArtifactStore, dataset: str, modalities: list[str],
         def compute(shard: int = shard) -> UnitOutput:
             rng = np.random.default_rng([seed, shard])
             keys = [f"{dataset}-{shard:05d}-{i:05d}" for i in range(shard_size)]
+            if realistic:
+                return UnitOutput(tables=realistic_tables(modalities, keys, n_crops, rng))
             classes = rng.integers(0, n_classes, shard_size)
             tables = _raw_inputs(modalities, keys, classes, rng, n_classes)
             for m in token_mods:

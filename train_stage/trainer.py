@@ -403,7 +403,10 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         cfg = self.cfg
         t0 = time.perf_counter()
-        lr = lr_at(self.tokens, self.peak_lr, cfg.warmup_tokens, self._total_tokens(), cfg.min_lr)
+        # The schedule runs on nominal tokens (step x budget): steps are sized from the token budget, and reference
+        # masking leaves ~1/3 of the budget unused, so counting used tokens would end the cosine far above min_lr.
+        lr = lr_at(self.step * self._tokens_per_step(), self.peak_lr, cfg.warmup_tokens, self._total_tokens(),
+                   cfg.min_lr)
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
@@ -463,12 +466,13 @@ class Trainer:
                 get_modality(m).vocab_size
         return total
 
+    def _tokens_per_step(self) -> float:
+        """Nominal tokens of one optimizer step: (input + target budget) x global batch."""
+        return float((self.masker.input_budget + self.masker.target_budget) * self.cfg.batch_size *
+                     self.cfg.grad_accum * self.d.world)
+
     def _total_tokens(self) -> float:
-        if self.cfg.total_tokens:
-            return self.cfg.total_tokens
-        per_step = (self.masker.input_budget + self.masker.target_budget) * self.cfg.batch_size * \
-            self.cfg.grad_accum * self.d.world
-        return per_step * self.cfg.steps
+        return self.cfg.total_tokens or self._tokens_per_step() * self.cfg.steps
 
     # -------------------------------------------------------------------------------- loop
 

@@ -15,7 +15,8 @@ prefix only, see :mod:`.vitdet_convert`):
   class scores are the mean of the three stages' softmax, the boxes the last stage's, then per-class NMS 0.5 and
   the top 100 detections. ROIAlignV2 (aligned) pooling over p2…p5 with the FPN level rule (canonical 224 → p4).
 * ``roi_heads.mask_head``: the mask branch (4 conv + deconv + predictor) is built so a released checkpoint loads
-  strictly, but not run: the ``det`` label is boxes only.
+  strictly; :class:`MaskHead` can run on ROI features, but the model's forward does not: the ``det`` label is boxes
+  only.
 
 Inputs: ImageNet-normalised RGB whose longer side is ``config.image_size`` (1024), zero-padded to a square of that
 side inside the model (detectron2's ``square_pad``). Outputs: per image, boxes in the unpadded input's pixels.
@@ -165,7 +166,9 @@ class BoxPredictor(nn.Module):
 
 
 class MaskHead(nn.Module):
-    """Built for strict loading of released checkpoints; the det label does not use masks."""
+    """detectron2's ``MaskRCNNConvUpsampleHead`` with LayerNorm: 4 × (3×3 conv + LayerNorm + ReLU), 2×2 stride-2
+    deconv + ReLU, 1×1 class-specific predictor. The det label does not use masks (the model's forward never runs
+    this); it is loaded strictly from released checkpoints and checked against torchvision's mask head."""
 
     def __init__(self, channels: int, conv_dims: int, num_classes: int):
         super().__init__()
@@ -173,6 +176,18 @@ class MaskHead(nn.Module):
             self.add_module(f"mask_fcn{k + 1}", ConvNorm(channels if k == 0 else conv_dims, conv_dims, 3, relu=True))
         self.deconv = nn.ConvTranspose2d(conv_dims, conv_dims, 2, 2)
         self.predictor = nn.Conv2d(conv_dims, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """ROI features K×C×14×14 (:func:`pool_boxes` at 14) -> per-class mask logits K×num_classes×28×28."""
+        for k in range(4):
+            x = getattr(self, f"mask_fcn{k + 1}")(x)
+        return self.predictor(F.relu(self.deconv(x)))
+
+    @staticmethod
+    def class_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """K×num_classes×28×28 logits, K labels (0…79) -> K×1×28×28 mask probabilities of each box's class
+        (detectron2's ``mask_rcnn_inference``)."""
+        return logits[torch.arange(len(labels), device=logits.device), labels][:, None].sigmoid()
 
 
 class ROIHeads(nn.Module):

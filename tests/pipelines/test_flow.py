@@ -84,11 +84,12 @@ def test_unit_failing_after_retries_fails_the_run_and_shows_in_status(prefect_ap
         state.result()
     store = ArtifactStore(root)
     assert store.committed_shards("fk", "numbers") == [1, 2]
-    assert store.committed_shards("fk", "doubled") == []  # the next stage does not run on a partial input
+    # a failure stops only what reads it: shard 0's next stage is blocked, shards 1 and 2 went on
+    assert store.committed_shards("fk", "doubled") == [1, 2]
     assert main(["status", "fk", "--root", root]) == 0
     out = capsys.readouterr().out
     assert "failed" in out and "transient failure on shard 0" in out
-    assert "not run by the latest run (an earlier stage failed): fake_down" in out
+    assert "not run by the latest run (an input they read failed): fake_down shard(s) [0]" in out
     # the operator's fix: re-run exactly the failed shard
     assert main(["rerun", "--dataset", fake_dataset, "--stage", "fake", "--shard", "0", "--root", root,
                  "--ray-address", "off"]) == 0

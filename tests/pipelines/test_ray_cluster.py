@@ -3,7 +3,7 @@
 Prefect server, and a ``fourm-cpu`` process worker in its own empty folder whose environment names the cluster
 (``FOURM_RAY_ADDRESS`` and the token); the flow's code arrives through the deployment's ``git_clone`` pull step.
 
-``prefect deployment run build-dataset/demo`` runs ingest, pseudolabel (the Ray Data runner) and tokenize, and
+``prefect deployment run build-dataset/demo`` runs ingest, pseudolabel (the Ray runner: decode tasks, labeler actor pools) and tokenize, and
 Ray's state API says which nodes ran what: shard tasks of both heavy stages on both nodes, and every node the
 pseudolabel work reports (a test labeler records ``get_node_id()`` per sample, whatever the runner schedules:
 tasks or actors) is a node of this cluster, both of them. Then the ops re-run of one pseudolabel shard

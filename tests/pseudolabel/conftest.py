@@ -28,3 +28,12 @@ def dataset_config(**pseudolabel):
 
 
 # ray_session: the one Ray runtime of the test session lives in tests/conftest.py.
+
+
+@pytest.fixture(autouse=True)
+def _free_labeler_actors():
+    """Labeler actor pools outlive a shard by design; a test's pools end with the test (they hold CPUs)."""
+    yield
+    from pseudolabel.actor_pool import release_pools
+
+    release_pools()

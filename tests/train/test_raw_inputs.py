@@ -56,12 +56,14 @@ def test_pixels_are_cut_with_the_samples_crop_and_t5_rows_are_read(raw_store):
     torch.testing.assert_close(px[0], patches, atol=1e-5, rtol=0)
     assert not torch.allclose(px[0], px[1])  # crop 0 is another cut
     assert shard.crops[(key, 1)] == Crop(tuple(np.float32(v).item() for v in box), True)
-    # T5 rows: the label shard's float16 rows, zero-padded to the batch's longest
+    # T5 rows: the label shard's float16 rows as stored (the model casts them), zero-padded to the batch's longest
     row = raw_store.read_table("cc", "labels/t5_caption", 0).to_pylist()[1]
     n = row["n_tokens"]
     assert raw.lengths["t5_caption"].tolist() == [n, n]
-    torch.testing.assert_close(raw.embeddings["t5_caption"][0, :n],
-                               torch.from_numpy(f16_decode(row["embedding"], (n, 4096))))
+    emb = raw.embeddings["t5_caption"]
+    assert emb.dtype == torch.float16
+    torch.testing.assert_close(emb[0, :n].float(), torch.from_numpy(f16_decode(row["embedding"], (n, 4096))),
+                               atol=0, rtol=0)
 
 
 def test_raw_inputs_are_read_only_when_the_model_takes_them(raw_store):

@@ -132,3 +132,14 @@ def test_pretrain_demo_loss_falls_and_is_cached(shard_store, tmp_path):
     assert first > 7.0 and last < first - 1.5, (first, last)
     again = pretrain(shard_store, cfg)
     assert again.digest == m.digest and again.timings == m.timings  # cached: nothing retrained
+
+
+def test_lr_follows_nominal_tokens_when_samples_use_less_than_the_budget(shard_store):
+    """Steps are sized from the token budget, so the schedule counts step x budget: a batch that leaves part of the
+    budget unused (a target budget larger than these samples hold) must still end the cosine at min_lr."""
+    t = Trainer(make_cfg(steps=4, target_budget=400, warmup_tokens=0, min_lr=1e-5), shard_store, dist_info=Dist())
+    t.fit()
+    per_step = (32 + 400) * 4
+    assert t.tokens < per_step * 4  # the samples really used less than the budget
+    expected = [lr_at(i * per_step, t.peak_lr, 0, per_step * 4, 1e-5) for i in range(4)]
+    assert [r["lr"] for r in t.history] == pytest.approx(expected)

@@ -104,7 +104,8 @@ class EmbSeqEncoderEmbedding(_PosModEmbedding):
         if extra is None:
             return _no_input(self, ids, "embeddings", self.emb_proj.out_features)
         L = extra.shape[1]
-        rows = extra[batch_idx, ids.clamp(max=L - 1)]
+        # the loader sends T5 rows as stored (float16); the cast is exact
+        rows = extra[batch_idx, ids.clamp(max=L - 1)].to(self.emb_proj.weight.dtype)
         # id L marks a masked span, which enters as a zero vector (§5)
         return self.emb_proj(torch.where((ids < L)[:, None], rows, torch.zeros_like(rows)))
 
