@@ -51,11 +51,14 @@ def _step(name: str, parameters: dict[str, Any]) -> str:
 
 
 @flow(name="chain", persist_result=False, log_prints=True)
-def chain(build: str = "build-dataset/demo", pretrain: str = "pretrain/demo", evaluate: str = "evaluate/demo",
+def chain(build: str | list[str] = "build-dataset/demo", pretrain: str = "pretrain/demo", evaluate: str = "evaluate/demo",
           store_root: str | None = None, storage_options: dict[str, Any] | None = None,
           build_parameters: dict[str, Any] | None = None, pretrain_parameters: dict[str, Any] | None = None,
           evaluate_parameters: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the deployments ``build`` -> ``pretrain`` -> ``evaluate`` in order on one store.
+
+    ``build`` may list several build-dataset deployments, run in that order (chain/demo: the demo, then its
+    held-out scenes, which evaluate/demo scores); ``build_parameters`` go to each.
 
     ``store_root`` / ``storage_options`` (default: the workers' ``FOURM_STORE_ROOT`` /
     ``FOURM_STORAGE_OPTIONS``) go to every step; ``*_parameters`` are merged over each deployment's own.
@@ -79,7 +82,10 @@ def chain(build: str = "build-dataset/demo", pretrain: str = "pretrain/demo", ev
     eval_params["overrides"] = {**(eval_params.get("overrides") or {}), **checkpoint}
     load_eval_config(eval_params.get("config", "demo"), eval_params["overrides"])
 
-    runs = {"build": _step(build, {**common, **(build_parameters or {})})}
+    builds = [build] if isinstance(build, str) else list(build)
+    runs = {"build": _step(builds[0], {**common, **(build_parameters or {})})}
+    for i, name in enumerate(builds[1:], start=2):
+        runs[f"build-{i}"] = _step(name, {**common, **(build_parameters or {})})
     check_token_shards(store, cfg)  # permanent when missing: names the artifacts and the command that makes them
     runs["pretrain"] = _step(pretrain, {**common, **(pretrain_parameters or {})})
     final = store.read_manifest(cfg.namespace, checkpoint_artifact(cfg, cfg.steps), None)

@@ -41,7 +41,9 @@ ENTRIES: dict[str, tuple[str | list[str], list[str]]] = {
     "train": ("train_stage/trainer.py:CODE_VERSION",
               ["train_stage/[!_]*.py", "train_stage/model/**/*.py"]),
     "evaluate": ("eval_stage/evaluation.py:CODE_VERSION", ["eval_stage/[!_]*.py", "eval_stage/generate/**/*.py",
-                                                        "eval_stage/metrics/**/*.py"]),
+                                                        "eval_stage/metrics/**/*.py", "!eval_stage/chain.py"]),
+    "evaluate.chain": ("eval_stage/chain.py:CODE_VERSION", ["eval_stage/chain.py", "eval_stage/sequences.py",
+                                                            "eval_stage/generate/**/*.py"]),
 }
 # plus, from _labeler_entries(): one entry per labeler class (its own module) and the shared pseudolabel code,
 # whose version is every labeler's version together (a shared change is a change to every labeler)

@@ -82,6 +82,8 @@ def tiny_eval_store(tmp_path_factory):
 
 
 # The eval config the tests use on that store: small and quick (diffusion decoders with one DDIM step).
-TINY_EVAL_OVERRIDES = {"dataset": "ev", "checkpoint.run": "tiny", "targets": ["tok_depth@224", "tok_semseg@224"],
+# (tokenizer_dataset: None = the dataset's own; the demo preset reads demo's tokenizers for its held-out scenes)
+TINY_EVAL_OVERRIDES = {"dataset": "ev", "tokenizer_dataset": None, "checkpoint.run": "tiny",
+                       "targets": ["tok_depth@224", "tok_semseg@224"],
                        "max_samples": 4, "batch_size": 4, "decode_steps": 1, "generation.steps": 2,
                        "loss_repeats": 1, "grid_samples": 2}

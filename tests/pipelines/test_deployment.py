@@ -25,7 +25,7 @@ from tests.eval.tiny_store import build as build_tiny_store
 from tests.pipelines.cluster import REPO, api, start_cluster
 from tests.pipelines.fake_stage import CONFIG_YAML, REGISTRATION
 
-DEPLOYMENTS = {("build_dataset", n): "fourm-cpu" for n in ("cc12m", "coyo700m", "c4", "demo")} | \
+DEPLOYMENTS = {("build_dataset", n): "fourm-cpu" for n in ("cc12m", "coyo700m", "c4", "demo", "demo-heldout")} | \
     {("pretrain", "demo"): "fourm-gpu", ("pretrain", "4m-21-b"): "fourm-gpu", ("finetune", "demo"): "fourm-gpu",
      ("evaluate", "demo"): "fourm-gpu",
      ("evaluate", "4m-21-b"): "fourm-gpu", ("chain", "demo"): "fourm-cpu", ("chain", "4m-21-b"): "fourm-cpu"}
