@@ -158,7 +158,7 @@ def run_chain(store: ArtifactStore, cfg: EvalConfig, plan: ChainPlan) -> tuple[d
 
 
 def chain_markdown(cfg: EvalConfig, plan: ChainPlan, written: list[str]) -> str:
-    from .report import _cell
+    from .report import table_cell
 
     lines = [f"# Chained generation: {plan.checkpoint.dataset}/{plan.checkpoint.artifact} on {cfg.dataset}", "",
              "RGB tokens -> semantic-map tokens -> RGB tokens from that generated map alone, and RGB tokens -> caption "
@@ -166,7 +166,7 @@ def chain_markdown(cfg: EvalConfig, plan: ChainPlan, written: list[str]) -> str:
              f"{cfg.generation.steps} steps, temperature {cfg.generation.temperature}). Images decoded with the "
              "committed tokenizers; see data.chain.png.", "",
              "| sample | source caption | caption written from the RGB |", "|---|---|---|",
-             *[f"| `{k}` | {_cell(plan.captions[k])} | {_cell(w)} |" for k, w in zip(plan.keys, written)], ""]
+             *[f"| `{k}` | {table_cell(plan.captions[k])} | {table_cell(w)} |" for k, w in zip(plan.keys, written)], ""]
     return "\n".join(lines)
 
 
@@ -179,14 +179,14 @@ def chain_grid(plan: ChainPlan, written: list[str], images: dict[str, torch.Tens
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import _wrap, to_image
+    from .report import wrap_text, to_image
 
     titles = ["input RGB (tokens)", "1. semseg from RGB", "2. RGB from that semseg", "semseg: ground truth",
               "1. caption from RGB", "2. RGB from that caption"]
     n = len(plan.keys)
     fig, axes = plt.subplots(n, len(titles), figsize=(1.7 * len(titles), 1.8 * n + 0.3), squeeze=False)
     for i in range(n):
-        text = f"{_wrap(written[i], lines=5)}\n\n(source: {_wrap(plan.captions[plan.keys[i]], lines=4)})"
+        text = f"{wrap_text(written[i], lines=5)}\n\n(source: {wrap_text(plan.captions[plan.keys[i]], lines=4)})"
         cells = [("rgb", images["input"][i]), ("semseg", semseg["generated"][i]), ("rgb", images["from semseg"][i]),
                  ("semseg", semseg["ground truth"][i]), ("text", text), ("rgb", images["from caption"][i])]
         for j, (kind, x) in enumerate(cells):

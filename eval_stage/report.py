@@ -133,7 +133,7 @@ def markdown_report(info: dict[str, Any], rows: list[dict[str, Any]], token_rows
     ]
     if info.get("captions"):
         lines += ["## Captions", "", "| sample | generated | source caption |", "|---|---|---|",
-                  *[f"| `{c['key']}` | {_cell(c['generated'])} | {_cell(c['reference'])} |" for c in info["captions"]],
+                  *[f"| `{c['key']}` | {table_cell(c['generated'])} | {table_cell(c['reference'])} |" for c in info["captions"]],
                   ""]
     if rows:
         lines += ["## All metrics", "", *metric_table(rows), ""]
@@ -142,7 +142,7 @@ def markdown_report(info: dict[str, Any], rows: list[dict[str, Any]], token_rows
     return "\n".join(lines)
 
 
-def _cell(text: str, limit: int = 200) -> str:
+def table_cell(text: str, limit: int = 200) -> str:
     """Free text as one Markdown table cell: no pipes or line breaks, at most ``limit`` characters."""
     text = " ".join(text.split())
     if len(text) > limit:
@@ -228,7 +228,7 @@ def generation_grid(keys: list[str], rgb: list[torch.Tensor | None], condition: 
             ax.set_yticks([])
             kind, x = get(i)
             if kind == "text":
-                ax.text(0.02, 0.5, _wrap(str(x)), fontsize=5, va="center", ha="left", transform=ax.transAxes)
+                ax.text(0.02, 0.5, wrap_text(str(x)), fontsize=5, va="center", ha="left", transform=ax.transAxes)
             elif kind == "boxes":
                 _draw_boxes(ax, *x)
             else:
@@ -264,7 +264,7 @@ def _draw_boxes(ax, rgb: torch.Tensor | None, boxes: list | None) -> None:
                 bbox={"facecolor": "yellow", "pad": 0.5, "lw": 0})
 
 
-def _wrap(text: str, width: int = 22, lines: int = 8) -> str:
+def wrap_text(text: str, width: int = 22, lines: int = 8) -> str:
     words, out, cur = text.split(), [], ""
     for w in words:
         if len(cur) + len(w) + 1 > width:

@@ -219,10 +219,10 @@ def test_a_changed_text_tokenizer_is_refused_with_the_fix():
 
 
 def test_report_caption_cells_stay_one_short_table_cell():
-    from eval_stage.report import _cell
+    from eval_stage.report import table_cell
 
-    assert _cell("a | b\nc") == "a \\| b c" and _cell("") == "(empty)"
-    long = _cell("a " * 300)
+    assert table_cell("a | b\nc") == "a \\| b c" and table_cell("") == "(empty)"
+    long = table_cell("a " * 300)
     assert len(long) == 200 and long.endswith("…")
 
 

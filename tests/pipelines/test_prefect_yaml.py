@@ -44,7 +44,8 @@ def test_deployment_parameters_and_config_are_valid(d):
     else:
         assert kind == "chain"
         known = {f"{flow_name(x)}/{x['name']}" for x in DEPLOYMENTS}
-        assert {params["build"], params["pretrain"], params["evaluate"]} <= known
+        builds = params["build"] if isinstance(params["build"], list) else [params["build"]]
+        assert {*builds, params["pretrain"], params["evaluate"]} <= known
     if kind == "finetune" and params.get("evaluation"):  # the comparison's eval config: the fine-tuning's task
         from pipelines.finetune_eval import comparison_configs
 
