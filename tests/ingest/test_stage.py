@@ -99,10 +99,10 @@ def test_demo_preset_has_no_network_sources(tmp_path):
     cfg = load_dataset_config("demo")
     store = ArtifactStore(str(tmp_path / "store"))
     shards = plan_shards(store, cfg)
-    assert len(shards) == 4
-    result = run_shard(store, cfg, 3)[0]
-    rows = store.read_table("demo", "images", 3).to_pylist()
-    assert result.status.value == "done" and len(rows) == 8 and store.read_errors("demo", "images", 3).num_rows == 0
+    assert len(shards) == 5  # 64 scenes in 4 shards of 16, then scikit-image's 8 photos
+    result = run_shard(store, cfg, 4)[0]
+    rows = store.read_table("demo", "images", 4).to_pylist()
+    assert result.status.value == "done" and len(rows) == 8 and store.read_errors("demo", "images", 4).num_rows == 0
     assert all(Image.open(io.BytesIO(r["image"])).mode == "RGB" for r in rows)
     assert all(r["caption"] for r in rows)
 
