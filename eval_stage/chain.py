@@ -56,6 +56,7 @@ def plan_chain(store: ArtifactStore, cfg: EvalConfig) -> ChainPlan:
     from tokenize_stage.train_tokenizer import tokenizer_artifact
 
     from .checkpoints import find_checkpoint
+    from .read import read_tokens, token_shards
     from .sequences import token_shard_tokenizer
 
     ckpt = find_checkpoint(store, cfg)
@@ -73,11 +74,11 @@ def plan_chain(store: ArtifactStore, cfg: EvalConfig) -> ChainPlan:
         if tm is None:
             raise FileNotFoundError(f"tokenizer {name} ({cfg.tokenizer_profile}) is not committed under {ns}")
         tokenizers[m] = tm
-    shards = store.committed_shards(cfg.dataset, get_modality(RGB).token_artifact)
+    shards = token_shards(store, cfg.dataset, RGB)
     if not shards:
         raise FileNotFoundError(f"{cfg.dataset} has no {get_modality(RGB).token_artifact} shards")
     parts: list[Manifest] = []
-    rows = {m: first_crop_tokens(store, cfg.dataset, m, shards[0], parts) for m in (RGB, SEMSEG, CAPTION)}
+    rows = {m: read_tokens(store, cfg.dataset, m, shards[:1], parts) for m in (RGB, SEMSEG, CAPTION)}
     keys = sorted(set(rows[RGB]) & set(rows[SEMSEG]) & set(rows[CAPTION]))[: cfg.grid_samples]
     if not keys:
         raise ValueError(f"shard {shards[0]} of {cfg.dataset} has no sample with {RGB}, {SEMSEG} and {CAPTION} tokens")
@@ -86,20 +87,6 @@ def plan_chain(store: ArtifactStore, cfg: EvalConfig) -> ChainPlan:
     tokens = {m: torch.from_numpy(np.stack([rows[m][k] for k in keys])) for m in (RGB, SEMSEG)}
     return ChainPlan(ckpt, tokenizers, parts, keys, tokens, {k: captions.get(k) or "" for k in keys},
                      token_shard_tokenizer(store, cfg.dataset, CAPTION, shards[:1]))
-
-
-def first_crop_tokens(store: ArtifactStore, dataset: str, modality: str, shard: int,
-                      parts: list[Manifest]) -> dict[str, np.ndarray]:
-    """key -> token row (L,) of crop 0 in one shard of ``modality`` (its manifest appended to ``parts``)."""
-    art = get_modality(modality).token_artifact
-    m = store.read_manifest(dataset, art, shard)
-    if m is None:
-        return {}
-    parts.append(m)
-    t = store.read_table(dataset, art, shard, columns=["sample_key", "crop", "tokens"])
-    return {k: np.asarray(tok, dtype=np.int64) for k, c, tok in zip(t.column("sample_key").to_pylist(),
-                                                                   t.column("crop").to_pylist(),
-                                                                   t.column("tokens").to_pylist()) if c == 0}
 
 
 def chain_unit(cfg: EvalConfig, plan: ChainPlan) -> Unit:
