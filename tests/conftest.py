@@ -65,19 +65,13 @@ def tiny_eval_store(tmp_path_factory):
     """A small real store for the evaluation stage (tests/eval/tiny_store.py): synthetic scenes with ground
     truth, pseudo labels, 14x14-grid tiny tokenizers, token shards and a 1-step tiny 4M checkpoint.
     Shared by tests/eval and tests/pipelines (~20 s to build on 2 cores)."""
-    import torch
-
-    from tests.eval.tiny_store import build
+    from tests.eval.tiny_store import build, torch_threads
 
     root = tmp_path_factory.mktemp("eval-store")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         store, checkpoint = build(str(root / "store"), dataset="ev", n_samples=8, shard_size=4, size=64,
                                   tokenizer_steps=0, train_steps=1, batch_size=4, dim=32, run="tiny",
                                   workdir=root)
-    finally:
-        torch.set_num_threads(threads)
     return store, checkpoint
 
 

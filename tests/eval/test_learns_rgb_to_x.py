@@ -10,11 +10,10 @@ the training-set mean depth map and majority class. About 4-6 minutes on 2 idle 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from eval_stage.config import load_eval_config
 from eval_stage.evaluation import evaluate
-from tests.eval.tiny_store import build
+from tests.eval.tiny_store import build, torch_threads
 
 MODS = ["tok_rgb@224", "tok_depth@224", "tok_semseg@224"]
 
@@ -22,17 +21,13 @@ MODS = ["tok_rgb@224", "tok_depth@224", "tok_semseg@224"]
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # ~4-6 min alone on 2 cores; 8.6 min measured beside another test
 def test_tiny_model_beats_trivial_baselines_on_held_out_rgb_to_depth_and_semseg(tmp_path):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         store, _ = build(str(tmp_path / "store"), n_samples=64, shard_size=16, size=64, tokenizer_steps=60,
                          train_steps=500, batch_size=16, dim=64, heldout=16, modalities=MODS, workdir=tmp_path,
                          blr=0.04)
         cfg = load_eval_config("demo", {"dataset": "ev-heldout", "tokenizer_dataset": "ev", "checkpoint.run": "tiny",
                                         "targets": MODS[1:], "max_samples": 16, "decode_steps": 5, "knn": None})
         res = evaluate(store, cfg)
-    finally:
-        torch.set_num_threads(threads)
     m = res.manifests[0]
     rows = {(r["target"], r["reference"], r["metric"]): r
             for r in store.read_table(m.dataset, m.artifact, None).to_pylist()}

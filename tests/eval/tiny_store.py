@@ -10,10 +10,25 @@ larger values give numbers worth reading (``python -m tests.eval.tiny_store ROOT
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` within the block (builds and training here are sized for it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 MODALITIES = ["tok_canny_edge@224", "tok_depth@224", "tok_normal@224", "tok_semseg@224", "tok_dinov2_global", "det",
               "caption"]

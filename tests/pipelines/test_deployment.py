@@ -22,6 +22,7 @@ from fourm_core import ArtifactStore
 from tests.conftest import TINY_EVAL_OVERRIDES
 from tests.eval.tiny_store import MODALITIES as TINY_MODALITIES
 from tests.eval.tiny_store import build as build_tiny_store
+from tests.eval.tiny_store import torch_threads
 from tests.pipelines.cluster import REPO, api, start_cluster
 from tests.pipelines.fake_stage import CONFIG_YAML, REGISTRATION
 
@@ -162,17 +163,11 @@ RGB_DEPTH = ["tok_rgb@224", "tok_depth@224"]
 def rgb_depth_store(tmp_path_factory):
     """tests/eval/tiny_store.py at its smallest with RGB and depth tokens: 8 scenes in dataset ``ft``, 4 held-out
     scenes of another seed in ``ft-heldout`` (same tokenizers) and a 4-step tiny 4M checkpoint ``start``."""
-    import torch
-
     root = tmp_path_factory.mktemp("ft-store")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         store, start = build_tiny_store(str(root / "store"), dataset="ft", n_samples=8, shard_size=4, size=64,
                                         tokenizer_steps=0, train_steps=4, batch_size=4, dim=32, run="start",
                                         workdir=root, heldout=4, modalities=RGB_DEPTH)
-    finally:
-        torch.set_num_threads(threads)
     return store, start
 
 
