@@ -36,8 +36,10 @@ from .model.hub import load_state, reference_state, safetensors_metadata
 
 STAGE = "train"
 # bump when a change alters what a given config trains (2: learned global-token positions; 3: the reference's
-# sentinels, [EOS] and masking budgets; 4: masking in numpy, same distributions, another random stream)
-CODE_VERSION = "4"
+# sentinels, [EOS] and masking budgets; 4: masking in numpy, same distributions, another random stream; 5: the demo
+# masking preset's caption-from-RGB component: a preset's content is not in the cache key, only its name, so a
+# changed preset bumps this to retrain the checkpoints made with the old one)
+CODE_VERSION = "5"
 
 
 # ------------------------------------------------------------------------------------ building blocks
