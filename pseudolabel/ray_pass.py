@@ -11,7 +11,7 @@ import time
 import pyarrow as pa
 
 from .actor_pool import POOLS, PoolRequest
-from .runner import LabelerRun, decode_step, finish, label_range, run_empty
+from .runner import LabelerRun, decode_step, finish, label_range, needs_pixels, run_empty
 from .spec import Labeler
 
 
@@ -90,7 +90,8 @@ def run_ray(table: pa.Table, runs: list[LabelerRun], *, gpus_available: bool | N
         call = [call_rows(lab.batch_size, rows, w) for lab, w in zip(labelers, workers)]
         decode = _remote(decode_step).options(num_cpus=min(1.0, free), name="pseudolabel/decode",
                                               scheduling_strategy="SPREAD")
-        refs = [decode.remote(table.slice(s, call[0])) for s in range(0, rows, call[0])]
+        pixels = needs_pixels(labelers)
+        refs = [decode.remote(table.slice(s, call[0]), pixels) for s in range(0, rows, call[0])]
         sizes = [min(call[0], rows - s) for s in range(0, rows, call[0])]
         for k, (run, lab) in enumerate(zip(runs, labelers)):
             last = k == len(runs) - 1
