@@ -199,6 +199,18 @@ def _label_isolating(labeler: Labeler, batch: Batch) -> list:
 # --------------------------------------------------------------------------------------- split out
 
 
+_SCHEMAS: dict[tuple[type, str, tuple[str, ...]], dict[str, pa.Schema]] = {}
+
+
+def _schema(lab: Labeler) -> dict[str, pa.Schema]:
+    """``lab.schema()``, once per labeler identity in this process: the driver builds its labelers afresh for
+    every shard, and a model labeler's schema builds its model config (transformers: ~10 ms per shard)."""
+    key = (type(lab), lab.settings.model_dump_json(), tuple(sorted(lab.available)))
+    if key not in _SCHEMAS:
+        _SCHEMAS[key] = lab.schema()
+    return _SCHEMAS[key]
+
+
 def split_results(table: pa.Table, labelers: list[Labeler]) -> ShardResult:
     """Per labeler: the rows it labeled, as one table per output label, and its errors (by sample key)."""
     keys = table.column("sample_key")
@@ -208,7 +220,7 @@ def split_results(table: pa.Table, labelers: list[Labeler]) -> ShardResult:
         result.errors[lab.name] = [SampleError(k, *e.split("\t", 1)) for k, e in zip(keys.to_pylist(), errs)
                                    if e is not None]
         result.tables[lab.name] = {}
-        for label, schema in lab.schema().items():
+        for label, schema in _schema(lab).items():
             ok = table.column(f"{label}.__ok")
             sub = table.filter(ok)
             cols = {"sample_key": sub.column("sample_key")}
