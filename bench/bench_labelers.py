@@ -1,19 +1,27 @@
 """Per-labeler throughput on this machine: the bare model loop vs the same labeler inside the stage.
 
     PYTHONPATH=. python bench/bench_labelers.py --profile tiny --n 8,32
+    PYTHONPATH=. python bench/bench_labelers.py --profile tiny --n 8,32 --in-flight 1   # one shard at a time
     PYTHONPATH=. python bench/bench_labelers.py --profile full --labelers dinov2,depth --n 4,12 --rounds 2
 
 ``bare``: decoded 224² images, the labeler's own ``label_batch`` (pre- and post-processing included) in
 batches, after one warm-up batch, in a Ray actor of its own: Ray runs its workers at nice 15, so a bare loop in
 this (nice 0) process would win CPU from the stage's actors on a shared machine and skew the ratio. ``stage``:
-``run_shard`` on a committed shard of the same images (read, JPEG decode, the labeler's Ray actor pool,
-Arrow/Parquet, manifest commit; the Ray session is up already).
+``run_shard`` on committed shards of the same images (read, JPEG decode, the labeler's Ray actor pool,
+Arrow/Parquet, manifest commit; the Ray session is up already), ``--shards`` shards per round passed the way
+build-dataset passes them: one thread per shard, at most ``--in-flight`` at once (default: the flow's
+``FOURM_MAX_PARALLEL_UNITS``), all sharing the labeler's actor pool, so one shard's decode and commit overlap
+another's labelling. Each round still pays the pipeline's fill (the first call's decode) and drain (the last
+shard's commit), which a run pays once; ``--in-flight 1`` measures one shard at a time (every shard pays both).
 Per labeler: one warm-up shard of n1 images (first-use imports, the actor pool's start and model load: the
 pool then lives across the run's shards, as in a build-dataset run), then ``--rounds`` rounds of one bare pass
-over n2 images followed by ``run_shard`` on a new shard of n2 images, so bare and stage are measured under
-the same load on a shared machine. Throughputs are totals over the rounds; ``ratio`` = stage / bare, with the
-lowest and highest round's ratio beside it. Target: ratio >= 0.85 for every model labeler at the tiny profile
-with 32-image shards.
+over shards x n2 images followed by the stage on ``--shards`` new shards of n2 images, so bare and stage are
+measured under the same load on a shared machine. Throughputs are totals over the rounds; ``ratio`` = stage /
+bare, with the lowest and highest round's ratio beside it, and the load average after the labeler.
+``--threads`` (torch threads, the same in the bare loop and in the stage's actor) defaults to all cores but one:
+with every core in torch the bare loop owns the machine while the stage must also decode and commit on it,
+which a deployment does not ask of the cores it reserves for the model (the pools reserve at most CPUs - 1).
+Target: ratio >= 0.85 for every model labeler at the tiny profile with 32-image shards.
 """
 
 from __future__ import annotations
@@ -77,17 +85,25 @@ def bare(lab, imgs: list[np.ndarray], captions: list[str]) -> float:
     return len(imgs) / (time.perf_counter() - t)
 
 
-def stage(name: str, settings: dict, root: str, imgs: list[np.ndarray], captions: list[str], shard: int) -> float:
+def stage(name: str, settings: dict, root: str, imgs: list[np.ndarray], captions: list[str], shards: list[int],
+          in_flight: int = 1) -> float:
+    """Seconds to pseudo-label ``shards`` (each a committed shard of ``imgs``) with at most ``in_flight`` of them
+    passing at once, as build-dataset runs them (one thread per shard, sharing the labeler's actor pool)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from fourm_core import ArtifactStore, DatasetConfig
     from pseudolabel.stage import run_shard
     from pseudolabel.testing import commit_images
 
     store = ArtifactStore(root)
-    commit_images(store, "bench", shard, [(f"b{shard}-{i}", im, c) for i, (im, c) in enumerate(zip(imgs, captions))])
+    for shard in shards:
+        commit_images(store, "bench", shard, [(f"b{shard}-{i}", im, c) for i, (im, c) in enumerate(zip(imgs, captions))])
     cfg = DatasetConfig(name="bench", sources=[{"kind": "synthetic"}],
                         pseudolabel={"runner": "ray", "labelers": [name], "settings": {name: settings}})
     t = time.perf_counter()
-    run_shard(store, cfg, shard, force=True)
+    with ThreadPoolExecutor(max(1, min(in_flight, len(shards)))) as pool:
+        for f in [pool.submit(run_shard, store, cfg, shard, force=True) for shard in shards]:
+            f.result()
     return time.perf_counter() - t
 
 
@@ -106,7 +122,12 @@ def main() -> None:
     ap.add_argument("--profile", choices=["tiny", "full"], default="tiny")
     ap.add_argument("--n", default="8,32", help="warm-up shard size, measured shard size")
     ap.add_argument("--rounds", type=int, default=3, help="bare / stage rounds per labeler, interleaved")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads, bare and in the actor")
+    ap.add_argument("--shards", type=int, default=8, help="shards per stage round (bare: as many images)")
+    ap.add_argument("--in-flight", type=int, default=None,
+                    help="shards passing at once (default: build-dataset's FOURM_MAX_PARALLEL_UNITS); 1 = serial")
+    ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                    help="torch threads, bare and in the actor (default: all cores but one, left to decode "
+                         "and commit)")
     ap.add_argument("--batch-size", type=int, default=None)
     args = ap.parse_args()
     import ray
@@ -114,11 +135,16 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     n1, n2 = (int(x) for x in args.n.split(","))
+    if args.in_flight is None:
+        from pipelines.build_dataset import MAX_PARALLEL_UNITS
+
+        args.in_flight = MAX_PARALLEL_UNITS
+    k = args.shards
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.getcwd(), "HF_HUB_DISABLE_PROGRESS_BARS": "1",
                                        "TRANSFORMERS_VERBOSITY": "error"}})
     print(f"torch threads {args.threads}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, "
-          f"{args.rounds} interleaved rounds")
+          f"{args.rounds} interleaved rounds of {k} shards x {n2} images, {args.in_flight} shard(s) in flight")
     print(f"{'labeler':<14}{'profile':<8}{'bare img/s':>11}{'stage img/s':>12}{'ratio':>7}  (min-max of rounds; "
           f"warm-up n={n1}, n={n2})")
     shard = 0
@@ -139,20 +165,20 @@ def main() -> None:
             st = {k2: v for k2, v in make_labeler(name, args.profile, model_dir, args.threads, args.batch_size)
                   .settings.model_dump().items() if v is not None}
             root = os.path.join(tmp, "store")
-            t_warm = stage(name, st, root, imgs[:n1], caps[:n1], shard)
+            t_warm = stage(name, st, root, imgs[:n1], caps[:n1], [shard])
             shard += 1
             bare_s, stage_s = [], []
             for _ in range(args.rounds):
-                bare_s.append(n2 / ray.get(lab.run.remote(imgs, caps)))
-                stage_s.append(stage(name, st, root, imgs, caps, shard))
-                shard += 1
+                bare_s.append(k * n2 / ray.get(lab.run.remote(imgs * k, caps * k)))
+                stage_s.append(stage(name, st, root, imgs, caps, list(range(shard, shard + k)), args.in_flight))
+                shard += k
             ray.kill(lab)
             release()
-            b, s_ = args.rounds * n2 / sum(bare_s), args.rounds * n2 / sum(stage_s)
+            b, s_ = args.rounds * k * n2 / sum(bare_s), args.rounds * k * n2 / sum(stage_s)
             ratios = [bt / stt for bt, stt in zip(bare_s, stage_s)]
             print(f"{name:<14}{args.profile:<8}{b:>11.3f}{s_:>12.3f}{s_ / b:>7.2f}  ({min(ratios):.2f}-"
                   f"{max(ratios):.2f}; stage s: warm-up {t_warm:.1f}, rounds "
-                  f"{', '.join(f'{t:.2f}' for t in stage_s)})", flush=True)
+                  f"{', '.join(f'{t:.2f}' for t in stage_s)}; load {os.getloadavg()[0]:.1f})", flush=True)
     ray.shutdown()
 
 

@@ -44,7 +44,7 @@ def held(store: "ArtifactStore", dataset: str, artifacts: list[str], part: int |
     def write() -> None:
         body = json.dumps({**info, "pid": os.getpid(), "started": started, "heartbeat": time.time()}).encode()
         for p in paths:
-            store.write_bytes(p, body)
+            store.write_bytes(p, body, durable=False)  # advisory: a lost lease only hides a running unit
 
     stop = threading.Event()
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import functools
 import itertools
+import time
 
 import pyarrow as pa
 
 from .actor_pool import POOLS, PoolRequest
-from .runner import LabelerRun, decode_step, finish, label_range, run_empty
+from .runner import LabelerRun, decode_step, finish, label_range, needs_pixels, run_empty
 from .spec import Labeler
 
 
@@ -43,13 +44,30 @@ def regroup(sizes: list[int], batch: int) -> list[tuple[list[int], int, int]]:
     return out
 
 
+# Rows per Ray call (a decode task, an actor call): several of the labeler's batches, labelled one batch at a
+# time inside the call. A call costs a submission, an object put and a fetch (2-15 ms on a 2-core box, per
+# call); with one call per batch a 32-image shard of a batch-4 labeler paid that 16 times, more than the model's
+# time on a GPU. Bigger shards still stream in calls of this size (batch k+1 decoded while k is labelled), and
+# shards passed concurrently overlap each other's decode, labelling and commit.
+CALL_ROWS = 64
+
+
+def call_rows(batch_size: int, rows: int, workers: int) -> int:
+    """Rows per call for one step: a whole number of batches, at most ``max(CALL_ROWS, batch_size)``, and
+    small enough that each of the step's ``workers`` (a pool's actors) gets a call."""
+    per_worker = -(-rows // max(workers, 1))
+    batches = max(1, min(CALL_ROWS // batch_size, -(-per_worker // batch_size)))
+    return batches * batch_size
+
+
 def run_ray(table: pa.Table, runs: list[LabelerRun], *, gpus_available: bool | None = None,
             pools=None) -> tuple[pa.Table, list[Labeler]]:
     """The same steps on Ray: decode as tasks, then per labeler in dependency order either its long-lived actor
     pool (model labelers, :mod:`pseudolabel.actor_pool`: weights loaded once per run, not per shard) or tasks.
 
-    Every step works on chunks of its own batch size; chunks stream from step to step as object references, so
-    batch 2 is decoded while batch 1 is labelled, and shards passed concurrently (threads) share the actors.
+    Every step works on calls of several of its batches (:func:`call_rows`); calls stream from step to step as
+    object references, so call 2 is decoded while call 1 is labelled, and shards passed concurrently (threads)
+    share the actors.
     """
     import ray
 
@@ -57,7 +75,7 @@ def run_ray(table: pa.Table, runs: list[LabelerRun], *, gpus_available: bool | N
     labelers = [r.build() for r in runs]
     if table.num_rows == 0:  # nothing to label: the steps only add their (empty) columns
         return run_empty(table, labelers), labelers
-    resources = ray.cluster_resources()
+    resources = cluster_resources()
     if gpus_available is None:
         gpus_available = resources.get("GPU", 0) > 0
     cpus = resources.get("CPU", 1.0)
@@ -67,14 +85,17 @@ def run_ray(table: pa.Table, runs: list[LabelerRun], *, gpus_available: bool | N
         by_name = {p.name: p for p in leased}
         # Tasks get what the pools leave free (at least the budget's remainder), so a task always fits.
         free = max(cpus - pools.reserved_cpus(), min(1.0, cpus / 2))
-        bs = min(lab.batch_size for lab in labelers)
+        rows = table.num_rows
+        workers = [len(by_name[r.name].actors) if lab.uses_model else 1 for r, lab in zip(runs, labelers)]
+        call = [call_rows(lab.batch_size, rows, w) for lab, w in zip(labelers, workers)]
         decode = _remote(decode_step).options(num_cpus=min(1.0, free), name="pseudolabel/decode",
                                               scheduling_strategy="SPREAD")
-        refs = [decode.remote(table.slice(s, bs)) for s in range(0, table.num_rows, bs)]
-        sizes = [min(bs, table.num_rows - s) for s in range(0, table.num_rows, bs)]
+        pixels = needs_pixels(labelers)
+        refs = [decode.remote(table.slice(s, call[0]), pixels) for s in range(0, rows, call[0])]
+        sizes = [min(call[0], rows - s) for s in range(0, rows, call[0])]
         for k, (run, lab) in enumerate(zip(runs, labelers)):
             last = k == len(runs) - 1
-            groups = regroup(sizes, lab.batch_size)
+            groups = regroup(sizes, call[k])
             if lab.uses_model:
                 refs = [by_name[run.name].submit(off, n, last, [refs[i] for i in idx]) for idx, off, n in groups]
             else:
@@ -85,6 +106,23 @@ def run_ray(table: pa.Table, runs: list[LabelerRun], *, gpus_available: bool | N
             sizes = [n for _, _, n in groups]
         tables = ray.get(refs)
     return finish(pa.concat_tables(tables)), labelers
+
+
+# How long a read of the cluster's resources is reused: a GCS round trip per shard cost 5-45 ms (idle to busy
+# 2-core box), as much as labelling a small shard; an autoscaled cluster's new nodes are seen within this.
+RESOURCES_TTL_S = 10.0
+_RESOURCES: dict[str, tuple[float, dict[str, float]]] = {}
+
+
+def cluster_resources() -> dict[str, float]:
+    """``ray.cluster_resources()`` of the current Ray session, re-read at most every ``RESOURCES_TTL_S``."""
+    import ray
+
+    job = ray.get_runtime_context().get_job_id()
+    hit = _RESOURCES.get(job)
+    if hit is None or time.monotonic() - hit[0] > RESOURCES_TTL_S:
+        hit = _RESOURCES[job] = (time.monotonic(), ray.cluster_resources())
+    return hit[1]
 
 
 @functools.cache

@@ -60,8 +60,21 @@ def decode_image(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def decode_step(table: pa.Table) -> pa.Table:
-    """Add ``_rgb`` (raw H×W×3 uint8 bytes), ``_h``, ``_w`` and ``_decode_error`` columns."""
+def needs_pixels(labelers: list[Labeler]) -> bool:
+    """Whether any of the labelers reads the image (a caption-only pass, e.g. T5, skips the JPEG decode)."""
+    return any(RGB in lab.active_needs() for lab in labelers)
+
+
+def decode_step(table: pa.Table, pixels: bool = True) -> pa.Table:
+    """Add ``_rgb`` (raw H×W×3 uint8 bytes), ``_h``, ``_w`` and ``_decode_error`` columns.
+
+    ``pixels=False`` (no labeler of the pass reads the image): the same columns, empty, without decoding."""
+    if not pixels:
+        n = table.num_rows
+        table = table.drop_columns([c for c in ("image",) if c in table.column_names])
+        return (table.append_column("_rgb", pa.nulls(n, pa.large_binary()))
+                .append_column("_h", pa.array([0] * n, pa.int32())).append_column("_w", pa.array([0] * n, pa.int32()))
+                .append_column("_decode_error", pa.nulls(n, pa.string())))
     raw, hs, ws, errs = [], [], [], []
     for data in table.column("image").to_pylist():
         try:
@@ -186,6 +199,18 @@ def _label_isolating(labeler: Labeler, batch: Batch) -> list:
 # --------------------------------------------------------------------------------------- split out
 
 
+_SCHEMAS: dict[tuple[type, str, tuple[str, ...]], dict[str, pa.Schema]] = {}
+
+
+def _schema(lab: Labeler) -> dict[str, pa.Schema]:
+    """``lab.schema()``, once per labeler identity in this process: the driver builds its labelers afresh for
+    every shard, and a model labeler's schema builds its model config (transformers: ~10 ms per shard)."""
+    key = (type(lab), lab.settings.model_dump_json(), tuple(sorted(lab.available)))
+    if key not in _SCHEMAS:
+        _SCHEMAS[key] = lab.schema()
+    return _SCHEMAS[key]
+
+
 def split_results(table: pa.Table, labelers: list[Labeler]) -> ShardResult:
     """Per labeler: the rows it labeled, as one table per output label, and its errors (by sample key)."""
     keys = table.column("sample_key")
@@ -195,7 +220,7 @@ def split_results(table: pa.Table, labelers: list[Labeler]) -> ShardResult:
         result.errors[lab.name] = [SampleError(k, *e.split("\t", 1)) for k, e in zip(keys.to_pylist(), errs)
                                    if e is not None]
         result.tables[lab.name] = {}
-        for label, schema in lab.schema().items():
+        for label, schema in _schema(lab).items():
             ok = table.column(f"{label}.__ok")
             sub = table.filter(ok)
             cols = {"sample_key": sub.column("sample_key")}
@@ -214,9 +239,10 @@ def run_local(table: pa.Table, runs: list[LabelerRun]) -> tuple[pa.Table, list[L
     for lab in labelers:
         lab.setup()
     bs = min([lab.batch_size for lab in labelers] or [16])
+    pixels = needs_pixels(labelers)
     out = []
     for start in range(0, table.num_rows, bs):
-        part = decode_step(table.slice(start, bs))
+        part = decode_step(table.slice(start, bs), pixels)
         for lab in labelers:
             part = label_step(lab, part)
         out.append(part)

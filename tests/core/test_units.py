@@ -70,6 +70,38 @@ def test_a_shard_without_manifest_is_invisible(store):
     assert run_unit(store, _unit(), _compute([])).status is UnitStatus.DONE
 
 
+def test_a_data_file_that_fails_to_write_leaves_the_old_part_invisible_not_half_new(store, monkeypatch):
+    # commit writes a part's files in parallel (data and errors table); one failing write fails the commit
+    # before the manifest: the earlier commit's manifest is already gone, so no reader trusts the mixed files
+    run_unit(store, _unit(), _compute([]))
+    real = ArtifactStore.write_bytes
+
+    def flaky(self, path, data, durable=True):
+        if path.endswith(".errors.parquet"):
+            raise OSError("disk full")
+        return real(self, path, data, durable)
+
+    monkeypatch.setattr(ArtifactStore, "write_bytes", flaky)
+    res = run_unit(store, _unit(config={"scale": 3}), _compute([], scale=3), raise_on_failure=False)
+    assert res.status is UnitStatus.FAILED and "disk full" in res.error
+    assert store.committed_shards("ds", "numbers") == []
+    with pytest.raises(NotCommittedError):
+        store.read_table("ds", "numbers", 0)
+    monkeypatch.setattr(ArtifactStore, "write_bytes", real)
+    assert run_unit(store, _unit(config={"scale": 3}), _compute([], scale=3)).status is UnitStatus.DONE
+    assert store.read_table("ds", "numbers", 0).column("value").to_pylist() == [0, 3, 6, 9]
+
+
+def test_only_files_with_data_a_reader_trusts_are_fsynced(store, monkeypatch):
+    # fsync is for data, errors and manifest bytes; index marks (empty) and leases (advisory) skip it
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd)))
+    run_unit(store, _unit(), _compute([]))
+    names = sorted(os.path.basename(p).split(".tmp-")[0] for p in synced)
+    assert names == ["shard-00000.errors.parquet", "shard-00000.manifest.json", "shard-00000.parquet"]
+
+
 def test_failure_is_recorded_and_raised_then_cleared(store):
     def boom():
         raise RuntimeError("model exploded")

@@ -5,9 +5,13 @@ import os
 import threading
 import time
 
+import pytest
+
+from fourm_core import ArtifactStore, NotCommittedError
+from fourm_core.units import UnitStatus
 from pseudolabel.actor_pool import POOLS, release_pools
-from pseudolabel.ray_pass import regroup
-from pseudolabel.stage import run_shard
+from pseudolabel.ray_pass import call_rows, regroup
+from pseudolabel.stage import PseudolabelUnitsFailed, run_shard
 
 from .conftest import PLUGIN, dataset_config
 
@@ -63,3 +67,51 @@ def test_regroup_rechunks_rows_for_each_labelers_batch_size():
     assert regroup([4, 4, 2], 3) == [([0], 0, 3), ([0, 1], 3, 3), ([1, 2], 2, 3), ([2], 1, 1)]
     assert regroup([4, 4, 2], 4) == [([0], 0, 4), ([1], 0, 4), ([2], 0, 2)]
     assert regroup([4, 4, 2], 16) == [([0, 1, 2], 0, 10)]
+
+
+def test_call_rows_sends_several_batches_per_call_and_a_call_to_every_actor():
+    assert call_rows(4, 32, 1) == 32  # a 32-image shard of a batch-4 labeler: one call, labelled 4 at a time
+    assert call_rows(8, 1000, 1) == 64  # big shards still stream in calls of CALL_ROWS
+    assert call_rows(4, 32, 2) == 16  # two actors: a call each
+    assert call_rows(8, 4, 3) == 8  # never less than one batch
+    assert call_rows(128, 32, 1) == 128
+
+
+def test_a_shard_whose_commit_fails_is_not_visible_and_the_concurrent_one_commits(images_store, ray_session,
+                                                                                  monkeypatch):
+    # Shards of a run pass concurrently and share one actor pool; shard 1's commit dies between its data
+    # files and its manifest. Shard 0 commits; shard 1 is invisible (no manifest), its failure is recorded,
+    # and its retry commits it.
+    cfg = dataset_config(runner="ray", labelers=["faulty"], plugins=[PLUGIN])
+    real = ArtifactStore.commit
+
+    def dies_on_shard_1(self, fields, files, main, before_manifest=None):
+        def crash():
+            raise OSError("lost the disk mid-commit")
+        return real(self, fields, files, main, crash if fields["shard"] == 1 else before_manifest)
+
+    monkeypatch.setattr(ArtifactStore, "commit", dies_on_shard_1)
+    outcome = {}
+
+    def run(shard):
+        try:
+            outcome[shard] = run_shard(images_store, cfg, shard)
+        except PseudolabelUnitsFailed as exc:
+            outcome[shard] = exc
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [r.status for r in outcome[0]] == [UnitStatus.DONE]
+    assert isinstance(outcome[1], PseudolabelUnitsFailed) and "lost the disk" in str(outcome[1])
+    assert images_store.committed_shards("demo", "labels/faulty") == [0]
+    assert images_store.read_table("demo", "labels/faulty", 0).num_rows == 4
+    with pytest.raises(NotCommittedError):
+        images_store.read_table("demo", "labels/faulty", 1)
+    assert 1 in images_store.failed_shards("demo", "labels/faulty")
+    monkeypatch.setattr(ArtifactStore, "commit", real)
+    assert [r.status for r in run_shard(images_store, cfg, 1)] == [UnitStatus.DONE]
+    assert [r.status for r in run_shard(images_store, cfg, 0)] == [UnitStatus.CACHED]
+    assert images_store.read_table("demo", "labels/faulty", 1).num_rows == 4

@@ -117,6 +117,20 @@ def test_undecodable_image_is_a_sample_error(store):
         assert [e["reason"] for e in errs] == ["decode_error"]
 
 
+def test_a_caption_only_pass_labels_samples_whose_image_does_not_decode(store, monkeypatch):
+    # T5 reads captions only: its pass skips the JPEG decode, so an undecodable image costs it nothing
+    import pseudolabel.runner as runner
+    from pseudolabel.testing import commit_images, synthetic_image
+
+    decoded = []
+    real = runner.decode_image
+    monkeypatch.setattr(runner, "decode_image", lambda data: (decoded.append(1), real(data))[1])
+    commit_images(store, "demo", 0, [("ok", synthetic_image(0, 32), "a cat"), ("bad", b"not an image", "a dog")])
+    run_shard(store, dataset_config(runner="local", profile="tiny", labelers=["t5"]), 0)
+    assert store.read_table("demo", "labels/t5_caption", 0).column("sample_key").to_pylist() == ["ok", "bad"]
+    assert store.read_errors("demo", "labels/t5_caption", 0).num_rows == 0 and decoded == []
+
+
 def test_missing_model_fails_that_unit_with_the_path_and_others_commit(images_store, tmp_path):
     missing = str(tmp_path / "models" / "dpt-missing")
     cfg = dataset_config(runner="local", profile="tiny", labelers=["canny", "depth", "clip"],
