@@ -27,10 +27,10 @@ from tests.ray_cluster import start_ray_cluster  # noqa: E402
 
 
 def build_on(n_nodes: int, cpus: int, dataset: str, overrides: list[str], workdir: Path,
-             extra_args: list[str] = ()) -> tuple[float, float]:
+             extra_args: list[str] = (), worker_niceness: int | None = None) -> tuple[float, float]:
     """(flow seconds from the run record, process wall seconds) of one build on a fresh n-node cluster."""
     workdir.mkdir(parents=True)
-    cluster = start_ray_cluster(workdir, [cpus] * n_nodes)
+    cluster = start_ray_cluster(workdir, [cpus] * n_nodes, worker_niceness=worker_niceness)
     try:
         root = workdir / "store"
         cmd = [sys.executable, "-m", "pipelines", "run", "--dataset", dataset, "--root", str(root)]

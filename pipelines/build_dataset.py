@@ -15,7 +15,6 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -28,6 +27,7 @@ from fourm_core.stage import StageSpec
 from pipelines import ray_runtime, report
 from pipelines.dag import Callbacks, ShardDag
 from pipelines.errors import retry_unless_permanent
+from pipelines.futures import wait_any
 from pipelines.run_log import forward_progress
 from pipelines.ops import storage_options_from
 from pipelines.planning import compact_units, split_cached
@@ -124,7 +124,7 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
     callbacks = Callbacks(
         plan=lambda spec: plan_shards(spec.name, targets[spec.name], cfg, store.root_uri, storage_options),
         peek=lambda spec: plan_job(targets[spec.name], cfg, store.root_uri, storage_options),
-        cached=cached, submit=submit, wait=lambda futures, timeout: wait(futures, timeout=timeout).done,
+        cached=cached, submit=submit, wait=wait_any,
         result=lambda fut: fut.result(), log=logger.info, refresh=store.invalidate, max_in_flight=MAX_PARALLEL_UNITS,
         release=lambda spec: spec.release() if spec.release and ray_state["connected"] else None)
     error: Exception | None = None  # a failure outside the units (planning, the cached check, Ray start)
@@ -148,6 +148,8 @@ def build_dataset(dataset: str = "demo", store_root: str | None = None, storage_
                                 for a in s.dataset_artifacts(config)},
               "not_run": dag.not_run(), "blocked": {k: sorted(v) for k, v in dag.blocked.items()},
               "pipelined": pipeline,
+              # seconds from `started`: first unit dispatched -> last unit finished, per stage that ran something
+              "stage_spans": {k: [round(t - started.timestamp(), 1) for t in v] for k, v in dag.spans.items()},
               "error": f"{type(error).__name__}: {error}" if error else None}
     record["units"], record["cached"] = compact_units(summaries)
     record_id = f"{started:%Y%m%dT%H%M%S%f}-{(run_id or 'local')[:8]}"

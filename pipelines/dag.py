@@ -30,7 +30,9 @@ OK, FAILED, BLOCKED = "ok", "failed", "blocked"
 
 @dataclass
 class Callbacks:
-    """What the orchestrator provides. ``submit`` returns a future; ``wait`` returns the finished ones."""
+    """What the orchestrator provides. ``submit`` returns a future; ``wait(futures, timeout)`` returns the finished
+    ones as soon as at least one is (not when all are: a shard's next stage would wait for the slowest unit in
+    flight), or after ``timeout`` seconds."""
 
     plan: Callable[[StageSpec], list[int]]  # the stage's final plan (may raise: the run fails)
     peek: Callable[[StageSpec], list[int]]  # the stage's plan as of now (cheap; not final)
@@ -83,6 +85,8 @@ class ShardDag:
         self.blocked: dict[str, list[int]] = {}
         self._cands: dict[str, set[int]] = {}  # cache; cleared when a plan or a peek changes
         self._readers = {n: [m for m in self.order if n in self.stages[m].inputs] for n in self.order}
+        # stage -> [first unit submitted, last unit finished] (wall-clock time.time()): where a run's time went
+        self.spans: dict[str, list[float]] = {}
 
     @property
     def summaries(self) -> list[dict[str, Any]]:
@@ -231,6 +235,7 @@ class ShardDag:
         for st in reversed([self.stages[n] for n in self.order]):
             for shard in sorted(st.ready)[:max(room, 0)]:
                 st.ready.discard(shard)
+                self.spans.setdefault(st.spec.name, [time.time(), time.time()])
                 futures[cb.submit(st.spec, shard)] = (st, shard)
                 st.running.add(shard)
                 room -= 1
@@ -302,6 +307,7 @@ class ShardDag:
 
     def _finish(self, cb: Callbacks, st: _Stage, shard: int, fut: Any) -> None:
         st.running.discard(shard)
+        self.spans[st.spec.name][1] = time.time()
         try:
             units = cb.result(fut)
             self._resolve(st, shard, OK)

@@ -57,6 +57,17 @@ def kill(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group of ``proc`` even when ``proc`` itself already exited (its children may not
+    have: e.g. the raylet of a ``ray start`` that gave up). Call it right after the exit is noticed: while a
+    member of the group lives, its id cannot be given to another process."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
 def start(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: str | None = None) -> subprocess.Popen:
     """Start ``cmd`` in its own process group (so kill() reaches its children) with output to ``log``."""
     with open(log, "wb") as f:

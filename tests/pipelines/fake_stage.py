@@ -6,13 +6,15 @@ knows about Prefect or Ray: the flow must run them exactly like the real ingest 
 
 ``FAKE_STAGE_FAIL_ONCE=<dir>``: the first attempt at each shard listed as an empty file ``<dir>/<shard>``
 raises (and removes the file), so a test can see Prefect retry a unit. ``FAKE_STAGE_MISSING=<shard>``: that
-shard's unit raises FileNotFoundError (a permanent failure) on every attempt.
+shard's unit raises FileNotFoundError (a permanent failure) on every attempt. ``FAKE_STAGE_SLOW=<shard>:<s>``:
+that shard's unit takes ``s`` seconds longer (a long unit in flight while others finish).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
 
 import pyarrow as pa
 
@@ -37,6 +39,9 @@ def _maybe_fail(shard: int) -> None:
         raise RuntimeError(f"transient failure on shard {shard}")
     if os.environ.get("FAKE_STAGE_MISSING") == str(shard):
         raise FileNotFoundError(f"input of shard {shard} does not exist")
+    slow, _, seconds = os.environ.get("FAKE_STAGE_SLOW", "").partition(":")
+    if slow == str(shard):
+        time.sleep(float(seconds))
 
 
 def run(store: ArtifactStore, config: DatasetConfig, shard: int, *, force: bool = False) -> list[UnitResult]:

@@ -96,6 +96,19 @@ def test_unit_failing_after_retries_fails_the_run_and_shows_in_status(prefect_ap
     assert store.committed_shards("fk", "numbers") == [0, 1, 2] and store.failed_shards("fk", "numbers") == {}
 
 
+def test_a_shard_moves_on_while_a_slow_shard_of_the_same_stage_is_still_running(prefect_api, fake_dataset, tmp_path,
+                                                                                 monkeypatch):
+    # The dispatcher must hear of each unit as it finishes: prefect.futures.wait returns only when all are done.
+    monkeypatch.setenv("FAKE_STAGE_SLOW", "0:6")
+    root = str(tmp_path / "store")
+    assert build_dataset(dataset=fake_dataset, store_root=root, ray_address="off", return_state=True).is_completed()
+    store = ArtifactStore(root)
+    slow_done = store.read_manifest("fk", "numbers", 0).timings.finished
+    assert store.read_manifest("fk", "doubled", 1).timings.finished < slow_done
+    spans = store.latest_run_record("fk")["stage_spans"]
+    assert set(spans) == {"fake", "fake_down"} and 0 <= spans["fake"][0] <= spans["fake_down"][0] < spans["fake"][1]
+
+
 def test_run_failing_at_planning_still_writes_its_record_and_artifact(prefect_api, fake_dataset, tmp_path):
     root = str(tmp_path / "store")
     state = build_dataset(dataset=fake_dataset, store_root=root, ray_address="off", shards=[99], return_state=True)
