@@ -8,24 +8,37 @@ The synthetic dataset has three stages with the real stages' shape (``StageSpec`
 ``Unit.ingredients()`` exactly as ``run_unit`` does, so a re-run finds every unit cached.
 
 The store is written as the commit protocol plus one compaction leave it: every artifact's index
-snapshot, every part's data file and manifest, and a fully-cached run record. (On S3 here SeaweedFS takes
-~200 PUT/s, so 10 000 shards = 600 000 objects take about an hour to create.) ``old status`` extrapolates
+snapshot, every part's data file and manifest, and a fully-cached run record. ``old status`` extrapolates
 the pre-index cost (one manifest GET per unit) from timed GETs of real manifests.
+
+Building the S3 store: through the S3 gateway SeaweedFS takes ~200 PUT/s here (1.7 ms of its CPU per PUT), so
+10 000 shards = 600 000 objects took over an hour. The build therefore writes the objects through SeaweedFS's
+filer HTTP API (``/buckets/<bucket>/<key>`` is the same object S3 serves) from many connections, with a server
+started with ``-filer.saveToFilerLimit`` (small objects kept in the filer's store, no volume-server hop):
+~1 000 objects/s on the loaded 2-core box. The measurements then run against a fresh server on the same data
+started exactly as the tests start it, through S3 only.
 
     PYTHONPATH=. python bench/bench_control_plane.py [--shards 1000 3000 10000] [--s3-shards 1000 3000]
         [--no-s3] [--no-local] [--workdir DIR]
 
 ``--workdir DIR`` keeps the built stores (local folders and the S3 server's data) there, and a later run with
 the same ``DIR`` measures them again without rebuilding (a marker object records a finished build).
+
+Each line printed gives the load average, wall seconds and this process's CPU seconds (the load-independent
+part on a shared box). Figures at 1 000 / 3 000 / 10 000 shards, and where the time goes: docs/operations.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import json
+import os
 import tempfile
+import threading
 import time
+import urllib.parse
 from contextlib import nullcontext
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
@@ -59,9 +72,8 @@ def _images_units(store: ArtifactStore, config: DatasetConfig, shard: int) -> li
 
 
 def _label_units(store: ArtifactStore, config: DatasetConfig, shard: int) -> list[Unit]:
-    images = store.read_manifest(config.name, IMAGES, shard)
-    assert images is not None
-    ref = images.as_input()
+    ref = store.input_ref(config.name, IMAGES, shard)  # as the real stages name their inputs
+    assert ref is not None
     return [Unit(stage="synth-label", dataset=config.name, artifacts=[a], shard=shard, code_version=f"{a}/1",
                  config={"labeler": a, "batch_size": 32}, inputs=[ref]) for a in LABELS]
 
@@ -69,10 +81,10 @@ def _label_units(store: ArtifactStore, config: DatasetConfig, shard: int) -> lis
 def _token_units(store: ArtifactStore, config: DatasetConfig, shard: int) -> list[Unit]:
     out = []
     for label, token in zip(LABELS, TOKENS):
-        m = store.read_manifest(config.name, label, shard)
-        assert m is not None
+        ref = store.input_ref(config.name, label, shard)
+        assert ref is not None
         out.append(Unit(stage="synth-tokenize", dataset=config.name, artifacts=[token], shard=shard,
-                        code_version="st/1", config={"modality": token, "crops": {"n": 1}}, inputs=[m.as_input()]))
+                        code_version="st/1", config={"modality": token, "crops": {"n": 1}}, inputs=[ref]))
     return out
 
 
@@ -103,9 +115,31 @@ def _data(shard: int) -> bytes:
 BUILT = "_bench/built.json"  # written last by build_store: the store at this root is complete
 
 
-def build_store(root: str, options: dict | None, n: int, manifest_shards: int) -> dict[str, float]:
+class FilerWriter:
+    """PUTs objects through a SeaweedFS filer's HTTP API, one keep-alive connection per thread (the bulk build's
+    fast path; see the module docstring). ``path`` is the store's ``bucket/key`` path."""
+
+    def __init__(self, filer_url: str):
+        url = urllib.parse.urlsplit(filer_url)
+        self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
+        self.local = threading.local()
+
+    def put(self, path: str, data: bytes) -> None:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+        conn.request("PUT", "/buckets/" + urllib.parse.quote(path), body=data)
+        response = conn.getresponse()
+        body = response.read()
+        if response.status not in (200, 201):
+            raise OSError(f"filer PUT {path}: HTTP {response.status} {body[:200]!r}")
+
+
+def build_store(root: str, options: dict | None, n: int, manifest_shards: int,
+                filer_url: str = "") -> dict[str, float]:
     """Write the synthetic store: every artifact's index snapshot, and data + manifest files of the first
     ``manifest_shards`` shards. Returns timings of the build (zeros when a finished build is already there).
+    On S3, ``filer_url`` (SeaweedFS's filer) takes the bulk writes instead of the S3 gateway.
 
     Shard by shard, writing as it goes: memory holds only the snapshot rows (one manifest JSON per unit), not
     every file and parsed manifest of the store (10 000 shards did not fit a shared 24 GB box that way)."""
@@ -123,18 +157,22 @@ def build_store(root: str, options: dict | None, n: int, manifest_shards: int) -
         def read_manifest(self, dataset: str, artifact: str, shard: int | None) -> Manifest | None:
             return upstream.get(artifact)
 
+    filer = FilerWriter(filer_url) if filer_url and not store.is_local else None
+
     def write(files: list[tuple[str, bytes]]) -> None:
         for path, data in files:
             if store.is_local:  # no fsync per file: a benchmark fixture, not a commit
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
                 Path(path).write_bytes(data)
+            elif filer is not None:
+                filer.put(path, data)
             else:
                 store.write_bytes(path, data)
 
     lookup = Lookup(root, options)
     objects = 0
     pending: set = set()
-    with ThreadPoolExecutor(32 if not store.is_local else 4) as pool:
+    with ThreadPoolExecutor(4 if store.is_local else 16) as pool:
         for shard in range(n):
             data = _data(shard)
             digest = hashlib.sha256(data).hexdigest()
@@ -252,20 +290,25 @@ def main() -> None:
         if not args.no_s3:
             from tests.servers import kill, start_seaweedfs
 
-            server = start_seaweedfs(Path(tmp) / "s3")
+            builds = {}
+            server = start_seaweedfs(Path(tmp) / "s3", extra_args=("-filer.saveToFilerLimit=65536",))
+            try:  # build (or find built) every size first, on the build server
+                for n in args.s3_shards:
+                    builds[n] = build_store(f"s3://{server.bucket}/cp-{n}", server.storage_options, n, n, server.filer_url)
+                    print(f"[load {os.getloadavg()[0]:.1f}] s3 {n} shards built: {builds[n]}", flush=True)
+            finally:
+                kill(server.proc)
+            server = start_seaweedfs(Path(tmp) / "s3")  # the same data, served as the tests' server serves it
             try:
                 for n in args.s3_shards:
                     root = f"s3://{server.bucket}/cp-{n}"
-                    build = build_store(root, server.storage_options, n, n)
-                    results.append(("s3", n, build, measure(root, server.storage_options, n, n)))
+                    results.append(("s3", n, builds[n], measure(root, server.storage_options, n, n)))
                     print(_line(*results[-1]), flush=True)
             finally:
                 kill(server.proc)
 
 
 def _line(where: str, n: int, build: dict, m: dict) -> str:
-    import os
-
     return (f"[load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores] {where:5s} {n:6d} shards ({30 * n:7d} units): "
             f"status {m['status_s']:6.2f} s (cpu {CPU['status']:.2f}) | re-run plan + cached check "
             f"{m['rerun_plan_and_cached_check_s']:6.2f} s (cpu {CPU['rerun']:.2f}) | lineage {m['lineage_s']:5.2f} s | old status "

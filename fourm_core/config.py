@@ -320,6 +320,16 @@ def load_dataset_config(name_or_path: str | Path, overrides: dict[str, Any] | No
 
 
 def normalise(config: BaseModel | dict[str, Any]) -> str:
-    """Canonical JSON of a config: the form that goes into cache keys and manifests."""
+    """Canonical JSON of a config: the form that goes into cache keys and manifests; exactly
+    ``json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)``."""
     data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    if _c_make_encoder is None:
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    # json's own C encoder, called directly: json.dumps with these arguments builds a JSONEncoder per call, which
+    # was half of the cost of a cache key (the orchestrator computes one per unit of the dataset). The markers
+    # dict is per call (circular references raise ValueError as with json.dumps; threads share nothing).
+    encode = _c_make_encoder({}, str, json.encoder.encode_basestring_ascii, None, ":", ",", True, False, True)
+    return "".join(encode(data, 0))
+
+
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)

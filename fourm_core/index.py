@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .gcpause import gc_paused
 from .manifest import Manifest
 
 if TYPE_CHECKING:
@@ -296,6 +297,11 @@ class ArtifactIndex:
 
 def load_index(store: "ArtifactStore", dataset: str, artifact: str, compact: bool = True) -> ArtifactIndex:
     """The artifact's parts: snapshot + journal marks newer than its watermark + truth reads of their parts."""
+    with gc_paused():  # one entry per committed part, acyclic (fourm_core/gcpause.py)
+        return _load_index(store, dataset, artifact, compact)
+
+
+def _load_index(store: "ArtifactStore", dataset: str, artifact: str, compact: bool) -> ArtifactIndex:
     t_list = now_us()
     snap = _read_optional(store, snapshot_path(store, dataset, artifact))
     bootstrapped = snap is None

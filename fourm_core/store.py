@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import index as _index
-from .manifest import Manifest, sha256_bytes
+from .manifest import InputRef, Manifest, sha256_bytes
 from .s3list import s3_sizes
 
 
@@ -163,6 +163,38 @@ class ArtifactStore:
             return self.read_manifest_at(self.manifest_path(dataset, artifact, shard))
         except FileNotFoundError:
             return None
+
+    def input_ref(self, dataset: str, artifact: str, shard: int | None) -> InputRef | None:
+        """``read_manifest(...).as_input()`` (None when the part is not committed), for a unit naming a committed
+        part as its input.
+
+        Through the index the reference comes straight from the snapshot's columns (uri, digest: what the
+        manifest says, as the index vouches for it), without reading the generation's manifests file or parsing
+        a manifest: building the units of a fully-cached re-run does this for every input of every unit."""
+        if not self.use_index:
+            m = self.read_manifest(dataset, artifact, shard)
+            return None if m is None else m.as_input()
+        entry = self.index(dataset, artifact).get(shard)
+        if entry is None or not entry.has_manifest:
+            return None
+        if entry.problem:
+            raise ManifestError(entry.problem)
+        if entry.uri is None or entry.digest is None:  # a snapshot row without them: take the manifest's word
+            return self.read_manifest(dataset, artifact, shard).as_input()  # type: ignore[union-attr]
+        return InputRef(dataset=dataset, artifact=artifact, shard=shard, uri=self.absolute(entry.uri), digest=entry.digest)
+
+    def committed_rows(self, dataset: str, artifact: str, shard: int | None) -> int | None:
+        """The row count a part's manifest records (None when the part is not committed); from the index's
+        columns when reading through it."""
+        if not self.use_index:
+            m = self.read_manifest(dataset, artifact, shard)
+            return None if m is None else m.rows
+        entry = self.index(dataset, artifact).get(shard)
+        if entry is None or not entry.has_manifest:
+            return None
+        if entry.problem:
+            raise ManifestError(entry.problem)
+        return entry.rows
 
     def read_manifest_at(self, manifest_path: str) -> Manifest:
         data = self.read_bytes(manifest_path)

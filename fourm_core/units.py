@@ -113,6 +113,7 @@ class UnitResult:
 
     def summary(self) -> dict[str, Any]:
         """A small, serialisable record (what Prefect tasks return: URIs, digests, counts, never data)."""
+        ms = self.manifests  # one summary per unit of the dataset on a cached re-run: kept lean
         return {
             "unit": self.unit,
             "stage": self.stage,
@@ -120,9 +121,9 @@ class UnitResult:
             "shard": self.shard,
             "status": self.status.value,
             "seconds": round(self.seconds, 3),
-            "rows": sum(m.rows for m in self.manifests),
-            "errors": sum(_error_count(m) for m in self.manifests[:1]),
-            "uris": [m.uri for m in self.manifests],
+            "rows": ms[0].rows if len(ms) == 1 else sum(m.rows for m in ms),
+            "errors": _error_count(ms[0]) if ms else 0,
+            "uris": [m.uri for m in ms],
             "error": self.error,
         }
 
@@ -136,16 +137,19 @@ def is_cached(store: ArtifactStore, unit: Unit, key: str | None = None) -> list[
     through the index answers with its entries (cache key, rows, uri) without parsing any manifest."""
     key = key or unit.cache_key
     if store.use_index:
-        entries = [store.index(unit.dataset, a).get(unit.shard) for a in unit.artifacts]
-        if not all(e is not None and e.committed and e.cache_key == key for e in entries):
-            return None
-        for a, e in zip(unit.artifacts, entries):  # a truncated or missing data file is recomputed, not trusted
+        entries = []
+        for a in unit.artifacts:
+            e = store.index(unit.dataset, a).get(unit.shard)
+            if e is None or not e.committed or e.cache_key != key:
+                return None
+            # a truncated or missing data file is recomputed, not trusted
             if unit.shard is None:
                 if not store.data_intact(store.read_manifest(unit.dataset, a, None)):  # type: ignore[arg-type]
                     return None
             elif e.data_bytes is not None and store.data_sizes(unit.dataset, a).get(unit.shard) != e.data_bytes:
                 return None
-        return entries  # type: ignore[return-value]
+            entries.append(e)
+        return entries
     found = []
     for artifact in unit.artifacts:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Iterable, Sequence
 
+from fourm_core.gcpause import gc_paused
 from fourm_core.lineage import StatusRow
 from fourm_core.progress import DEFAULT_EVERY_S, ProgressMeter
 
@@ -55,17 +56,23 @@ def artifact_key(*parts: str, store_root: str | None = None) -> str:
 
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A fixed-width text table."""
-    rows = [[("" if v is None else str(v)) for v in r] for r in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    with gc_paused():  # `status` formats one row per committed unit (300 000 at CC12M scale): only strings
+        rows = [[("" if v is None else str(v)) for v in r] for r in rows]
+        widths = [max(len(h), max(map(len, col), default=0)) for h, col in zip(headers, zip(*rows) if rows else
+                                                                               [() for _ in headers])]
+        # one format string for every line: a str.format call per row instead of a ljust per cell
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        lines = [fmt.format(*headers).rstrip(), fmt.format(*("-" * w for w in widths)).rstrip()]
+        lines += [fmt.format(*r).rstrip() for r in rows]
+        return "\n".join(lines)
 
 
 def status_table(rows: list[StatusRow]) -> str:
-    body = [(r.stage, r.artifact, "-" if r.shard is None else f"{r.shard:05d}", r.state, r.rows, r.errors,
-             f"{r.seconds:.2f}" if r.state in ("done", "cached", "running", "stale") else "", _clip(r.detail, 70))
-            for r in rows]
-    return format_table(["stage", "artifact", "shard", "state", "rows", "errors", "seconds", "detail"], body)
+    with gc_paused():
+        body = [(r.stage, r.artifact, "-" if r.shard is None else f"{r.shard:05d}", r.state, r.rows, r.errors,
+                 f"{r.seconds:.2f}" if r.state in ("done", "cached", "running", "stale") else "", _clip(r.detail, 70))
+                for r in rows]
+        return format_table(["stage", "artifact", "shard", "state", "rows", "errors", "seconds", "detail"], body)
 
 
 def status_counts(rows: list[StatusRow]) -> str:

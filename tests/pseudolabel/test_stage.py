@@ -39,6 +39,16 @@ def test_full_tiny_run_commits_every_label_then_caches(images_store, tmp_path):
     assert md["n_sam_instances"] == sam["n_instances"] and md["n_humans"] == poses["n_humans"]
     assert md["watermark_score"] is None  # no provider yet: stays null
     assert all(r.status is UnitStatus.CACHED for r in STAGE.run_shard(images_store, cfg, 0))
+    # the orchestrator sees that from the index without dispatching the shard: the units it builds (input refs
+    # from the index's columns) are the ones run_shard committed, shard 1 (not labelled) is not cached
+    from fourm_core import ArtifactStore
+
+    view = ArtifactStore(images_store.root_uri, use_index=True)
+    cached = STAGE.cached_results(view, cfg, 0)
+    assert cached is not None and {a for r in cached for a in r.artifacts} == set(STAGE.artifacts)
+    assert [u.cache_key for u in STAGE.shard_units(view, cfg, 0)] == \
+        [u.cache_key for u in STAGE.shard_units(images_store, cfg, 0)]
+    assert not STAGE.shard_is_cached(view, cfg, 1)
 
     from PIL import Image
 
@@ -64,6 +74,12 @@ def test_changed_config_or_digest_recomputes_only_that_labeler(images_store, tmp
                                                                        "canny": {"low": 50}}), 0)
     st = _status(changed)
     assert st.pop("labels/canny_edge") is UnitStatus.DONE and set(st.values()) == {UnitStatus.CACHED}
+    from fourm_core import ArtifactStore
+
+    low = dataset_config(**base, settings={"clip": {"model": clip_dir}, "canny": {"low": 50}})
+    assert STAGE.shard_is_cached(ArtifactStore(images_store.root_uri, use_index=True), low, 0)
+    assert not STAGE.shard_is_cached(ArtifactStore(images_store.root_uri, use_index=True),
+                                     dataset_config(**base, settings={"clip": {"model": clip_dir}, "canny": {"low": 60}}), 0)
 
     import torch
     model = cls().load_dir(clip_dir)

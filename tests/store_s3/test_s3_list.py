@@ -8,7 +8,7 @@ import posixpath
 
 import pytest
 
-from fourm_core.s3list import s3_sizes
+from fourm_core.s3list import parse_listing, s3_sizes
 from fourm_core.store import ArtifactStore
 
 
@@ -22,6 +22,7 @@ def test_matches_fsspec_listing_over_pages(s3_store):
     folder = s3_store.artifact_dir("ds", "sizes")
     files = {f"shard-{i:05d}.parquet": b"x" * (i % 17 + 1) for i in range(30)}
     files["shard-00003.manifest.json"] = b"{}"
+    files["a&b 'c\".json"] = b"escaped in the listing's XML"
     s3_store.fs.pipe({posixpath.join(folder, n): d for n, d in files.items()})
     s3_store.write_bytes(posixpath.join(folder, "sub", "shard-00001.parquet"), b"deeper")  # not listed
     fast = s3_sizes(s3_store.fs, folder, page_keys=7)  # 5 pages
@@ -43,3 +44,31 @@ def test_data_sizes_see_a_truncated_file(s3_store):
 
 def test_not_s3_is_left_to_fsspec(tmp_path):
     assert s3_sizes(ArtifactStore(str(tmp_path)).fs, str(tmp_path)) is None
+
+
+def test_parse_listing_matches_xml_etree():
+    """The regular-expression parser gives what an XML parser gives: escaped keys and token, Key and Size in
+    either order, CommonPrefixes ignored; a response that is not a listing is refused (None)."""
+    import xml.etree.ElementTree as ET
+
+    ns = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+    page = (b'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            b"<Name>b</Name><Prefix>p/</Prefix><KeyCount>3</KeyCount><MaxKeys>3</MaxKeys><Delimiter>/</Delimiter>"
+            b"<Contents><Key>p/shard-00000.parquet</Key><ETag>&#34;e&#34;</ETag><Size>802</Size></Contents>"
+            b"<Contents><LastModified>2026-12-02T10:28:20Z</LastModified><Size>7</Size>"
+            b"<Key>p/a&amp;b &#39;c&quot;&lt;d&gt;.json</Key><StorageClass>STANDARD</StorageClass></Contents>"
+            b"<Contents><Key>p/\xc3\xa9t\xc3\xa9.parquet</Key><Size>0</Size><Owner><ID>x</ID></Owner></Contents>"
+            b"<CommonPrefixes><Prefix>p/sub/</Prefix></CommonPrefixes>"
+            b"<IsTruncated>true</IsTruncated><NextContinuationToken>t&amp;k=</NextContinuationToken></ListBucketResult>")
+    root = ET.fromstring(page)
+    expected = {c.findtext(ns + "Key"): int(c.findtext(ns + "Size")) for c in root.iter(ns + "Contents")}
+    assert parse_listing(page) == (expected, True, root.findtext(ns + "NextContinuationToken"))
+    assert expected["p/a&b 'c\"<d>.json"] == 7 and "p/\u00e9t\u00e9.parquet" in expected
+    last = page.replace(b"<IsTruncated>true", b"<IsTruncated>false").replace(
+        b"<NextContinuationToken>t&amp;k=</NextContinuationToken>", b"")
+    assert parse_listing(last) == (expected, False, None)
+    encoded = page.replace(b"<Delimiter>/</Delimiter>", b"<Delimiter>/</Delimiter><EncodingType>url</EncodingType>"
+                           ).replace(b"p/shard-00000.parquet", b"p/shard-00000+%26.parquet")
+    assert parse_listing(encoded)[0]["p/shard-00000 &.parquet"] == 802  # EncodingType=url: keys URL-decoded
+    assert parse_listing(b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>") is None
+    assert parse_listing(page.replace(b"<Size>7</Size>", b"")) is None  # an element it cannot read: refuse

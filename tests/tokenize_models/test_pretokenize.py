@@ -86,3 +86,20 @@ def test_flip_negates_normal_x():
     n[..., 0], n[..., 2] = 0.6, 0.8
     out = apply_crop(n, Crop((0, 0, 1, 1), True), "normal")
     assert np.allclose(out[..., 0], -0.6) and np.allclose(out[..., 2], 0.8)
+
+
+def test_units_through_the_index_equal_units_from_manifests(ready):
+    """The orchestrator builds every shard's units through the index (input refs from its columns, no manifest
+    parsed); they must be the units a worker builds from the manifests: same inputs, same cache keys."""
+    from fourm_core.stage import units_of_run_shard
+    from fourm_core.store import ArtifactStore
+    from tokenize_stage.stage import run_shard
+
+    store, config = ready, _config()
+    STAGE.run_shard(store, config, 0)
+    units = units_of_run_shard(run_shard)
+    plain = units(ArtifactStore(store.root_uri), config, 0)
+    indexed = units(ArtifactStore(store.root_uri, use_index=True), config, 0)
+    assert [(u.artifacts, u.inputs, u.cache_key) for u in indexed] == [(u.artifacts, u.inputs, u.cache_key) for u in plain]
+    assert len(plain) == 3 and all(u.inputs for u in plain)
+    assert STAGE.shard_is_cached(ArtifactStore(store.root_uri, use_index=True), config, 0)
