@@ -2,8 +2,8 @@
 
 build-dataset (every stage) of demo and of its held-out scenes (demo-heldout), pretrain/demo, the evaluation on the
 held-out scenes and the chained example; the demo learns: on the held-out scenes the report says the model beats
-the trivial baselines on depth and semantic segmentation. The second run must do no work: every unit, the
-checkpoint, the evaluation and the chained example are reported cached.
+the trivial baselines on depth, semantic segmentation and captioning (with captions that name objects). The second
+run must do no work: every unit, the checkpoint, the evaluation and the chained example are reported cached.
 """
 
 from __future__ import annotations
@@ -73,6 +73,12 @@ def test_demo_builds_every_stage_learns_then_reruns_from_cache(tmp_path):
         cells = rows[(task, "ground truth", metric)]
         assert "training samples" in cells[5] and cells[7] == "16", cells  # fitted on demo, scored on 16 scenes
         assert cells[6] == "yes", f"{task} {metric}: model {cells[3]} vs baseline {cells[5]}"
+    # captions written from the RGB alone beat the most frequent training caption (BLEU-4) and name objects
+    cells = rows[("captioning (caption)", "source caption", "bleu4")]
+    assert "training samples" in cells[5] and cells[7] == "16" and cells[6] == "yes", cells
+    generated = re.findall(r"^\| `synthetic-s1-\d+` \| ([^|]*) \|", text.split("## Captions")[1], re.M)
+    assert len(generated) >= 4 and all(re.search(r"\b(cup|bottle|book|suitcase|sports ball)\b", g)
+                                       for g in generated), generated
     # the chained any-to-any example on held-out scenes: RGB -> semseg -> RGB and RGB -> caption -> RGB
     chain = re.search(r"chain demo-heldout/evaluations/demo-chain/step-\d+: done", first)
     chain_grid = re.search(r"grid:\s+(\S+data\.chain\.png)", first)

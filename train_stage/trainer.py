@@ -36,8 +36,10 @@ from .model.hub import load_state, reference_state, safetensors_metadata
 
 STAGE = "train"
 # bump when a change alters what a given config trains (2: learned global-token positions; 3: the reference's
-# sentinels, [EOS] and masking budgets; 4: masking in numpy, same distributions, another random stream)
-CODE_VERSION = "4"
+# sentinels, [EOS] and masking budgets; 4: masking in numpy, same distributions, another random stream; 5: the demo
+# masking preset's caption-from-RGB component; since then a mixture preset's content is in the cache key, so
+# editing a preset retrains by itself)
+CODE_VERSION = "5"
 
 
 # ------------------------------------------------------------------------------------ building blocks
@@ -111,9 +113,14 @@ def build_stream(cfg: TrainConfig, store: ArtifactStore, masker: Masker, rank: i
 
 
 def train_ingredients(cfg: TrainConfig, inputs: list) -> Ingredients:
-    """A checkpoint's cache-key ingredients: the config, the token shards read, the code version."""
-    return Ingredients(stage=STAGE, code_version=CODE_VERSION, config=json.loads(normalise(cfg)), inputs=inputs,
-                       git_commit=git_commit())
+    """A checkpoint's cache-key ingredients: the config, the masking mixtures it names (their content), the token
+    shards read, the code version."""
+    config = json.loads(normalise(cfg))
+    # A mixture is named by preset or path; keying the name alone would serve a checkpoint trained on a preset's
+    # old content after the preset was edited.
+    names = sorted({d.mixture or cfg.mixture for d in cfg.datasets})
+    config["mixture_content"] = {n: load_mixture(n).model_dump(mode="json") for n in names}
+    return Ingredients(stage=STAGE, code_version=CODE_VERSION, config=config, inputs=inputs, git_commit=git_commit())
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

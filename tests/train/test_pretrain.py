@@ -110,3 +110,21 @@ def test_train_cli_refuses_synthetic_demo(tmp_path):
         main(["synthetic", "--store", str(tmp_path), "--dataset", "demo", "--modalities", "caption"])
     main(["synthetic", "--store", str(tmp_path), "--modalities", "caption", "--shards", "1"])
     assert ArtifactStore(str(tmp_path)).committed_shards("synthetic", "tokens/caption") == [0]
+
+
+def test_editing_a_masking_mixture_changes_the_checkpoint_key(tmp_path):
+    """The mixture is named by path or preset; its content, not its name, decides what a checkpoint learnt."""
+    import yaml
+
+    from train_stage.mixture import PRESETS
+    from train_stage.trainer import train_ingredients
+
+    mixture = tmp_path / "mix.yaml"
+    content = yaml.safe_load((PRESETS / "masking" / "demo.yaml").read_text())
+    mixture.write_text(yaml.safe_dump(content))
+    cfg = synth_cfg(mixture=str(mixture))
+    before = train_ingredients(cfg, []).cache_key()
+    assert train_ingredients(cfg, []).cache_key() == before  # deterministic
+    content["components"][0]["weight"] = content["components"][0].get("weight", 1) + 1
+    mixture.write_text(yaml.safe_dump(content))
+    assert train_ingredients(cfg, []).cache_key() != before
