@@ -1,17 +1,19 @@
 """The evaluation stage's boxes task: RGB -> ``det`` sequences, scored by COCO AP.
 
-The model writes each sample's ``det`` sequence autoregressively from the evaluation's condition
-(eval_stage.generate, greedy); the text tokenizer the token shards were made with turns the ids back into
-text, and the det serialiser's parser (tokenize_stage.text.serialise.det, ``strict=False``: malformed boxes
-are dropped) into boxes. The text carries no scores, so the boxes of one sequence are ranked by position
-(the k-th box scores 1 - k/(n+1)). References, cropped like the tokens (crop 0):
+The model writes each sample's ``det`` sequence from scratch, autoregressively from the evaluation's condition
+(eval_stage.generate, greedy), under the det grammar (eval_stage.generate.det_grammar: only tokens that keep the
+box list parseable; ``cfg.boxes`` bounds the number of boxes); the text tokenizer the token shards were made with
+turns the ids back into text, and the det serialiser's parser (tokenize_stage.text.serialise.det) into boxes.
+The text carries no scores: each generated box is scored by the probability of its class token among the class
+tokens, as sequence detectors rank their boxes (Pix2Seq). References, cropped like the tokens (crop 0):
 
 * pseudo label: ``labels/det`` (the detection labeler's boxes);
 * ground truth: the ``boxes`` column of ``ground_truth`` (synthetic scenes).
 
 Beside the model: the tokenizer bound (the parsed stored ``det`` tokens: coordinate quantisation and the
-score threshold of the tokenize stage) and a class-prior baseline (every class of the checkpoint's training
-references, as its mean box, scored by its frequency).
+score threshold of the tokenize stage; its boxes ranked by position, the k-th of n scoring 1 - k/(n+1)) and a
+class-prior baseline (every class of the checkpoint's training references, as its mean box, scored by its
+frequency).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .config import EvalConfig
 from .metrics.boxes import Boxes, box_ap
 from .plan import Plan
 from .read import GT_ARTIFACT
-from .sequences import decode_text, generate_sequences, load_text_tokenizer, sequence_target_tokenizer
+from .sequences import decode_text, load_text_tokenizer, sequence_target_tokenizer
 
 TASK = "boxes"
 MODALITY = "det"
@@ -113,11 +115,13 @@ def plan_boxes(store: ArtifactStore, cfg: EvalConfig, plan: Plan) -> BoxPlan | N
     return BoxPlan(text_tokenizer, keys, refs, fit)
 
 
-def _to_boxes(items: list[tuple[tuple[float, ...], str]], ids: dict[str, int], ranked: bool) -> Boxes:
+def _to_boxes(items: list[tuple[tuple[float, ...], str]], ids: dict[str, int], ranked: bool | list[float]) -> Boxes:
+    """Boxes for box_ap; ``ranked``: True scores the k-th box 1 - k/(n+1), a list gives the scores, False none."""
     n = len(items)
+    scores = ranked if isinstance(ranked, list) else [1 - i / (n + 1) for i in range(n)] if ranked else None
     return Boxes(torch.tensor([list(b) for b, _ in items], dtype=torch.float64).reshape(n, 4),
                  torch.tensor([ids[c] for _, c in items], dtype=torch.long),
-                 torch.tensor([1 - i / (n + 1) for i in range(n)], dtype=torch.float64) if ranked else None)
+                 None if scores is None else torch.tensor(scores, dtype=torch.float64))
 
 
 def parse_det(tokenizer, ids: torch.Tensor) -> list[tuple[tuple[float, ...], str]]:
@@ -126,6 +130,41 @@ def parse_det(tokenizer, ids: torch.Tensor) -> list[tuple[tuple[float, ...], str
 
     text = decode_text(tokenizer, ids)
     return [(tuple(b.xyxy), b.class_name) for b in det.parse(text, strict=False).boxes]
+
+
+def generate_boxes(model, cfg: EvalConfig, all_keys: list[str], keys: list[str], inputs: dict[str, torch.Tensor],
+                   tokenizer, min_boxes: int = 0, max_boxes: int | None = None, coordinates: str = "greedy"
+                   ) -> dict[str, list[tuple[tuple[float, ...], str, float]]]:
+    """key -> [(xyxy, class, score)]: ``det`` written from scratch for ``keys`` (greedy, under the det grammar),
+    each box scored by the probability of its class token among the class tokens (as sequence detectors rank
+    boxes, Pix2Seq §2.3). ``inputs`` rows are in ``all_keys`` order."""
+    from .generate import ModelAdapter, build_slots, decode_sequence
+    from .generate.det_grammar import BOX_TOKENS, det_grammar
+    from .generate.inputs import EOS, SENTINEL0
+
+    adapter = ModelAdapter(model)
+    was_training = model.training
+    model.eval()
+    index = {k: i for i, k in enumerate(all_keys)}
+    out: dict[str, list] = {}
+    try:
+        for i in range(0, len(keys), cfg.batch_size):
+            chunk_keys = keys[i:i + cfg.batch_size]
+            sel = torch.tensor([index[k] for k in chunk_keys], dtype=torch.long)
+            state = {c: v[sel] for c, v in inputs.items()}
+            state[MODALITY] = torch.full((len(chunk_keys), 1), SENTINEL0 + 1, dtype=torch.long)  # "[S_1]"
+            slots = build_slots(adapter, state, len(chunk_keys))
+            res = decode_sequence(adapter, slots, MODALITY, torch.Generator().manual_seed(cfg.seed + i),
+                                  temperature=0.0, process=det_grammar(min_boxes, max_boxes, coordinates))
+            for b, k in enumerate(chunk_keys):
+                row = res.target[b, 1:].cpu()
+                ends = torch.nonzero(row == EOS)
+                boxes = parse_det(tokenizer, row[: int(ends[0, 0]) if len(ends) else len(row)])
+                conf = res.confidence[b, BOX_TOKENS - 1:: BOX_TOKENS].cpu().tolist()
+                out[k] = [(xyxy, c, float(s)) for (xyxy, c), s in zip(boxes, conf)]
+    finally:
+        model.train(was_training)
+    return out
 
 
 def class_prior(fit: list[list[tuple[tuple[float, ...], str]]]) -> list[tuple[tuple[float, ...], str]]:
@@ -140,11 +179,12 @@ def class_prior(fit: list[list[tuple[tuple[float, ...], str]]]) -> list[tuple[tu
 
 def box_rows(model, cfg: EvalConfig, plan: Plan, bp: BoxPlan,
              inputs: dict[str, torch.Tensor]) -> tuple[list[dict[str, Any]], dict[str, list]]:
-    """The boxes task's rows (AP@0.5 and AP@[0.5:0.95] per reference) and the parsed generations by key."""
+    """The boxes task's rows (AP@0.5 and AP@[0.5:0.95] per reference) and the generated boxes by key."""
     tokenizer = load_text_tokenizer(bp.text_tokenizer)
-    generated = generate_sequences(model, cfg, plan.keys, bp.keys, MODALITY, inputs)
+    generated = generate_boxes(model, cfg, plan.keys, bp.keys, inputs, tokenizer, cfg.boxes.min_boxes,
+                               cfg.boxes.max_boxes, cfg.boxes.coordinates)
     ids = _class_ids()
-    predicted = {k: parse_det(tokenizer, g) for k, g in zip(bp.keys, generated)}
+    predicted = {k: [(b, c) for b, c, _ in generated[k]] for k in bp.keys}
     stored = {k: parse_det(tokenizer, torch.from_numpy(plan.tokens[MODALITY][k])) for k in bp.keys}
     rows = []
     for ref_name, boxes in bp.refs.items():
@@ -154,7 +194,7 @@ def box_rows(model, cfg: EvalConfig, plan: Plan, bp: BoxPlan,
         gts = [_to_boxes(boxes[k], ids, False) for k in keys]
         prior = class_prior(bp.fit[ref_name]) if bp.fit.get(ref_name) else []
         fit_from = f"{len(bp.fit[ref_name])} training samples" if prior else "no training references"
-        m = box_ap([_to_boxes(predicted[k], ids, True) for k in keys], gts)
+        m = box_ap([_to_boxes(predicted[k], ids, [s for _, _, s in generated[k]]) for k in keys], gts)
         b = box_ap([_to_boxes(stored[k], ids, True) for k in keys], gts)
         z = box_ap([_to_boxes(prior, ids, True) for _ in keys], gts)
         for metric in ("ap50", "ap"):

@@ -50,6 +50,25 @@ class KnnSpec(StrictModel):
     gallery_samples: int = Field(1024, gt=0)
 
 
+class BoxesSpec(StrictModel):
+    """How the boxes task writes ``det`` (eval_stage.boxes_eval.generate_boxes): greedy under the det grammar, each
+    box scored by its class token's probability; ``[EOS]`` is not allowed before ``min_boxes`` boxes and is forced
+    after ``max_boxes`` (None: where the model writes it). COCO AP ranks boxes by score, so boxes written past the
+    model's own [EOS] can only add recall at the low-score end (Pix2Seq §2.3 decodes a fixed number this way)."""
+
+    min_boxes: int = Field(0, ge=0)
+    max_boxes: int | None = Field(None, gt=0)
+    coordinates: Literal["greedy", "median"] = Field(
+        "greedy", description="greedy: the most likely bin of each coordinate; median: the median bin of the "
+                              "model's distribution over that coordinate's bins (eval_stage.generate.det_grammar)")
+
+    @model_validator(mode="after")
+    def _order(self) -> "BoxesSpec":
+        if self.max_boxes is not None and self.max_boxes < self.min_boxes:
+            raise ValueError(f"boxes.max_boxes={self.max_boxes} < boxes.min_boxes={self.min_boxes}")
+        return self
+
+
 class EvalConfig(StrictModel):
     name: str = Field("eval", pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
     dataset: str = Field("demo", description="store namespace of the token shards, labels and ground truth")
@@ -71,6 +90,7 @@ class EvalConfig(StrictModel):
                                                           "(mean depth / normal map, majority class)")
     ensemble: int = Field(1, gt=0, description="samples generated per target and ensembled (mean depth, mean "
                                                "normal, majority class); > 1 needs generation.temperature > 0")
+    boxes: BoxesSpec = BoxesSpec()
     knn: KnnSpec | None = Field(KnnSpec(), description="kNN classification on predicted global embeddings (null: off)")
     grid_samples: int = Field(3, gt=0, description="rows of the generation grid")
     seed: int = 0

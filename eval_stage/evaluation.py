@@ -46,8 +46,9 @@ from .run import run_evaluation
 from .tasks import EvalPlan
 
 STAGE = "evaluate"
-CODE_VERSION = "evaluate/5"  # 4: generation with the reference's sentinel / [EOS] conventions; 5: masked-token
-# loss under the numpy masking (same distributions, another random stream)
+CODE_VERSION = "evaluate/6"  # 4: generation with the reference's sentinel / [EOS] conventions; 5: masked-token
+# loss under the numpy masking (same distributions, another random stream); 6: boxes decoded under the det grammar
+# and scored by their class token's probability (config ``boxes``)
 
 
 def evaluation_artifact(run: str, step: int) -> str:

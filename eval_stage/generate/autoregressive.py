@@ -12,6 +12,7 @@ block's keys/values (:mod:`.kv_cache`); without it the model's full decoder reru
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,12 +27,20 @@ from .sampling import sample
 from .schedules import temperature_at
 
 
+# (logits (B, V), target (B, T+1) so far, slot t, closing sentinels (B,)) -> logits (B, V) to sample from
+# (e.g. with the tokens a grammar forbids at -inf)
+LogitsProcessor = Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor], torch.Tensor]
+
+
 @dataclass
 class SequenceResult:
-    """target (B, T+1): "[S_1] ... [S_{n+1}]" then PAD; logits (B, T, V) per decoded slot when recorded."""
+    """target (B, T+1): "[S_1] ... [S_{n+1}]" then PAD; logits (B, T, V) per decoded slot when recorded;
+    confidence (B, T): the probability of each written token (``sampling.sample``'s confidence: under the
+    processed logits when there is a ``process``), target[:, t + 1] <-> confidence[:, t]."""
 
     target: torch.Tensor
     logits: torch.Tensor | None = None
+    confidence: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -39,12 +48,13 @@ def decode_sequence(adapter: ModelAdapter, slots: EncoderSlots, modality: str, g
                     max_new_tokens: int | None = None, kv_cache: bool = True, temperature: float = 1.0,
                     temperature_end: float | None = None, temperature_schedule: str = "constant",
                     top_k: int | None = None, top_p: float | None = None, conditions: list[Condition] | None = None,
-                    record_logits: bool = False, stop_at_end: bool = True, end: torch.Tensor | None = None
-                    ) -> SequenceResult:
+                    record_logits: bool = False, stop_at_end: bool = True, end: torch.Tensor | None = None,
+                    process: LogitsProcessor | None = None) -> SequenceResult:
     """Decode the target sequence of ``modality`` for a batch of encoder slots (B, N_in).
 
     A row stops at its closing sentinel ``end`` (B,) (default [S_2]: the input had one span, "[S_1]");
-    ``stop_at_end=False`` keeps decoding up to ``max_new_tokens`` (fixed-length benchmarks)."""
+    ``stop_at_end=False`` keeps decoding up to ``max_new_tokens`` (fixed-length benchmarks). ``process``
+    (e.g. :func:`.det_grammar.det_grammar`) rewrites each step's logits before sampling."""
     mod = get_modality(modality)
     B = slots.tokens.shape[0]
     device = adapter.device
@@ -59,6 +69,7 @@ def decode_sequence(adapter: ModelAdapter, slots: EncoderSlots, modality: str, g
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     cache = KVCacheDecoder(adapter, ctx, T) if kv_cache else None
     recorded = []
+    confidence = torch.zeros(B, T, device=device)
     for t in range(T):
         if cache is not None:
             x = adapter.embed_decoder_tokens(modality, target[:, t:t + 1].repeat(P, 1),
@@ -70,17 +81,20 @@ def decode_sequence(adapter: ModelAdapter, slots: EncoderSlots, modality: str, g
             y = adapter.decode_hidden(ctx, modality, prefix, pos, torch.ones_like(prefix, dtype=torch.bool))
             logits = adapter.to_logits(modality, y[:, -1])  # only the newest slot's prediction is needed
         logits = combine(logits, conditions) if conditions else logits.float()
+        if process is not None:
+            logits = process(logits, target, t, end)
         if record_logits:
             recorded.append(logits)
         temp = temperature_at(t, T, temperature, temperature_end, temperature_schedule)
-        nxt, _ = sample(logits, temp, generator, top_k, top_p)
+        nxt, conf = sample(logits, temp, generator, top_k, top_p)
+        confidence[:, t] = conf
         if stop_at_end:
             nxt = torch.where(finished, PAD, nxt)
             finished |= nxt == end
         target[:, t + 1] = nxt
         if stop_at_end and bool(finished.all()):
             break
-    return SequenceResult(target, torch.stack(recorded, 1) if record_logits else None)
+    return SequenceResult(target, torch.stack(recorded, 1) if record_logits else None, confidence)
 
 
 def merge_spans(given: torch.Tensor | None, target: torch.Tensor, max_len: int) -> torch.Tensor:

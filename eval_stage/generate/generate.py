@@ -15,7 +15,7 @@ from torch import nn
 from fourm_core.modalities import ModalityKind, get_modality
 
 from .adapter import ModelAdapter
-from .autoregressive import decode_sequence, merge_spans
+from .autoregressive import LogitsProcessor, decode_sequence, merge_spans
 from .guidance import Condition
 from .image_decoding import decode_image_tokens
 from .inputs import N_SENTINELS, SENTINEL0, batch_size_of, build_slots, closing_sentinel
@@ -35,6 +35,7 @@ class TargetStep:
     conditions: weighted guidance over several conditions (overrides guidance_scale):
         logits = uncond + Σ_c w_c (cond_c − uncond).
     max_new_tokens, kv_cache: sequences only.
+    process: sequences only; rewrites each step's logits before sampling (e.g. :func:`.det_grammar.det_grammar`).
     """
 
     modality: str
@@ -50,6 +51,7 @@ class TargetStep:
     conditions: list[Condition] = field(default_factory=list)
     max_new_tokens: int | None = None
     kv_cache: bool = True
+    process: LogitsProcessor | None = None
 
     def guidance(self, inputs: list[str]) -> list[Condition] | None:
         if self.conditions:
@@ -104,7 +106,8 @@ def run_step(adapter: ModelAdapter, state: dict[str, torch.Tensor], step: Target
         slots = build_slots(adapter, seq_state, batch_size)
         result = decode_sequence(adapter, slots, step.modality, generator, step.max_new_tokens, step.kv_cache,
                                  step.temperature, step.temperature_end, step.temperature_schedule, step.top_k,
-                                 step.top_p, conditions, end=closing_sentinel(spans.clamp(min=1)))
+                                 step.top_p, conditions, end=closing_sentinel(spans.clamp(min=1)),
+                                 process=step.process)
         return merge_spans(given, result.target, mod.max_tokens)
     tokens, _ = decode_image_tokens(adapter, state, step.modality, batch_size, generator, step.decoding or "maskgit",
                                     step.steps, step.token_schedule, step.temperature, step.temperature_end,
