@@ -194,11 +194,9 @@ class ArtifactStore:
         if not self.use_index:
             m = self.read_manifest(dataset, artifact, shard)
             return None if m is None else m.as_input()
-        entry = self.index(dataset, artifact).get(shard)
-        if entry is None or not entry.has_manifest:
+        entry = self._committed_entry(dataset, artifact, shard)
+        if entry is None:
             return None
-        if entry.problem:
-            raise ManifestError(entry.problem)
         if entry.uri is None or entry.digest is None:  # a snapshot row without them: take the manifest's word
             return self.read_manifest(dataset, artifact, shard).as_input()  # type: ignore[union-attr]
         return InputRef(dataset=dataset, artifact=artifact, shard=shard, uri=self.absolute(entry.uri), digest=entry.digest)
@@ -209,12 +207,17 @@ class ArtifactStore:
         if not self.use_index:
             m = self.read_manifest(dataset, artifact, shard)
             return None if m is None else m.rows
+        entry = self._committed_entry(dataset, artifact, shard)
+        return None if entry is None else entry.rows
+
+    def _committed_entry(self, dataset: str, artifact: str, shard: int | None) -> "_index.PartEntry | None":
+        """The index entry of a committed part (None when not committed); an unreadable manifest raises."""
         entry = self.index(dataset, artifact).get(shard)
         if entry is None or not entry.has_manifest:
             return None
         if entry.problem:
             raise ManifestError(entry.problem)
-        return entry.rows
+        return entry
 
     def read_manifest_at(self, manifest_path: str) -> Manifest:
         data = self.read_bytes(manifest_path)
