@@ -169,6 +169,17 @@ def errors_table(errors: list[SampleError]) -> pa.Table:
 _COLLECTING: ContextVar[list[Unit] | None] = ContextVar("fourm_collecting_units", default=None)
 
 
+def cached_result(store: ArtifactStore, unit: Unit, key: str | None = None) -> UnitResult | None:
+    """What :func:`run_unit` returns for ``unit`` when it is committed with its cache key (else None): lets a
+    caller answer cached units before handing the others to workers."""
+    t0 = time.perf_counter()
+    cached = is_cached(store, unit, key)
+    if cached is None:
+        return None
+    cached = [m.manifest() if isinstance(m, PartEntry) else m for m in cached]  # callers read stats
+    return UnitResult(unit.label, unit.stage, unit.artifacts, unit.shard, UnitStatus.CACHED, cached, time.perf_counter() - t0)
+
+
 @contextmanager
 def collecting_units() -> Iterator[list[Unit]]:
     """Within the block, :func:`run_unit` records each unit it is given and computes and commits nothing.
@@ -198,11 +209,8 @@ def run_unit(store: ArtifactStore, unit: Unit, compute: Callable[[], UnitOutput]
     ingredients = unit.ingredients()
     key = ingredients.cache_key()
     t0 = time.perf_counter()
-    if not force:
-        cached = is_cached(store, unit, key)
-        if cached is not None:
-            cached = [m.manifest() if isinstance(m, PartEntry) else m for m in cached]  # callers read stats
-            return UnitResult(unit.label, unit.stage, unit.artifacts, unit.shard, UnitStatus.CACHED, cached, time.perf_counter() - t0)
+    if not force and (cached := cached_result(store, unit, key)) is not None:
+        return cached
     started = now()
     try:
         with lease.held(store, unit.dataset, unit.artifacts, unit.shard,

@@ -3,7 +3,8 @@
 One unit per tokenizer (``<dataset>/tokenizers/<name>[-<profile>]``, see ``train_tokenizer``), whose cache
 key holds the training config and the digests of every label shard it read: a re-run with the same labels
 is a no-op, new labels retrain. It runs before ``tokenize``, which encodes with the committed weights.
-The tokenizers belong to the dataset as a whole, so the stage has a single unit group, reported as shard 0.
+The tokenizers belong to the dataset as a whole, so the stage has a single unit group, reported as shard 0;
+its tokenizers train at once, each in its own process, as many as there are CPUs (``train_pool``).
 
 A growing dataset declares its training subset (``tokenize.train.shards``): then only those label shards are
 keyed, shards added later change nothing here, and the tokenize units of old shards (keyed on the weights
@@ -23,7 +24,8 @@ from fourm_core.units import UnitResult
 
 from .registry import tokenizer_specs
 from .stage import pretokenize_config
-from .train_tokenizer import TrainTokenizerConfig, tokenizer_artifact, train_tokenizer
+from .train_pool import train_many
+from .train_tokenizer import TrainTokenizerConfig, tokenizer_artifact
 
 WHOLE_DATASET = 0
 log = logging.getLogger(__name__)
@@ -46,11 +48,8 @@ def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force:
     if cfg.profile not in ("tiny", "production"):
         raise ValueError(f"dataset {config.name}: tokenize.profile must be tiny or production to train, "
                          f"got {cfg.profile!r}")
-    results = []
+    configs = []
     for name in cfg.train.tokenizers:
-        tcfg = TrainTokenizerConfig(tokenizer=name, profile=cfg.profile, steps=cfg.train.steps,
-                                    batch_size=cfg.train.batch_size, eval_samples=cfg.train.eval_samples,
-                                    sampling_steps=cfg.train.sampling_steps, model_grid=cfg.train.model_grid)
         subset = cfg.train.shards
         if subset is not None:
             label = tokenizer_specs()[name].labels[0]
@@ -59,8 +58,11 @@ def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force:
                 log.warning("tokenizer %s waits: %s/%s shards %s of its training subset are not committed yet",
                             name, config.name, label_artifact(label), missing)
                 continue
-        results.append(train_tokenizer(store, config.name, tcfg, force=force, shards=subset))
-    return results
+        configs.append(TrainTokenizerConfig(tokenizer=name, profile=cfg.profile, steps=cfg.train.steps,
+                                            batch_size=cfg.train.batch_size, eval_samples=cfg.train.eval_samples,
+                                            sampling_steps=cfg.train.sampling_steps, model_grid=cfg.train.model_grid))
+    # concurrently, one process per tokenizer up to the CPUs (train_pool); a failed one fails only itself
+    return train_many(store, config.name, configs, force=force, shards=cfg.train.shards)
 
 
 STAGE = StageSpec(name="train-tokenizers", plan_shards=plan_shards, run_shard=run_shard, heavy=False,
