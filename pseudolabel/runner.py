@@ -258,13 +258,19 @@ def finish(table: pa.Table) -> pa.Table:
 # ----------------------------------------------------------------------------------------------- ray
 
 
-def label_range(labeler: Labeler, offset: int, length: int, drop_pixels: bool, tables) -> pa.Table:
+def label_range(labeler: Labeler, offset: int, length: int, drop_pixels: bool, tables,
+                decode: bool | None = None) -> pa.Table:
     """One step of the Ray pass: rows ``[offset, offset + length)`` of the concatenated ``tables`` (consecutive
     chunks of the previous step), labelled in the labeler's own batch size; raw pixels dropped after the last
-    step (the driver needs only the labels)."""
+    step (the driver needs only the labels).
+
+    ``decode``: None when the rows are decoded already (a later step); else this is the pass's first step and
+    decodes them first (:func:`decode_step`, ``decode`` = whether the pass reads pixels at all)."""
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
     if offset or length != table.num_rows:
         table = table.slice(offset, length)
+    if decode is not None:
+        table = decode_step(table, decode)
     bs = labeler.batch_size
     parts = [label_step(labeler, table.slice(s, bs)) for s in range(0, table.num_rows, bs)]
     out = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
