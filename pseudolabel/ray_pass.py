@@ -63,8 +63,9 @@ def call_rows(batch_size: int, rows: int, workers: int) -> int:
 
 # Where the JPEGs are decoded. A decode task per call costs a Ray hop (submission, scheduling, a put of the raw
 # pixels, ~12x the JPEG bytes, and the actor's fetch of them): more than the decode itself (~1 ms per 224² image)
-# at a small shard. So the pass's first step decodes its own rows (the step's actor or task), unless that step
-# runs on a GPU: then separate decode tasks on the CPUs keep the GPU fed instead of making it wait for the decode.
+# at a small shard. So the pass's first step decodes its own rows (the step's actor or task; the next batch in a
+# thread while the model labels this one: runner.decoded_batches), unless that step runs on a GPU: then decode
+# tasks spread over all the CPUs keep the GPU fed instead of one actor process decoding for it.
 # A caption-only pass (no labeler reads pixels) never reads the image bytes at all. False: decode tasks always.
 DECODE_IN_FIRST_STEP = True
 
