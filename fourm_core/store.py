@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from . import index as _index
 from .manifest import InputRef, Manifest, sha256_bytes
-from .s3list import s3_sizes
+from .s3list import s3_data_sizes, s3_sizes
 
 
 class NotCommittedError(FileNotFoundError):
@@ -376,6 +376,8 @@ class ArtifactStore:
             if self.is_local:  # stat only the data files (fsspec's ls stats every entry)
                 with os.scandir(folder) as it:
                     return {int(e.name[6:11]): e.stat().st_size for e in it if data_file(e.name)}
+            if (data := s3_data_sizes(self.fs, folder)) is not None:
+                return data
             if (listed := s3_sizes(self.fs, folder)) is not None:
                 return {int(name[6:11]): size for name, size in listed.items() if data_file(name)}
             sizes = {}

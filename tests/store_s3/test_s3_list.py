@@ -12,7 +12,7 @@ import pytest
 
 from fourm_core.config import DatasetConfig
 
-from fourm_core.s3list import parse_listing, s3_sizes
+from fourm_core.s3list import parse_data_sizes, parse_listing, s3_data_sizes, s3_sizes
 from fourm_core.stage import StageSpec
 from fourm_core.store import ArtifactStore
 from fourm_core.units import Unit, UnitOutput, run_unit
@@ -36,6 +36,12 @@ def test_matches_fsspec_listing_over_pages(s3_store):
             if i["type"] == "file"}
     assert fast == slow == {n: len(d) for n, d in files.items()}
     assert s3_sizes(s3_store.fs, s3_store.artifact_dir("ds", "nothing-here")) == {}
+    # the data files alone (what the cached check compares): no manifest, errors file or sub-folder
+    s3_store.fs.pipe({posixpath.join(folder, "shard-00004.errors.parquet"): b"e",
+                      posixpath.join(folder, "shard-00004.manifest.json"): b"{}"})
+    data = {int(n[6:11]): len(d) for n, d in files.items() if n.startswith("shard-") and n.endswith(".parquet")}
+    assert len(data) == 30 and s3_data_sizes(s3_store.fs, folder, page_keys=7) == data
+    assert s3_data_sizes(s3_store.fs, s3_store.artifact_dir("ds", "nothing-here")) == {}
 
 
 def test_data_sizes_see_a_truncated_file(s3_store):
@@ -125,3 +131,11 @@ def test_parse_listing_matches_xml_etree():
     assert parse_listing(encoded)[0]["p/shard-00000 &.parquet"] == 802  # EncodingType=url: keys URL-decoded
     assert parse_listing(b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>") is None
     assert parse_listing(page.replace(b"<Size>7</Size>", b"")) is None  # an element it cannot read: refuse
+    # the data files' parser: the one data key with its own size, not the next element's; refuses what it
+    # cannot pair (Size before Key, a Size missing) and what is not a listing
+    assert parse_data_sizes(page) == {0: 802}
+    swapped = page.replace(b"<Key>p/shard-00000.parquet</Key><ETag>&#34;e&#34;</ETag><Size>802</Size>",
+                           b"<Size>802</Size><ETag>&#34;e&#34;</ETag><Key>p/shard-00000.parquet</Key>")
+    assert parse_data_sizes(swapped) is None
+    assert parse_data_sizes(page.replace(b"<Size>802</Size>", b"")) is None
+    assert parse_data_sizes(b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>") is None
