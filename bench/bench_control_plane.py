@@ -25,7 +25,8 @@ started exactly as the tests start it, through S3 only.
 the same ``DIR`` measures them again without rebuilding (a marker object records a finished build).
 
 Each line printed gives the load average, wall seconds and this process's CPU seconds (the load-independent
-part on a shared box). Figures at 1 000 / 3 000 / 10 000 shards, and where the time goes: docs/operations.md.
+part on a shared box); on S3 also the server's CPU seconds during the re-run (its size listings: SeaweedFS
+spends ~25-45 us of CPU per listed key, on the same two cores). Figures at 1 000 / 3 000 / 10 000 shards, and where the time goes: docs/operations.md.
 """
 
 from __future__ import annotations
@@ -232,7 +233,19 @@ def _timed(fn, name: str = "") -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
-def measure(root: str, options: dict | None, n: int, manifest_shards: int) -> dict[str, Any]:
+def _proc_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) of process ``pid`` so far (0 when there is none or it cannot be read)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError, TypeError):
+        return 0.0
+
+
+def measure(root: str, options: dict | None, n: int, manifest_shards: int,
+            server_pid: int | None = None) -> dict[str, Any]:
+    """The timings of one store; ``server_pid`` (the S3 server): its CPU seconds during the re-run are reported
+    too (on this box the server's listing work and this process's unit building share the same two cores)."""
     from pipelines.ops import dataset_status, lineage_text
     from pipelines.planning import split_cached
     from pipelines.report import status_counts, status_table
@@ -259,7 +272,9 @@ def measure(root: str, options: dict | None, n: int, manifest_shards: int) -> di
     out: dict[str, Any] = {}
     out["status_s"], rows = _timed(status, "status")
     assert rows == 30 * n, rows
+    server_cpu = _proc_cpu(server_pid)
     out["rerun_plan_and_cached_check_s"], units = _timed(rerun_check, "rerun")
+    CPU["rerun_server"] = _proc_cpu(server_pid) - server_cpu
     assert units == 30 * n, units
     out["lineage_s"], text = _timed(lambda: lineage_text(token_part, None, options))
     assert "images shard 0" in text, text
@@ -302,16 +317,17 @@ def main() -> None:
             try:
                 for n in args.s3_shards:
                     root = f"s3://{server.bucket}/cp-{n}"
-                    results.append(("s3", n, builds[n], measure(root, server.storage_options, n, n)))
+                    results.append(("s3", n, builds[n], measure(root, server.storage_options, n, n, server.proc.pid)))
                     print(_line(*results[-1]), flush=True)
             finally:
                 kill(server.proc)
 
 
 def _line(where: str, n: int, build: dict, m: dict) -> str:
+    server = f", S3 server cpu {CPU['rerun_server']:.2f}" if where == "s3" else ""
     return (f"[load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores] {where:5s} {n:6d} shards ({30 * n:7d} units): "
             f"status {m['status_s']:6.2f} s (cpu {CPU['status']:.2f}) | re-run plan + cached check "
-            f"{m['rerun_plan_and_cached_check_s']:6.2f} s (cpu {CPU['rerun']:.2f}) | lineage {m['lineage_s']:5.2f} s | old status "
+            f"{m['rerun_plan_and_cached_check_s']:6.2f} s (cpu {CPU['rerun']:.2f}{server}) | lineage {m['lineage_s']:5.2f} s | old status "
             f"(1 GET/unit, extrapolated) {m['old_status_extrapolated_s']:7.1f} s | built in "
             f"{build['generate_s']:.0f} s (shards) + {build['write_s']:.0f} s (snapshots), {build['objects']} objects")
 

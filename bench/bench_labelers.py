@@ -6,9 +6,13 @@
 
 ``bare``: decoded 224² images, the labeler's own ``label_batch`` (pre- and post-processing included) in
 batches, after one warm-up batch, in a Ray actor of its own: Ray runs its workers at nice 15, so a bare loop in
-this (nice 0) process would win CPU from the stage's actors on a shared machine and skew the ratio. ``stage``:
-``run_shard`` on committed shards of the same images (read, JPEG decode, the labeler's Ray actor pool,
-Arrow/Parquet, manifest commit; the Ray session is up already), ``--shards`` shards per round passed the way
+this (nice 0) process would win CPU from the stage's actors on a shared machine and skew the ratio. Bare does
+not decode JPEGs. ``stage``: ``run_shard`` on committed shards of the same images (read, JPEG decode, the
+labeler's Ray actor pool, Arrow/Parquet, manifest commit; the Ray session is up already). Since the Ray pass's
+first step decodes its own rows (``pseudolabel.ray_pass.DECODE_IN_FIRST_STEP``; before: separate decode tasks),
+the stage's actor decodes in a thread beside the model while bare still gets decoded arrays: the decode is
+charged to the stage, as before, so the ratio stays the stricter comparison; ``--decode-tasks`` measures the
+previous path (decode tasks) for an A/B. ``--shards`` shards per round passed the way
 build-dataset passes them: one thread per shard, at most ``--in-flight`` at once (default: the flow's
 ``FOURM_MAX_PARALLEL_UNITS``), all sharing the labeler's actor pool, so one shard's decode and commit overlap
 another's labelling. Each round still pays the pipeline's fill (the first call's decode) and drain (the last
@@ -129,7 +133,13 @@ def main() -> None:
                     help="torch threads, bare and in the actor (default: all cores but one, left to decode "
                          "and commit)")
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--decode-tasks", action="store_true",
+                    help="decode JPEGs in separate Ray tasks (the path before DECODE_IN_FIRST_STEP), for an A/B")
     args = ap.parse_args()
+    if args.decode_tasks:
+        from pseudolabel import ray_pass
+
+        ray_pass.DECODE_IN_FIRST_STEP = False
     import ray
     import torch
 
@@ -144,7 +154,8 @@ def main() -> None:
              runtime_env={"env_vars": {"PYTHONPATH": os.getcwd(), "HF_HUB_DISABLE_PROGRESS_BARS": "1",
                                        "TRANSFORMERS_VERBOSITY": "error"}})
     print(f"torch threads {args.threads}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, "
-          f"{args.rounds} interleaved rounds of {k} shards x {n2} images, {args.in_flight} shard(s) in flight")
+          f"{args.rounds} interleaved rounds of {k} shards x {n2} images, {args.in_flight} shard(s) in flight, "
+          f"decode {'in tasks' if args.decode_tasks else 'in the first step'}")
     print(f"{'labeler':<14}{'profile':<8}{'bare img/s':>11}{'stage img/s':>12}{'ratio':>7}  (min-max of rounds; "
           f"warm-up n={n1}, n={n2})")
     shard = 0

@@ -1,4 +1,6 @@
-"""The evaluation stage's boxes task: RGB -> ``det`` sequences, scored by COCO AP.
+"""The evaluation stage's boxes task: RGB -> ``det`` sequences, scored by COCO AP (AP@[0.5:0.95], primary, and
+AP@0.5), with two diagnostics that tell "wrong place" from "wrong object": AP@0.5 with the classes ignored and the
+F1 of each image's predicted class multiset with the boxes ignored.
 
 The model writes each sample's ``det`` sequence from scratch, autoregressively from the evaluation's condition
 (eval_stage.generate, greedy), under the det grammar (eval_stage.generate.det_grammar: only tokens that keep the
@@ -30,7 +32,7 @@ from fourm_core.modalities import label_artifact
 from fourm_core.store import ArtifactStore
 
 from .config import EvalConfig
-from .metrics.boxes import Boxes, box_ap
+from .metrics.boxes import Boxes, box_ap, class_agnostic, class_f1
 from .plan import Plan
 from .read import GT_ARTIFACT
 from .sequences import decode_text, load_text_tokenizer, sequence_target_tokenizer
@@ -177,9 +179,22 @@ def class_prior(fit: list[list[tuple[tuple[float, ...], str]]]) -> list[tuple[tu
     return [(tuple(np.mean(by[c], axis=0).tolist()), c) for c in order]
 
 
+# COCO's AP@0.5 and AP@[0.5:0.95] (primary), then two diagnostics that split a miss into "where" and "what":
+# AP@0.5 with the classes ignored (ap50_any_class) and the F1 of each image's predicted class multiset, boxes ignored
+METRICS = ("ap50", "ap", "ap50_any_class", "class_f1")
+
+
+def _scores(preds: list[Boxes], gts: list[Boxes]) -> dict[str, float]:
+    """METRICS of one predictor over the evaluated images."""
+    out = box_ap(preds, gts)
+    out["ap50_any_class"] = box_ap([class_agnostic(p) for p in preds], [class_agnostic(g) for g in gts])["ap50"]
+    out["class_f1"] = class_f1(preds, gts)
+    return out
+
+
 def box_rows(model, cfg: EvalConfig, plan: Plan, bp: BoxPlan,
              inputs: dict[str, torch.Tensor]) -> tuple[list[dict[str, Any]], dict[str, list]]:
-    """The boxes task's rows (AP@0.5 and AP@[0.5:0.95] per reference) and the generated boxes by key."""
+    """The boxes task's rows (METRICS per reference) and the generated boxes by key."""
     tokenizer = load_text_tokenizer(bp.text_tokenizer)
     generated = generate_boxes(model, cfg, plan.keys, bp.keys, inputs, tokenizer, cfg.boxes.min_boxes,
                                cfg.boxes.max_boxes, cfg.boxes.coordinates)
@@ -194,10 +209,10 @@ def box_rows(model, cfg: EvalConfig, plan: Plan, bp: BoxPlan,
         gts = [_to_boxes(boxes[k], ids, False) for k in keys]
         prior = class_prior(bp.fit[ref_name]) if bp.fit.get(ref_name) else []
         fit_from = f"{len(bp.fit[ref_name])} training samples" if prior else "no training references"
-        m = box_ap([_to_boxes(predicted[k], ids, [s for _, _, s in generated[k]]) for k in keys], gts)
-        b = box_ap([_to_boxes(stored[k], ids, True) for k in keys], gts)
-        z = box_ap([_to_boxes(prior, ids, True) for _ in keys], gts)
-        for metric in ("ap50", "ap"):
+        m = _scores([_to_boxes(predicted[k], ids, [s for _, _, s in generated[k]]) for k in keys], gts)
+        b = _scores([_to_boxes(stored[k], ids, True) for k in keys], gts)
+        z = _scores([_to_boxes(prior, ids, True) for _ in keys], gts)
+        for metric in METRICS:
             rows.append({"task": TASK, "target": MODALITY, "reference": ref_name, "metric": metric,
                          "higher_is_better": True, "primary": metric == "ap", "model": m[metric],
                          "tokenizer_bound": b[metric], "baseline": z[metric],

@@ -46,9 +46,10 @@ from .run import run_evaluation
 from .tasks import EvalPlan
 
 STAGE = "evaluate"
-CODE_VERSION = "evaluate/6"  # 4: generation with the reference's sentinel / [EOS] conventions; 5: masked-token
+CODE_VERSION = "evaluate/7"  # 4: generation with the reference's sentinel / [EOS] conventions; 5: masked-token
 # loss under the numpy masking (same distributions, another random stream); 6: boxes decoded under the det grammar
-# and scored by their class token's probability (config ``boxes``)
+# and scored by their class token's probability (config ``boxes``); 7: boxes also report class-agnostic AP@0.5 and
+# the class-multiset F1
 
 
 def evaluation_artifact(run: str, step: int) -> str:

@@ -323,13 +323,18 @@ def normalise(config: BaseModel | dict[str, Any]) -> str:
     """Canonical JSON of a config: the form that goes into cache keys and manifests; exactly
     ``json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)``."""
     data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
-    if _c_make_encoder is None:
+    if _ENCODE is None:
         return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    # json's own C encoder, called directly: json.dumps with these arguments builds a JSONEncoder per call, which
-    # was half of the cost of a cache key (the orchestrator computes one per unit of the dataset). The markers
-    # dict is per call (circular references raise ValueError as with json.dumps; threads share nothing).
-    encode = _c_make_encoder({}, str, json.encoder.encode_basestring_ascii, None, ":", ",", True, False, True)
-    return "".join(encode(data, 0))
+    try:
+        return "".join(_ENCODE(data, 0))
+    except RecursionError:  # a circular reference: json.dumps raises its ValueError("Circular reference ...")
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
 
 
+# json's own C encoder, made once and called directly: json.dumps with these arguments builds a JSONEncoder per
+# call, which was half of the cost of a cache key (the orchestrator computes one per unit of the dataset), and
+# making the C encoder per call was half of what remained. Without a markers dict (None) it keeps no state
+# between calls, so threads share it safely; a circular reference then ends in RecursionError, answered above.
 _c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_ENCODE = (_c_make_encoder(None, str, json.encoder.encode_basestring_ascii, None, ":", ",", True, False, True)
+           if _c_make_encoder is not None else None)

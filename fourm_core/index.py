@@ -148,13 +148,17 @@ class PartEntry:
     @classmethod
     def from_snapshot(cls, table: pa.Table, manifests: "ManifestsFile") -> list["PartEntry"]:
         """Entries of a snapshot table; their manifests are read from ``manifests`` when first asked for."""
-        cols = {name: table.column(name).to_pylist() for name in table.column_names}
-        return [cls(part=None if cols["part"][i] == WHOLE else cols["part"][i], has_manifest=cols["has_manifest"][i],
-                    failure_json=cols["failure"][i], problem=cols["problem"][i], cache_key=cols["cache_key"][i],
-                    digest=cols["digest"][i], rows=cols["rows"][i] or 0, errors=cols["errors"][i] or 0,
-                    seconds=cols["seconds"][i] or 0.0, stage=cols["stage"][i], data_bytes=cols["data_bytes"][i],
-                    uri=cols["uri"][i], _lazy=manifests if cols["has_manifest"][i] else None)
-                for i in range(table.num_rows)]
+        # One pass over the columns zipped, positional arguments in field order: a re-run loads one entry per
+        # committed unit (300 000 at 10 000 shards), and indexing a dict of columns per field cost twice this.
+        cols = [table.column(name).to_pylist() for name in _ENTRY_COLUMNS]
+        return [cls(None if part == WHOLE else part, has, failure, problem, key, digest, rows or 0, errors or 0,
+                    seconds or 0.0, stage, size, uri, None, manifests if has else None)
+                for part, has, failure, problem, key, digest, rows, errors, seconds, stage, size, uri in zip(*cols)]
+
+
+# Snapshot columns in PartEntry's field order (from_snapshot passes them positionally).
+_ENTRY_COLUMNS = ("part", "has_manifest", "failure", "problem", "cache_key", "digest", "rows", "errors", "seconds",
+                  "stage", "data_bytes", "uri")
 
 
 class ManifestsFile:

@@ -10,6 +10,11 @@ page is now cut at ``<Contents>`` and each element's ``Key`` and ``Size`` found 
 (3-4x less CPU than ``xml.etree``; keys are XML-escaped, so no key contains markup), with identical results
 (tests/store_s3/test_s3_list.py compares them with ``xml.etree`` and with fsspec's listing).
 
+The cached check needs only the main data files' sizes: :func:`s3_data_sizes` finds them with one regular
+expression over each page (``.../shard-NNNNN.parquet</Key>`` ... ``<Size>``, inside one ``<Contents>``), in C,
+without a Python step per listed key (manifests and errors files are half to two thirds of the keys); a page
+where that count disagrees with the data keys it holds (another element order) is refused like any other.
+
 Anything unusual (another filesystem, an HTTP or TLS setting urllib does not share with botocore, a
 response that is not a listing) returns None, and the caller lists through fsspec as before.
 """
@@ -20,7 +25,7 @@ import html
 import re
 import urllib.parse
 import urllib.request
-from typing import Any
+from typing import Any, Callable
 
 _TIMEOUT_S = 120
 _KEY = re.compile(rb"<Key>([^<]*)</Key>")
@@ -49,15 +54,36 @@ def parse_listing(page: bytes) -> tuple[dict[str, int], bool, str | None] | None
             return None
         name = _text(key.group(1))
         out[decode(name) if decode else name] = int(size.group(1))
+    return (out, *_next_token(page))
+
+
+def _next_token(page: bytes) -> tuple[bool, str | None]:
     truncated = _TRUNCATED.search(page)
     token = _TOKEN.search(page)
-    return out, truncated is not None and truncated.group(1) == b"true", _text(token.group(1)) if token else None
+    return truncated is not None and truncated.group(1) == b"true", _text(token.group(1)) if token else None
 
 
-def s3_sizes(fs: Any, path: str, page_keys: int | None = None) -> dict[str, int] | None:
-    """{name: bytes} of the objects directly under ``path`` (no sub-folders) on an s3fs filesystem, None when
-    this fast path does not apply (the caller then uses ``fs.ls``). A missing folder gives {}. ``page_keys``:
-    keys per page (the server's default, 1 000, when None)."""
+_DATA = re.compile(rb"/shard-(\d{5})\.parquet</Key>[^<]*(?:<(?!Size>|/Contents>)[^<]*)*<Size>(\d+)</Size>")
+_DATA_KEY = re.compile(rb"shard-\d{5}\.parquet</Key>")
+
+
+def parse_data_sizes(page: bytes) -> dict[int, int] | None:
+    """{shard: bytes} of the ``shard-NNNNN.parquet`` files (not ``.errors.parquet``, not manifests) of one
+    ListObjectsV2 page (listed with ``Delimiter=/``, so every key is directly under the prefix); None when it
+    is not a listing, or when the data keys and the (key, size) pairs found disagree (e.g. ``Size`` before
+    ``Key``): the caller then parses the page in full."""
+    if b"<ListBucketResult" not in page:
+        return None
+    pairs = _DATA.findall(page)
+    if len(pairs) != len(_DATA_KEY.findall(page)):
+        return None
+    return {int(shard): int(size) for shard, size in pairs}
+
+
+def _listing(fs: Any, path: str, page_keys: int | None,
+             parse: Callable[[bytes, str], dict | None]) -> dict | None:
+    """``parse(page, prefix)`` of every ListObjectsV2 page of the objects directly under ``path``, merged; None
+    when a page is refused or anything goes wrong (the caller lists another way)."""
     try:
         import s3fs
         from fsspec.asyn import sync
@@ -69,7 +95,7 @@ def s3_sizes(fs: Any, path: str, page_keys: int | None = None) -> dict[str, int]
         bucket, key, _ = fs.split_path(path)
         prefix = key.rstrip("/") + "/"
         client = sync(fs.loop, fs.set_session)
-        out: dict[str, int] = {}
+        out: dict = {}
         token = None
         while True:
             params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/"}
@@ -79,17 +105,36 @@ def s3_sizes(fs: Any, path: str, page_keys: int | None = None) -> dict[str, int]
                 params["ContinuationToken"] = token
             url = sync(fs.loop, client.generate_presigned_url, "list_objects_v2", Params=params, ExpiresIn=600)
             with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as resp:  # noqa: S310 - the store's own endpoint
-                parsed = parse_listing(resp.read())
+                page = resp.read()
+            parsed = parse(page, prefix)
             if parsed is None:
                 return None
-            sizes, truncated, token = parsed
-            for key, size in sizes.items():
-                name = key[len(prefix):] if key.startswith(prefix) else ""
-                if name and "/" not in name:
-                    out[name] = size
+            out.update(parsed)
+            truncated, token = _next_token(page)
             if not truncated:
                 return out
             if not token:
                 return None
     except Exception:  # noqa: BLE001 - any problem: the ordinary (slower) listing answers instead
         return None
+
+
+def _names(page: bytes, prefix: str) -> dict[str, int] | None:
+    parsed = parse_listing(page)
+    if parsed is None:
+        return None
+    return {key[len(prefix):]: size for key, size in parsed[0].items()
+            if key.startswith(prefix) and len(key) > len(prefix) and "/" not in key[len(prefix):]}
+
+
+def s3_sizes(fs: Any, path: str, page_keys: int | None = None) -> dict[str, int] | None:
+    """{name: bytes} of the objects directly under ``path`` (no sub-folders) on an s3fs filesystem, None when
+    this fast path does not apply (the caller then uses ``fs.ls``). A missing folder gives {}. ``page_keys``:
+    keys per page (the server's default, 1 000, when None)."""
+    return _listing(fs, path, page_keys, _names)
+
+
+def s3_data_sizes(fs: Any, path: str, page_keys: int | None = None) -> dict[int, int] | None:
+    """{shard: bytes} of the main data files ``shard-NNNNN.parquet`` directly under ``path`` (what the cached
+    check compares), None when this fast path does not apply (the caller then uses :func:`s3_sizes`)."""
+    return _listing(fs, path, page_keys, lambda page, prefix: parse_data_sizes(page))

@@ -96,8 +96,10 @@ class StageSpec:
     def dataset_artifacts(self, config: DatasetConfig) -> tuple[str, ...]:
         return tuple(self.artifacts_for(config)) if self.artifacts_for else self.artifacts
 
-    def cached_results(self, store: ArtifactStore, config: DatasetConfig, shard: int) -> list[UnitResult] | None:
-        """The shard's results if every unit is committed with its current cache key, else None (or unknown)."""
+    def cached_results(self, store: ArtifactStore, config: DatasetConfig, shard: int,
+                       check_sizes: bool = True) -> list[UnitResult] | None:
+        """The shard's results if every unit is committed with its current cache key, else None (or unknown).
+        ``check_sizes=False``: the data files' sizes are left to :func:`~fourm_core.units.sizes_intact`."""
         if self.shard_units is None:
             return None
         try:
@@ -106,7 +108,7 @@ class StageSpec:
             return None
         results = []
         for unit in units:
-            manifests = is_cached(store, unit)
+            manifests = is_cached(store, unit, check_sizes=check_sizes)
             if manifests is None:
                 return None
             results.append(UnitResult(unit.label, unit.stage, unit.artifacts, unit.shard, UnitStatus.CACHED,

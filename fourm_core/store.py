@@ -24,7 +24,7 @@ import json
 import os
 import posixpath
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterable
 
 import fsspec
@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from . import index as _index
 from .manifest import InputRef, Manifest, sha256_bytes
-from .s3list import s3_sizes
+from .s3list import s3_data_sizes, s3_sizes
 
 
 class NotCommittedError(FileNotFoundError):
@@ -63,6 +63,7 @@ class ArtifactStore:
         self.use_index = use_index
         self._indexes: dict[tuple[str, str], _index.ArtifactIndex] = {}
         self._sizes: dict[tuple[str, str, str], dict[int, int]] = {}
+        self._sizes_pending: dict[tuple[str, str, str], Future] = {}  # listings running in the background
         self.root_uri = root.rstrip("/") or "/"
         self.fs, path = fsspec.core.url_to_fs(self.root_uri, **(storage_options or {}))
         self.storage_options = storage_options or {}
@@ -148,6 +149,7 @@ class ArtifactStore:
         self.fs.invalidate_cache()
         self._indexes.clear()
         self._sizes.clear()
+        self._sizes_pending.clear()  # a listing still running is left to finish; its answer is not used
 
     def index(self, dataset: str, artifact: str) -> _index.ArtifactIndex:
         """The artifact's index (loaded once per store until :meth:`invalidate`)."""
@@ -308,8 +310,11 @@ class ArtifactStore:
     # --------------------------------------------------------------------------------------- tables
 
     def read_table(self, dataset: str, artifact: str, shard: int | None, columns: list[str] | None = None,
-                   verify: bool = False) -> pa.Table:
-        """Read a committed Parquet part; only committed (manifested) parts are readable."""
+                   verify: bool = False, missing_ok: bool = False) -> pa.Table:
+        """Read a committed Parquet part; only committed (manifested) parts are readable.
+
+        ``columns``: only these (the others are not decoded); with ``missing_ok`` those the part lacks are
+        left out instead of failing the read (parts written before a column existed)."""
         manifest = self.read_manifest(dataset, artifact, shard)
         if manifest is None:
             raise NotCommittedError(
@@ -328,6 +333,10 @@ class ArtifactStore:
         try:
             # a BufferReader reads the bytes in place; through io.BytesIO Arrow copies them in Python-sized
             # reads (4x the CPU for a 180 MB T5 label shard)
+            if columns is not None and missing_ok:
+                parquet = pq.ParquetFile(pa.BufferReader(data))
+                names = set(parquet.schema_arrow.names)
+                return parquet.read(columns=[c for c in columns if c in names])
             return pq.read_table(pa.BufferReader(data), columns=columns)
         except (pa.ArrowInvalid, OSError) as err:
             raise CorruptPartError(f"{self.uri(path)} is not readable Parquet ({err}); {self._redo(manifest)}") from None
@@ -356,39 +365,58 @@ class ArtifactStore:
 
     def data_sizes(self, dataset: str, artifact: str) -> dict[int, int]:
         """shard -> bytes of every ``shard-NNNNN.parquet`` of an artifact, from one listing (cached per store
-        like the indexes): the cached check's size comparison without one request per unit."""
+        like the indexes): the cached check's size comparison without one request per unit. Waits for the
+        listing when :meth:`preload_sizes` started it in the background."""
         key = ("sizes", dataset, artifact)
         if key not in self._sizes:
-            sizes = {}
-
-            def data_file(name: str) -> bool:
-                return name.startswith("shard-") and name.endswith(".parquet") and not name.endswith(".errors.parquet")
-
-            try:
-                if self.is_local:  # stat only the data files (fsspec's ls stats every entry)
-                    with os.scandir(self.artifact_dir(dataset, artifact)) as it:
-                        sizes = {int(e.name[6:11]): e.stat().st_size for e in it if data_file(e.name)}
-                elif (listed := s3_sizes(self.fs, self.artifact_dir(dataset, artifact))) is not None:
-                    sizes = {int(name[6:11]): size for name, size in listed.items() if data_file(name)}
-                else:
-                    for info in self.fs.ls(self.artifact_dir(dataset, artifact), detail=True, refresh=True):
-                        name = posixpath.basename(info["name"])
-                        if data_file(name):
-                            sizes[int(name[6:11])] = int(info["size"])
-            except FileNotFoundError:
-                pass
-            self._sizes[key] = sizes
+            pending = self._sizes_pending.pop(key, None)
+            self._sizes[key] = pending.result() if pending is not None else self._list_sizes(dataset, artifact)
         return self._sizes[key]
 
-    def preload_sizes(self, dataset: str, artifacts: Iterable[str]) -> None:
-        """List several artifacts' folders at once for :meth:`data_sizes` (on S3 each listing is a chain of
-        1 000-key pages, so one artifact after another would add up their round trips)."""
-        todo = [a for a in dict.fromkeys(artifacts) if ("sizes", dataset, a) not in self._sizes]
-        if len(todo) > 1:
-            from concurrent.futures import ThreadPoolExecutor
+    def _list_sizes(self, dataset: str, artifact: str) -> dict[int, int]:
+        """One listing of the artifact's folder: shard -> bytes of its main data files."""
+        def data_file(name: str) -> bool:
+            return name.startswith("shard-") and name.endswith(".parquet") and not name.endswith(".errors.parquet")
 
-            with ThreadPoolExecutor(min(8, len(todo))) as pool:
-                list(pool.map(lambda a: self.data_sizes(dataset, a), todo))
+        folder = self.artifact_dir(dataset, artifact)
+        try:
+            if self.is_local:  # stat only the data files (fsspec's ls stats every entry)
+                with os.scandir(folder) as it:
+                    return {int(e.name[6:11]): e.stat().st_size for e in it if data_file(e.name)}
+            if (data := s3_data_sizes(self.fs, folder)) is not None:
+                return data
+            if (listed := s3_sizes(self.fs, folder)) is not None:
+                return {int(name[6:11]): size for name, size in listed.items() if data_file(name)}
+            sizes = {}
+            for info in self.fs.ls(folder, detail=True, refresh=True):
+                name = posixpath.basename(info["name"])
+                if data_file(name):
+                    sizes[int(name[6:11])] = int(info["size"])
+            return sizes
+        except FileNotFoundError:
+            return {}
+
+    def preload_sizes(self, dataset: str, artifacts: Iterable[str], wait: bool = True) -> None:
+        """List several artifacts' folders at once for :meth:`data_sizes` (on S3 each listing is a chain of
+        1 000-key pages, so one artifact after another would add up their round trips).
+
+        ``wait=False`` returns at once and leaves the listings running in background threads: the caller does
+        its CPU work (building units, cache keys) while the store serves the listings, and :meth:`data_sizes`
+        waits for each one when it is first asked for. A commit or :meth:`invalidate` drops a pending listing
+        (it may predate the commit); the next ``data_sizes`` lists again."""
+        todo = [a for a in dict.fromkeys(artifacts)
+                if ("sizes", dataset, a) not in self._sizes and ("sizes", dataset, a) not in self._sizes_pending]
+        if not todo or (wait and len(todo) == 1):
+            for a in todo:
+                self.data_sizes(dataset, a)
+            return
+        pool = ThreadPoolExecutor(min(8, len(todo)), thread_name_prefix="size-listing")
+        for a in todo:
+            self._sizes_pending[("sizes", dataset, a)] = pool.submit(self._list_sizes, dataset, a)
+        pool.shutdown(wait=wait)  # without waiting, its threads end once the listings are done
+        if wait:
+            for a in todo:
+                self.data_sizes(dataset, a)
 
     def read_errors(self, dataset: str, artifact: str, shard: int | None) -> pa.Table | None:
         path = self.data_path(dataset, artifact, shard, ".errors.parquet")
@@ -429,6 +457,7 @@ class ArtifactStore:
         self.write_bytes(self.manifest_path(dataset, artifact, shard), on_disk.to_json().encode())
         self.remove(self.failure_path(dataset, artifact, shard))
         self._sizes.pop(("sizes", dataset, artifact), None)
+        self._sizes_pending.pop(("sizes", dataset, artifact), None)
         _index.write_mark(self, dataset, artifact, shard, "done", nonce)
         self._indexes.pop((dataset, artifact), None)
         return manifest

@@ -132,9 +132,14 @@ def _error_count(m: Manifest | PartEntry) -> int:
     return m.errors if isinstance(m, PartEntry) else m.errors.count
 
 
-def is_cached(store: ArtifactStore, unit: Unit, key: str | None = None) -> list[Manifest] | list[PartEntry] | None:
+def is_cached(store: ArtifactStore, unit: Unit, key: str | None = None,
+              check_sizes: bool = True) -> list[Manifest] | list[PartEntry] | None:
     """The committed manifests of ``unit`` if all exist with the unit's cache key, else None. A store reading
-    through the index answers with its entries (cache key, rows, uri) without parsing any manifest."""
+    through the index answers with its entries (cache key, rows, uri) without parsing any manifest.
+
+    ``check_sizes=False`` (through the index only) leaves the comparison of sharded data files' sizes with the
+    entries to the caller, :func:`sizes_intact` once the listings are in: the orchestrator builds every unit
+    while the store lists the sizes (``ArtifactStore.preload_sizes(wait=False)``)."""
     key = key or unit.cache_key
     if store.use_index:
         entries = []
@@ -146,7 +151,7 @@ def is_cached(store: ArtifactStore, unit: Unit, key: str | None = None) -> list[
             if unit.shard is None:
                 if not store.data_intact(store.read_manifest(unit.dataset, a, None)):  # type: ignore[arg-type]
                     return None
-            elif e.data_bytes is not None and store.data_sizes(unit.dataset, a).get(unit.shard) != e.data_bytes:
+            elif check_sizes and not _size_matches(store, unit.dataset, a, e):
                 return None
             entries.append(e)
         return entries
@@ -160,6 +165,20 @@ def is_cached(store: ArtifactStore, unit: Unit, key: str | None = None) -> list[
             return None
         found.append(m)
     return found
+
+
+def _size_matches(store: ArtifactStore, dataset: str, artifact: str, entry: PartEntry) -> bool:
+    return entry.data_bytes is None or store.data_sizes(dataset, artifact).get(entry.part) == entry.data_bytes
+
+
+def sizes_intact(store: ArtifactStore, dataset: str, results: list["UnitResult"]) -> bool:
+    """Whether every sharded data file of ``results`` (from ``is_cached(..., check_sizes=False)``) has the size
+    its index entry records: the deferred half of the cached check."""
+    for r in results:
+        for artifact, entry in zip(r.artifacts, r.manifests):
+            if r.shard is not None and isinstance(entry, PartEntry) and not _size_matches(store, dataset, artifact, entry):
+                return False
+    return True
 
 
 def errors_table(errors: list[SampleError]) -> pa.Table:

@@ -11,6 +11,7 @@ from fourm_core.config import DatasetConfig
 from fourm_core.gcpause import gc_paused
 from fourm_core.stage import StageSpec
 from fourm_core.store import ArtifactStore
+from fourm_core.units import UnitResult, sizes_intact
 
 
 def split_cached(store: ArtifactStore, spec: StageSpec, config: DatasetConfig, shards: list[int],
@@ -18,22 +19,34 @@ def split_cached(store: ArtifactStore, spec: StageSpec, config: DatasetConfig, s
     """(summaries of the shards whose every unit is committed with its cache key, shards to dispatch).
 
     ``store`` should read through the index (``use_index=True``): then this costs one snapshot read per
-    artifact, not one manifest read per unit.
+    artifact, not one manifest read per unit, plus one listing per artifact for the data files' sizes.
+
+    The listings run in the background while the shards' units and cache keys are built (the store serves
+    listings, this process builds units: on S3 the two took about as long as each other, one after the
+    other); the sizes are compared once both are done, so a truncated data file still sends its shard to run.
     """
     if force:
         return [], list(shards)
     cached: list[dict[str, Any]] = []
-    to_run: list[int] = []
+    bad: set[int] = set()
+    artifacts = spec.dataset_artifacts(config)
     with gc_paused():  # ~10 objects per unit, all acyclic (fourm_core/gcpause.py)
-        store.preload(config.name, spec.dataset_artifacts(config))
-        store.preload_sizes(config.name, spec.dataset_artifacts(config))  # the size check's listings, in parallel
+        if store.use_index:  # started first: the index loads and the unit building overlap them
+            store.preload_sizes(config.name, artifacts, wait=False)
+        store.preload(config.name, artifacts)
+        pending: list[tuple[int, list[UnitResult], list[dict[str, Any]]]] = []
         for shard in shards:
-            results = spec.cached_results(store, config, shard)
+            results = spec.cached_results(store, config, shard, check_sizes=False)
             if results is None:
-                to_run.append(shard)
+                bad.add(shard)
             else:
-                cached.extend(r.summary() for r in results)
-    return cached, to_run
+                pending.append((shard, results, [r.summary() for r in results]))
+        for shard, results, summaries in pending:  # the sizes: waits for each artifact's listing
+            if sizes_intact(store, config.name, results):
+                cached.extend(summaries)
+            else:
+                bad.add(shard)
+    return cached, [s for s in shards if s in bad]
 
 
 def compact_units(summaries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, list[int | None]]]:

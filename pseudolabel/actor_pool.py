@@ -46,8 +46,8 @@ class _LabelerActor:
         self.labeler = run.build()
         self.labeler.setup()
 
-    def label(self, offset: int, length: int, drop_pixels: bool, *tables):
-        return label_range(self.labeler, offset, length, drop_pixels, tables)
+    def label(self, offset: int, length: int, drop_pixels: bool, decode: bool | None, *tables):
+        return label_range(self.labeler, offset, length, drop_pixels, tables, decode)
 
 
 def run_key(run: LabelerRun) -> str:
@@ -72,9 +72,10 @@ class LabelerPool:
     def reserved_cpus(self) -> float:
         return self.cpus_each * len(self.actors)
 
-    def submit(self, offset: int, length: int, drop_pixels: bool, refs: list[Any]):
+    def submit(self, offset: int, length: int, drop_pixels: bool, refs: list[Any], decode: bool | None = None):
         actor = self.actors[next(self._next) % len(self.actors)]
-        return actor.label.options(name=f"pseudolabel/{self.name}").remote(offset, length, drop_pixels, *refs)
+        return actor.label.options(name=f"pseudolabel/{self.name}").remote(offset, length, drop_pixels, decode,
+                                                                           *refs)
 
     def kill(self) -> None:
         import ray

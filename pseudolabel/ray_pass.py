@@ -15,9 +15,10 @@ from .runner import LabelerRun, decode_step, finish, label_range, needs_pixels, 
 from .spec import Labeler
 
 
-def _task_range(run: LabelerRun, offset: int, length: int, drop_pixels: bool, *tables) -> pa.Table:
+def _task_range(run: LabelerRun, offset: int, length: int, drop_pixels: bool, decode: bool | None,
+                *tables) -> pa.Table:
     """A model-free labeler's step as a Ray task (the labeler is cached per worker process)."""
-    return label_range(_cached_labeler(run), offset, length, drop_pixels, tables)
+    return label_range(_cached_labeler(run), offset, length, drop_pixels, tables, decode)
 
 
 _TASK_LABELERS: dict[int, Labeler] = {}
@@ -60,10 +61,24 @@ def call_rows(batch_size: int, rows: int, workers: int) -> int:
     return batches * batch_size
 
 
+# Where the JPEGs are decoded. A decode task per call costs a Ray hop (submission, scheduling, a put of the raw
+# pixels, ~12x the JPEG bytes, and the actor's fetch of them): more than the decode itself (~1 ms per 224² image)
+# at a small shard. So the pass's first step decodes its own rows (the step's actor or task; the next batch in a
+# thread while the model labels this one: runner.decoded_batches), unless that step runs on a GPU: then decode
+# tasks spread over all the CPUs keep the GPU fed instead of one actor process decoding for it.
+# A caption-only pass (no labeler reads pixels) never reads the image bytes at all. False: decode tasks always.
+DECODE_IN_FIRST_STEP = True
+
+
+def decode_in_first_step(pixels: bool, first_step_gpus: float) -> bool:
+    """Whether the pass's first step decodes its rows itself rather than separate decode tasks (see above)."""
+    return DECODE_IN_FIRST_STEP and (not pixels or not first_step_gpus)
+
+
 def run_ray(table: pa.Table, runs: list[LabelerRun], *, gpus_available: bool | None = None,
             pools=None) -> tuple[pa.Table, list[Labeler]]:
-    """The same steps on Ray: decode as tasks, then per labeler in dependency order either its long-lived actor
-    pool (model labelers, :mod:`pseudolabel.actor_pool`: weights loaded once per run, not per shard) or tasks.
+    """The same steps on Ray: decode (in the first step, or as tasks: :func:`decode_in_first_step`), then per
+    labeler in dependency order either its long-lived actor pool (model labelers, :mod:`pseudolabel.actor_pool`: weights loaded once per run, not per shard) or tasks.
 
     Every step works on calls of several of its batches (:func:`call_rows`); calls stream from step to step as
     object references, so call 2 is decoded while call 1 is labelled, and shards passed concurrently (threads)
@@ -88,21 +103,25 @@ def run_ray(table: pa.Table, runs: list[LabelerRun], *, gpus_available: bool | N
         rows = table.num_rows
         workers = [len(by_name[r.name].actors) if lab.uses_model else 1 for r, lab in zip(runs, labelers)]
         call = [call_rows(lab.batch_size, rows, w) for lab, w in zip(labelers, workers)]
-        decode = _remote(decode_step).options(num_cpus=min(1.0, free), name="pseudolabel/decode",
-                                              scheduling_strategy="SPREAD")
         pixels = needs_pixels(labelers)
-        refs = [decode.remote(table.slice(s, call[0]), pixels) for s in range(0, rows, call[0])]
+        refs = [table.slice(s, call[0]) for s in range(0, rows, call[0])]
         sizes = [min(call[0], rows - s) for s in range(0, rows, call[0])]
+        first_decodes = decode_in_first_step(pixels, requests[0].num_gpus if labelers[0].uses_model else 0.0)
+        if not first_decodes:
+            decode = _remote(decode_step).options(num_cpus=min(1.0, free), name="pseudolabel/decode",
+                                                  scheduling_strategy="SPREAD")
+            refs = [decode.remote(t, pixels) for t in refs]
         for k, (run, lab) in enumerate(zip(runs, labelers)):
             last = k == len(runs) - 1
             groups = regroup(sizes, call[k])
+            dec = pixels if k == 0 and first_decodes else None
             if lab.uses_model:
-                refs = [by_name[run.name].submit(off, n, last, [refs[i] for i in idx]) for idx, off, n in groups]
+                refs = [by_name[run.name].submit(off, n, last, [refs[i] for i in idx], dec) for idx, off, n in groups]
             else:
                 want = float(lab.settings.num_cpus or lab.resources.num_cpus)
                 task = _remote(_task_range).options(num_cpus=min(want, free), name=f"pseudolabel/{run.name}",
                                                     scheduling_strategy="SPREAD")
-                refs = [task.remote(run, off, n, last, *[refs[i] for i in idx]) for idx, off, n in groups]
+                refs = [task.remote(run, off, n, last, dec, *[refs[i] for i in idx]) for idx, off, n in groups]
             sizes = [n for _, _, n in groups]
         tables = ray.get(refs)
     return finish(pa.concat_tables(tables)), labelers

@@ -9,10 +9,12 @@ as actor pools that live across the shards of a run, :mod:`pseudolabel.actor_poo
 
 from __future__ import annotations
 
+import functools
 import io
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -258,15 +260,45 @@ def finish(table: pa.Table) -> pa.Table:
 # ----------------------------------------------------------------------------------------------- ray
 
 
-def label_range(labeler: Labeler, offset: int, length: int, drop_pixels: bool, tables) -> pa.Table:
+@functools.cache
+def _decode_thread() -> ThreadPoolExecutor:
+    """This process's decode thread (a Ray actor's or task worker's: one per process, started on first use)."""
+    return ThreadPoolExecutor(1, thread_name_prefix="pseudolabel-decode")
+
+
+def decoded_batches(table: pa.Table, batch: int, pixels: bool) -> Iterator[pa.Table]:
+    """``table`` in slices of ``batch`` rows through :func:`decode_step`, slice k+1 decoded in a background thread
+    while the caller labels slice k: Pillow releases the GIL while it decodes, so where a core is spare the decode
+    stays off the model's path (only the first slice's decode is on it), as with separate decode tasks, without
+    their Ray hop."""
+    slices = [table.slice(s, batch) for s in range(0, table.num_rows, batch)]
+    if not pixels or len(slices) < 2:
+        yield from (decode_step(t, pixels) for t in slices)
+        return
+    pool = _decode_thread()
+    ahead = pool.submit(decode_step, slices[0])
+    for k in range(len(slices)):
+        current = ahead.result()
+        if k + 1 < len(slices):
+            ahead = pool.submit(decode_step, slices[k + 1])
+        yield current
+
+
+def label_range(labeler: Labeler, offset: int, length: int, drop_pixels: bool, tables,
+                decode: bool | None = None) -> pa.Table:
     """One step of the Ray pass: rows ``[offset, offset + length)`` of the concatenated ``tables`` (consecutive
     chunks of the previous step), labelled in the labeler's own batch size; raw pixels dropped after the last
-    step (the driver needs only the labels)."""
+    step (the driver needs only the labels).
+
+    ``decode``: None when the rows are decoded already (a later step); else this is the pass's first step and
+    decodes them first (:func:`decode_step`, ``decode`` = whether the pass reads pixels at all)."""
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
     if offset or length != table.num_rows:
         table = table.slice(offset, length)
     bs = labeler.batch_size
-    parts = [label_step(labeler, table.slice(s, bs)) for s in range(0, table.num_rows, bs)]
+    batches = (table.slice(s, bs) for s in range(0, table.num_rows, bs)) if decode is None else \
+        decoded_batches(table, bs, decode)
+    parts = [label_step(labeler, batch) for batch in batches]
     out = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
     return out.drop_columns(["_rgb", "_h", "_w"]) if drop_pixels else out
 

@@ -28,7 +28,7 @@ from .config import PseudolabelConfig, pseudolabel_config
 from .registry import BUILTIN_OUTPUTS, resolve_order
 from .actor_pool import release_pools
 from .ray_pass import run_ray
-from .runner import LabelerRun, run_local, split_results
+from .runner import LabelerRun, needs_pixels, run_local, split_results
 from .spec import CAPTION, GROUND_TRUTH, RGB, Labeler
 
 log = logging.getLogger(__name__)
@@ -224,9 +224,10 @@ def _input_table(store: ArtifactStore, dataset: str, shard: int, stale: list[Lab
                  by_label: dict[str, Labeler], has_gt: bool) -> pa.Table:
     """The images shard plus, for needs made by labelers that are *not* re-run now, their committed columns,
     and, for oracle labelers, the shard's ground-truth columns (``ground_truth.<col>``, null for photos)."""
-    images = store.read_table(dataset, IMAGES, shard)
-    images = images.select([c for c in ("sample_key", "image", "caption", "orig_width", "orig_height")
-                            if c in images.column_names])
+    # a caption-only pass (e.g. T5) never reads the image bytes: the bulk of the images part, left unread
+    wanted = ("sample_key", "image", "caption", "orig_width", "orig_height") if needs_pixels(stale) else \
+        ("sample_key", "caption", "orig_width", "orig_height")
+    images = store.read_table(dataset, IMAGES, shard, columns=list(wanted), missing_ok=True)
     images = images.append_column("_idx", pa.array(range(images.num_rows), pa.int64()))
     stale_labels = {o for lab in stale for o in lab.outputs}
     needed = {d for lab in stale for d in lab.active_needs() if d not in (RGB, CAPTION)} - stale_labels

@@ -12,6 +12,7 @@ t ∈ {0.50, 0.55, ..., 0.95}. This is COCOeval's "all areas, maxDets=100" numbe
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -109,3 +110,20 @@ def box_ap(preds: list[Boxes], gts: list[Boxes], max_dets: int = 100,
         "ap75": float(ap[:, i75].mean()),
         "per_class_ap50": {c: float(ap[ci, i50]) for ci, c in enumerate(classes)},
     }
+
+
+def class_agnostic(b: Boxes) -> Boxes:
+    """The same boxes with every label 0: AP on these asks only where the objects are, not what they are."""
+    return Boxes(b.boxes, torch.zeros_like(b.labels), b.scores)
+
+
+def class_f1(preds: list[Boxes], gts: list[Boxes]) -> float:
+    """Micro F1 of the per-image class multisets, positions ignored: does a prediction name the right objects
+    (two cups predicted for an image with one cup and one book: 1 true positive, 1 false positive, 1 miss)?
+    NaN when there is neither a predicted nor a ground-truth box."""
+    tp = fp = fn = 0
+    for p, g in zip(preds, gts, strict=True):
+        pc, gc = Counter(p.labels.tolist()), Counter(g.labels.tolist())
+        hit = sum((pc & gc).values())
+        tp, fp, fn = tp + hit, fp + sum(pc.values()) - hit, fn + sum(gc.values()) - hit
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")

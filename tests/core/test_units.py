@@ -6,6 +6,7 @@ import pyarrow as pa
 import pytest
 
 from fourm_core import ArtifactStore, NotCommittedError, SampleError, Unit, UnitOutput, UnitStatus, run_unit
+from fourm_core.store import CorruptPartError
 from fourm_core.lineage import describe, lineage, parse_part, shard_status
 
 
@@ -31,6 +32,14 @@ def test_commit_then_cached(store):
     assert calls == [0]
     assert second.manifests[0].digest == first.manifests[0].digest
     assert store.read_table("ds", "numbers", 0).column("value").to_pylist() == [0, 2, 4, 6]
+
+
+def test_read_table_reads_only_the_asked_columns_and_may_skip_missing_ones(store):
+    run_unit(store, _unit(), _compute([]))
+    assert store.read_table("ds", "numbers", 0, columns=["value"]).column_names == ["value"]
+    assert store.read_table("ds", "numbers", 0, columns=["value", "absent"], missing_ok=True).column_names == ["value"]
+    with pytest.raises(CorruptPartError):  # without missing_ok a missing column fails the read, as before
+        store.read_table("ds", "numbers", 0, columns=["value", "absent"])
 
 
 def test_changed_config_or_code_or_input_recomputes(store):

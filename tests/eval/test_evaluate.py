@@ -163,11 +163,17 @@ def test_boxes_are_generated_parsed_and_scored_by_ap(tiny_eval_store):
     m = res.manifests[0]
     rows = [r for r in store.read_table(m.dataset, m.artifact, None).to_pylist() if r["task"] == "boxes"]
     got = {(r["reference"], r["metric"]): r for r in rows}
-    assert set(got) == {(ref, metric) for ref in ("pseudo label", "ground truth") for metric in ("ap50", "ap")}
-    # the stored det tokens are the pseudo label's boxes, quantised to 1/1000 of the crop: AP 1 against it
-    assert got[("pseudo label", "ap50")]["tokenizer_bound"] == pytest.approx(1.0)
+    assert set(got) == {(ref, metric) for ref in ("pseudo label", "ground truth")
+                        for metric in ("ap50", "ap", "ap50_any_class", "class_f1")}
+    # the stored det tokens are the pseudo label's boxes, quantised to 1/1000 of the crop: AP 1 against it, and
+    # so are the diagnostics (the right places, the right class names)
+    for metric in ("ap50", "ap50_any_class", "class_f1"):
+        assert got[("pseudo label", metric)]["tokenizer_bound"] == pytest.approx(1.0), metric
     for r in rows:
         assert r["samples"] == 4 and 0 <= r["model"] <= 1 and 0 <= r["baseline"] <= 1
+    # the class-prior baseline names every training class in every image: some of them are in each image
+    for ref in ("pseudo label", "ground truth"):
+        assert got[(ref, "class_f1")]["baseline"] > 0
         assert r["baseline_kind"] == "class-prior mean boxes, 8 training samples"
     assert got[("ground truth", "ap")]["primary"] and not got[("ground truth", "ap50")]["primary"]
     info = json.loads(store.read_bytes(store.data_path(m.dataset, m.artifact, None, ".metrics.json")))["info"]

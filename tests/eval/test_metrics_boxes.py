@@ -8,13 +8,29 @@ import io
 import pytest
 import torch
 
-from eval_stage.metrics.boxes import Boxes, box_ap, box_iou
+from eval_stage.metrics.boxes import Boxes, box_ap, box_iou, class_agnostic, class_f1
 
 
 def test_box_iou_hand():
     a = torch.tensor([[0.0, 0, 2, 2]])
     b = torch.tensor([[1.0, 1, 3, 3], [0, 0, 2, 2], [5, 5, 6, 6]])
     assert box_iou(a, b)[0].tolist() == pytest.approx([1 / 7, 1.0, 0.0])
+
+
+def test_class_f1_and_class_agnostic_ap_hand_case():
+    gt = [Boxes(torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]), torch.tensor([1, 2])),
+          Boxes(torch.tensor([[0.0, 0, 5, 5]]), torch.tensor([3]))]
+    # image 1: the right places, the classes swapped for 2 and 1 twice; image 2: nothing predicted
+    pred = [Boxes(torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]]), torch.tensor([2, 1, 1]),
+                  torch.tensor([0.9, 0.8, 0.7])),
+            Boxes(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0))]
+    # class multisets {1, 2} vs {2, 1, 1}: 2 hits, 1 false positive; {3} vs {}: 1 miss -> F1 = 4 / (4 + 1 + 1)
+    assert class_f1(pred, gt) == pytest.approx(4 / 6)
+    assert box_ap(pred, gt)["ap50"] == 0.0  # no box has its class where that class is
+    # class-blind: 2 of 3 objects found by the two best-scored boxes -> recall 2/3 at precision 1
+    agn = box_ap([class_agnostic(p) for p in pred], [class_agnostic(g) for g in gt])
+    assert agn["ap50"] == pytest.approx(67 / 101)
+    assert class_f1(pred[1:], pred[1:]) != class_f1(pred[1:], pred[1:])  # NaN: no box on either side
 
 
 def test_ap_hand_case():

@@ -77,6 +77,26 @@ def test_call_rows_sends_several_batches_per_call_and_a_call_to_every_actor():
     assert call_rows(128, 32, 1) == 128
 
 
+def test_decoded_batches_decode_ahead_in_order_like_one_decode_step():
+    """The first step's decode, a batch ahead in a thread: same rows, same pixels, same per-row decode errors."""
+    import pyarrow as pa
+
+    from pseudolabel.runner import decode_step, decoded_batches
+    from pseudolabel.testing import demo_samples, images_table
+
+    table = images_table(demo_samples(0, 7, size=48))
+    images = table.column("image").to_pylist()
+    images[4] = b"not a jpeg"
+    table = table.set_column(table.column_names.index("image"), "image", pa.array(images, pa.binary()))
+    batches = list(decoded_batches(table, 3, True))
+    assert [b.num_rows for b in batches] == [3, 3, 1]
+    whole = decode_step(table)
+    assert pa.concat_tables(batches).equals(whole)
+    assert whole.column("_decode_error").to_pylist()[4] is not None
+    captions_only = list(decoded_batches(table, 3, False))  # nothing to decode: empty pixel columns, no thread
+    assert pa.concat_tables(captions_only).equals(decode_step(table, False))
+
+
 def test_a_shard_whose_commit_fails_is_not_visible_and_the_concurrent_one_commits(images_store, ray_session,
                                                                                   monkeypatch):
     # Shards of a run pass concurrently and share one actor pool; shard 1's commit dies between its data

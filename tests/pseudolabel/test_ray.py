@@ -60,3 +60,40 @@ def test_sigkilled_actor_is_retried_and_the_shard_commits_once(images_store, ray
     pids = {int(p.read_text()) for p in pid_dir.iterdir()}
     assert first in pids and len(pids) >= 2  # a restarted actor finished the work
     assert set(table.column("pid").to_pylist()) - {first}  # rows made after the kill came from the new actor
+
+
+def test_decoding_in_the_first_step_or_in_decode_tasks_labels_alike(images_store, ray_session, monkeypatch):
+    """A model labeler first (its actor decodes) and a model-free one after; then the same with decode tasks."""
+    import pseudolabel.ray_pass as ray_pass
+
+    cfg = dataset_config(runner="ray", profile="tiny", labelers=["dinov2", "canny"])
+    arts = ("labels/dinov2_global", "labels/canny_edge")
+    made = {}
+    for in_first_step in (True, False):
+        monkeypatch.setattr(ray_pass, "DECODE_IN_FIRST_STEP", in_first_step)
+        assert all(r.status is UnitStatus.DONE for r in run_shard(images_store, cfg, 0, force=True))
+        made[in_first_step] = {a: images_store.read_table("demo", a, 0) for a in arts}
+    for a in arts:
+        assert made[True][a].num_rows == 4
+        assert made[True][a].equals(made[False][a])
+
+
+def test_pixels_are_decoded_in_the_first_step_unless_it_runs_on_a_gpu():
+    from pseudolabel.ray_pass import decode_in_first_step
+
+    assert decode_in_first_step(pixels=True, first_step_gpus=0.0)
+    assert not decode_in_first_step(pixels=True, first_step_gpus=0.25)  # decode tasks keep the GPU fed
+    assert decode_in_first_step(pixels=False, first_step_gpus=0.25)  # nothing to decode: never a decode task
+
+
+def test_a_caption_only_pass_does_not_read_the_image_bytes(images_store):
+    from pseudolabel.config import pseudolabel_config
+    from pseudolabel.stage import _input_table, build_labelers
+
+    cfg = pseudolabel_config(dataset_config(runner="local", profile="tiny", labelers=["t5", "dinov2"]))
+    labs = {lab.name: lab for lab in build_labelers(cfg, 0)}
+    by_label = {o: lab for lab in labs.values() for o in lab.outputs}
+    captions = _input_table(images_store, "demo", 0, [labs["t5"]], by_label, False)
+    assert "image" not in captions.column_names and captions.column("caption").null_count == 0
+    assert captions.num_rows == 4
+    assert "image" in _input_table(images_store, "demo", 0, [labs["dinov2"]], by_label, False).column_names
