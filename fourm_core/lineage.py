@@ -10,7 +10,7 @@ from typing import Any
 from . import lease
 from .gcpause import gc_paused
 from .manifest import Manifest
-from .store import ArtifactStore
+from .store import DATA_DIR, ArtifactStore
 
 
 @dataclass
@@ -31,12 +31,13 @@ def parse_part(store: ArtifactStore, path: str) -> tuple[str, str, int | None]:
     parts = p.strip("/").split("/")
     if len(parts) < 3:
         raise ValueError(f"{path!r} is not a part path under {store.root_uri} "
-                         f"(expected <dataset>/<artifact>/shard-NNNNN.parquet)")
+                         f"(expected <dataset>/<artifact>/data/shard-NNNNN.parquet)")
     dataset, name = parts[0], parts[-1]
-    artifact = "/".join(parts[1:-1])
     if name.startswith("shard-"):
-        return dataset, artifact, int(name[6:11])
-    return dataset, artifact, None
+        # a data file in <artifact>/data/ (the layout since data/ exists), or beside its manifest (older parts)
+        in_data = parts[-2] == DATA_DIR and len(parts) >= 4 and not name.endswith((".manifest.json", ".failed.json"))
+        return dataset, "/".join(parts[1:-2] if in_data else parts[1:-1]), int(name[6:11])
+    return dataset, "/".join(parts[1:-1]), None
 
 
 def lineage(store: ArtifactStore, dataset: str, artifact: str, shard: int | None, depth: int | None = None,

@@ -1,9 +1,18 @@
 """Artifact store over fsspec, with the commit protocol.
 
-Layout: ``<root>/<dataset>/<artifact>/shard-00017.parquet`` beside ``shard-00017.manifest.json``
-(and ``shard-00017.errors.parquet`` for per-sample failures). Non-shard artifacts (tokenizers,
-checkpoints) use ``<root>/<dataset>/<artifact>/`` with ``manifest.json``. ``<root>`` is a local folder
-or ``s3://bucket/prefix``.
+Layout: a sharded part's files are ``<root>/<dataset>/<artifact>/data/shard-00017.parquet`` (and
+``shard-00017.errors.parquet`` for per-sample failures, any other file of the part beside it); its manifest
+``shard-00017.manifest.json`` and failure record ``shard-00017.failed.json`` are in ``<artifact>/`` itself.
+Non-shard artifacts (tokenizers, checkpoints) keep everything in ``<root>/<dataset>/<artifact>/`` with
+``manifest.json``. ``<root>`` is a local folder or ``s3://bucket/prefix``.
+
+Why the ``data/`` folder: the cached check compares every data file's size with its manifest from one listing
+per artifact; on S3 that listing then pages through the data files only, not the manifests too (the listing's
+cost is per listed key, on the server as much as on the client). Parts committed before ``data/`` existed
+have their files beside the manifest ("old layout"); the manifest's URI says which layout a part uses, every
+reader follows it (:meth:`ArtifactStore.part_path`), and the size listing also lists ``<artifact>/`` while
+the artifact's index still has old-layout parts. Re-making an old-layout part writes it in ``data/`` and
+deletes its old files after the new manifest is committed; an existing store is never recomputed for this.
 
 Commit protocol: every data file is written first (locally to a temporary name, then renamed; on
 object stores each PUT is atomic), the manifest last. A part without a manifest does not exist for
@@ -23,6 +32,7 @@ import io
 import json
 import os
 import posixpath
+import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterable
@@ -52,8 +62,19 @@ class ManifestError(ValueError):
     """A manifest file exists but is not a valid manifest (its path is in the message)."""
 
 
+DATA_DIR = "data"  # sharded parts' files: <artifact>/data/shard-NNNNN.parquet (manifests stay in <artifact>/)
+
+
 def part_name(shard: int | None) -> str:
     return f"shard-{shard:05d}" if shard is not None else ""
+
+
+def in_data_dir(dataset: str, artifact: str, uri: str) -> bool:
+    """Whether a sharded part's main file ``uri`` (as its manifest records it: relative to the store root, or an
+    absolute URI from before relative ones) is in the ``<artifact>/data/`` layout rather than beside the
+    manifest (the old layout)."""
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    return ("/" + uri).endswith(f"/{dataset}/{artifact}/{DATA_DIR}/{name}")
 
 
 class ArtifactStore:
@@ -62,6 +83,7 @@ class ArtifactStore:
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None, use_index: bool = False):
         self.use_index = use_index
         self._indexes: dict[tuple[str, str], _index.ArtifactIndex] = {}
+        self._index_locks: dict[tuple[str, str], threading.Lock] = {}  # one load per artifact across threads
         self._sizes: dict[tuple[str, str, str], dict[int, int]] = {}
         self._sizes_pending: dict[tuple[str, str, str], Future] = {}  # listings running in the background
         self.root_uri = root.rstrip("/") or "/"
@@ -86,9 +108,41 @@ class ArtifactStore:
         return self.path(dataset, artifact)
 
     def data_path(self, dataset: str, artifact: str, shard: int | None, suffix: str = ".parquet") -> str:
+        """Where a commit writes a part's file ``suffix`` (``<artifact>/data/shard-NNNNN<suffix>`` for a sharded
+        part). To read a committed part's file use :meth:`part_path` (older parts are in the old layout)."""
         if shard is None:
             return self.path(dataset, artifact, f"data{suffix}")
+        return self.path(dataset, artifact, DATA_DIR, f"{part_name(shard)}{suffix}")
+
+    def old_data_path(self, dataset: str, artifact: str, shard: int, suffix: str = ".parquet") -> str:
+        """A sharded part's file in the old layout (beside its manifest), for parts committed before ``data/``."""
         return self.path(dataset, artifact, f"{part_name(shard)}{suffix}")
+
+    def part_path(self, dataset: str, artifact: str, shard: int | None, suffix: str = ".parquet",
+                  uri: str | None = None) -> str:
+        """The path under this root of a committed part's file ``suffix``, in the layout its manifest records
+        (``uri``: the manifest's main URI when the caller has it; else looked up, from the index's columns when
+        reading through it). A part that is not committed gets :meth:`data_path`."""
+        if shard is None:
+            return self.data_path(dataset, artifact, None, suffix)
+        if uri is None:
+            uri = self._part_uri(dataset, artifact, shard)
+        if uri is None or in_data_dir(dataset, artifact, uri):
+            return self.data_path(dataset, artifact, shard, suffix)
+        return self.old_data_path(dataset, artifact, shard, suffix)
+
+    def _part_uri(self, dataset: str, artifact: str, shard: int) -> str | None:
+        if self.use_index:
+            entry = self.index(dataset, artifact).get(shard)
+            if entry is None or not entry.committed:
+                return None
+            if entry.uri is not None:
+                return entry.uri
+        try:
+            m = self.read_manifest(dataset, artifact, shard)
+        except ValueError:
+            return None
+        return None if m is None else m.uri
 
     def manifest_path(self, dataset: str, artifact: str, shard: int | None) -> str:
         name = f"{part_name(shard)}.manifest.json" if shard is not None else "manifest.json"
@@ -154,20 +208,22 @@ class ArtifactStore:
     def index(self, dataset: str, artifact: str) -> _index.ArtifactIndex:
         """The artifact's index (loaded once per store until :meth:`invalidate`)."""
         key = (dataset, artifact)
-        if key not in self._indexes:
-            self._indexes[key] = _index.load_index(self, dataset, artifact)
-        return self._indexes[key]
+        ix = self._indexes.get(key)
+        if ix is None:
+            # a background size listing (preload_sizes) may ask for the same index: one load, the other waits
+            with self._index_locks.setdefault(key, threading.Lock()):
+                ix = self._indexes.get(key)
+                if ix is None:
+                    ix = self._indexes[key] = _index.load_index(self, dataset, artifact)
+        return ix
 
     def preload(self, dataset: str, artifacts: Iterable[str]) -> None:
         """Load several artifacts' indexes at once (their snapshot reads and listings overlap)."""
         todo = [a for a in dict.fromkeys(artifacts) if (dataset, a) not in self._indexes]
         if not todo:
             return
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(min(8, len(todo))) as pool:
-            for a, ix in zip(todo, pool.map(lambda a: _index.load_index(self, dataset, a), todo)):
-                self._indexes[(dataset, a)] = ix
+            list(pool.map(lambda a: self.index(dataset, a), todo))
 
     # ------------------------------------------------------------------------------------ manifests
 
@@ -321,7 +377,7 @@ class ArtifactStore:
                 f"{self.uri(self.data_path(dataset, artifact, shard))} is not committed (no manifest); "
                 f"run the stage that makes '{artifact}' for dataset '{dataset}'"
             )
-        path = self.data_path(dataset, artifact, shard)
+        path = self.part_path(dataset, artifact, shard, uri=manifest.uri)
         data = self.read_bytes(path)
         if verify and sha256_bytes(data) != manifest.digest:
             raise DigestMismatchError(f"{self.uri(path)} does not match the digest in its manifest; "
@@ -359,9 +415,11 @@ class ArtifactStore:
         expected = m.main_bytes()
         if expected is None:
             return True
-        if m.shard is not None and self.use_index:
+        if m.shard is None:
+            return self.size_of(m.uri) == expected
+        if self.use_index:
             return self.data_sizes(m.dataset, m.artifact).get(m.shard) == expected
-        return self.size_of(m.uri) == expected
+        return self.size_of(self.part_path(m.dataset, m.artifact, m.shard, uri=m.uri)) == expected
 
     def data_sizes(self, dataset: str, artifact: str) -> dict[int, int]:
         """shard -> bytes of every ``shard-NNNNN.parquet`` of an artifact, from one listing (cached per store
@@ -374,11 +432,35 @@ class ArtifactStore:
         return self._sizes[key]
 
     def _list_sizes(self, dataset: str, artifact: str) -> dict[int, int]:
-        """One listing of the artifact's folder: shard -> bytes of its main data files."""
-        def data_file(name: str) -> bool:
-            return name.startswith("shard-") and name.endswith(".parquet") and not name.endswith(".errors.parquet")
-
+        """shard -> bytes of the main data files: one listing of ``<artifact>/data/``, plus one of ``<artifact>/``
+        only while parts there are in the old layout (the index says which; without the index, both folders)."""
         folder = self.artifact_dir(dataset, artifact)
+        sizes = self._folder_sizes(posixpath.join(folder, DATA_DIR))
+        old_parts = self._old_layout_parts(dataset, artifact)
+        if old_parts is None:  # no index to ask: the old folder fills in what data/ lacks
+            return {**self._folder_sizes(folder), **sizes}
+        if old_parts:
+            old = self._folder_sizes(folder)
+            for part in old_parts:  # a part's size is its own layout's file (never a stale file of the other)
+                if part in old:
+                    sizes[part] = old[part]
+                else:
+                    sizes.pop(part, None)
+        return sizes
+
+    def _old_layout_parts(self, dataset: str, artifact: str) -> list[int] | None:
+        """Committed parts of the artifact whose manifest names a file beside it (the old layout); None when
+        this store does not read through the index."""
+        if not self.use_index:
+            return None
+        return [p for p, e in self.index(dataset, artifact).entries.items()
+                if p is not None and e.has_manifest and (e.uri is None or not in_data_dir(dataset, artifact, e.uri))]
+
+    def _folder_sizes(self, folder: str) -> dict[int, int]:
+        """shard -> bytes of the ``shard-NNNNN.parquet`` files directly in ``folder``, from one listing."""
+        def data_file(name: str) -> bool:
+            return len(name) == 19 and name.startswith("shard-") and name.endswith(".parquet")  # not .errors/.digests
+
         try:
             if self.is_local:  # stat only the data files (fsspec's ls stats every entry)
                 with os.scandir(folder) as it:
@@ -419,8 +501,11 @@ class ArtifactStore:
                 self.data_sizes(dataset, a)
 
     def read_errors(self, dataset: str, artifact: str, shard: int | None) -> pa.Table | None:
-        path = self.data_path(dataset, artifact, shard, ".errors.parquet")
-        if self.read_manifest(dataset, artifact, shard) is None or not self.exists(path):
+        m = self.read_manifest(dataset, artifact, shard)
+        if m is None:
+            return None
+        path = self.part_path(dataset, artifact, shard, ".errors.parquet", uri=m.uri)
+        if not self.exists(path):
             return None
         return pq.read_table(io.BytesIO(self.read_bytes(path)))
 
@@ -439,6 +524,7 @@ class ArtifactStore:
         dataset, artifact, shard = manifest_fields["dataset"], manifest_fields["artifact"], manifest_fields["shard"]
         # The index's journal mark comes before anything changes, its pair after the last change (index.py).
         nonce = _index.write_mark(self, dataset, artifact, shard, "open")
+        old_files = self._old_layout_files(dataset, artifact, shard)  # deleted once the new manifest is in
         self.remove(self.manifest_path(dataset, artifact, shard))  # an old manifest must not vouch for new bytes
         paths = {suffix: self.data_path(dataset, artifact, shard, suffix) for suffix in files}
         self.write_files({paths[suffix]: data for suffix, data in files.items()})
@@ -456,11 +542,29 @@ class ArtifactStore:
         on_disk = self._map_uris(manifest, self.relative)
         self.write_bytes(self.manifest_path(dataset, artifact, shard), on_disk.to_json().encode())
         self.remove(self.failure_path(dataset, artifact, shard))
+        for path in old_files:  # the re-made part's files in the old layout: nothing vouches for them now
+            self.remove(path)
         self._sizes.pop(("sizes", dataset, artifact), None)
         self._sizes_pending.pop(("sizes", dataset, artifact), None)
         _index.write_mark(self, dataset, artifact, shard, "done", nonce)
         self._indexes.pop((dataset, artifact), None)
         return manifest
+
+    def _old_layout_files(self, dataset: str, artifact: str, shard: int | None) -> list[str]:
+        """The files of the part's current manifest when they are in the old layout (a re-made part's commit
+        deletes them after writing its new manifest; a crash in between leaves them unreferenced, harmless)."""
+        if shard is None:
+            return []
+        try:
+            raw = json.loads(self.read_bytes(self.manifest_path(dataset, artifact, shard)))
+            if in_data_dir(dataset, artifact, raw["uri"]):
+                return []
+            names = [f["name"] for f in raw["files"]]
+        except FileNotFoundError:
+            return []
+        except (ValueError, KeyError, TypeError):  # an unreadable manifest: the old layout's usual files
+            names = [f"{part_name(shard)}.parquet", f"{part_name(shard)}.errors.parquet"]
+        return [self.path(dataset, artifact, posixpath.basename(n)) for n in names]
 
     def record_failure(self, dataset: str, artifact: str, shard: int | None, info: dict[str, Any]) -> None:
         nonce = _index.write_mark(self, dataset, artifact, shard, "open")

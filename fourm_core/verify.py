@@ -43,11 +43,12 @@ def verify_part(store: ArtifactStore, dataset: str, artifact: str, shard: int | 
     if m is None:
         return PartCheck(dataset, artifact, shard, None, ["no manifest (not committed)"])
     problems = []
-    folder = posixpath.dirname(m.uri)
+    # the files are beside the main file, in the layout the manifest records (<artifact>/data/ or the old one)
+    folder = posixpath.dirname(store.part_path(dataset, artifact, shard, uri=m.uri))
     main = posixpath.basename(m.uri)
     for f in m.files:
-        uri = posixpath.join(folder, f.name)
-        path = uri.split("://", 1)[1] if "://" in uri else uri
+        path = posixpath.join(folder, f.name)
+        uri = store.uri(path)
         try:
             data = store.read_bytes(path)
         except FileNotFoundError:

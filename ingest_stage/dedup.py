@@ -97,14 +97,16 @@ class StoreDigests:
             raise RuntimeError(f"{manifest.uri} has no digest file: it was ingested before ingest/3; re-run ingest "
                                f"on dataset '{manifest.dataset}' shard {manifest.shard} (python -m ingest_stage "
                                f"--dataset {manifest.dataset} --shard {manifest.shard})")
-        return _digest_table(self.store, manifest.dataset, manifest.artifact, manifest.shard, entry.digest)
+        return _digest_table(self.store, manifest.dataset, manifest.artifact, manifest.shard, entry.digest, manifest.uri)
 
 
 @lru_cache(maxsize=1024)  # ~100 KB per 1000-sample part: at most ~100 MB held
-def _digest_table(store: ArtifactStore, dataset: str, artifact: str, shard: int | None, digest: str) -> pa.Table:
-    data = store.read_bytes(store.data_path(dataset, artifact, shard, DIGESTS_SUFFIX))
+def _digest_table(store: ArtifactStore, dataset: str, artifact: str, shard: int | None, digest: str,
+                  uri: str) -> pa.Table:
+    path = store.part_path(dataset, artifact, shard, DIGESTS_SUFFIX, uri=uri)  # in the layout the manifest records
+    data = store.read_bytes(path)
     if hashlib.sha256(data).hexdigest() != digest:
-        raise RuntimeError(f"{store.uri(store.data_path(dataset, artifact, shard, DIGESTS_SUFFIX))} does not match "
+        raise RuntimeError(f"{store.uri(path)} does not match "
                            f"the digest in its manifest; re-run ingest for that shard")
     return pq.read_table(io.BytesIO(data))
 

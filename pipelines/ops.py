@@ -16,7 +16,7 @@ import fsspec
 from fourm_core.config import ConfigError, load_dataset_config
 from fourm_core.lineage import StatusRow, describe, lineage, shard_status
 from fourm_core.manifest import Manifest
-from fourm_core.store import ArtifactStore
+from fourm_core.store import DATA_DIR, ArtifactStore
 from fourm_core.verify import PartCheck, verify_parts
 
 STORAGE_OPTIONS_ENV = "FOURM_STORAGE_OPTIONS"  # JSON, e.g. {"endpoint_url": "http://s3.local:8333"}
@@ -116,11 +116,15 @@ def open_part(uri: str, root: str | None, storage_options: dict[str, Any] | None
     local = protocol in ("file", "local")
     if local:
         path = os.path.abspath(path)
-    manifest_path = _manifest_path(path)
-    try:
-        manifest = Manifest.from_json(fs.cat_file(manifest_path))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no manifest at {manifest_path}: {uri} is not a committed artifact part") from None
+    candidates = _manifest_paths(path)
+    for manifest_path in candidates:
+        try:
+            manifest = Manifest.from_json(fs.cat_file(manifest_path))
+            break
+        except FileNotFoundError:
+            continue
+    else:
+        raise FileNotFoundError(f"no manifest at {candidates[0]}: {uri} is not a committed artifact part") from None
     base = posixpath.dirname(manifest_path)  # <root>/<dataset>/<artifact>
     suffix = f"/{manifest.dataset}/{manifest.artifact}"
     if not base.endswith(suffix):
@@ -130,16 +134,20 @@ def open_part(uri: str, root: str | None, storage_options: dict[str, Any] | None
     return store, manifest
 
 
-def _manifest_path(path: str) -> str:
+def _manifest_paths(path: str) -> list[str]:
+    """Where the manifest of the part named by ``path`` can be, most likely first."""
     d, name = posixpath.split(path.rstrip("/"))
     if name.endswith("manifest.json"):
-        return path
+        return [path]
     if name.startswith("shard-") and len(name) >= 11:
-        return posixpath.join(d, name[:11] + ".manifest.json")
+        beside = posixpath.join(d, name[:11] + ".manifest.json")
+        if posixpath.basename(d) == DATA_DIR:  # <artifact>/data/shard-N.parquet (or an old artifact named .../data)
+            return [posixpath.join(posixpath.dirname(d), name[:11] + ".manifest.json"), beside]
+        return [beside]
     if name.startswith("data.") or name == "":
-        return posixpath.join(d, "manifest.json")
+        return [posixpath.join(d, "manifest.json")]
     # a non-shard artifact's folder, or a bare "shard-00003" name
-    return posixpath.join(path, "manifest.json")
+    return [posixpath.join(path, "manifest.json")]
 
 
 def lineage_text(uri: str, root: str | None = None, storage_options: dict[str, Any] | None = None,
