@@ -12,8 +12,11 @@ page is now cut at ``<Contents>`` and each element's ``Key`` and ``Size`` found 
 
 The cached check needs only the main data files' sizes: :func:`s3_data_sizes` finds them with one regular
 expression over each page (``.../shard-NNNNN.parquet</Key>`` ... ``<Size>``, inside one ``<Contents>``), in C,
-without a Python step per listed key (manifests and errors files are half to two thirds of the keys); a page
-where that count disagrees with the data keys it holds (another element order) is refused like any other.
+without a Python step per listed key (errors and digest files, and in an old-layout folder the manifests, are
+skipped); a page where that count disagrees with the data keys it holds (another element order) is refused like
+any other. The folder listed is ``<artifact>/data/`` (``ArtifactStore._list_sizes``), which holds only the
+parts' files, so the server walks a third to a half of the keys the artifact folder holds; the artifact folder
+itself is listed only while old-layout parts (data files beside their manifests) remain.
 
 Anything unusual (another filesystem, an HTTP or TLS setting urllib does not share with botocore, a
 response that is not a listing) returns None, and the caller lists through fsspec as before.

@@ -48,7 +48,7 @@ def test_truncated_shard_is_recomputed_and_named_when_read(built, fake_dataset, 
     cached, to_run = split_cached(view, spec, cfg, [0, 1, 2], force=False)
     assert to_run == [1] and {s["shard"] for s in cached} == {0, 2}
     # a reader of the bad input is told which file is bad, and how to re-make it
-    with pytest.raises(CorruptPartError, match=r"numbers/shard-00001\.parquet has 100 bytes.*rerun --dataset fk "
+    with pytest.raises(CorruptPartError, match=r"numbers/data/shard-00001\.parquet has 100 bytes.*rerun --dataset fk "
                                                r"--stage fake --shard 1"):
         store.read_table("fk", "numbers", 1)
     # verify reports it with the re-run command, and exits non-zero
@@ -102,15 +102,15 @@ def test_copied_store_is_self_consistent(built, tmp_path, fake_dataset, capsys):
     shutil.copytree(root, copy)
     shutil.rmtree(root)  # nothing may point into the original any more
     on_disk = json.loads((copy / "fk" / "doubled" / "shard-00001.manifest.json").read_text())
-    assert on_disk["uri"] == "fk/doubled/shard-00001.parquet"
-    assert on_disk["ingredients"]["inputs"][0]["uri"] == "fk/numbers/shard-00001.parquet"
+    assert on_disk["uri"] == "fk/doubled/data/shard-00001.parquet"
+    assert on_disk["ingredients"]["inputs"][0]["uri"] == "fk/numbers/data/shard-00001.parquet"
     moved = ArtifactStore(str(copy))
     m = moved.read_manifest("fk", "doubled", 1)
-    assert m.uri == str(copy / "fk" / "doubled" / "shard-00001.parquet")
-    assert m.ingredients.inputs[0].uri == str(copy / "fk" / "numbers" / "shard-00001.parquet")
-    assert main(["lineage", str(copy / "fk" / "doubled" / "shard-00001.parquet")]) == 0
+    assert m.uri == str(copy / "fk" / "doubled" / "data" / "shard-00001.parquet")
+    assert m.ingredients.inputs[0].uri == str(copy / "fk" / "numbers" / "data" / "shard-00001.parquet")
+    assert main(["lineage", str(copy / "fk" / "doubled" / "data" / "shard-00001.parquet")]) == 0
     out = capsys.readouterr().out
-    assert str(root) not in out and str(copy / "fk" / "numbers" / "shard-00001.parquet") in out
+    assert str(root) not in out and str(copy / "fk" / "numbers" / "data" / "shard-00001.parquet") in out
     assert "MISSING" not in out
     # and a re-run on the moved store finds everything cached
     assert [r.status for r in run_down(moved, cfg, 1)] == [UnitStatus.CACHED]

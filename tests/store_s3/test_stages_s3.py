@@ -56,9 +56,9 @@ def test_real_stages_on_s3_then_status_verify_and_cached_rerun(s3_root, tmp_path
 
     store = ArtifactStore(root, options)
     m = store.read_manifest("s3e", "tokens/color_palette", 1)
-    assert m.uri == f"{root}/s3e/tokens/color_palette/shard-00001.parquet" and m.flow_run_id == "run-s3"
+    assert m.uri == f"{root}/s3e/tokens/color_palette/data/shard-00001.parquet" and m.flow_run_id == "run-s3"
     raw = json.loads(store.read_bytes(store.manifest_path("s3e", "tokens/color_palette", 1)))
-    assert raw["uri"] == "s3e/tokens/color_palette/shard-00001.parquet"  # relative on S3 too
+    assert raw["uri"] == "s3e/tokens/color_palette/data/shard-00001.parquet"  # relative on S3 too
     assert store.read_table("s3e", "labels/canny_edge", 0, verify=True).num_rows == 4
 
     opts = json.dumps(options)
