@@ -55,10 +55,17 @@ class ShardResult:
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    """Encoded JPEG/PNG/WebP bytes -> uint8 H×W×3 RGB."""
-    from PIL import Image
+    """Encoded JPEG/PNG/WebP bytes -> uint8 H×W×3 RGB.
 
-    with Image.open(io.BytesIO(data)) as im:
+    Bytes Pillow cannot identify raise ``UnidentifiedImageError`` naming their size instead of Pillow's message,
+    which holds the address of a temporary buffer: the recorded sample error is then the same on every run."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise UnidentifiedImageError(f"not a known image format ({len(data)} bytes)") from None
+    with im:
         return np.asarray(im.convert("RGB"))
 
 

@@ -2,7 +2,6 @@
 passed concurrently; a new config gets its own pool; ``release_pools`` ends them."""
 
 import os
-import re
 import threading
 import time
 
@@ -93,12 +92,8 @@ def test_decoded_batches_decode_ahead_in_order_like_one_decode_step():
     assert [b.num_rows for b in batches] == [3, 3, 1]
     whole = decode_step(table)
 
-    def stable(t: pa.Table) -> pa.Table:  # Pillow's message names its BytesIO's address, which differs per call
-        errors = [e and re.sub(r" at 0x[0-9a-f]+", "", e) for e in t.column("_decode_error").to_pylist()]
-        return t.set_column(t.column_names.index("_decode_error"), "_decode_error", pa.array(errors, pa.string()))
-
-    assert stable(pa.concat_tables(batches)).equals(stable(whole))
-    assert whole.column("_decode_error").to_pylist()[4] is not None
+    assert pa.concat_tables(batches).equals(whole)  # the same error text on every call (no buffer address)
+    assert whole.column("_decode_error").to_pylist()[4] == "UnidentifiedImageError: not a known image format (10 bytes)"
     assert [e is None for e in whole.column("_decode_error").to_pylist()] == [i != 4 for i in range(7)]
     captions_only = list(decoded_batches(table, 3, False))  # nothing to decode: empty pixel columns, no thread
     assert pa.concat_tables(captions_only).equals(decode_step(table, False))
