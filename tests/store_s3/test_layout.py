@@ -187,3 +187,22 @@ def test_a_truncated_data_file_in_data_folder_is_caught(any_store):
     calls: list = []
     assert run_unit(_view(store), _unit(1), _compute(calls, 1)).status is UnitStatus.DONE and calls == [1]
     assert verify_part(store, "ds", "numbers", 1).ok
+
+
+def test_layout_is_read_from_the_uri_relative_or_absolute():
+    """A manifest's URI says the layout: relative (today), absolute from another root (manifests written before
+    relative URIs, or a copied store), and an artifact that is itself named ``data``."""
+    from fourm_core.store import in_data_dir
+
+    assert in_data_dir("ds", "labels/depth", "ds/labels/depth/data/shard-00001.parquet")
+    assert not in_data_dir("ds", "labels/depth", "ds/labels/depth/shard-00001.parquet")
+    assert in_data_dir("ds", "images", "s3://b/elsewhere/ds/images/data/shard-00001.parquet")
+    assert not in_data_dir("ds", "images", "/old/root/ds/images/shard-00001.parquet")
+    assert not in_data_dir("ds", "data", "ds/data/shard-00001.parquet")  # old layout of an artifact named data
+    assert in_data_dir("ds", "data", "ds/data/data/shard-00001.parquet")
+    store = ArtifactStore("/tmp/here")
+    assert store.part_path("ds", "images", 1, ".errors.parquet", uri="/old/root/ds/images/shard-00001.parquet") == \
+        "/tmp/here/ds/images/shard-00001.errors.parquet"
+    assert store.part_path("ds", "images", 1, uri="ds/images/data/shard-00001.parquet") == \
+        "/tmp/here/ds/images/data/shard-00001.parquet"
+    assert store.part_path("ds", "ckpt", None, ".safetensors") == "/tmp/here/ds/ckpt/data.safetensors"
