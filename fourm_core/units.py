@@ -23,12 +23,16 @@ from typing import Any, Callable
 import pyarrow as pa
 from pydantic import BaseModel
 
-from .config import normalise
+from .config import ENCODE_SORTED, normalise
 from .manifest import (ErrorSummary, Ingredients, InputRef, Manifest, ModelRef, Timings, flow_run_id, git_commit,
                        hostname, now)
 from . import lease
 from .index import PartEntry
 from .store import ArtifactStore, table_schema, table_to_parquet_bytes
+
+_enc = json.encoder.encode_basestring_ascii  # what json.dumps does for one str, without its overhead
+_sha256 = hashlib.sha256
+
 
 ERRORS_SCHEMA = pa.schema([("sample_key", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 
@@ -72,13 +76,31 @@ class Unit:
     @property
     def cache_key(self) -> str:
         """``self.ingredients().cache_key()``, without building the pydantic model (the orchestrator computes
-        one per unit for every unit of a dataset; tests/core/test_units.py checks the two agree)."""
-        enc = json.encoder.encode_basestring_ascii  # what json.dumps does for one str, without its overhead
-        inputs = ",".join(enc(x) for x in sorted(f"{i.dataset}/{i.artifact}/{i.shard}:{i.digest}" for i in self.inputs))
-        model = enc(self.model.digest) if self.model else "null"
-        blob = (f'{{"code_version":{enc(self.code_version)},"config":{normalise(self.config)},'
-                f'"inputs":[{inputs}],"model":{model},"stage":{enc(self.stage)}}}')
-        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+        one per unit for every unit of a dataset; tests/core/test_cache_keys.py checks the two agree on the
+        real stages' units and the control-plane bench's).
+
+        The same JSON text, written directly: keys in sorted order (code_version, config, inputs, model, stage),
+        the config as ``normalise`` writes it (json's C encoder), each string by ``encode_basestring_ascii`` (what
+        ``json.dumps`` does with a str); a unit's single input (most units) without a sort or a generator."""
+        inputs = self.inputs
+        if len(inputs) == 1:
+            i = inputs[0]
+            refs = _enc(f"{i.dataset}/{i.artifact}/{i.shard}:{i.digest}")
+        else:
+            refs = ",".join(map(_enc, sorted([f"{i.dataset}/{i.artifact}/{i.shard}:{i.digest}" for i in inputs])))
+        config = self.config
+        if type(config) is dict and ENCODE_SORTED is not None:  # normalise's work without its call (most configs)
+            try:
+                config_json = "".join(ENCODE_SORTED(config, 0))
+            except RecursionError:
+                config_json = normalise(config)  # a circular reference: raises as ingredients() would
+        else:
+            config_json = normalise(config)
+        model = self.model
+        blob = (f'{{"code_version":{_enc(self.code_version)},"config":{config_json},'
+                f'"inputs":[{refs}],"model":{"null" if model is None else _enc(model.digest)},'
+                f'"stage":{_enc(self.stage)}}}')
+        return _sha256(blob.encode()).hexdigest()[:32]
 
     @property
     def label(self) -> str:
