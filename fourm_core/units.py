@@ -43,6 +43,9 @@ class UnitStatus(str, Enum):
     FAILED = "failed"  # the unit raised; a failure record was written
 
 
+_STATUS_TEXT = {s: s.value for s in UnitStatus}
+
+
 @dataclass(frozen=True)
 class SampleError:
     """One sample that could not be processed. ``reason`` is a short stable code, ``detail`` free text."""
@@ -141,7 +144,7 @@ class UnitResult:
             "stage": self.stage,
             "artifacts": self.artifacts,
             "shard": self.shard,
-            "status": self.status.value,
+            "status": _STATUS_TEXT[self.status],  # .value goes through enum's descriptor: 10x a dict lookup
             "seconds": round(self.seconds, 3),
             "rows": ms[0].rows if len(ms) == 1 else sum(m.rows for m in ms),
             "errors": _error_count(ms[0]) if ms else 0,
