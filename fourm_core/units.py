@@ -108,7 +108,8 @@ class Unit:
     @property
     def label(self) -> str:
         shard = "-" if self.shard is None else f"{self.shard:05d}"
-        return f"{self.dataset}/{'+'.join(self.artifacts)}/shard-{shard}"
+        artifacts = self.artifacts
+        return f"{self.dataset}/{artifacts[0] if len(artifacts) == 1 else '+'.join(artifacts)}/shard-{shard}"
 
 
 @dataclass
@@ -170,7 +171,7 @@ def is_cached(store: ArtifactStore, unit: Unit, key: str | None = None,
         entries = []
         for a in unit.artifacts:
             e = store.index(unit.dataset, a).get(unit.shard)
-            if e is None or not e.committed or e.cache_key != key:
+            if e is None or e.cache_key != key or not e.committed:
                 return None
             # a truncated or missing data file is recomputed, not trusted
             if unit.shard is None:
@@ -196,13 +197,22 @@ def _size_matches(store: ArtifactStore, dataset: str, artifact: str, entry: Part
     return entry.data_bytes is None or store.data_sizes(dataset, artifact).get(entry.part) == entry.data_bytes
 
 
-def sizes_intact(store: ArtifactStore, dataset: str, results: list["UnitResult"]) -> bool:
+def sizes_intact(store: ArtifactStore, dataset: str, results: list["UnitResult"],
+                 listed: dict[str, dict[int, int]] | None = None) -> bool:
     """Whether every sharded data file of ``results`` (from ``is_cached(..., check_sizes=False)``) has the size
-    its index entry records: the deferred half of the cached check."""
+    its index entry records: the deferred half of the cached check. ``listed`` (artifact -> the store's
+    ``data_sizes``), kept by a caller across calls, saves asking the store once per part."""
+    listed = {} if listed is None else listed
     for r in results:
+        if r.shard is None:
+            continue
         for artifact, entry in zip(r.artifacts, r.manifests):
-            if r.shard is not None and isinstance(entry, PartEntry) and not _size_matches(store, dataset, artifact, entry):
-                return False
+            if isinstance(entry, PartEntry) and entry.data_bytes is not None:
+                sizes = listed.get(artifact)
+                if sizes is None:
+                    sizes = listed[artifact] = store.data_sizes(dataset, artifact)
+                if sizes.get(entry.part) != entry.data_bytes:
+                    return False
     return True
 
 
