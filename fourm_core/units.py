@@ -140,13 +140,14 @@ class UnitResult:
     def summary(self) -> dict[str, Any]:
         """A small, serialisable record (what Prefect tasks return: URIs, digests, counts, never data)."""
         ms = self.manifests  # one summary per unit of the dataset on a cached re-run: kept lean
+        seconds = self.seconds
         return {
             "unit": self.unit,
             "stage": self.stage,
             "artifacts": self.artifacts,
             "shard": self.shard,
             "status": _STATUS_TEXT[self.status],  # .value goes through enum's descriptor: 10x a dict lookup
-            "seconds": round(self.seconds, 3),
+            "seconds": seconds if seconds == 0 else round(seconds, 3),  # a cached unit's 0.0 without float rounding
             "rows": ms[0].rows if len(ms) == 1 else sum(m.rows for m in ms),
             "errors": _error_count(ms[0]) if ms else 0,
             "uris": [m.uri for m in ms],
