@@ -124,6 +124,6 @@ def test_real_stages_units_agree_with_their_manifests(tmp_path):
             for u in units:
                 for a in u.artifacts:
                     assert plain.read_manifest(u.dataset, a, u.shard).cache_key == u.cache_key, (u.label, a)
-                # the orchestrator's check by key (sizes aside: on main the local size listing still mistakes
-                # ingest's shard-NNNNN.digests.parquet for the data file; fixed on branch s3-layout)
-                assert is_cached(view, u, check_sizes=False), u.label
+                # the orchestrator's check: key and data file size (a listing that took ingest's
+                # shard-NNNNN.digests.parquet for the data file once failed this about half the time)
+                assert is_cached(view, u), u.label

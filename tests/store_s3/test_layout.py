@@ -206,3 +206,16 @@ def test_layout_is_read_from_the_uri_relative_or_absolute():
     assert store.part_path("ds", "images", 1, uri="ds/images/data/shard-00001.parquet") == \
         "/tmp/here/ds/images/data/shard-00001.parquet"
     assert store.part_path("ds", "ckpt", None, ".safetensors") == "/tmp/here/ds/ckpt/data.safetensors"
+
+
+def test_size_listing_takes_only_the_main_data_file(any_store):
+    """A part's sibling files (errors, ingest's digests) are larger or smaller than its data file: the size
+    compared with the manifest is the main file's, whatever order the listing returns them in (S3 lists by name:
+    ".digests" before and ".weights" after the main file)."""
+    store = any_store
+    _commit(store, 0)
+    for suffix, size in ((".digests.parquet", 7), (".weights.parquet", 100_000)):
+        store.write_bytes(store.data_path("ds", "numbers", 0, suffix), b"x" * size)
+    view = _view(store)
+    assert view.data_sizes("ds", "numbers") == {0: _size(store, store.data_path("ds", "numbers", 0))}
+    assert is_cached(view, _unit(0)) is not None
