@@ -23,12 +23,16 @@ from typing import Any, Callable
 import pyarrow as pa
 from pydantic import BaseModel
 
-from .config import normalise
+from .config import ENCODE_SORTED, normalise
 from .manifest import (ErrorSummary, Ingredients, InputRef, Manifest, ModelRef, Timings, flow_run_id, git_commit,
                        hostname, now)
 from . import lease
 from .index import PartEntry
 from .store import ArtifactStore, table_schema, table_to_parquet_bytes
+
+_enc = json.encoder.encode_basestring_ascii  # what json.dumps does for one str, without its overhead
+_sha256 = hashlib.sha256
+
 
 ERRORS_SCHEMA = pa.schema([("sample_key", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 
@@ -37,6 +41,9 @@ class UnitStatus(str, Enum):
     DONE = "done"  # computed and committed in this run
     CACHED = "cached"  # a committed manifest with the same cache key existed; nothing was done
     FAILED = "failed"  # the unit raised; a failure record was written
+
+
+_STATUS_TEXT = {s: s.value for s in UnitStatus}
 
 
 @dataclass(frozen=True)
@@ -72,18 +79,37 @@ class Unit:
     @property
     def cache_key(self) -> str:
         """``self.ingredients().cache_key()``, without building the pydantic model (the orchestrator computes
-        one per unit for every unit of a dataset; tests/core/test_units.py checks the two agree)."""
-        enc = json.encoder.encode_basestring_ascii  # what json.dumps does for one str, without its overhead
-        inputs = ",".join(enc(x) for x in sorted(f"{i.dataset}/{i.artifact}/{i.shard}:{i.digest}" for i in self.inputs))
-        model = enc(self.model.digest) if self.model else "null"
-        blob = (f'{{"code_version":{enc(self.code_version)},"config":{normalise(self.config)},'
-                f'"inputs":[{inputs}],"model":{model},"stage":{enc(self.stage)}}}')
-        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+        one per unit for every unit of a dataset; tests/core/test_cache_keys.py checks the two agree on the
+        real stages' units and the control-plane bench's).
+
+        The same JSON text, written directly: keys in sorted order (code_version, config, inputs, model, stage),
+        the config as ``normalise`` writes it (json's C encoder), each string by ``encode_basestring_ascii`` (what
+        ``json.dumps`` does with a str); a unit's single input (most units) without a sort or a generator."""
+        inputs = self.inputs
+        if len(inputs) == 1:
+            i = inputs[0]
+            refs = _enc(f"{i.dataset}/{i.artifact}/{i.shard}:{i.digest}")
+        else:
+            refs = ",".join(map(_enc, sorted([f"{i.dataset}/{i.artifact}/{i.shard}:{i.digest}" for i in inputs])))
+        config = self.config
+        if type(config) is dict and ENCODE_SORTED is not None:  # normalise's work without its call (most configs)
+            try:
+                config_json = "".join(ENCODE_SORTED(config, 0))
+            except RecursionError:
+                config_json = normalise(config)  # a circular reference: raises as ingredients() would
+        else:
+            config_json = normalise(config)
+        model = self.model
+        blob = (f'{{"code_version":{_enc(self.code_version)},"config":{config_json},'
+                f'"inputs":[{refs}],"model":{"null" if model is None else _enc(model.digest)},'
+                f'"stage":{_enc(self.stage)}}}')
+        return _sha256(blob.encode()).hexdigest()[:32]
 
     @property
     def label(self) -> str:
         shard = "-" if self.shard is None else f"{self.shard:05d}"
-        return f"{self.dataset}/{'+'.join(self.artifacts)}/shard-{shard}"
+        artifacts = self.artifacts
+        return f"{self.dataset}/{artifacts[0] if len(artifacts) == 1 else '+'.join(artifacts)}/shard-{shard}"
 
 
 @dataclass
@@ -114,13 +140,14 @@ class UnitResult:
     def summary(self) -> dict[str, Any]:
         """A small, serialisable record (what Prefect tasks return: URIs, digests, counts, never data)."""
         ms = self.manifests  # one summary per unit of the dataset on a cached re-run: kept lean
+        seconds = self.seconds
         return {
             "unit": self.unit,
             "stage": self.stage,
             "artifacts": self.artifacts,
             "shard": self.shard,
-            "status": self.status.value,
-            "seconds": round(self.seconds, 3),
+            "status": _STATUS_TEXT[self.status],  # .value goes through enum's descriptor: 10x a dict lookup
+            "seconds": seconds if seconds == 0 else round(seconds, 3),  # a cached unit's 0.0 without float rounding
             "rows": ms[0].rows if len(ms) == 1 else sum(m.rows for m in ms),
             "errors": _error_count(ms[0]) if ms else 0,
             "uris": [m.uri for m in ms],
@@ -145,7 +172,7 @@ def is_cached(store: ArtifactStore, unit: Unit, key: str | None = None,
         entries = []
         for a in unit.artifacts:
             e = store.index(unit.dataset, a).get(unit.shard)
-            if e is None or not e.committed or e.cache_key != key:
+            if e is None or e.cache_key != key or not e.committed:
                 return None
             # a truncated or missing data file is recomputed, not trusted
             if unit.shard is None:
@@ -171,13 +198,22 @@ def _size_matches(store: ArtifactStore, dataset: str, artifact: str, entry: Part
     return entry.data_bytes is None or store.data_sizes(dataset, artifact).get(entry.part) == entry.data_bytes
 
 
-def sizes_intact(store: ArtifactStore, dataset: str, results: list["UnitResult"]) -> bool:
+def sizes_intact(store: ArtifactStore, dataset: str, results: list["UnitResult"],
+                 listed: dict[str, dict[int, int]] | None = None) -> bool:
     """Whether every sharded data file of ``results`` (from ``is_cached(..., check_sizes=False)``) has the size
-    its index entry records: the deferred half of the cached check."""
+    its index entry records: the deferred half of the cached check. ``listed`` (artifact -> the store's
+    ``data_sizes``), kept by a caller across calls, saves asking the store once per part."""
+    listed = {} if listed is None else listed
     for r in results:
+        if r.shard is None:
+            continue
         for artifact, entry in zip(r.artifacts, r.manifests):
-            if r.shard is not None and isinstance(entry, PartEntry) and not _size_matches(store, dataset, artifact, entry):
-                return False
+            if isinstance(entry, PartEntry) and entry.data_bytes is not None:
+                sizes = listed.get(artifact)
+                if sizes is None:
+                    sizes = listed[artifact] = store.data_sizes(dataset, artifact)
+                if sizes.get(entry.part) != entry.data_bytes:
+                    return False
     return True
 
 

@@ -41,8 +41,9 @@ def split_cached(store: ArtifactStore, spec: StageSpec, config: DatasetConfig, s
                 bad.add(shard)
             else:
                 pending.append((shard, results, [r.summary() for r in results]))
+        listed: dict[str, dict[int, int]] = {}
         for shard, results, summaries in pending:  # the sizes: waits for each artifact's listing
-            if sizes_intact(store, config.name, results):
+            if sizes_intact(store, config.name, results, listed):
                 cached.extend(summaries)
             else:
                 bad.add(shard)

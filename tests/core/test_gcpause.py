@@ -50,3 +50,32 @@ def test_keeps_a_disabled_collector_disabled() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_survivors_go_to_the_oldest_generation_unscanned_and_cycles_are_still_collected() -> None:
+    import weakref
+
+    class Node:
+        pass
+
+    with gc_paused():
+        kept = [[i] for i in range(1000)]
+        cycle = Node()
+        cycle.me = cycle  # type: ignore[attr-defined]
+        ref = weakref.ref(cycle)
+        del cycle
+    assert gc.get_count()[0] < 100  # nothing left young for the next allocation to scan
+    assert gc.get_freeze_count() == 0 and gc.is_tracked(kept[0])
+    gc.collect()
+    assert ref() is None  # a cycle made during the pause is still freed by a full collection
+
+
+def test_leaves_someone_elses_freeze_alone() -> None:
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with gc_paused():
+            _ = [[i] for i in range(100)]
+        assert gc.get_freeze_count() == frozen  # not unfrozen by the pause
+    finally:
+        gc.unfreeze()
