@@ -25,6 +25,10 @@ bare, with the lowest and highest round's ratio beside it, and the load average 
 ``--threads`` (torch threads, the same in the bare loop and in the stage's actor) defaults to all cores but one:
 with every core in torch the bare loop owns the machine while the stage must also decode and commit on it,
 which a deployment does not ask of the cores it reserves for the model (the pools reserve at most CPUs - 1).
+A second line per labeler gives CPU milliseconds per shard: the model's (the bare loop's process CPU), the JPEG
+decode's (timed here), the stage process's (``getrusage`` of this process over the stage rounds: reading the
+shard, Ray submits and results, Parquet, commit), and ``cap`` = model / (model + decode + stage): on saturated
+cores the ratio cannot exceed it, whatever the overlap, so a light model's ratio is bounded by the work around it.
 Target: ratio >= 0.85 for every model labeler at the tiny profile with 32-image shards.
 """
 
@@ -71,18 +75,23 @@ class BareLoop:
         self.lab = make_labeler(name, profile, model_dir, threads, batch_size)
         self.lab.setup()
 
-    def run(self, imgs: list[np.ndarray], captions: list[str]) -> float:
-        return bare(self.lab, imgs, captions)
+    def run(self, imgs: list[np.ndarray], captions: list[str]) -> tuple[float, float]:
+        """Images per second, and this process's CPU seconds over the timed loop (the model's CPU)."""
+        cpu = time.process_time()
+        rate = bare(self.lab, imgs, captions, warm=False)
+        return rate, time.process_time() - cpu
 
 
-def bare(lab, imgs: list[np.ndarray], captions: list[str]) -> float:
-    """Images per second of ``lab.label_batch`` over ``imgs`` in the labeler's batch size."""
+def bare(lab, imgs: list[np.ndarray], captions: list[str], warm: bool = True) -> float:
+    """Images per second of ``lab.label_batch`` over ``imgs`` in the labeler's batch size (``warm``: after one
+    untimed warm-up batch)."""
     from pseudolabel.spec import Batch
 
     bs = lab.batch_size
     batches = [Batch([str(i) for i in range(s, min(s + bs, len(imgs)))], imgs[s:s + bs], captions[s:s + bs])
                for s in range(0, len(imgs), bs)]
-    lab.label_batch(batches[0])  # warm-up
+    if warm:
+        lab.label_batch(batches[0])
     t = time.perf_counter()
     for b in batches:
         lab.label_batch(b)
@@ -90,9 +99,10 @@ def bare(lab, imgs: list[np.ndarray], captions: list[str]) -> float:
 
 
 def stage(name: str, settings: dict, root: str, imgs: list[np.ndarray], captions: list[str], shards: list[int],
-          in_flight: int = 1) -> float:
+          in_flight: int = 1) -> tuple[float, float]:
     """Seconds to pseudo-label ``shards`` (each a committed shard of ``imgs``) with at most ``in_flight`` of them
-    passing at once, as build-dataset runs them (one thread per shard, sharing the labeler's actor pool)."""
+    passing at once, as build-dataset runs them (one thread per shard, sharing the labeler's actor pool), and the
+    stage process's CPU seconds meanwhile (all its threads: reading, Ray submits and results, Parquet, commit)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from fourm_core import ArtifactStore, DatasetConfig
@@ -104,11 +114,28 @@ def stage(name: str, settings: dict, root: str, imgs: list[np.ndarray], captions
         commit_images(store, "bench", shard, [(f"b{shard}-{i}", im, c) for i, (im, c) in enumerate(zip(imgs, captions))])
     cfg = DatasetConfig(name="bench", sources=[{"kind": "synthetic"}],
                         pseudolabel={"runner": "ray", "labelers": [name], "settings": {name: settings}})
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(max(1, min(in_flight, len(shards)))) as pool:
         for f in [pool.submit(run_shard, store, cfg, shard, force=True) for shard in shards]:
             f.result()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - cpu
+
+
+def decode_cpu(imgs: list[np.ndarray], captions: list[str], pixels: bool, repeat: int = 3) -> float:
+    """CPU seconds to JPEG-decode one shard of ``imgs`` (what the stage's first step does beside the model; 0 for a
+    pass that reads no pixels), in this process, best of ``repeat``."""
+    if not pixels:
+        return 0.0
+    from pseudolabel.runner import decode_step
+    from pseudolabel.testing import images_table
+
+    table = images_table([(f"d{i}", im, c) for i, (im, c) in enumerate(zip(imgs, captions))])
+    best = float("inf")
+    for _ in range(repeat):
+        cpu = time.process_time()
+        decode_step(table)
+        best = min(best, time.process_time() - cpu)
+    return best
 
 
 def release() -> None:
@@ -143,6 +170,8 @@ def main() -> None:
     import ray
     import torch
 
+    from pseudolabel.runner import needs_pixels
+
     torch.set_num_threads(args.threads)
     n1, n2 = (int(x) for x in args.n.split(","))
     if args.in_flight is None:
@@ -158,6 +187,8 @@ def main() -> None:
           f"decode {'in tasks' if args.decode_tasks else 'in the first step'}")
     print(f"{'labeler':<14}{'profile':<8}{'bare img/s':>11}{'stage img/s':>12}{'ratio':>7}  (min-max of rounds; "
           f"warm-up n={n1}, n={n2})")
+    print("  then CPU ms per shard: model (bare loop), decode (this process), stage process (driver: read, Ray, "
+          "Parquet, commit), and the cap model / (model + decode + stage) the ratio approaches on saturated cores")
     shard = 0
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.labelers.split(","):
@@ -176,12 +207,17 @@ def main() -> None:
             st = {k2: v for k2, v in make_labeler(name, args.profile, model_dir, args.threads, args.batch_size)
                   .settings.model_dump().items() if v is not None}
             root = os.path.join(tmp, "store")
-            t_warm = stage(name, st, root, imgs[:n1], caps[:n1], [shard])
+            t_warm, _ = stage(name, st, root, imgs[:n1], caps[:n1], [shard])
             shard += 1
-            bare_s, stage_s = [], []
+            ray.get(lab.run.remote(imgs[:n1], caps[:n1]))  # the bare loop's warm-up
+            bare_s, stage_s, model_cpu, stage_cpu = [], [], 0.0, 0.0
             for _ in range(args.rounds):
-                bare_s.append(k * n2 / ray.get(lab.run.remote(imgs * k, caps * k)))
-                stage_s.append(stage(name, st, root, imgs, caps, list(range(shard, shard + k)), args.in_flight))
+                rate, cpu = ray.get(lab.run.remote(imgs * k, caps * k))
+                bare_s.append(k * n2 / rate)
+                model_cpu += cpu
+                wall, cpu = stage(name, st, root, imgs, caps, list(range(shard, shard + k)), args.in_flight)
+                stage_s.append(wall)
+                stage_cpu += cpu
                 shard += k
             ray.kill(lab)
             release()
@@ -190,6 +226,12 @@ def main() -> None:
             print(f"{name:<14}{args.profile:<8}{b:>11.3f}{s_:>12.3f}{s_ / b:>7.2f}  ({min(ratios):.2f}-"
                   f"{max(ratios):.2f}; stage s: warm-up {t_warm:.1f}, rounds "
                   f"{', '.join(f'{t:.2f}' for t in stage_s)}; load {os.getloadavg()[0]:.1f})", flush=True)
+            per = args.rounds * k
+            m_ms, s_ms = 1000 * model_cpu / per, 1000 * stage_cpu / per
+            d_ms = 1000 * decode_cpu(imgs, caps, needs_pixels([probe]))
+            print(f"{'':<14}CPU ms/shard: model {m_ms:.1f}, decode {d_ms:.1f}, stage process {s_ms:.1f}; "
+                  f"cap {m_ms / (m_ms + d_ms + s_ms):.2f}; bare wall ms/shard {1000 * sum(bare_s) / per:.1f}, "
+                  f"stage wall ms/shard {1000 * sum(stage_s) / per:.1f}", flush=True)
     ray.shutdown()
 
 

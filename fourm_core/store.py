@@ -34,7 +34,8 @@ import os
 import posixpath
 import threading
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterable
 
 import fsspec
@@ -175,16 +176,43 @@ class ArtifactStore:
         else:
             self.fs.pipe_file(path, data)
 
+    # The process's writer threads for write_files, started on first use and reused by every call (a pool per call
+    # cost a thread start and join per part commit). Small: they overlap fsyncs and PUTs, not CPU work; idle ones
+    # cost nothing, and at exit the interpreter joins them once their queue is empty. A forked child (another pid)
+    # starts its own: the parent's threads do not exist there.
+    WRITER_THREADS = 4
+    _WRITER_PREFIX = "store-writer"
+    _writers: tuple[int, ThreadPoolExecutor] | None = None
+    _writers_lock = threading.Lock()
+
+    @classmethod
+    def _writer_pool(cls) -> ThreadPoolExecutor:
+        pid = os.getpid()
+        current = ArtifactStore._writers
+        if current is not None and current[0] == pid:
+            return current[1]
+        if current is not None:  # forked: the lock may have been held by a thread that does not exist here
+            ArtifactStore._writers_lock = threading.Lock()
+        with ArtifactStore._writers_lock:
+            if ArtifactStore._writers is None or ArtifactStore._writers[0] != pid:
+                ArtifactStore._writers = (pid, ThreadPoolExecutor(cls.WRITER_THREADS,
+                                                                  thread_name_prefix=cls._WRITER_PREFIX))
+            return ArtifactStore._writers[1]
+
     def write_files(self, items: dict[str, bytes]) -> None:
         """:meth:`write_bytes` for several paths at once, in parallel (a part's data and errors files): their
-        fsyncs (or PUTs) overlap instead of queueing. All are written when this returns, or it raises."""
-        if len(items) <= 1:
-            for path, data in items.items():
+        fsyncs (or PUTs) overlap instead of queueing, on the process's writer threads. All are written when this
+        returns, or it raises (after every other write of the call has finished: none is left in flight)."""
+        if len(items) <= 1 or threading.current_thread().name.startswith(self._WRITER_PREFIX):
+            for path, data in items.items():  # one file, or called on a writer thread (never wait on the pool there)
                 self.write_bytes(path, data)
             return
-        with ThreadPoolExecutor(min(len(items), 4)) as pool:
-            for f in [pool.submit(self.write_bytes, path, data) for path, data in items.items()]:
+        futures = [self._writer_pool().submit(self.write_bytes, path, data) for path, data in items.items()]
+        try:
+            for f in futures:
                 f.result()
+        finally:
+            wait(futures)
 
     def read_bytes(self, path: str) -> bytes:
         return self.fs.cat_file(path)

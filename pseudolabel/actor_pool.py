@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .runner import LabelerRun, label_range
+from .runner import LabelerRun, from_wire, label_range, to_wire
 from .spec import Labeler
 
 # Restart a dead actor whenever it dies (a pool can serve thousands of shards), but retry one batch only a few
@@ -47,7 +47,10 @@ class _LabelerActor:
         self.labeler.setup()
 
     def label(self, offset: int, length: int, drop_pixels: bool, decode: bool | None, *tables):
-        return label_range(self.labeler, offset, length, drop_pixels, tables, decode)
+        """Rows of the previous step's chunks (Arrow IPC bytes, :func:`~pseudolabel.runner.to_wire`), labelled,
+        as Arrow IPC bytes again."""
+        return to_wire(label_range(self.labeler, offset, length, drop_pixels, [from_wire(t) for t in tables],
+                                   decode))
 
 
 def run_key(run: LabelerRun) -> str:

@@ -11,14 +11,21 @@ import time
 import pyarrow as pa
 
 from .actor_pool import POOLS, PoolRequest
-from .runner import LabelerRun, decode_step, finish, label_range, needs_pixels, run_empty
+from .runner import LabelerRun, decode_step, finish, from_wire, label_range, needs_pixels, run_empty, to_wire
 from .spec import Labeler
 
 
 def _task_range(run: LabelerRun, offset: int, length: int, drop_pixels: bool, decode: bool | None,
-                *tables) -> pa.Table:
-    """A model-free labeler's step as a Ray task (the labeler is cached per worker process)."""
-    return label_range(_cached_labeler(run), offset, length, drop_pixels, tables, decode)
+                *tables) -> pa.Buffer:
+    """A model-free labeler's step as a Ray task (the labeler is cached per worker process); chunks in and out
+    as Arrow IPC bytes (:func:`~pseudolabel.runner.to_wire`)."""
+    return to_wire(label_range(_cached_labeler(run), offset, length, drop_pixels, [from_wire(t) for t in tables],
+                               decode))
+
+
+def _decode_task(chunk, pixels: bool) -> pa.Buffer:
+    """:func:`~pseudolabel.runner.decode_step` as a Ray task, Arrow IPC bytes in and out."""
+    return to_wire(decode_step(from_wire(chunk), pixels))
 
 
 _TASK_LABELERS: dict[int, Labeler] = {}
@@ -104,11 +111,12 @@ def run_ray(table: pa.Table, runs: list[LabelerRun], *, gpus_available: bool | N
         workers = [len(by_name[r.name].actors) if lab.uses_model else 1 for r, lab in zip(runs, labelers)]
         call = [call_rows(lab.batch_size, rows, w) for lab, w in zip(labelers, workers)]
         pixels = needs_pixels(labelers)
-        refs = [table.slice(s, call[0]) for s in range(0, rows, call[0])]
+        # every chunk travels between the steps as Arrow IPC bytes (runner.to_wire), not as a pickled table
+        refs = [to_wire(table.slice(s, call[0])) for s in range(0, rows, call[0])]
         sizes = [min(call[0], rows - s) for s in range(0, rows, call[0])]
         first_decodes = decode_in_first_step(pixels, requests[0].num_gpus if labelers[0].uses_model else 0.0)
         if not first_decodes:
-            decode = _remote(decode_step).options(num_cpus=min(1.0, free), name="pseudolabel/decode",
+            decode = _remote(_decode_task).options(num_cpus=min(1.0, free), name="pseudolabel/decode",
                                                   scheduling_strategy="SPREAD")
             refs = [decode.remote(t, pixels) for t in refs]
         for k, (run, lab) in enumerate(zip(runs, labelers)):
@@ -123,7 +131,7 @@ def run_ray(table: pa.Table, runs: list[LabelerRun], *, gpus_available: bool | N
                                                     scheduling_strategy="SPREAD")
                 refs = [task.remote(run, off, n, last, dec, *[refs[i] for i in idx]) for idx, off, n in groups]
             sizes = [n for _, _, n in groups]
-        tables = ray.get(refs)
+        tables = [from_wire(b) for b in ray.get(refs)]
     return finish(pa.concat_tables(tables)), labelers
 
 
