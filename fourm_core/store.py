@@ -34,7 +34,6 @@ import os
 import posixpath
 import threading
 import uuid
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterable
 
