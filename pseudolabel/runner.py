@@ -281,10 +281,8 @@ def to_wire(table: pa.Table) -> pa.Buffer:
     return sink.getvalue()
 
 
-def from_wire(data: pa.Buffer | bytes | pa.Table) -> pa.Table:
-    """:func:`to_wire`'s bytes -> the table (a table passes through unchanged)."""
-    if isinstance(data, pa.Table):
-        return data
+def from_wire(data: pa.Buffer | bytes) -> pa.Table:
+    """:func:`to_wire`'s bytes -> the table."""
     return pa.ipc.open_stream(data).read_all()
 
 
