@@ -302,3 +302,23 @@ def test_image_cells_exact_counts_and_uniform():
     expected = k_in.sum() / L
     freq = np.bincount(cell[is_in], minlength=L)
     assert np.abs(freq - expected).max() < 5 * np.sqrt(expected)
+
+
+def test_demo_rgb_to_all_component_gives_the_whole_rgb_grid():
+    """The demo evaluation writes every target from all 196 RGB tokens; its RGB-to-all component must train on that
+    condition. With an input budget under the grid (the demo's was 64) the model never saw a whole image in
+    training: it conditioned on a random third of it and, given the whole grid at evaluation, wrote the same
+    first box for every scene."""
+    from train_stage.config import load_train_config
+
+    cfg = load_train_config("demo")
+    mix = load_mixture(cfg.mixture)
+    rgb = get_modality("tok_rgb@224")
+    assert (cfg.input_budget or mix.input_budget) >= rgb.max_tokens
+    mods = cfg.model.modalities
+    r = raw(mods, B=64)
+    b = Masker(mix, modalities=mods)(r, torch.Generator().manual_seed(0))
+    n_rgb = ((b.enc_modality == MODALITY_INDEX["tok_rgb@224"]) & b.enc_valid).sum(1)
+    only_rgb = ((b.enc_modality == MODALITY_INDEX["tok_rgb@224"]) | ~b.enc_valid).all(1)
+    # the samples whose only input is RGB (the RGB-to-all component) have the whole grid
+    assert only_rgb.any() and (n_rgb[only_rgb] == rgb.max_tokens).all()
