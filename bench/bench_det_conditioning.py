@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python bench/bench_det_conditioning.py --store store            # the demo's store
     PYTHONPATH=. python bench/bench_det_conditioning.py --store store --step 500 --run demo
+    PYTHONPATH=. python bench/bench_det_conditioning.py --store store --run R --pixels   # a run that takes rgb@224
 
 For the training scenes (``demo``) and the held-out scenes (``demo-heldout``), crop 0, each sequence target
 (det, caption) is teacher-forced from scratch ("[S_1] ... [EOS] [S_2]") with the scene's RGB tokens as the only
@@ -15,7 +16,10 @@ input (the evaluation's condition), then again with another scene's RGB tokens (
 * for det, how far the first box's predicted x0 / y0 (the expected bin under the model's distribution over the
   1000 bins of its axis) moves between scenes against how far the true ones do.
 
-Image targets (semseg) are shown beside: the same loss with the own and the shuffled RGB.
+The semantic map is shown beside, written from the mask token: its loss with the own and the shuffled RGB, and
+its cross-attention (entropy, and the mass on the target cell's own RGB token x 196: 1 = no locality).
+``--pixels`` conditions on the RGB pixels (``rgb@224``) instead, for a checkpoint that takes them. Figures and what
+they showed: docs/evaluation.md, "Why the demo's boxes are not learnt".
 """
 
 from __future__ import annotations
@@ -130,6 +134,15 @@ class _CrossAttention:
             hd.remove()
 
 
+def _derangement(n: int, seed: int) -> torch.Tensor:
+    """(n,) a permutation that moves every index: each scene gets another scene's RGB."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g)
+    while n > 1 and (perm == torch.arange(n)).any():
+        perm = torch.randperm(n, generator=g)
+    return perm
+
+
 def _box_cells(boxes: list[tuple[float, ...]], grid: int = 14) -> np.ndarray:
     """(grid*grid,) bool: RGB tokens whose cell overlaps a box."""
     m = np.zeros((grid, grid), dtype=bool)
@@ -144,7 +157,7 @@ def _kind(tok: int) -> str:
 
     if VALUE_OFFSET <= tok < CLASS_OFFSET:
         return f"v{(tok - VALUE_OFFSET) // NUM_VALUES}"
-    if tok >= CLASS_OFFSET and tok < CLASS_OFFSET + 80:
+    if CLASS_OFFSET <= tok < CLASS_OFFSET + 80:
         return "class"
     return {3: "EOS"}.get(tok, "sentinel" if 4 <= tok < 204 else "word")
 
@@ -159,10 +172,7 @@ def det_figures(model, rgb: torch.Tensor, det: list[list[int]], boxes: list[list
     from train_stage.span_masking import EOS, SENTINEL0
 
     B, L = rgb.shape[:2]
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(B, generator=g)
-    while B > 1 and (perm == torch.arange(B)).any():  # a derangement: no scene keeps its own RGB
-        perm = torch.randperm(B, generator=g)
+    perm = _derangement(B, seed)
     target = [[SENTINEL0 + 1] + list(d) + [EOS, SENTINEL0 + 2] for d in det]
     out: dict[str, float] = {}
     for name, r in (("own", rgb), ("shuffled", rgb[perm])):
@@ -185,9 +195,7 @@ def det_figures(model, rgb: torch.Tensor, det: list[list[int]], boxes: list[list
         # the first box: expected x0 / y0 bin (slots 0 and 1 predict v0 and v1 of box 1)
         from tokenize_stage.text.vocab import NUM_VALUES, VALUE_OFFSET
 
-        lg = model.logits(batch)[modality][1].float()
-        per_row = sel.sum(1).tolist()
-        rows = torch.split(lg, per_row)
+        rows = torch.split(logits.float(), sel.sum(1).tolist())
         bins = torch.arange(NUM_VALUES, dtype=torch.float64)
         pred, true = [], []
         for b, lr in enumerate(rows):
@@ -232,10 +240,7 @@ def image_figures(model, rgb: torch.Tensor, target: torch.Tensor, modality: str,
 
     B, L = rgb.shape[:2]
     pixels = rgb.is_floating_point()
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(B, generator=g)
-    while B > 1 and (perm == torch.arange(B)).any():
-        perm = torch.randperm(B, generator=g)
+    perm = _derangement(B, seed)
     out: dict[str, float] = {}
     for name, r in (("own", rgb), ("shuffled", rgb[perm])):
         pos = torch.arange(L).expand(B, L).clone()
