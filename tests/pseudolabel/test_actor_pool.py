@@ -99,6 +99,46 @@ def test_decoded_batches_decode_ahead_in_order_like_one_decode_step():
     assert pa.concat_tables(captions_only).equals(decode_step(table, False))
 
 
+def test_two_calls_in_one_actor_take_turns_in_the_model_and_label_as_one_call_would():
+    """label_range with the actor's model lock, from two threads at once (an actor running CALLS_IN_ACTOR calls):
+    the labeler is never entered twice at the same time, and each call's rows come out as a lone call's."""
+    import pyarrow as pa
+
+    from pseudolabel.runner import LabelerRun, label_range
+    from pseudolabel.testing import demo_samples, images_table
+
+    lab = LabelerRun("faulty", {"sleep_s": 0.02, "batch_size": 2}, frozenset({"faulty"}), (PLUGIN,)).build()
+    tables = [images_table(demo_samples(s, 6, size=48)).append_column("_idx", pa.array(range(6), pa.int64()))
+              for s in (0, 1)]
+    alone = [label_range(lab, 0, 6, True, [t], True) for t in tables]
+    lock, out = threading.Lock(), {}
+    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, label_range(lab, 0, 6, True, [tables[i]], True,
+                                                                                  lock))) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for i in (0, 1):
+        assert out[i].column("_err.faulty").null_count == 6  # no "entered by two calls at once"
+        assert out[i].equals(alone[i])
+
+
+def test_shards_passing_at_once_share_an_actor_without_overlapping_in_its_model(images_store, ray_session):
+    cfg = dataset_config(runner="ray", labelers=["faulty"], plugins=[PLUGIN],
+                         settings={"faulty": {"sleep_s": 0.1, "batch_size": 1}})
+    outcome = {}
+    threads = [threading.Thread(target=lambda s=s: outcome.__setitem__(s, run_shard(images_store, cfg, s)))
+               for s in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for s in (0, 1):
+        assert [r.status for r in outcome[s]] == [UnitStatus.DONE]
+        assert images_store.read_table("demo", "labels/faulty", s).num_rows == 4
+        assert images_store.read_errors("demo", "labels/faulty", s).num_rows == 0  # never two batches at once
+
+
 def test_a_shard_whose_commit_fails_is_not_visible_and_the_concurrent_one_commits(images_store, ray_session,
                                                                                   monkeypatch):
     # Shards of a run pass concurrently and share one actor pool; shard 1's commit dies between its data
