@@ -107,12 +107,13 @@ class StageSpec:
         except Exception:  # e.g. a missing input: running the shard reports it properly
             return None
         results = []
+        base = store.uri(store.root).rstrip("/") if store.use_index else None  # entries' URIs are relative to the root
         for unit in units:
             manifests = is_cached(store, unit, check_sizes=check_sizes)
             if manifests is None:
                 return None
             results.append(UnitResult(unit.label, unit.stage, unit.artifacts, unit.shard, UnitStatus.CACHED,
-                                      manifests))
+                                      manifests, uri_base=base))
         return results or None
 
     def shard_is_cached(self, store: ArtifactStore, config: DatasetConfig, shard: int) -> bool:

@@ -137,6 +137,9 @@ class UnitResult:
     manifests: list[Manifest] | list[PartEntry] = field(default_factory=list)  # entries: from the index
     seconds: float = 0.0
     error: str | None = None
+    # Index entries carry their part's URI relative to the store root (as the manifest records it); the store's
+    # root URI, when ``manifests`` are such entries, so the summary names the same absolute URI as a fresh run.
+    uri_base: str | None = None
 
     def summary(self) -> dict[str, Any]:
         """A small, serialisable record (what Prefect tasks return: URIs, digests, counts, never data)."""
@@ -151,9 +154,14 @@ class UnitResult:
             "seconds": seconds if seconds == 0 else round(seconds, 3),  # a cached unit's 0.0 without float rounding
             "rows": ms[0].rows if len(ms) == 1 else sum(m.rows for m in ms),
             "errors": _error_count(ms[0]) if ms else 0,
-            "uris": [m.uri for m in ms],
+            "uris": [m.uri for m in ms] if self.uri_base is None else [_under(self.uri_base, m.uri) for m in ms],
             "error": self.error,
         }
+
+
+def _under(base: str, uri: str) -> str:
+    """``uri`` under the store root ``base`` when relative (``ArtifactStore.absolute`` without the store)."""
+    return uri if not uri or "://" in uri or uri.startswith("/") else f"{base}/{uri}"
 
 
 def _error_count(m: Manifest | PartEntry) -> int:

@@ -5,7 +5,8 @@
 Why processes and not threads: a training step holds the GIL for its Python part, and ``train_tokenizer`` seeds
 torch's process-wide RNG and runs on its process-wide thread pool, so tokenizers sharing a process would neither
 scale nor stay reproducible. Workers are spawned (no forked torch or store state); each sets the same fixed torch
-thread count (``worker_plan``) and trains one tokenizer at a time. Every draw in ``train_tokenizer`` is seeded, so
+thread count (``worker_plan``) and trains one tokenizer at a time. A single tokenizer to train (the others
+cached, or only one asked for) trains in the calling process at that thread count, without a worker's start-up. Every draw in ``train_tokenizer`` is seeded, so
 a tokenizer's weights do not depend on which worker trains it, on what trains beside it, or on how many workers
 there are (tests/tokenize_models/test_train_pool.py). Tokenizers whose unit is already committed with its cache
 key are answered here, without starting a worker.
@@ -85,6 +86,22 @@ def _train_in_worker(root: str, storage_options: dict[str, Any] | None, dataset:
     return train_tokenizer(store, dataset, TrainTokenizerConfig(**cfg), force=force, shards=shards)
 
 
+def _train_here(store: ArtifactStore, dataset: str, cfg: TrainTokenizerConfig, force: bool,
+                shards: list[int] | None) -> UnitResult:
+    """Train one tokenizer in this process as a worker would: the same fixed torch thread count (so the same
+    weights), the caller's thread count and RNG state given back afterwards."""
+    import torch
+
+    _, threads = worker_plan(1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.random.fork_rng(devices=[]):  # train_tokenizer seeds torch's process-wide RNG
+            return train_tokenizer(store, dataset, cfg, force=force, shards=shards)
+    finally:
+        torch.set_num_threads(before)
+
+
 def _cached(store: ArtifactStore, dataset: str, cfg: TrainTokenizerConfig,
             shards: list[int] | None) -> UnitResult | None:
     """The tokenizer's result when its unit is committed with its current cache key, else None."""
@@ -131,7 +148,13 @@ def train_many(store: ArtifactStore, dataset: str, configs: list[TrainTokenizerC
                 results[i] = cached
                 todo.remove(i)
     failed: list[tuple[str, BaseException]] = []
-    if todo:
+    if len(todo) == 1:  # nothing to train beside it: a worker would only add its start-up (torch, diffusers)
+        i = todo[0]
+        try:
+            results[i] = _train_here(store, dataset, configs[i], force, shards)
+        except Exception as exc:
+            failed.append((configs[i].tokenizer, exc))
+    elif todo:
         workers, threads = worker_plan(len(todo))
         log.info("training %d tokenizer(s) of %s in %d process(es), %d torch thread(s) each: %s", len(todo),
                  dataset, workers, threads, ", ".join(configs[i].tokenizer for i in todo))

@@ -24,7 +24,7 @@ from fourm_core.modalities import ModalityKind, get_modality
 from .batch import IGNORE, MODALITY_INDEX, MaskedBatch
 from .mixture import MixtureConfig
 from .span_masking import EOS, N_SENTINELS, PAD, SENTINEL0  # noqa: F401  (re-exported: ids used with batches)
-from .span_masking import FirstDraw, decay, span_mask, target_window, with_eos
+from .span_masking import FirstDraw, decay, shown_target_length, span_mask, target_window, with_eos
 
 _KEEP_CODES = {"random": 0, "all": 1, "binary": 2}
 _EMB_OFFSET = 1 << 20  # T5 embedding rows are masked as ids past every sentinel id
@@ -357,6 +357,15 @@ class Masker:
                             self.input_budget).numpy()
             for i in self.image_idx:
                 cap_out[:, i] = n[:, i] - k_in[:, i]  # targets come from the positions inputs left
+            for i in self.seq_idx:  # a sequence input cut to its budget: targets only for the spans it shows
+                if not self.mods[i].is_target:
+                    continue
+                shown = np.minimum(seqs[i].in_len, k_in[:, i])
+                draw, tok, n_seq, budget_in = draws[i]
+                blind = (shown == 0) & draw.kept.any(1)
+                if blind.any():  # cut away entirely: the input shows nothing, the whole sequence is the target
+                    seqs[i] = span_mask(tok, n_seq, draw.kept & ~blind[:, None], budget_in)
+                cap_out[:, i] = shown_target_length(seqs[i], shown)
             k_out = allocate(torch.from_numpy(_dirichlet(a_out, rng)), torch.from_numpy(cap_out),
                              self.target_budget).numpy()
 
@@ -380,12 +389,13 @@ class Masker:
             in_ids = sp.in_ids
             if mod.kind == ModalityKind.EMBEDDING_SEQ:  # row L (a zero vector) stands for a masked span
                 in_ids = np.where(in_ids >= _EMB_OFFSET, in_ids - _EMB_OFFSET, in_ids.shape[1])
-            enc.add_prefix(i, self._mids[i], in_ids, np.minimum(sp.in_len, k_in[:, i]))
+            shown = np.minimum(sp.in_len, k_in[:, i])
+            enc.add_prefix(i, self._mids[i], in_ids, shown)
             if not mod.is_target:
                 continue
             if reference:
                 start, width = target_window(sp.tgt_len, sp.sent_pos, sp.n_sent, k_out[:, i], rng.random(B))
-            else:
+            else:  # k_out is capped by the spans the shown input names (see the allocation above)
                 start, width = np.zeros_like(sp.tgt_len), np.minimum(sp.tgt_len, k_out[:, i])
             # sequence targets are predicted next-token: slot j is fed token j and predicts j + 1; as in the
             # reference, the last target token (nothing to predict after it) takes no decoder slot

@@ -287,6 +287,21 @@ def span_mask(tok: np.ndarray, n: np.ndarray, kept: np.ndarray, budget_in: np.nd
                  sent_pos.reshape(B, L + 2), np.where(has, n_spans + 1, 0))
 
 
+def shown_target_length(spans: Spans, shown: np.ndarray) -> np.ndarray:
+    """(B,) length of the target prefix that asks only for spans the input shows when only its first ``shown``
+    (B,) slots reach the encoder: ``[S_1] span_1 ... [S_k] span_k [S_{k+1}]`` for the k sentinels among those
+    slots (the closing sentinel ends span k, as ``[S_{n+1}]`` ends a whole target), so a cut input's later
+    spans are not asked for behind sentinels the encoder never saw. An input that shows nothing (``shown`` 0)
+    keeps its first span: with every token masked (one span) that is the whole sequence as the target."""
+    B, L = spans.in_ids.shape
+    sentinel_ids = (spans.in_ids >= SENTINEL0) & (spans.in_ids < SENTINEL0 + N_SENTINELS)
+    k = (sentinel_ids & (np.arange(L)[None] < shown[:, None])).sum(1)
+    k = np.where(shown == 0, 1, k)
+    S = spans.sent_pos.shape[1]
+    closing = spans.sent_pos[np.arange(B), np.minimum(k, S - 1)] + 1
+    return np.where(k < spans.n_sent, np.minimum(closing, spans.tgt_len), spans.tgt_len)
+
+
 def target_window(tgt_len: np.ndarray, sent_pos: np.ndarray, n_sent: np.ndarray, budget: np.ndarray,
                   u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Start and length of the part of each target that fits ``budget`` (B,): (B,), (B,).

@@ -38,8 +38,8 @@ STAGE = "train"
 # bump when a change alters what a given config trains (2: learned global-token positions; 3: the reference's
 # sentinels, [EOS] and masking budgets; 4: masking in numpy, same distributions, another random stream; 5: the demo
 # masking preset's caption-from-RGB component; since then a mixture preset's content is in the cache key, so
-# editing a preset retrains by itself)
-CODE_VERSION = "5"
+# editing a preset retrains by itself; 6: fill budgets ask a sequence target only for the spans its cut input shows)
+CODE_VERSION = "6"
 
 
 # ------------------------------------------------------------------------------------ building blocks

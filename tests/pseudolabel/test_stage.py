@@ -49,6 +49,10 @@ def test_full_tiny_run_commits_every_label_then_caches(images_store, tmp_path):
     assert [u.cache_key for u in STAGE.shard_units(view, cfg, 0)] == \
         [u.cache_key for u in STAGE.shard_units(images_store, cfg, 0)]
     assert not STAGE.shard_is_cached(view, cfg, 1)
+    # what the Prefect tasks return names the same absolute files, from the index or from the manifests
+    from_manifests = STAGE.cached_results(ArtifactStore(images_store.root_uri, use_index=False), cfg, 0)
+    assert [r.summary()["uris"] for r in cached] == [r.summary()["uris"] for r in from_manifests]
+    assert all(u.startswith(images_store.root + "/") for r in cached for u in r.summary()["uris"])
 
     from PIL import Image
 

@@ -94,3 +94,30 @@ def test_a_failed_tokenizer_fails_only_itself(store, monkeypatch):
         train_many(store, "syn", _configs(steps=5))
     assert store.read_manifest("syn", "tokenizers/mask_vq-tiny", None) is not None  # the other one committed
     assert store.read_manifest("syn", "tokenizers/pose_vq-tiny", None) is None
+
+
+def test_a_single_tokenizer_trains_in_process_with_the_same_weights(tmp_path, monkeypatch, caplog):
+    """One tokenizer to train needs no worker (its start-up imports torch and diffusers): it trains here, at the
+    workers' thread count, with the weights a worker gives, and leaves this process's threads and RNG as they were."""
+    import torch
+
+    from fourm_core.store import ArtifactStore
+
+    monkeypatch.setenv(EVERY_ENV, "0")
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    pooled = ArtifactStore(str(tmp_path / "pooled"))
+    _labels(pooled)
+    want = [_weights(r) for r in train_many(pooled, "syn", _configs(steps=20))]  # two: in workers
+
+    here = ArtifactStore(str(tmp_path / "here"))
+    _labels(here)
+    torch.set_num_threads(2)
+    rng = torch.random.get_rng_state()
+    monkeypatch.setattr(train_pool, "ProcessPoolExecutor", None)  # any worker would fail
+    caplog.clear()
+    for i, name in enumerate(NAMES):  # one at a time: the first alone, then the second beside a cached first
+        results = train_many(here, "syn", _configs(steps=20)[: i + 1])
+        assert results[-1].status.value == "done" and _weights(results[-1]) == want[i], name
+    assert torch.get_num_threads() == 2 and torch.equal(torch.random.get_rng_state(), rng)
+    assert {r.process for r in caplog.records if r.name == LOGGER} == {os.getpid()}

@@ -302,3 +302,35 @@ def test_image_cells_exact_counts_and_uniform():
     expected = k_in.sum() / L
     freq = np.bincount(cell[is_in], minlength=L)
     assert np.abs(freq - expected).max() < 5 * np.sqrt(expected)
+
+
+@pytest.mark.parametrize("mode", ["reference", "fill"])
+def test_sequence_targets_name_only_sentinels_their_input_shows(mode):
+    """A span's target is only asked for when its sentinel is in the input: a target sentinel is one the
+    encoder saw, or the one after the last it saw (which closes the last span). In fill mode an input cut to
+    its budget drops its later sentinels, so the target is cut with it."""
+    mix = load_mixture("4m21").model_copy(update={"budget_mode": mode})
+    masker = Masker(mix)
+    seqs = [m for m in ("caption", "det", "metadata", "color_palette", "human_poses", "sam_instance")
+            if m in mix.modalities]
+    checked = whole = 0
+    for seed in range(4):
+        r = raw(mix.modalities, B=96, seed=seed, full_sequences=True)
+        b = masker(r, torch.Generator().manual_seed(200 + seed))
+        for m in seqs:
+            mid = MODALITY_INDEX[m]
+            for i in range(96):
+                enc = b.enc_tokens[i][(b.enc_modality[i] == mid) & b.enc_valid[i]]
+                seen = enc[(enc >= SENTINEL0) & (enc < SENTINEL0 + 200)]
+                dec = b.dec_labels[i][(b.dec_modality[i] == mid) & b.dec_valid[i]]
+                asked = dec[(dec >= SENTINEL0) & (dec < SENTINEL0 + 200)]
+                if not asked.numel():
+                    continue
+                checked += 1
+                if not enc.numel():  # no input of it: the whole sequence, [S_1] ... [S_2]
+                    assert asked.tolist() == [SENTINEL0 + 2] and dec[0] != SENTINEL0 + 2, (m, i, dec.tolist())
+                    whole += 1
+                    continue
+                last = int(seen.max()) if seen.numel() else SENTINEL0 - 1
+                assert int(asked.max()) <= last + 1, (m, i, seen.tolist(), asked.tolist())
+    assert checked > 150 and (whole > 10 or mode == "reference")  # reference: a long whole target is windowed
