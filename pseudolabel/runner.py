@@ -108,8 +108,25 @@ def decode_step(table: pa.Table, pixels: bool = True) -> pa.Table:
 
 
 def _rgb_list(table: pa.Table) -> list[np.ndarray | None]:
-    raws, hs, ws = table.column("_rgb").to_pylist(), table.column("_h").to_pylist(), table.column("_w").to_pylist()
-    return [None if r is None else np.frombuffer(r, np.uint8).reshape(h, w, 3) for r, h, w in zip(raws, hs, ws)]
+    """Per row, the decoded H×W×3 uint8 pixels (None where the decode failed): read-only views of the column's
+    Arrow buffer (``to_pylist`` copied every image into a Python bytes object first: ~0.9 ms per 32 224² images,
+    in the actor, on the model's path)."""
+    hs, ws = table.column("_h").to_pylist(), table.column("_w").to_pylist()
+    out: list[np.ndarray | None] = []
+    for chunk in table.column("_rgb").chunks:
+        valid = chunk.is_valid().to_pylist()
+        _, offsets, data = chunk.buffers()  # large_binary: validity, int64 offsets, bytes
+        starts = np.frombuffer(offsets, np.int64, len(chunk) + 1, chunk.offset * 8) if len(chunk) else []
+        for i, ok in enumerate(valid):
+            if not ok:
+                out.append(None)
+                continue
+            h, w = hs[len(out)], ws[len(out)]
+            start, end = int(starts[i]), int(starts[i + 1])
+            rgb = np.frombuffer(data, np.uint8, end - start, start).reshape(h, w, 3)
+            rgb.flags.writeable = False  # as bytes-backed arrays were: the next labeler of the pass reads them too
+            out.append(rgb)
+    return out
 
 
 # -------------------------------------------------------------------------------------- one labeler

@@ -99,6 +99,31 @@ def test_decoded_batches_decode_ahead_in_order_like_one_decode_step():
     assert pa.concat_tables(captions_only).equals(decode_step(table, False))
 
 
+def test_rgb_views_are_the_decoded_pixels_of_every_row_read_only():
+    """label_step's pixels: views of the decoded column (no copy per image), equal to each row's bytes, for
+    slices and several chunks, None where the decode failed, and read-only like the bytes they replace."""
+    import numpy as np
+    import pyarrow as pa
+
+    from pseudolabel.runner import _rgb_list, decode_step
+    from pseudolabel.testing import demo_samples, images_table
+
+    table = images_table(demo_samples(0, 9, size=40))
+    images = table.column("image").to_pylist()
+    images[2], images[6] = b"not a jpeg", None
+    decoded = decode_step(table.set_column(table.column_names.index("image"), "image", pa.array(images, pa.binary())))
+    for t in (decoded, decoded.slice(3, 5), pa.concat_tables([decoded.slice(0, 4), decoded.slice(5)]).slice(1, 7)):
+        rows = t.to_pylist()
+        views = _rgb_list(t)
+        assert len(views) == len(rows)
+        for row, view in zip(rows, views):
+            if row["_rgb"] is None:
+                assert view is None
+                continue
+            assert view.shape == (row["_h"], row["_w"], 3) and not view.flags.writeable
+            assert np.array_equal(view, np.frombuffer(row["_rgb"], np.uint8).reshape(view.shape))
+
+
 def test_two_calls_in_one_actor_take_turns_in_the_model_and_label_as_one_call_would():
     """label_range with the actor's model lock, from two threads at once (an actor running CALLS_IN_ACTOR calls):
     the labeler is never entered twice at the same time, and each call's rows come out as a lone call's."""
