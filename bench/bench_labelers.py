@@ -16,7 +16,8 @@ previous path (decode tasks) for an A/B. ``--shards`` shards per round passed th
 build-dataset passes them: a thread per shard from one pool of ``--in-flight`` threads for the whole bench
 (default: the flow's ``FOURM_MAX_PARALLEL_UNITS``, its task runner's pool size), all sharing the labeler's
 actor pool, so one shard's decode and commit overlap another's labelling. Each round still pays the
-pipeline's fill (the first call's decode) and drain (the last shard's commit), which a run pays once; ``--in-flight 1`` measures one shard at a time (every shard pays both).
+pipeline's fill (the first call's decode) and drain (the last shard's commit), which a run pays once;
+``--in-flight 1`` measures one shard at a time (every shard pays both).
 Per labeler: one warm-up shard of n1 images (first-use imports, the actor pool's start and model load: the
 pool then lives across the run's shards, as in a build-dataset run), then ``--rounds`` rounds of one bare pass
 over shards x n2 images followed by the stage on ``--shards`` new shards of n2 images, so bare and stage are

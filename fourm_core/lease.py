@@ -99,7 +99,8 @@ class _Heartbeat:
 
 
 _HEARTBEAT = _Heartbeat()
-os.register_at_fork(after_in_child=_HEARTBEAT.forked)
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_HEARTBEAT.forked)
 
 
 @contextmanager

@@ -161,8 +161,8 @@ class ArtifactStore:
         bytes or the old file, never a hole. ``durable=False`` skips the fsync for files that carry no data
         a reader trusts (leases: advisory, rewritten every heartbeat); an empty file (an index mark) has
         no bytes to lose or to see half-written: it is created in place, without a temporary name or an
-        fsync. A killed process loses nothing either way (the page cache
-        survives it); the fsync costs 5-10 ms on a busy disk, which a small shard's commit pays per file.
+        fsync. A killed process loses nothing either way (the page cache survives it); the fsync costs
+        5-10 ms on a busy disk, which a small shard's commit pays per file.
         """
         if self.is_local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
