@@ -13,10 +13,11 @@ first step decodes its own rows (``pseudolabel.ray_pass.DECODE_IN_FIRST_STEP``; 
 the stage's actor decodes in a thread beside the model while bare still gets decoded arrays: the decode is
 charged to the stage, as before, so the ratio stays the stricter comparison; ``--decode-tasks`` measures the
 previous path (decode tasks) for an A/B. ``--shards`` shards per round passed the way
-build-dataset passes them: one thread per shard, at most ``--in-flight`` at once (default: the flow's
-``FOURM_MAX_PARALLEL_UNITS``), all sharing the labeler's actor pool, so one shard's decode and commit overlap
-another's labelling. Each round still pays the pipeline's fill (the first call's decode) and drain (the last
-shard's commit), which a run pays once; ``--in-flight 1`` measures one shard at a time (every shard pays both).
+build-dataset passes them: a thread per shard from one pool of ``--in-flight`` threads for the whole bench
+(default: the flow's ``FOURM_MAX_PARALLEL_UNITS``, its task runner's pool size), all sharing the labeler's
+actor pool, so one shard's decode and commit overlap another's labelling. Each round still pays the
+pipeline's fill (the first call's decode) and drain (the last shard's commit), which a run pays once;
+``--in-flight 1`` measures one shard at a time (every shard pays both).
 Per labeler: one warm-up shard of n1 images (first-use imports, the actor pool's start and model load: the
 pool then lives across the run's shards, as in a build-dataset run), then ``--rounds`` rounds of one bare pass
 over shards x n2 images followed by the stage on ``--shards`` new shards of n2 images, so bare and stage are
@@ -35,9 +36,11 @@ Target: ratio >= 0.85 for every model labeler at the tiny profile with 32-image 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -98,13 +101,20 @@ def bare(lab, imgs: list[np.ndarray], captions: list[str], warm: bool = True) ->
     return len(imgs) / (time.perf_counter() - t)
 
 
+@functools.cache
+def shard_threads(in_flight: int) -> ThreadPoolExecutor:
+    """The threads that pass shards, for the whole bench: build-dataset's task runner is one pool of
+    ``FOURM_MAX_PARALLEL_UNITS`` threads for the whole run (a new pool per round cost each shard ~1 ms more CPU
+    for a first call in a fresh thread: Ray's and Arrow's per-thread state)."""
+    return ThreadPoolExecutor(max(1, in_flight), thread_name_prefix="bench-shard")
+
+
 def stage(name: str, settings: dict, root: str, imgs: list[np.ndarray], captions: list[str], shards: list[int],
           in_flight: int = 1) -> tuple[float, float]:
     """Seconds to pseudo-label ``shards`` (each a committed shard of ``imgs``) with at most ``in_flight`` of them
-    passing at once, as build-dataset runs them (one thread per shard, sharing the labeler's actor pool), and the
-    stage process's CPU seconds meanwhile (all its threads: reading, Ray submits and results, Parquet, commit)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    passing at once, as build-dataset runs them (a thread per shard from one pool, sharing the labeler's actor
+    pool), and the stage process's CPU seconds meanwhile (all its threads: reading, Ray submits and results,
+    Parquet, commit)."""
     from fourm_core import ArtifactStore, DatasetConfig
     from pseudolabel.stage import run_shard
     from pseudolabel.testing import commit_images
@@ -115,9 +125,8 @@ def stage(name: str, settings: dict, root: str, imgs: list[np.ndarray], captions
     cfg = DatasetConfig(name="bench", sources=[{"kind": "synthetic"}],
                         pseudolabel={"runner": "ray", "labelers": [name], "settings": {name: settings}})
     t, cpu = time.perf_counter(), time.process_time()
-    with ThreadPoolExecutor(max(1, min(in_flight, len(shards)))) as pool:
-        for f in [pool.submit(run_shard, store, cfg, shard, force=True) for shard in shards]:
-            f.result()
+    for f in [shard_threads(in_flight).submit(run_shard, store, cfg, shard, force=True) for shard in shards]:
+        f.result()
     return time.perf_counter() - t, time.process_time() - cpu
 
 
@@ -207,7 +216,7 @@ def main() -> None:
             st = {k2: v for k2, v in make_labeler(name, args.profile, model_dir, args.threads, args.batch_size)
                   .settings.model_dump().items() if v is not None}
             root = os.path.join(tmp, "store")
-            t_warm, _ = stage(name, st, root, imgs[:n1], caps[:n1], [shard])
+            t_warm, _ = stage(name, st, root, imgs[:n1], caps[:n1], [shard], args.in_flight)
             shard += 1
             ray.get(lab.run.remote(imgs[:n1], caps[:n1]))  # the bare loop's warm-up
             bare_s, stage_s, model_cpu, stage_cpu = [], [], 0.0, 0.0

@@ -160,15 +160,19 @@ class ArtifactStore:
         Locally: a temporary name, fsync'd, then renamed, so that after a power loss the name holds the whole
         bytes or the old file, never a hole. ``durable=False`` skips the fsync for files that carry no data
         a reader trusts (leases: advisory, rewritten every heartbeat); an empty file (an index mark) has
-        no bytes to lose and is never fsync'd. A killed process loses nothing either way (the page cache
-        survives it); the fsync costs 5-10 ms on a busy disk, which a small shard's commit pays per file.
+        no bytes to lose or to see half-written: it is created in place, without a temporary name or an
+        fsync. A killed process loses nothing either way (the page cache survives it); the fsync costs
+        5-10 ms on a busy disk, which a small shard's commit pays per file.
         """
         if self.is_local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
+            if not data:  # a rename cost ~0.1 ms CPU and ~2 ms wall per mark, two marks per commit
+                open(path, "wb").close()
+                return
             tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
             with open(tmp, "wb") as f:
                 f.write(data)
-                if durable and data:
+                if durable:
                     f.flush()
                     os.fsync(f.fileno())
             os.replace(tmp, path)

@@ -155,11 +155,13 @@ def run_labelers(store: ArtifactStore, dataset: str, shard: int, cfg: Pseudolabe
 
     # 2. one pass over the shard for every stale labeler (plus committed inputs of their needs)
     result = None
+    rows_in = 0  # the images part's rows: the pass's input table holds them all (no second manifest read)
     run_error: Exception | None = None
     t0 = time.perf_counter()
     if stale:
         try:
             table = _input_table(store, dataset, shard, stale, by_label, gt_ref is not None)
+            rows_in = table.num_rows
             runs = [LabelerRun(lab.name, lab.settings.model_dump(mode="json"), lab.available, tuple(cfg.plugins))
                     for lab in stale]
             if cfg.runner == "ray":
@@ -188,8 +190,7 @@ def run_labelers(store: ArtifactStore, dataset: str, shard: int, cfg: Pseudolabe
             if result is None or lab.name not in result.tables:
                 raise RuntimeError(f"labeler {lab.name} was not run for this shard")
             tables = {label_artifact(k): v for k, v in result.tables[lab.name].items()}
-            n_in = store.committed_rows(dataset, IMAGES, shard)
-            stats = {"rows_in": n_in, "labeled": next(iter(tables.values())).num_rows,
+            stats = {"rows_in": rows_in, "labeled": next(iter(tables.values())).num_rows,
                      "shard_pass_seconds": round(seconds, 3), "labelers_in_pass": len(stale)}
             if _oracle(lab):  # how many of the labels are the scenes' ground truth (the rest: the model's)
                 labeled = set(next(iter(tables.values())).column("sample_key").to_pylist())

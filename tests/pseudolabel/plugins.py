@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import ClassVar
 
@@ -46,10 +47,17 @@ class FaultyLabeler(Labeler):
         return {"faulty": pa.schema([("mean", pa.float32()), ("pid", pa.int32())])}
 
     def label_batch(self, batch: Batch) -> list:
-        time.sleep(self.settings.sleep_s)
-        if any(k in self.settings.fail_keys for k in batch.keys):
-            raise ValueError(f"boom on {[k for k in batch.keys if k in self.settings.fail_keys]}")
-        return [{"faulty": {"mean": float(np.mean(im)), "pid": os.getpid()}} for im in batch.rgb]
+        # one model, one batch at a time: an actor running two calls must not enter it twice (a sample error if so)
+        in_batch = self.__dict__.setdefault("_in_batch", threading.Lock())
+        if not in_batch.acquire(blocking=False):
+            raise RuntimeError("label_batch entered by two calls at once")
+        try:
+            time.sleep(self.settings.sleep_s)
+            if any(k in self.settings.fail_keys for k in batch.keys):
+                raise ValueError(f"boom on {[k for k in batch.keys if k in self.settings.fail_keys]}")
+            return [{"faulty": {"mean": float(np.mean(im)), "pid": os.getpid()}} for im in batch.rgb]
+        finally:
+            in_batch.release()
 
 
 class NodeSettings(LabelerSettings):

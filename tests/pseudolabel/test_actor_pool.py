@@ -99,6 +99,71 @@ def test_decoded_batches_decode_ahead_in_order_like_one_decode_step():
     assert pa.concat_tables(captions_only).equals(decode_step(table, False))
 
 
+def test_rgb_views_are_the_decoded_pixels_of_every_row_read_only():
+    """label_step's pixels: views of the decoded column (no copy per image), equal to each row's bytes, for
+    slices and several chunks, None where the decode failed, and read-only like the bytes they replace."""
+    import numpy as np
+    import pyarrow as pa
+
+    from pseudolabel.runner import _rgb_list, decode_step
+    from pseudolabel.testing import demo_samples, images_table
+
+    table = images_table(demo_samples(0, 9, size=40))
+    images = table.column("image").to_pylist()
+    images[2], images[6] = b"not a jpeg", None
+    decoded = decode_step(table.set_column(table.column_names.index("image"), "image", pa.array(images, pa.binary())))
+    for t in (decoded, decoded.slice(3, 5), pa.concat_tables([decoded.slice(0, 4), decoded.slice(5)]).slice(1, 7)):
+        rows = t.to_pylist()
+        views = _rgb_list(t)
+        assert len(views) == len(rows)
+        for row, view in zip(rows, views):
+            if row["_rgb"] is None:
+                assert view is None
+                continue
+            assert view.shape == (row["_h"], row["_w"], 3) and not view.flags.writeable
+            assert np.array_equal(view, np.frombuffer(row["_rgb"], np.uint8).reshape(view.shape))
+
+
+def test_two_calls_in_one_actor_take_turns_in_the_model_and_label_as_one_call_would():
+    """label_range with the actor's model lock, from two threads at once (an actor running CALLS_IN_ACTOR calls):
+    the labeler is never entered twice at the same time, and each call's rows come out as a lone call's."""
+    import pyarrow as pa
+
+    from pseudolabel.runner import LabelerRun, label_range
+    from pseudolabel.testing import demo_samples, images_table
+
+    lab = LabelerRun("faulty", {"sleep_s": 0.02, "batch_size": 2}, frozenset({"faulty"}), (PLUGIN,)).build()
+    tables = [images_table(demo_samples(s, 6, size=48)).append_column("_idx", pa.array(range(6), pa.int64()))
+              for s in (0, 1)]
+    alone = [label_range(lab, 0, 6, True, [t], True) for t in tables]
+    lock, out = threading.Lock(), {}
+    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, label_range(lab, 0, 6, True, [tables[i]], True,
+                                                                                  lock))) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for i in (0, 1):
+        assert out[i].column("_err.faulty").null_count == 6  # no "entered by two calls at once"
+        assert out[i].equals(alone[i])
+
+
+def test_shards_passing_at_once_share_an_actor_without_overlapping_in_its_model(images_store, ray_session):
+    cfg = dataset_config(runner="ray", labelers=["faulty"], plugins=[PLUGIN],
+                         settings={"faulty": {"sleep_s": 0.1, "batch_size": 1}})
+    outcome = {}
+    threads = [threading.Thread(target=lambda s=s: outcome.__setitem__(s, run_shard(images_store, cfg, s)))
+               for s in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for s in (0, 1):
+        assert [r.status for r in outcome[s]] == [UnitStatus.DONE]
+        assert images_store.read_table("demo", "labels/faulty", s).num_rows == 4
+        assert images_store.read_errors("demo", "labels/faulty", s).num_rows == 0  # never two batches at once
+
+
 def test_a_shard_whose_commit_fails_is_not_visible_and_the_concurrent_one_commits(images_store, ray_session,
                                                                                   monkeypatch):
     # Shards of a run pass concurrently and share one actor pool; shard 1's commit dies between its data

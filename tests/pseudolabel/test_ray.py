@@ -62,6 +62,41 @@ def test_sigkilled_actor_is_retried_and_the_shard_commits_once(images_store, ray
     assert set(table.column("pid").to_pylist()) - {first}  # rows made after the kill came from the new actor
 
 
+def test_sigkilled_actor_with_two_shards_inside_commits_each_shard_once(images_store, ray_session, tmp_path):
+    """The actor runs two calls at once (CALLS_IN_ACTOR): both shards' calls are in it when it is killed; Ray
+    retries both on the restarted actor and each shard commits once, complete."""
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    cfg = dataset_config(runner="ray", labelers=["faulty"], plugins=[PLUGIN],
+                         settings={"faulty": {"sleep_s": 0.5, "batch_size": 1, "pid_dir": str(pid_dir)}})
+    box = {}
+
+    def work(shard):
+        try:
+            box[shard] = run_shard(images_store, cfg, shard)
+        except Exception as exc:  # surfaced by the assertion below
+            box[f"error {shard}"] = exc
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in (0, 1)]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 120
+    while not list(pid_dir.iterdir()) and time.time() < deadline:
+        time.sleep(0.1)
+    first = int(next(pid_dir.iterdir()).read_text())
+    time.sleep(1.2)  # both calls are in the actor: one labelling, one waiting for the model
+    os.kill(first, signal.SIGKILL)
+    for t in threads:
+        t.join(240)
+    assert not [k for k in box if isinstance(k, str)], box
+    for shard in (0, 1):
+        assert [r.status for r in box[shard]] == [UnitStatus.DONE]
+        keys = images_store.read_table("demo", "labels/faulty", shard).column("sample_key").to_pylist()
+        assert keys == [f"s{shard:02d}-{i:03d}" for i in range(4)]  # complete, each sample exactly once
+        assert images_store.read_errors("demo", "labels/faulty", shard).num_rows == 0
+    assert len({int(p.read_text()) for p in pid_dir.iterdir()}) >= 2  # a restarted actor finished the work
+
+
 def test_decoding_in_the_first_step_or_in_decode_tasks_labels_alike(images_store, ray_session, monkeypatch):
     """A model labeler first (its actor decodes) and a model-free one after; then the same with decode tasks."""
     import pseudolabel.ray_pass as ray_pass
