@@ -107,7 +107,7 @@ class StageSpec:
         except Exception:  # e.g. a missing input: running the shard reports it properly
             return None
         results = []
-        base = store.uri(store.root).rstrip("/") if store.use_index else None  # entries' URIs are relative to the root
+        base = store.root_base if store.use_index else None  # index entries' URIs are relative to the root
         for unit in units:
             manifests = is_cached(store, unit, check_sizes=check_sizes)
             if manifests is None:

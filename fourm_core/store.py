@@ -77,6 +77,12 @@ def in_data_dir(dataset: str, artifact: str, uri: str) -> bool:
     return ("/" + uri).endswith(f"/{dataset}/{artifact}/{DATA_DIR}/{name}")
 
 
+def under_root(root_base: str, uri: str) -> str:
+    """A URI as a manifest records it (relative to the store root; absolute in manifests from before relative
+    ones) under the root URI ``root_base`` (no trailing slash): ``ArtifactStore.absolute`` without a store."""
+    return uri if not uri or "://" in uri or uri.startswith("/") else f"{root_base}/{uri}"
+
+
 class ArtifactStore:
     """Reads and commits artifacts under one root (local folder or ``s3://bucket/prefix``)."""
 
@@ -92,6 +98,7 @@ class ArtifactStore:
         self.protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         self.is_local = self.protocol in ("file", "local")
         self.root = os.path.abspath(path) if self.is_local else path.rstrip("/")
+        self.root_base = self.uri(self.root).rstrip("/")  # what a relative URI is put under (see under_root)
 
     def __repr__(self) -> str:
         return f"ArtifactStore({self.root_uri!r})"
@@ -327,9 +334,7 @@ class ArtifactStore:
         return uri
 
     def absolute(self, uri: str) -> str:
-        if "://" in uri or uri.startswith("/") or not uri:
-            return uri
-        return self.uri(self.path(uri))
+        return under_root(self.root_base, uri)
 
     def _map_uris(self, m: Manifest, fn) -> Manifest:
         ing = m.ingredients

@@ -29,7 +29,7 @@ from .manifest import (ErrorSummary, Ingredients, InputRef, Manifest, ModelRef, 
                        hostname, now)
 from . import lease
 from .index import PartEntry
-from .store import ArtifactStore, table_schema, table_to_parquet_bytes
+from .store import ArtifactStore, table_schema, table_to_parquet_bytes, under_root
 
 _enc = json.encoder.encode_basestring_ascii  # what json.dumps does for one str, without its overhead
 _sha256 = hashlib.sha256
@@ -154,14 +154,9 @@ class UnitResult:
             "seconds": seconds if seconds == 0 else round(seconds, 3),  # a cached unit's 0.0 without float rounding
             "rows": ms[0].rows if len(ms) == 1 else sum(m.rows for m in ms),
             "errors": _error_count(ms[0]) if ms else 0,
-            "uris": [m.uri for m in ms] if self.uri_base is None else [_under(self.uri_base, m.uri) for m in ms],
+            "uris": [m.uri for m in ms] if self.uri_base is None else [under_root(self.uri_base, m.uri) for m in ms],
             "error": self.error,
         }
-
-
-def _under(base: str, uri: str) -> str:
-    """``uri`` under the store root ``base`` when relative (``ArtifactStore.absolute`` without the store)."""
-    return uri if not uri or "://" in uri or uri.startswith("/") else f"{base}/{uri}"
 
 
 def _error_count(m: Manifest | PartEntry) -> int:

@@ -5,11 +5,11 @@
 Why processes and not threads: a training step holds the GIL for its Python part, and ``train_tokenizer`` seeds
 torch's process-wide RNG and runs on its process-wide thread pool, so tokenizers sharing a process would neither
 scale nor stay reproducible. Workers are spawned (no forked torch or store state); each sets the same fixed torch
-thread count (``worker_plan``) and trains one tokenizer at a time. A single tokenizer to train (the others
-cached, or only one asked for) trains in the calling process at that thread count, without a worker's start-up. Every draw in ``train_tokenizer`` is seeded, so
+thread count (``worker_plan``) and trains one tokenizer at a time. Every draw in ``train_tokenizer`` is seeded, so
 a tokenizer's weights do not depend on which worker trains it, on what trains beside it, or on how many workers
 there are (tests/tokenize_models/test_train_pool.py). Tokenizers whose unit is already committed with its cache
-key are answered here, without starting a worker.
+key are answered here, without starting a worker; a single tokenizer left to train (the others cached, or only
+one asked for) trains in the calling process at the workers' thread count, without a worker's start-up.
 
 Progress records (``fourm.progress``: steps, loss, ETA) come back from the workers through a queue and are
 re-logged in the calling thread, so a Prefect task's run log shows them as when training ran in that thread.
