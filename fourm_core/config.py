@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 
 class ConfigError(ValueError):
@@ -86,6 +86,28 @@ class SyntheticSource(StrictModel):
     n_samples: int = Field(32, gt=0)
     seed: int = 0
     size: int = Field(256, ge=64, le=2048)
+    objects: tuple[int, int] = Field((1, 4), description="fewest and most objects a scene asks for (fewer when "
+                                     "they do not fit without touching)")
+    object_scale: float = Field(1.0, gt=0.1, le=4.0, description="scale of every object's size ranges: larger "
+                                "objects cover more of the frame and more of the 14x14 token grid")
+
+    @model_validator(mode="after")
+    def _objects_range(self) -> "SyntheticSource":
+        lo, hi = self.objects
+        if not 0 <= lo <= hi <= 8:
+            raise ValueError(f"synthetic objects {list(self.objects)}: give [fewest, most] with 0 <= fewest <= most "
+                             "<= 8, e.g. objects: [1, 3]")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler):
+        # ingest's cache key holds the dumped source config: fields added after stores were built are left out
+        # at their defaults, so those stores' shards stay cached (the scenes are the same)
+        data = handler(self)
+        for name in ("objects", "object_scale"):
+            if getattr(self, name) == type(self).model_fields[name].default:
+                data.pop(name, None)
+        return data
 
 
 class SkimagePhotosSource(StrictModel):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from fourm_core.config import DatasetConfig, StrictModel, validate_config
 from fourm_core.manifest import InputRef
@@ -50,6 +50,8 @@ class TrainTokenizersConfig(StrictModel):
 
     tokenizers: list[str] = Field(min_length=1, description="registry tokenizer names, e.g. semseg_vqvae")
     steps: int = Field(300, gt=0)
+    steps_for: dict[str, int] = Field(default_factory=dict, description="tokenizer -> its own step count instead "
+                                      "of `steps`, e.g. {rgb_diffusion: 600}")
     batch_size: int = Field(16, gt=0)
     eval_samples: int = Field(32, gt=0, description="held-out samples for the tokenizer-bound report")
     sampling_steps: int | None = Field(None, gt=0, description="DDIM steps in diffusion reports")
@@ -69,6 +71,16 @@ class TrainTokenizersConfig(StrictModel):
         if unknown:
             raise ValueError(f"unknown tokenizer(s) {unknown}; known: {', '.join(tokenizer_names())}")
         return names
+
+    @model_validator(mode="after")
+    def _steps_for_trained(self) -> "TrainTokenizersConfig":
+        stray = sorted(set(self.steps_for) - set(self.tokenizers))
+        if stray:
+            raise ValueError(f"tokenize.train.steps_for names {stray}, which tokenize.train.tokenizers does not "
+                             f"train; add them there or drop them from steps_for")
+        if any(v <= 0 for v in self.steps_for.values()):
+            raise ValueError(f"tokenize.train.steps_for {self.steps_for}: step counts must be positive")
+        return self
 
 
 class PretokenizeConfig(StrictModel):

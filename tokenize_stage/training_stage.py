@@ -58,7 +58,8 @@ def run_shard(store: ArtifactStore, config: DatasetConfig, shard: int, *, force:
                 log.warning("tokenizer %s waits: %s/%s shards %s of its training subset are not committed yet",
                             name, config.name, label_artifact(label), missing)
                 continue
-        configs.append(TrainTokenizerConfig(tokenizer=name, profile=cfg.profile, steps=cfg.train.steps,
+        configs.append(TrainTokenizerConfig(tokenizer=name, profile=cfg.profile,
+                                            steps=cfg.train.steps_for.get(name, cfg.train.steps),
                                             batch_size=cfg.train.batch_size, eval_samples=cfg.train.eval_samples,
                                             sampling_steps=cfg.train.sampling_steps, model_grid=cfg.train.model_grid))
     # concurrently, one process per tokenizer up to the CPUs (train_pool); a failed one fails only itself

@@ -24,7 +24,8 @@ class Synthetic(Source):
                 for i in range(start, min(stop, self.cfg.n_samples))]
 
     def load(self, ref: SampleRef) -> SceneSample:
-        return SceneSample(make_scene(self.cfg.seed, ref.locator), self.cfg.size)
+        return SceneSample(make_scene(self.cfg.seed, ref.locator, tuple(self.cfg.objects), self.cfg.object_scale),
+                           self.cfg.size)
 
 
 # name -> (loader in skimage.data, caption we wrote). scikit-image documents these as public domain or

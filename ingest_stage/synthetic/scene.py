@@ -72,21 +72,25 @@ class Scene:
     objects: tuple[Obj, ...]
 
 
-def make_scene(seed: int, index: int) -> Scene:
-    """The scene for (seed, index): a pure function, so the same pair always gives the same scene."""
+def make_scene(seed: int, index: int, objects: tuple[int, int] = (1, 4), object_scale: float = 1.0) -> Scene:
+    """The scene for (seed, index): a pure function, so the same arguments always give the same scene.
+
+    ``objects`` is the (fewest, most) objects asked for; ``object_scale`` multiplies every size range of OBJECTS.
+    The defaults draw the scenes this generator always drew (same random stream).
+    """
     rng = np.random.default_rng([seed, index, 0x5CE7E])
     setting = str(rng.choice(list(SETTINGS)))
     wall = str(rng.choice(list(WALL_COLORS)))
     cam_height = float(rng.uniform(1.0, 1.5))
     pitch = math.radians(float(rng.uniform(18, 30)))
     fov = math.radians(float(rng.uniform(50, 62)))
-    n = int(rng.integers(1, 5))
+    n = int(rng.integers(objects[0], objects[1] + 1))
     objs: list[Obj] = []
     tries = 0
     while len(objs) < n and tries < 200:
         tries += 1
         kind = str(rng.choice(list(OBJECTS)))
-        dims = {k: float(rng.uniform(*rng_range)) for k, rng_range in OBJECTS[kind][2].items()}
+        dims = {k: float(rng.uniform(*rng_range)) * object_scale for k, rng_range in OBJECTS[kind][2].items()}
         z = float(rng.uniform(1.5, 3.0))  # close enough that objects fill a fair part of the frame
         x = float(rng.uniform(-0.55, 0.55) * z * math.tan(fov / 2))
         foot = _footprint(kind, dims)

@@ -84,6 +84,35 @@ def test_same_seed_same_bytes_different_seed_different():
     assert render(make_scene(4, 5), 64, 64).rgb.tobytes() != a.rgb.tobytes()
 
 
+def test_object_count_and_scale_are_settings_and_the_defaults_draw_the_same_scenes():
+    assert all(make_scene(0, i) == make_scene(0, i, (1, 4), 1.0) for i in range(8))
+    big = [make_scene(0, i, (2, 3), 2.0) for i in range(24)]
+    assert all(2 <= len(s.objects) <= 3 for s in big[:8])  # these fit without touching
+    assert all(len(s.objects) <= 3 for s in big)
+    small = [make_scene(0, i) for i in range(24)]
+    median_w = [float(np.median([b["xyxy"][2] - b["xyxy"][0] for s in scenes for b in render(s, 64, 64).boxes]))
+                for scenes in (small, big)]
+    assert median_w[1] > 1.5 * median_w[0]  # twice the size in metres: boxes about twice as wide
+
+
+def test_stores_built_before_the_object_settings_stay_cached():
+    from fourm_core.config import SyntheticSource
+
+    # ingest's cache key holds this dump: at their defaults the object settings are not in it
+    assert SyntheticSource(n_samples=4).model_dump(mode="json") == {"kind": "synthetic", "n_samples": 4, "seed": 0,
+                                                                   "size": 256}
+    assert SyntheticSource(objects=(1, 3)).model_dump(mode="json")["objects"] == [1, 3]
+
+
+def test_bad_object_range_names_the_field_and_the_fix():
+    from pydantic import ValidationError
+
+    from fourm_core.config import SyntheticSource
+
+    with pytest.raises(ValidationError, match=r"objects \[3, 1\].*e\.g\. objects: \[1, 3\]"):
+        SyntheticSource(objects=(3, 1))
+
+
 def test_stage_commits_ground_truth_at_the_stored_resolution(make_config, tmp_path):
     from fourm_core import ArtifactStore
     from PIL import Image
