@@ -6,8 +6,10 @@ The labeler stage runs each model in a Ray actor while, on the same cores, the a
 driver (reading, Parquet, commit) and Ray itself work on the neighbouring shards. ``bench_labelers.py`` found the
 actor's model busy 99 % of the time yet 30 % slower per shard than the bare loop; this bench separates the causes.
 Per labeler it times ``label_batch`` over one 32-image shard (1 torch thread, like the bench's actors): alone,
-beside a thread of the same process decoding JPEGs without pause (the GIL is shared), beside another process
-decoding JPEGs (only the cores are shared), and beside a process running pure Python.
+beside a thread of the same process decoding JPEGs without pause with Pillow (the GIL is shared: Pillow parses
+markers in Python), beside such a thread running the stage's own decode (``pseudolabel.image_decode``: OpenCV,
+one GIL-free C call per image), beside another process decoding JPEGs (only the cores are shared), and beside a
+process running pure Python.
 """
 
 from __future__ import annotations
@@ -36,17 +38,23 @@ def _jpegs(n: int) -> list[bytes]:
     return out
 
 
-def _decode(jpegs: list[bytes]) -> None:
+def _pillow(jpeg: bytes) -> np.ndarray:
     from PIL import Image
 
-    for j in jpegs:
-        np.asarray(Image.open(io.BytesIO(j)).convert("RGB"))
+    return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
 
 
-def _decode_until(stop) -> None:
+def _stage_decode(jpeg: bytes) -> np.ndarray:
+    from pseudolabel.image_decode import decode_image
+
+    return decode_image(jpeg)
+
+
+def _decode_until(stop, decode=_pillow) -> None:
     jpegs = _jpegs(32)
     while not stop.is_set():
-        _decode(jpegs)
+        for j in jpegs:
+            decode(j)
 
 
 def _python_until(stop) -> None:
@@ -83,12 +91,14 @@ def main() -> None:
             return (time.perf_counter() - t) / args.repeats * 1e3
 
         alone = timed()
-        stop_t = threading.Event()
-        th = threading.Thread(target=_decode_until, args=(stop_t,), daemon=True)
-        th.start()
-        with_thread = timed()
-        stop_t.set()
-        th.join()
+        threads = {}
+        for what, decode in (("a Pillow", _pillow), ("the stage's", _stage_decode)):
+            stop_t = threading.Event()
+            th = threading.Thread(target=_decode_until, args=(stop_t, decode), daemon=True)
+            th.start()
+            threads[what] = timed()
+            stop_t.set()
+            th.join()
         beside = {}
         for what, fn in (("decode process", _decode_until), ("pure-Python process", _python_until)):
             stop = mp.Event()
@@ -100,9 +110,10 @@ def main() -> None:
             proc.join()
         again = timed()
         base = (alone + again) / 2
-        print(f"{name:<10} alone {alone:.1f} / {again:.1f}; beside a decode thread {with_thread:.1f} "
-              f"(+{(with_thread / base - 1) * 100:.0f} %); " + "; ".join(
-                  f"beside a {k} {v:.1f} (+{(v / base - 1) * 100:.0f} %)" for k, v in beside.items()))
+        print(f"{name:<10} alone {alone:.1f} / {again:.1f}; " + "; ".join(
+                  f"beside {k} decode thread {v:.1f} ({(v / base - 1) * 100:+.0f} %)" for k, v in threads.items())
+              + "; " + "; ".join(
+                  f"beside a {k} {v:.1f} ({(v / base - 1) * 100:+.0f} %)" for k, v in beside.items()))
 
 
 if __name__ == "__main__":

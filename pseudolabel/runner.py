@@ -10,7 +10,6 @@ as actor pools that live across the shards of a run, :mod:`pseudolabel.actor_poo
 from __future__ import annotations
 
 import functools
-import io
 import itertools
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ import pyarrow as pa
 
 from fourm_core.units import SampleError
 
+from .image_decode import decode_image
 from .spec import CAPTION, GROUND_TRUTH, RGB, Batch, Labeler, SampleFailure
 
 ERR = "_err."
@@ -54,21 +54,6 @@ class ShardResult:
 
 
 # ------------------------------------------------------------------------------------------- decode
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """Encoded JPEG/PNG/WebP bytes -> uint8 H×W×3 RGB.
-
-    Bytes Pillow cannot identify raise ``UnidentifiedImageError`` naming their size instead of Pillow's message,
-    which holds the address of a temporary buffer: the recorded sample error is then the same on every run."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        im = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise UnidentifiedImageError(f"not a known image format ({len(data)} bytes)") from None
-    with im:
-        return np.asarray(im.convert("RGB"))
 
 
 def needs_pixels(labelers: list[Labeler]) -> bool:
