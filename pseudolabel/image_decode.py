@@ -3,7 +3,7 @@
 Why two decoders: the stage decodes a call's next batch in a thread of the labeler's actor while the model labels
 the current one. Pillow parses a JPEG's markers in Python and so holds the GIL for much of each image; a tiny
 model's forward is thousands of short torch ops, each releasing and re-taking the GIL, and beside a Pillow decode
-thread it ran 28-46 % slower (``bench/bench_model_interference.py``). OpenCV's ``imdecode`` is one C call that
+thread it ran 17-46 % slower (``bench/bench_model_interference.py``). OpenCV's ``imdecode`` is one C call that
 releases the GIL for the whole image: the model beside it runs as fast as alone, and the decode itself is ~40 %
 cheaper. Both link libjpeg-turbo, whose integer IDCT and upsampling are exact, so for the JPEGs OpenCV takes here
 the pixels are byte-identical to Pillow's (``tests/pseudolabel/test_image_decode.py`` checks qualities,
