@@ -7,7 +7,7 @@ driver (reading, Parquet, commit) and Ray itself work on the neighbouring shards
 actor's model busy 99 % of the time yet 30 % slower per shard than the bare loop; this bench separates the causes.
 Per labeler it times ``label_batch`` over one 32-image shard (1 torch thread, like the bench's actors): alone,
 beside a thread of the same process decoding JPEGs without pause with Pillow (the GIL is shared: Pillow parses
-markers in Python), beside such a thread running the stage's own decode (``pseudolabel.image_decode``: OpenCV,
+markers in Python), beside such a thread running the stage's own decode (``fourm_core.image_decode``: OpenCV,
 one GIL-free C call per image), beside another process decoding JPEGs (only the cores are shared), and beside a
 process running pure Python.
 """
@@ -45,7 +45,7 @@ def _pillow(jpeg: bytes) -> np.ndarray:
 
 
 def _stage_decode(jpeg: bytes) -> np.ndarray:
-    from pseudolabel.image_decode import decode_image
+    from fourm_core.image_decode import decode_image
 
     return decode_image(jpeg)
 

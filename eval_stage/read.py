@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from fourm_core.label_codec import image_decode, npy_decode
+from fourm_core.image_decode import decode_image
+from fourm_core.label_codec import npy_decode
 from fourm_core.manifest import Manifest
 from fourm_core.modalities import get_modality, label_artifact
 from fourm_core.store import ArtifactStore
@@ -128,5 +129,5 @@ def read_images(store: ArtifactStore, dataset: str, keys: set[str], shards: list
         t = store.read_table(dataset, "images", s, columns=["sample_key", "image"])
         for k, v in zip(t.column("sample_key").to_pylist(), t.column("image").to_pylist()):
             if k in keys:
-                out[k] = image_decode(v)
+                out[k] = decode_image(v)
     return out

@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .image_decode import decode_image
 from .modalities import MODALITIES
 
 
@@ -32,14 +33,6 @@ def png_decode(data: bytes) -> np.ndarray:
     if arr is None:
         raise ValueError("not a PNG")
     return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB) if arr.ndim == 3 else arr
-
-
-def image_decode(data: bytes) -> np.ndarray:
-    """Encoded image bytes (JPEG/PNG/WebP) -> uint8 H×W×3 RGB."""
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if arr is None:
-        raise ValueError("not a decodable image")
-    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
 
 
 def f16_encode(arr: np.ndarray) -> bytes:
@@ -92,7 +85,7 @@ def decode_label(label: str, row: dict[str, Any]) -> np.ndarray | None:
     if any(row.get(c) is None for c in cols):
         return None
     if label == "images":
-        return image_decode(row["image"])
+        return decode_image(row["image"])
     if label in ("canny_edge", "sam_edge"):
         return png_decode(row["edges"])
     if label == "semseg":

@@ -20,9 +20,9 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
+from fourm_core.image_decode import decode_image
 from fourm_core.units import SampleError
 
-from .image_decode import decode_image
 from .spec import CAPTION, GROUND_TRUTH, RGB, Batch, Labeler, SampleFailure
 
 ERR = "_err."

@@ -19,7 +19,7 @@ from fourm_core import ArtifactStore
 from fourm_core.coco import COCO_PANOPTIC_CLASSES
 
 from . import codecs
-from .image_decode import decode_image
+from fourm_core.image_decode import decode_image
 
 
 def _row(store: ArtifactStore, dataset: str, artifact: str, key: str) -> dict | None:

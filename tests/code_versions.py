@@ -21,6 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TABLE = Path(__file__).with_name("code_versions.json")
 
+# The decode every stage reads images through: a change to it is a change to each of them.
+IMAGE_DECODE = "fourm_core/image_decode.py"
+
 # name -> (version location "path.py:NAME" / "path.py:Class.attr" or a list of them, source globs)
 ENTRIES: dict[str, tuple[str | list[str], list[str]]] = {
     "ingest": ("ingest_stage/stage.py:CODE_VERSION",
@@ -36,12 +39,13 @@ ENTRIES: dict[str, tuple[str | list[str], list[str]]] = {
     "tokenize.sequences": ("tokenize_stage/sequences.py:CODE_VERSION",
                            ["tokenize_stage/sequences.py", "tokenize_stage/seq_geometry.py",
                             "tokenize_stage/text/serialise/*.py", "fourm_core/structured.py"]),
-    "tokenize.fused": ("tokenize_stage/fused.py:CODE_VERSION", ["tokenize_stage/fused.py"]),
+    "tokenize.fused": ("tokenize_stage/fused.py:CODE_VERSION", ["tokenize_stage/fused.py", IMAGE_DECODE]),
     "tokenize.train": ("tokenize_stage/train_tokenizer.py:CODE_VERSION", ["tokenize_stage/train_tokenizer.py"]),
     "train": ("train_stage/trainer.py:CODE_VERSION",
-              ["train_stage/[!_]*.py", "train_stage/model/**/*.py"]),
+              ["train_stage/[!_]*.py", "train_stage/model/**/*.py", IMAGE_DECODE]),
     "evaluate": ("eval_stage/evaluation.py:CODE_VERSION", ["eval_stage/[!_]*.py", "eval_stage/generate/**/*.py",
-                                                        "eval_stage/metrics/**/*.py", "!eval_stage/chain.py"]),
+                                                        "eval_stage/metrics/**/*.py", "!eval_stage/chain.py",
+                                                        IMAGE_DECODE]),
     "evaluate.chain": ("eval_stage/chain.py:CODE_VERSION", ["eval_stage/chain.py", "eval_stage/sequences.py",
                                                             "eval_stage/generate/**/*.py"]),
 }
@@ -65,7 +69,7 @@ def _labeler_entries() -> dict[str, tuple[str | list[str], list[str]]]:
         if not versioned:
             helpers.append(path)  # shared by several labelers
     out["pseudolabel.shared"] = (locations, ["pseudolabel/[!_]*.py", *helpers, "pseudolabel/detection/*.py",
-                                             "pseudolabel/sam/*.py", "pseudolabel/humans/*.py"])
+                                             "pseudolabel/sam/*.py", "pseudolabel/humans/*.py", IMAGE_DECODE])
     return out
 
 

@@ -19,7 +19,8 @@ import pyarrow as pa
 import torch
 
 from fourm_core.config import DatasetConfig
-from fourm_core.label_codec import decode_label, image_decode
+from fourm_core.image_decode import decode_image
+from fourm_core.label_codec import decode_label
 from fourm_core.modalities import MODALITIES, Modality
 from fourm_core.store import ArtifactStore
 from fourm_core.units import SampleError, Unit, UnitOutput, UnitResult, run_unit
@@ -100,7 +101,7 @@ def fused_unit(store: ArtifactStore, config: DatasetConfig, cfg, shard: int, lab
             batch_keys, batch_crops, rgbs, captions = [], [], [], []
             for row in rows[start:start + step]:
                 try:
-                    rgb = image_decode(row["image"])
+                    rgb = decode_image(row["image"])
                 except Exception as exc:  # an undecodable image is a sample error, not a shard failure
                     errors.append(SampleError(row["sample_key"], "decode_error", f"{type(exc).__name__}: {exc}"))
                     continue

@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fourm_core.crops import Crop
-from fourm_core.label_codec import image_decode
+from fourm_core.image_decode import decode_image
 from fourm_core.manifest import InputRef
 from fourm_core.modalities import ModalityKind, get_modality
 from fourm_core.store import ArtifactStore
@@ -236,7 +236,7 @@ class _Shard:
         if data is None:
             return None
         mod = get_modality(modality)
-        return model_pixels(image_decode(data), self.crop_of(key, crop), mod.grid[0] * mod.patch_size, mod.patch_size)
+        return model_pixels(decode_image(data), self.crop_of(key, crop), mod.grid[0] * mod.patch_size, mod.patch_size)
 
     def embedding(self, modality: str, key: str) -> np.ndarray | None:
         """(n_tokens, dim) float16 rows of the sample's embedding sequence (a view of the shard), None without."""
@@ -468,7 +468,7 @@ class TokenShardStream(IterableDataset):
                 if data is None:
                     out[j].zero_()
                 else:
-                    model_pixels_into(out[j], image_decode(data), shard.crop_of(key, crop),
+                    model_pixels_into(out[j], decode_image(data), shard.crop_of(key, crop),
                                       mod.grid[0] * mod.patch_size, mod.patch_size)
             raw.pixels[m] = out
         raw.lengths[m] = n

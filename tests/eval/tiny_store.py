@@ -57,12 +57,13 @@ def dataset_yaml(path: Path, name: str, n_samples: int, shard_size: int, size: i
 def _commit_labels(store, dataset: str, shard: int, seed: int = 0) -> None:
     import cv2
 
-    from fourm_core.label_codec import encode_label, image_decode, npy_decode
+    from fourm_core.image_decode import decode_image
+    from fourm_core.label_codec import encode_label, npy_decode
     from fourm_core.modalities import label_artifact
     from fourm_core.units import Unit, UnitOutput, run_unit
 
     gt = store.read_table(dataset, "ground_truth", shard).to_pylist()
-    images = {r["sample_key"]: image_decode(r["image"]) for r in store.read_table(dataset, "images", shard).to_pylist()}
+    images = {r["sample_key"]: decode_image(r["image"]) for r in store.read_table(dataset, "images", shard).to_pylist()}
     rng = np.random.default_rng([seed, shard])
     rows: dict[str, list] = {lab: [] for lab in LABELS.values() if lab != "images"}  # RGB: the ingested images
     rows["det"] = []

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from fourm_core import ArtifactStore, DatasetConfig
-from fourm_core.label_codec import decode_label, image_decode, npy_decode
+from fourm_core.image_decode import decode_image
+from fourm_core.label_codec import decode_label, npy_decode
 from fourm_core.units import UnitStatus
 
 ORACLE_LABELERS = ["depth", "normals", "semseg", "detection"]
@@ -69,7 +70,7 @@ def test_the_photo_still_gets_the_tiny_models_labels(scenes):
 
     images = _rows(scenes, "images", 0)
     (photo,) = [k for k in images if k.startswith("skimage-")]
-    rgb = image_decode(images[photo]["image"])
+    rgb = decode_image(images[photo]["image"])
     cfg = pseudolabel_config(_config("tiny"))
     for name, label in LABELS.items():
         lab = labeler_class(name)(cfg.settings_for(name), available=frozenset(LABELS.values()))

@@ -10,7 +10,8 @@ import torch
 
 from fourm_core import ArtifactStore
 from fourm_core.crops import Crop
-from fourm_core.label_codec import f16_decode, image_decode
+from fourm_core.image_decode import decode_image
+from fourm_core.label_codec import f16_decode
 from fourm_core.modalities import FOURM21
 from train_stage.batch import MODALITY_INDEX
 from train_stage.config import load_train_config
@@ -45,7 +46,7 @@ def test_pixels_are_cut_with_the_samples_crop_and_t5_rows_are_read(raw_store):
     px = raw.pixels["rgb@224"]
     assert px.shape == (2, 196, 768) and raw.lengths["rgb@224"].tolist() == [196, 196]
     # expected: the stored image, crop 1's box and flip from tokens/_crops, 224², ImageNet statistics
-    img = image_decode(raw_store.read_table("cc", "images", 0).to_pylist()[1]["image"])
+    img = decode_image(raw_store.read_table("cc", "images", 0).to_pylist()[1]["image"])
     box, flip = synthetic_crop_box(1)
     assert flip  # crop 1 is mirrored: a flip that were ignored would show
     a = img[round(box[1] * 40):round(box[3] * 40), round(box[0] * 56):round(box[2] * 56)][:, ::-1]

@@ -1,4 +1,4 @@
-"""The stage's image decode gives Pillow's pixels and Pillow's errors, whichever decoder runs."""
+"""The stages' image decode gives Pillow's pixels and Pillow's errors, whichever decoder runs."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pseudolabel import image_decode
-from pseudolabel.image_decode import decode_image, jpeg_frame
+from fourm_core import image_decode
+from fourm_core.image_decode import decode_image, jpeg_frame
 from pseudolabel.testing import PHOTOS, photo, synthetic_image
 
 
@@ -55,6 +55,15 @@ def test_jpegs_decode_to_pillows_pixels_through_opencv(variant, monkeypatch):
         assert got.dtype == np.uint8 and got.ndim == 3 and got.shape[2] == 3
         np.testing.assert_array_equal(got, _pillow(data))
     assert len(calls) == len(_images())  # the fast path ran, not the fallback
+
+
+def test_a_uint8_buffer_decodes_like_its_bytes():
+    data = _encode(synthetic_image(6, 64), quality=90)
+    np.testing.assert_array_equal(decode_image(np.frombuffer(data, np.uint8)), _pillow(data))
+    np.testing.assert_array_equal(decode_image(memoryview(data)), _pillow(data))
+    cut = np.frombuffer(data[: len(data) // 2], np.uint8)
+    with pytest.raises(OSError, match="(?i)truncated"):  # Pillow's error, not OpenCV's grey fill
+        decode_image(cut)
 
 
 def test_exif_orientation_is_not_applied_as_with_pillow():

@@ -1,12 +1,13 @@
-"""Encoded image bytes -> uint8 H×W×3 RGB, the pseudo-label stage's one decode.
+"""Encoded image bytes -> uint8 H×W×3 RGB: the one image decode of every stage (pseudo-labels, fused tokens,
+training inputs, evaluation), so all of them see the same pixels.
 
-Why two decoders: the stage decodes a call's next batch in a thread of the labeler's actor while the model labels
+Why two decoders: the pseudo-label stage decodes a call's next batch in a thread of the labeler's actor while the model labels
 the current one. Pillow parses a JPEG's markers in Python and so holds the GIL for much of each image; a tiny
 model's forward is thousands of short torch ops, each releasing and re-taking the GIL, and beside a Pillow decode
 thread it ran 17-46 % slower (``bench/bench_model_interference.py``). OpenCV's ``imdecode`` is one C call that
 releases the GIL for the whole image: the model beside it runs as fast as alone, and the decode itself is ~40 %
 cheaper. Both link libjpeg-turbo, whose integer IDCT and upsampling are exact, so for the JPEGs OpenCV takes here
-the pixels are byte-identical to Pillow's (``tests/pseudolabel/test_image_decode.py`` checks qualities,
+the pixels are byte-identical to Pillow's (``tests/core/test_image_decode.py`` checks qualities,
 subsamplings, progressive, greyscale, odd sizes, EXIF orientation); everything else (PNG, WebP, CMYK or 12-bit
 JPEGs, truncated files, decompression bombs) goes through Pillow, whose result and errors are the reference.
 """
@@ -25,10 +26,16 @@ _SOF_HUFFMAN = {0xC0, 0xC1, 0xC2}
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}
 
 
-def jpeg_frame(data: bytes) -> tuple[int, int, int, int, int] | None:
+def _bytes_view(data) -> bytes | memoryview:
+    """``data`` (bytes, or any contiguous buffer: the training loader passes uint8 arrays) as indexable bytes."""
+    return data if isinstance(data, bytes) else memoryview(data).cast("B")
+
+
+def jpeg_frame(data) -> tuple[int, int, int, int, int] | None:
     """The frame header of a JPEG: (SOF marker, precision, height, width, components), or None when ``data`` is
     not a JPEG whose header can be read (the caller then lets Pillow decide)."""
-    if not data.startswith(_SOI):
+    data = _bytes_view(data)
+    if data[:2] != _SOI:
         return None
     pos, n = 2, len(data)
     while pos + 4 <= n:
@@ -53,13 +60,21 @@ def jpeg_frame(data: bytes) -> tuple[int, int, int, int, int] | None:
     return None
 
 
-def _opencv_takes(data: bytes) -> bool:
+def _ends_complete(data: bytes | memoryview) -> bool:
+    """Whether the bytes end with the end-of-image marker (zero padding after it allowed): a cut file does not."""
+    end = len(data)
+    while end and data[end - 1] == 0:
+        end -= 1
+    return end >= 2 and data[end - 2:end] == _EOI
+
+
+def _opencv_takes(data) -> bool:
     """Whether OpenCV decodes ``data`` to exactly Pillow's pixels: a complete (ends in EOI), 8-bit, Huffman-coded
     JPEG with 1 or 3 components, no larger than Pillow would open without its decompression-bomb warning."""
     from PIL import Image
 
     frame = jpeg_frame(data)
-    if frame is None or not data.rstrip(b"\x00").endswith(_EOI):
+    if frame is None or not _ends_complete(_bytes_view(data)):
         return False
     marker, precision, height, width, comps = frame
     limit = Image.MAX_IMAGE_PIXELS
@@ -67,14 +82,14 @@ def _opencv_takes(data: bytes) -> bool:
             and (limit is None or height * width <= limit))
 
 
-def _opencv(data: bytes) -> np.ndarray | None:
+def _opencv(data) -> np.ndarray | None:
     import cv2
 
     # RGB straight from libjpeg (no BGR pass through cvtColor, which would start OpenCV's own thread pool)
     return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
 
 
-def _pillow(data: bytes) -> np.ndarray:
+def _pillow(data) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -86,8 +101,8 @@ def _pillow(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Encoded JPEG/PNG/WebP bytes -> uint8 H×W×3 RGB (Pillow's pixels; OpenCV where that is the same, above).
+def decode_image(data) -> np.ndarray:
+    """Encoded JPEG/PNG/WebP bytes (or a uint8 buffer of them) -> uint8 H×W×3 RGB (Pillow's pixels; OpenCV where that is the same, above).
 
     Raises what Pillow raises for bytes it cannot decode (an unknown format names the byte count)."""
     if _opencv_takes(data):
