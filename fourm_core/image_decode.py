@@ -98,11 +98,13 @@ def _pillow(data) -> np.ndarray:
         # Pillow's message names the address of a temporary buffer: the recorded sample error would differ per run
         raise UnidentifiedImageError(f"not a known image format ({len(data)} bytes)") from None
     with im:
-        return np.asarray(im.convert("RGB"))
+        # a writable copy, like OpenCV's result (np.asarray of an Image is read-only, which torch.from_numpy warns of)
+        return np.array(im.convert("RGB"))
 
 
 def decode_image(data) -> np.ndarray:
-    """Encoded JPEG/PNG/WebP bytes (or a uint8 buffer of them) -> uint8 H×W×3 RGB (Pillow's pixels; OpenCV where that is the same, above).
+    """Encoded JPEG/PNG/WebP bytes (or a uint8 buffer of them) -> a writable uint8 H×W×3 RGB array (Pillow's
+    pixels; OpenCV's where they are the same, above).
 
     Raises what Pillow raises for bytes it cannot decode (an unknown format names the byte count)."""
     if _opencv_takes(data):

@@ -81,7 +81,9 @@ def test_other_formats_go_through_pillow(fmt, kw, monkeypatch):
     monkeypatch.setattr(image_decode, "_opencv", lambda d: pytest.fail("OpenCV must not take this input"))
     arr = synthetic_image(1, 48)
     data = _encode(arr, fmt, **kw)
-    np.testing.assert_array_equal(decode_image(data), _pillow(data))
+    got = decode_image(data)
+    np.testing.assert_array_equal(got, _pillow(data))
+    assert got.flags.writeable  # as from OpenCV: torch.from_numpy warns of read-only arrays
 
 
 def test_truncated_jpeg_fails_as_pillow_fails():
