@@ -68,13 +68,13 @@ def _ends_complete(data: bytes | memoryview) -> bool:
     return end >= 2 and data[end - 2:end] == _EOI
 
 
-def _opencv_takes(data) -> bool:
+def _opencv_takes(data: bytes | memoryview) -> bool:
     """Whether OpenCV decodes ``data`` to exactly Pillow's pixels: a complete (ends in EOI), 8-bit, Huffman-coded
     JPEG with 1 or 3 components, no larger than Pillow would open without its decompression-bomb warning."""
     from PIL import Image
 
     frame = jpeg_frame(data)
-    if frame is None or not _ends_complete(_bytes_view(data)):
+    if frame is None or not _ends_complete(data):
         return False
     marker, precision, height, width, comps = frame
     limit = Image.MAX_IMAGE_PIXELS
@@ -107,7 +107,7 @@ def decode_image(data) -> np.ndarray:
     pixels; OpenCV's where they are the same, above).
 
     Raises what Pillow raises for bytes it cannot decode (an unknown format names the byte count)."""
-    if _opencv_takes(data):
+    if _opencv_takes(_bytes_view(data)):
         rgb = _opencv(data)
         if rgb is not None:
             return rgb

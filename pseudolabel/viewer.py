@@ -17,9 +17,9 @@ import numpy as np
 
 from fourm_core import ArtifactStore
 from fourm_core.coco import COCO_PANOPTIC_CLASSES
+from fourm_core.image_decode import decode_image
 
 from . import codecs
-from fourm_core.image_decode import decode_image
 
 
 def _row(store: ArtifactStore, dataset: str, artifact: str, key: str) -> dict | None:
