@@ -28,7 +28,8 @@ with every core in torch the bare loop owns the machine while the stage must als
 which a deployment does not ask of the cores it reserves for the model (the pools reserve at most CPUs - 1).
 A second line per labeler gives CPU milliseconds per shard: the model's (the bare loop's process CPU), the JPEG
 decode's (timed here), the stage process's (``getrusage`` of this process over the stage rounds: reading the
-shard, Ray submits and results, Parquet, commit), and ``cap`` = model / (model + decode + stage): on saturated
+shard, Ray submits and results, Parquet, commit), the labeler actors' (their process CPU: the model, its
+first step's decode, Ray's call handling; read from /proc, Linux only), and ``cap`` = model / (model + decode + stage): on saturated
 cores the ratio cannot exceed it, whatever the overlap, so a light model's ratio is bounded by the work around it.
 Target: ratio >= 0.85 for every model labeler at the tiny profile with 32-image shards.
 """
@@ -156,6 +157,25 @@ def release() -> None:
     release_pools()
 
 
+def actor_cpu() -> float:
+    """CPU seconds the labeler actors on this host have used so far (their process CPU: the model, Ray's call
+    handling, unpacking and packing each call's rows)."""
+    if not os.path.isdir("/proc"):
+        return float("nan")
+    total = 0.0
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if not f.read().startswith(b"ray::_LabelerActor"):
+                    continue
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, ValueError):  # not a process, or gone meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--labelers", default="canny,color_palette,metadata,depth,normals,semseg,clip,dinov2,imagebind,t5")
@@ -219,12 +239,14 @@ def main() -> None:
             t_warm, _ = stage(name, st, root, imgs[:n1], caps[:n1], [shard], args.in_flight)
             shard += 1
             ray.get(lab.run.remote(imgs[:n1], caps[:n1]))  # the bare loop's warm-up
-            bare_s, stage_s, model_cpu, stage_cpu = [], [], 0.0, 0.0
+            bare_s, stage_s, model_cpu, stage_cpu, actors_cpu = [], [], 0.0, 0.0, 0.0
             for _ in range(args.rounds):
                 rate, cpu = ray.get(lab.run.remote(imgs * k, caps * k))
                 bare_s.append(k * n2 / rate)
                 model_cpu += cpu
+                actors_cpu -= actor_cpu()
                 wall, cpu = stage(name, st, root, imgs, caps, list(range(shard, shard + k)), args.in_flight)
+                actors_cpu += actor_cpu()
                 stage_s.append(wall)
                 stage_cpu += cpu
                 shard += k
@@ -238,7 +260,8 @@ def main() -> None:
             per = args.rounds * k
             m_ms, s_ms = 1000 * model_cpu / per, 1000 * stage_cpu / per
             d_ms = 1000 * decode_cpu(imgs, caps, needs_pixels([probe]))
-            print(f"{'':<14}CPU ms/shard: model {m_ms:.1f}, decode {d_ms:.1f}, stage process {s_ms:.1f}; "
+            print(f"{'':<14}CPU ms/shard: model {m_ms:.1f}, decode {d_ms:.1f}, stage process {s_ms:.1f}, "
+                  f"actor {1000 * actors_cpu / per:.1f}; "
                   f"cap {m_ms / (m_ms + d_ms + s_ms):.2f}; bare wall ms/shard {1000 * sum(bare_s) / per:.1f}, "
                   f"stage wall ms/shard {1000 * sum(stage_s) / per:.1f}", flush=True)
     ray.shutdown()
