@@ -217,7 +217,8 @@ def main() -> None:
     print(f"{'labeler':<14}{'profile':<8}{'bare img/s':>11}{'stage img/s':>12}{'ratio':>7}  (min-max of rounds; "
           f"warm-up n={n1}, n={n2})")
     print("  then CPU ms per shard: model (bare loop), decode (this process), stage process (driver: read, Ray, "
-          "Parquet, commit), and the cap model / (model + decode + stage) the ratio approaches on saturated cores")
+          "Parquet, commit), the labeler actors' processes (0 for a model-free labeler: it runs as tasks), and the cap "
+          "model / (model + decode + stage) the ratio approaches on saturated cores")
     shard = 0
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.labelers.split(","):
