@@ -233,7 +233,7 @@ def _timed(fn, name: str = "") -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
-def _proc_cpu(pid: int | None) -> float:
+def proc_cpu(pid: int | str | None) -> float:
     """CPU seconds (user + system) of process ``pid`` so far (0 when there is none or it cannot be read)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -272,9 +272,9 @@ def measure(root: str, options: dict | None, n: int, manifest_shards: int,
     out: dict[str, Any] = {}
     out["status_s"], rows = _timed(status, "status")
     assert rows == 30 * n, rows
-    server_cpu = _proc_cpu(server_pid)
+    server_cpu = proc_cpu(server_pid)
     out["rerun_plan_and_cached_check_s"], units = _timed(rerun_check, "rerun")
-    CPU["rerun_server"] = _proc_cpu(server_pid) - server_cpu
+    CPU["rerun_server"] = proc_cpu(server_pid) - server_cpu
     assert units == 30 * n, units
     out["lineage_s"], text = _timed(lambda: lineage_text(token_part, None, options))
     assert "images shard 0" in text, text

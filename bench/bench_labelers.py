@@ -29,8 +29,9 @@ which a deployment does not ask of the cores it reserves for the model (the pool
 A second line per labeler gives CPU milliseconds per shard: the model's (the bare loop's process CPU), the JPEG
 decode's (timed here), the stage process's (``getrusage`` of this process over the stage rounds: reading the
 shard, Ray submits and results, Parquet, commit), the labeler actors' (their process CPU: the model, its
-first step's decode, Ray's call handling; read from /proc, Linux only), and ``cap`` = model / (model + decode + stage): on saturated
-cores the ratio cannot exceed it, whatever the overlap, so a light model's ratio is bounded by the work around it.
+first step's decode, Ray's call handling; read from /proc, Linux only), and ``cap`` = model / (model + decode +
+stage): on saturated cores the ratio cannot exceed it, whatever the overlap, so a light model's ratio is bounded
+by the work around it.
 Target: ratio >= 0.85 for every model labeler at the tiny profile with 32-image shards.
 """
 
@@ -160,6 +161,8 @@ def release() -> None:
 def actor_cpu() -> float:
     """CPU seconds the labeler actors on this host have used so far (their process CPU: the model, Ray's call
     handling, unpacking and packing each call's rows)."""
+    from bench_control_plane import proc_cpu
+
     if not os.path.isdir("/proc"):
         return float("nan")
     total = 0.0
@@ -168,11 +171,9 @@ def actor_cpu() -> float:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 if not f.read().startswith(b"ray::_LabelerActor"):
                     continue
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, ValueError):  # not a process, or gone meanwhile
+        except OSError:  # not a process, or gone meanwhile
             continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total += proc_cpu(pid)
     return total
 
 
