@@ -5,8 +5,10 @@
 Why processes and not threads: a training step holds the GIL for its Python part, and ``train_tokenizer`` seeds
 torch's process-wide RNG and runs on its process-wide thread pool, so tokenizers sharing a process would neither
 scale nor stay reproducible. Workers are spawned (no forked torch or store state); each sets the same fixed torch
-thread count (``worker_plan``) and trains one tokenizer at a time. Every draw in ``train_tokenizer`` is seeded, so
-a tokenizer's weights do not depend on which worker trains it, on what trains beside it, or on how many workers
+thread count (``worker_plan``) and trains one tokenizer at a time. Workers take no tokenizer until all of them
+are up: otherwise, on a loaded machine, the first worker to finish importing torch could train two tokenizers,
+one after the other, before a slower one had started. Every draw in ``train_tokenizer`` is seeded, so a
+tokenizer's weights do not depend on which worker trains it, on what trains beside it, or on how many workers
 there are (tests/tokenize_models/test_train_pool.py). Tokenizers whose unit is already committed with its cache
 key are answered here, without starting a worker; a single tokenizer left to train (the others cached, or only
 one asked for) trains in the calling process at the workers' thread count, without a worker's start-up.
@@ -25,6 +27,7 @@ import logging.handlers
 import multiprocessing
 import os
 import queue
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from typing import Any
 
@@ -37,6 +40,7 @@ from .train_tokenizer import TrainTokenizerConfig, train_tokenizer
 WORKERS_ENV = "FOURM_TOKENIZER_WORKERS"
 THREADS_ENV = "FOURM_TOKENIZER_THREADS"
 _DRAIN_EVERY_S = 0.5  # how often the caller re-logs the workers' progress records while it waits
+_START_TOGETHER_S = 300.0  # how long a started worker waits for the others before it takes work alone
 log = logging.getLogger(__name__)
 
 
@@ -69,8 +73,10 @@ def worker_plan(jobs: int, cpus: int | None = None) -> tuple[int, int]:
     return max(1, min(jobs, workers)), threads
 
 
-def _init_worker(records: Any, threads: int) -> None:
-    """In each worker: its torch thread count, and its progress records sent to the caller (not printed here)."""
+def _init_worker(records: Any, threads: int, started: Any) -> None:
+    """In each worker: its torch thread count, its progress records sent to the caller (not printed here), then
+    a wait at ``started`` (a barrier of all the pool's workers) so that no worker takes a tokenizer before the
+    others can take theirs. A worker that never comes up only delays the others by ``_START_TOGETHER_S``."""
     import torch
 
     torch.set_num_threads(threads)
@@ -78,6 +84,10 @@ def _init_worker(records: Any, threads: int) -> None:
     progress.handlers = [logging.handlers.QueueHandler(records)]
     progress.setLevel(logging.INFO)
     progress.propagate = False
+    try:
+        started.wait(_START_TOGETHER_S)
+    except threading.BrokenBarrierError:
+        log.warning("not every tokenizer worker started within %.0f s; this one starts alone", _START_TOGETHER_S)
 
 
 def _train_in_worker(root: str, storage_options: dict[str, Any] | None, dataset: str, cfg: dict[str, Any],
@@ -160,8 +170,10 @@ def train_many(store: ArtifactStore, dataset: str, configs: list[TrainTokenizerC
                  dataset, workers, threads, ", ".join(configs[i].tokenizer for i in todo))
         ctx = multiprocessing.get_context("spawn")
         records = ctx.Queue()
+        # one worker is spawned per submitted tokenizer up to ``workers`` (spawn start method), so all reach it
+        started = ctx.Barrier(workers)
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(records, threads)) as pool:
+                                 initargs=(records, threads, started)) as pool:
             futures: dict[Future, int] = {
                 pool.submit(_train_in_worker, store.root_uri, store.storage_options, dataset,
                             configs[i].model_dump(mode="json"), force, shards): i for i in todo}

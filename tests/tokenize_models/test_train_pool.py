@@ -79,6 +79,11 @@ def test_concurrent_equals_sequential(tmp_path, monkeypatch, caplog):
         done = [r.progress["done"] for r in records if r.progress["what"] == f"train-tokenizers {name}"]
         assert done[-1] == 40 and len(done) == 2 * 40  # every step, twice (sequential, concurrent)
     assert {r.process for r in records} and os.getpid() not in {r.process for r in records}
+    # with two workers, each trained one tokenizer: none took the second before the other worker was up
+    concurrent = records[len(records) // 2:]
+    by_name = {name: {r.process for r in concurrent if r.progress["what"] == f"train-tokenizers {name}"}
+               for name in NAMES}
+    assert all(len(p) == 1 for p in by_name.values()) and by_name[NAMES[0]] != by_name[NAMES[1]], by_name
 
     # a re-run is answered from the committed manifests, without any worker
     monkeypatch.setattr(train_pool, "ProcessPoolExecutor", None)
