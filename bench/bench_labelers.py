@@ -3,6 +3,11 @@
     PYTHONPATH=. python bench/bench_labelers.py --profile tiny --n 8,32
     PYTHONPATH=. python bench/bench_labelers.py --profile tiny --n 8,32 --in-flight 1   # one shard at a time
     PYTHONPATH=. python bench/bench_labelers.py --profile full --labelers dinov2,depth --n 4,12 --rounds 2
+    PYTHONPATH=. python bench/bench_labelers.py --labelers clip,dinov2,imagebind,t5 --shards 32   # a GPU box
+
+On a machine with a GPU the Ray session sees it, the stage's labeler actors take their usual GPU fraction
+(``num_gpus`` of the labeler's settings, else its declared resources) and the bare loop's actor takes the same, so
+both label on the GPU; the header line says how many CPUs and GPUs the session has (``--cpus``: all cores).
 
 ``bare``: decoded 224² images, the labeler's own ``label_batch`` (pre- and post-processing included) in
 batches, after one warm-up batch, in a Ray actor of its own: Ray runs its workers at nice 15, so a bare loop in
@@ -190,6 +195,7 @@ def main() -> None:
                     help="torch threads, bare and in the actor (default: all cores but one, left to decode "
                          "and commit)")
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs of the local Ray session")
     ap.add_argument("--decode-tasks", action="store_true",
                     help="decode JPEGs in separate Ray tasks (the path before DECODE_IN_FIRST_STEP), for an A/B")
     args = ap.parse_args()
@@ -209,10 +215,12 @@ def main() -> None:
 
         args.in_flight = MAX_PARALLEL_UNITS
     k = args.shards
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.getcwd(), "HF_HUB_DISABLE_PROGRESS_BARS": "1",
                                        "TRANSFORMERS_VERBOSITY": "error"}})
-    print(f"torch threads {args.threads}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, "
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    print(f"Ray session: {args.cpus} CPUs, {gpus:g} GPU(s); "
+          f"torch threads {args.threads}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, "
           f"{args.rounds} interleaved rounds of {k} shards x {n2} images, {args.in_flight} shard(s) in flight, "
           f"decode {'in tasks' if args.decode_tasks else 'in the first step'}")
     print(f"{'labeler':<14}{'profile':<8}{'bare img/s':>11}{'stage img/s':>12}{'ratio':>7}  (min-max of rounds; "
@@ -232,9 +240,13 @@ def main() -> None:
                 model_dir = os.path.join(tmp, name)
                 probe.save(model, model_dir)
                 del model
-            # no CPU reservation: a reserving actor would hold a slot the stage's decode tasks need (2 CPUs here)
-            lab = ray.remote(BareLoop).options(num_cpus=0).remote(name, args.profile, model_dir, args.threads,
-                                                                      args.batch_size)
+            # no CPU reservation: a reserving actor would hold a slot the stage's decode tasks need (2 CPUs here);
+            # on a GPU the labeler's own fraction, as its stage actors take (else Ray would hide the GPU from it)
+            gpu = 0.0
+            if gpus and probe.uses_model:
+                gpu = probe.settings.num_gpus if probe.settings.num_gpus is not None else probe.resources.num_gpus
+            lab = ray.remote(BareLoop).options(num_cpus=0, num_gpus=gpu or None).remote(
+                name, args.profile, model_dir, args.threads, args.batch_size)
             st = {k2: v for k2, v in make_labeler(name, args.profile, model_dir, args.threads, args.batch_size)
                   .settings.model_dump().items() if v is not None}
             root = os.path.join(tmp, "store")
