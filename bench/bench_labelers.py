@@ -206,6 +206,7 @@ def main() -> None:
     import ray
     import torch
 
+    from pseudolabel.ray_pass import _gpus
     from pseudolabel.runner import needs_pixels
 
     torch.set_num_threads(args.threads)
@@ -242,9 +243,7 @@ def main() -> None:
                 del model
             # no CPU reservation: a reserving actor would hold a slot the stage's decode tasks need (2 CPUs here);
             # on a GPU the labeler's own fraction, as its stage actors take (else Ray would hide the GPU from it)
-            gpu = 0.0
-            if gpus and probe.uses_model:
-                gpu = probe.settings.num_gpus if probe.settings.num_gpus is not None else probe.resources.num_gpus
+            gpu = _gpus(probe, gpus > 0) if probe.uses_model else 0.0
             lab = ray.remote(BareLoop).options(num_cpus=0, num_gpus=gpu or None).remote(
                 name, args.profile, model_dir, args.threads, args.batch_size)
             st = {k2: v for k2, v in make_labeler(name, args.profile, model_dir, args.threads, args.batch_size)
