@@ -3,7 +3,8 @@
 For each store: write N shards of the same small table (a) bare: serialise to Parquet and put the bytes
 at the final path in one write; (b) through ``run_unit``: cache check, data to a temporary name then the
 final name (local) or one PUT (S3), the errors table, the manifest last, failure-record clean-up;
-(c) ``run_unit`` again on committed shards (the cached path: one manifest read). Prints ms per shard.
+(c) ``run_unit`` again on committed shards (the cached path: one manifest read). Prints ms per shard and, on
+S3, the requests one ``run_unit`` commit sends, by API call (counted at s3fs's ``_call_s3``).
 
     PYTHONPATH=. python bench/bench_commit.py [--shards 40] [--rows 1000] [--no-s3]
 """
@@ -11,6 +12,7 @@ final name (local) or one PUT (S3), the errors table, the manifest last, failure
 from __future__ import annotations
 
 import argparse
+import collections
 import statistics
 import tempfile
 import time
@@ -68,7 +70,28 @@ def bench_store(label: str, store: ArtifactStore, table: pa.Table, shards: int) 
     print(f"{label:<6} bare write {res['bare']:7.2f} ms | one atomic write {res['atomic']:7.2f} ms | "
           f"run_unit commit {res['commit']:7.2f} ms | overhead {res['overhead']:+7.2f} ms "
           f"({res['commit'] / res['bare']:.1f}x) | cached re-run {res['cached']:6.2f} ms   (median per shard)")
+    if not store.is_local:
+        calls = s3_calls(store, lambda: committed(2 * shards + 2))
+        print(f"{'':<6} S3 requests of one run_unit commit: {sum(calls.values())} "
+              f"({', '.join(f'{n} {m}' for m, n in sorted(calls.items()))})")
     return res
+
+
+def s3_calls(store: ArtifactStore, fn: Callable[[], Any]) -> collections.Counter:
+    """The S3 API calls ``fn`` sends through the store's s3fs filesystem, by method name."""
+    fs, calls = store.fs, collections.Counter()
+    original = fs._call_s3
+
+    async def counted(method, *args, **kwargs):
+        calls[method] += 1
+        return await original(method, *args, **kwargs)
+
+    fs._call_s3 = counted
+    try:
+        fn()
+    finally:
+        del fs._call_s3  # the instance attribute shadowed the class's method
+    return calls
 
 
 def main() -> None:

@@ -48,15 +48,18 @@ def test_running_unit_shows_as_running_then_done(store):
 
 
 def test_killed_worker_leaves_a_stale_lease(store_root):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "FOURM_LEASE_HEARTBEAT_S": "0.2"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FOURM_LEASE_HEARTBEAT_S": "0.2", "FOURM_LEASE_GRACE_S": "0.3"}
     proc = subprocess.Popen([sys.executable, "-m", "tests.core.lease_worker", store_root], env=env,
                             stdout=subprocess.PIPE, text=True, cwd=str(REPO))
     try:
         assert proc.stdout.readline().strip() == "computing"
         store = ArtifactStore(store_root)
-        time.sleep(0.5)  # a few heartbeats
-        leases = lease.running(store, "ls", "a", now=time.time())
+        deadline = time.monotonic() + 20
+        while 3 not in (leases := lease.running(store, "ls", "a", now=time.time())):  # written after the grace
+            assert time.monotonic() < deadline, "the lease was never written"
+            time.sleep(0.05)
         assert leases[3]["pid"] == proc.pid
+        time.sleep(0.5)  # a few heartbeats
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
@@ -71,6 +74,7 @@ def test_killed_worker_leaves_a_stale_lease(store_root):
 
 def test_one_heartbeat_thread_beats_every_held_lease_and_none_after_its_unit_ends(store, monkeypatch):
     monkeypatch.setattr(lease, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(lease, "GRACE_S", 0)  # written on entry
     beat = lease._Heartbeat()  # a fresh one: its thread reads the short heartbeat
     monkeypatch.setattr(lease, "_HEARTBEAT", beat)
     beats_before = [t.name for t in threading.enumerate()].count("fourm-lease")
@@ -83,3 +87,22 @@ def test_one_heartbeat_thread_beats_every_held_lease_and_none_after_its_unit_end
         assert [t.name for t in threading.enumerate()].count("fourm-lease") == beats_before + 1  # one for all
     time.sleep(0.2)  # heartbeats after the units ended must not bring their leases back
     assert lease.running(store, "ls", "a") == {} and lease.running(store, "ls", "b") == {}
+
+
+def test_a_unit_done_within_the_grace_writes_no_lease_and_a_longer_one_does(store, monkeypatch):
+    monkeypatch.setattr(lease, "GRACE_S", 0.3)
+    beat = lease._Heartbeat()  # a fresh one, so no other test's leases share its thread
+    monkeypatch.setattr(lease, "_HEARTBEAT", beat)
+    leases = Path(lease.lease_dir(store, "ls", "a"))
+    done = run_unit(store, Unit(stage="w", dataset="ls", artifacts=["a"], shard=0, code_version="w/1"),
+                    lambda: UnitOutput({"a": pa.table({"sample_key": ["k"]})}))
+    assert done.status is UnitStatus.DONE
+    time.sleep(0.5)  # past the grace: the heartbeat thread must not write the finished unit's lease
+    assert not leases.exists(), "a unit done within the grace wrote a lease file"
+    with lease.held(store, "ls", ["a"], 1, {"unit": "slow"}):
+        assert lease.running(store, "ls", "a") == {}  # still within the grace
+        deadline = time.monotonic() + 20
+        while 1 not in lease.running(store, "ls", "a"):
+            assert time.monotonic() < deadline, "the lease of a unit running past the grace never showed"
+            time.sleep(0.05)
+    assert lease.running(store, "ls", "a") == {}
