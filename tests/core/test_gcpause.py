@@ -76,6 +76,9 @@ def test_leaves_someone_elses_freeze_alone() -> None:
         frozen = gc.get_freeze_count()
         with gc_paused():
             _ = [[i] for i in range(100)]
-        assert gc.get_freeze_count() == frozen  # not unfrozen by the pause
+        # Undoing the freeze would leave 0 (freeze + unfreeze moves everything out), and freezing the pause's
+        # allocations would raise the count. It may fall a little: a frozen object that another thread (a
+        # server or pool left by an earlier test) releases leaves the permanent generation (CI saw 3).
+        assert 0 < frozen - 1000 < gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
