@@ -42,7 +42,8 @@ def count(model: torch.nn.Module | None, fn) -> float:
     return float(fc.get_total_flops())
 
 
-META = {"t5", "sam", "human_poses"}  # the detector runs for real: its NMS has no meta kernel
+META = {"t5", "sam", "human_poses"}
+UNTIMED = {"sam", "human_poses"}  # their label_batch needs more than a bare model (masks decoder, person crops)  # the detector runs for real: its NMS has no meta kernel
 
 
 def meta_flops(name: str, caption_tokens: int) -> tuple[float, str]:
@@ -98,28 +99,65 @@ def meta_flops(name: str, caption_tokens: int) -> tuple[float, str]:
     return count(model, lambda: model(torch.zeros(1, 3, h, w, device="meta"))), "person crop"
 
 
-def labeler_flops(name: str) -> tuple[float, str]:
-    """(FLOPs per image, what one item is) for one production labeler."""
+def _full_labeler(name: str, device: str = "cpu", matmul_precision: str | None = None):
+    """The production labeler with a full-size random-weight model on ``device``, ready to label, placed the way
+    its actor's ``setup`` places it (with the settings' ``matmul_precision``, or ``matmul_precision``)."""
     from pseudolabel.registry import labeler_class
-    from pseudolabel.spec import Batch
-    from pseudolabel.testing import PHOTOS, photo
 
     cls = labeler_class(name)
-    lab = cls(cls.Settings(), available=frozenset(cls.needs))
+    extra = {"matmul_precision": matmul_precision} if matmul_precision else {}
+    lab = cls(cls.Settings(**extra), available=frozenset(cls.needs))
     torch.manual_seed(0)
-    model = lab.build_full()
+    with torch.device(device):  # built in place: T5-XXL's 4.7 G parameters would take minutes to init on a CPU
+        model = lab.build_full()
     lab.use_model(model)
+    lab.place(device)  # also what torch.Tensor(...)-made parameters (Mask2Former's level_embed) need: CPU-born
+    model = lab.model
     if name == "detection":  # what DetectionLabeler.setup() wraps around the model
         from pseudolabel.detection import Detector, get_family
 
         lab.detector = Detector(model=model, family=get_family(lab.settings.family), threshold=lab.settings.threshold,
                                 max_detections=lab.settings.max_detections, batch_size=lab.batch_size)
-    img = photo(PHOTOS[0], 256)[:256, :341]
-    if img.shape[1] < 341:
-        img = np.ascontiguousarray(np.pad(img, ((0, 0), (0, 341 - img.shape[1]), (0, 0)), mode="edge"))
-    batch = Batch(["0"], [img], ["A red bus parked beside a stone building on a sunny street."],
-                  meta={"orig_width": [341], "orig_height": [256]})
+    return lab, model
+
+
+def _stored_batch(n: int):
+    """n stored-size (256x341) photos with captions, as the pseudolabel stage hands them to ``label_batch``."""
+    from pseudolabel.spec import Batch
+    from pseudolabel.testing import PHOTOS, photo
+
+    imgs = []
+    for i in range(n):
+        img = photo(PHOTOS[i % len(PHOTOS)], 256)[:256, :341]
+        if img.shape[1] < 341:
+            img = np.ascontiguousarray(np.pad(img, ((0, 0), (0, 341 - img.shape[1]), (0, 0)), mode="edge"))
+        imgs.append(img)
+    caption = "A red bus parked beside a stone building on a sunny street."
+    return Batch([str(i) for i in range(n)], imgs, [caption] * n,
+                 meta={"orig_width": [341] * n, "orig_height": [256] * n})
+
+
+def labeler_flops(name: str) -> tuple[float, str]:
+    """(FLOPs per image, what one item is) for one production labeler."""
+    lab, model = _full_labeler(name)
+    batch = _stored_batch(1)
     return count(model, lambda: lab.label_batch(batch)), "image"
+
+
+def labeler_seconds(name: str, device: str, images: int, repeats: int, matmul_precision: str | None) -> float:
+    """Measured seconds per image of the labeler's own ``label_batch`` (resize, normalise, forward, encode the
+    rows) at full size on ``device``, in batches of ``images`` stored-size photos, after one warm-up batch."""
+    lab, _ = _full_labeler(name, device, matmul_precision)
+    batch = _stored_batch(images)
+    lab.label_batch(batch)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        lab.label_batch(batch)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t) / (repeats * images)
 
 
 def tokenizer_flops(name: str) -> float:
@@ -169,28 +207,41 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--parts", nargs="+", default=["labelers", "tokenizers", "train"],
                     choices=["labelers", "tokenizers", "train"])
+    ap.add_argument("--time", metavar="DEVICE", default=None,
+                    help="also time each labeler's label_batch at full size on DEVICE (e.g. cuda): measured ms/image "
+                         "and the TFLOP/s and MFU it reaches (SAM and the pose model are counted only)")
+    ap.add_argument("--time-batch", type=int, default=32, help="images per label_batch call when timing")
+    ap.add_argument("--time-repeats", type=int, default=3, help="timed batches per labeler (after one warm-up)")
+    ap.add_argument("--matmul-precision", choices=["highest", "high", "medium"], default=None,
+                    help="the labelers' matmul_precision setting when timing (default: the settings' default)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     peak = args.peak_tflops * 1e12
 
     rows: list[tuple[str, float]] = []  # (what, FLOPs per image)
-    print(f"{'labeler':14s} {'GFLOP/item':>11s}  item        {'count s':>7s}")
+    timed = f"  {'measured ms/item':>16s} {'TFLOP/s':>8s} {'MFU':>6s}" if args.time else ""
+    print(f"{'labeler':14s} {'GFLOP/item':>11s}  item        {'count s':>7s}{timed}")
     for name in GPU_LABELERS:
         if name in args.skip or "labelers" not in args.parts or (args.only is not None and name not in args.only):
             continue
         t = time.perf_counter()
         f, item = meta_flops(name, args.caption_tokens) if name in META else labeler_flops(name)
-        print(f"{name:14s} {f / 1e9:11.1f}  {item:11s} {time.perf_counter() - t:7.1f}", flush=True)
+        line = f"{name:14s} {f / 1e9:11.1f}  {item:11s} {time.perf_counter() - t:7.1f}"
+        if args.time and name not in UNTIMED:
+            sec = labeler_seconds(name, args.time, args.time_batch, args.time_repeats, args.matmul_precision)
+            line += f"  {sec * 1e3:16.2f} {f / sec / 1e12:8.1f} {f / sec / peak:6.1%}"
+        print(line, flush=True)
         rows.append((f"label {name}", f * (args.persons if item == "person crop" else 1.0)))
         gc.collect()
-    from tokenize_stage.registry import tokenizer_names
+    if "tokenizers" in args.parts:  # imported only then: the tokenizers need diffusers, a GPU box may lack it
+        from tokenize_stage.registry import tokenizer_names
 
-    print(f"\n{'tokenizer':28s} {'GFLOP/sample (encode)':>22s}")
-    for name in tokenizer_names() if "tokenizers" in args.parts else []:
-        f = tokenizer_flops(name)
-        print(f"{name:28s} {f / 1e9:22.2f}", flush=True)
-        rows.append((f"tokenize {name}", f))
-        gc.collect()
+        print(f"\n{'tokenizer':28s} {'GFLOP/sample (encode)':>22s}")
+        for name in tokenizer_names():
+            f = tokenizer_flops(name)
+            print(f"{name:28s} {f / 1e9:22.2f}", flush=True)
+            rows.append((f"tokenize {name}", f))
+            gc.collect()
     train, n_in, n_out = train_flops_per_sample()
     print(f"\n4M-21 B train step: {train / 1e9:.1f} GFLOP per sample ({n_in:.0f} input + {n_out:.0f} target tokens)")
 

@@ -8,7 +8,7 @@ to build cache keys and to size Ray actor pools; the runner calls ``setup`` once
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +39,10 @@ class ModelSettings(LabelerSettings):
 
     model: str = Field(description="'tiny', a local directory, an s3:// URI or a hub id")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu' or 'cuda[:N]'")
+    matmul_precision: Literal["highest", "high", "medium"] = Field(
+        "high", description="fp32 matmul precision on a GPU (torch.set_float32_matmul_precision): 'high' lets "
+                            "matmuls use TF32 tensor cores (1.2-3x faster per image on an H200, measured by "
+                            "bench/gpu_checks.sh), 'highest' keeps full fp32; no effect on CPU")
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,8 @@ class Labeler:
 
     def config_for_key(self) -> dict[str, Any]:
         """The part of the settings that changes outputs (goes into the cache key)."""
-        drop = {"batch_size", "concurrency", "num_cpus", "num_gpus", "device"}
+        # where and how precisely the arithmetic runs, not what it computes (like the device)
+        drop = {"batch_size", "concurrency", "num_cpus", "num_gpus", "device", "matmul_precision"}
         data = self.settings.model_dump(mode="json")
         return {k: v for k, v in data.items() if k not in drop} | {"needs": sorted(self.active_needs())}
 

@@ -102,8 +102,17 @@ class ModelLabeler(Labeler):
         except Exception as exc:
             raise models.ModelLoadError(f"labeler '{self.name}': cannot load model from {self.settings.model!r}: "
                                         f"{type(exc).__name__}: {exc}") from exc
-        self.device = models.pick_device(self.settings.device)
-        self.model = model.eval().to(self.device)
+        self.model = model
+        self.place(models.pick_device(self.settings.device))
+
+    def place(self, device: str) -> None:
+        """Move the model to ``device`` in eval mode; on a GPU, set the settings' fp32 matmul precision."""
+        import torch
+
+        if device.startswith("cuda"):
+            torch.set_float32_matmul_precision(self.settings.matmul_precision)
+        self.device = device
+        self.model = self.model.eval().to(device)
 
     def use_model(self, model) -> None:
         """Install an already-built model (benchmarks, tests)."""

@@ -137,3 +137,27 @@ def test_convert_imagebind_keeps_the_vision_trunk_of_a_released_checkpoint(tmp_p
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(lab.model.forward_features(x), ref.forward_features(x))
+
+
+@pytest.mark.parametrize("name", MODEL_LABELERS + ["sam", "detection", "human_poses"])
+def test_matmul_precision_leaves_the_cache_key_alone(name):
+    """TF32 on a GPU changes how precisely a label is computed, not what it is (like the device): switching it
+    must not recompute a committed dataset."""
+    cls = labeler_class(name)
+    keys = {p: cls(cls.Settings(matmul_precision=p), available=frozenset(cls.needs)).config_for_key()
+            for p in ("highest", "high", "medium")}
+    assert keys["highest"] == keys["high"] == keys["medium"]
+
+
+def test_placing_on_the_cpu_leaves_torch_matmul_precision_alone():
+    """The precision is set in the labeler's process only when it labels on a GPU: a CPU actor (and the tests'
+    own process) keeps full fp32 whatever the settings say."""
+    import torch
+
+    cls = labeler_class("dinov2")
+    lab = cls(cls.Settings(model="tiny", device="cpu", matmul_precision="medium"), available=frozenset(cls.needs))
+    before = torch.get_float32_matmul_precision()
+    lab.setup()
+    assert torch.get_float32_matmul_precision() == before
+    assert lab.device == "cpu" and not lab.model.training
+    assert next(lab.model.parameters()).device.type == "cpu"
