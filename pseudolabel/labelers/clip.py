@@ -71,7 +71,7 @@ class ClipLabeler(ModelLabeler):
         import torch
 
         size = self.model.config.image_size
-        x = resize_batch(batch.rgb, size, IMAGENET_MEAN, IMAGENET_STD).to(self.device)
+        x = resize_batch(batch.rgb, size, IMAGENET_MEAN, IMAGENET_STD, self.device)
         with torch.inference_mode():
             h = self.model.vision_model(pixel_values=x).last_hidden_state[:, 1:]  # B × g² × 768
             f = self.model.visual_projection(self.model.vision_model.post_layernorm(h))  # B × g² × 512

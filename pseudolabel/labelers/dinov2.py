@@ -72,7 +72,7 @@ class Dinov2Labeler(ModelLabeler):
     def label_batch(self, batch: Batch) -> list:
         import torch
 
-        x = resize_batch(batch.rgb, self.settings.image_size, IMAGENET_MEAN, IMAGENET_STD).to(self.device)
+        x = resize_batch(batch.rgb, self.settings.image_size, IMAGENET_MEAN, IMAGENET_STD, self.device)
         with torch.inference_mode():
             h = self.model(pixel_values=x).last_hidden_state  # B × (1 + g²) × C
         return [{"dinov2_features": {"features": f16_bytes(h[i, 1:])}, "dinov2_global": {"embedding": f16_bytes(h[i, 0])}}

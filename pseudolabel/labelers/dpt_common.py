@@ -7,7 +7,7 @@ from typing import ClassVar
 import numpy as np
 
 from . import omnidata
-from .model_base import HFModelSettings, ModelLabeler, OracleSettings
+from .model_base import HFModelSettings, ModelLabeler, OracleSettings, normalize
 
 
 class DPTSettings(OracleSettings):
@@ -36,9 +36,7 @@ class DPTLabelerBase(ModelLabeler):
 
         size = self.model.config.image_size
         jobs = [omnidata.to_windows(rgb, size) for rgb in rgb_list]
-        wins = np.stack([w for job in jobs for w in job[0]]).astype(np.float32) / 255.0
-        x = (wins - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(self.device)
+        x = normalize(np.stack([w for job in jobs for w in job[0]]), self.mean, self.std, self.device)  # N×3×S×S
         with torch.inference_mode():
             out = self.model(pixel_values=x).predicted_depth
         out = (out[:, None] if out.ndim == 3 else out).float().cpu()

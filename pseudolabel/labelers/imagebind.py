@@ -135,7 +135,7 @@ class ImageBindLabeler(ModelLabeler):
     def label_batch(self, batch: Batch) -> list:
         import torch
 
-        x = resize_batch(batch.rgb, self._cfg()["img_size"], IMAGENET_MEAN, IMAGENET_STD).to(self.device)
+        x = resize_batch(batch.rgb, self._cfg()["img_size"], IMAGENET_MEAN, IMAGENET_STD, self.device)
         with torch.inference_mode():
             tokens = self.model.forward_features(x)  # B × (1 + g²) × 1280, after the head LayerNorm
         return [{"imagebind_features": {"features": f16_bytes(tokens[i, 1:])},

@@ -5,6 +5,7 @@ import hashlib
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from pseudolabel import codecs, models
 from pseudolabel.registry import labeler_class
@@ -161,3 +162,15 @@ def test_placing_on_the_cpu_leaves_torch_matmul_precision_alone():
     assert torch.get_float32_matmul_precision() == before
     assert lab.device == "cpu" and not lab.model.training
     assert next(lab.model.parameters()).device.type == "cpu"
+
+
+def test_normalize_is_bit_identical_to_numpy():
+    """The labelers normalise on their device (uint8 crosses, floats are made there): the same float32
+    operations in the same order as the NumPy code it replaced, so committed labels did not change."""
+    from pseudolabel.labelers.model_base import IMAGENET_MEAN, IMAGENET_STD, normalize
+
+    imgs = np.random.default_rng(0).integers(0, 256, (3, 20, 30, 3), dtype=np.uint8)
+    ref = (imgs.astype(np.float32) / 255.0 - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    got = normalize(imgs, IMAGENET_MEAN, IMAGENET_STD)
+    assert got.shape == (3, 3, 20, 30) and got.dtype == torch.float32 and got.is_contiguous()
+    assert np.array_equal(got.numpy(), ref.transpose(0, 3, 1, 2))
