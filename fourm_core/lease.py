@@ -40,8 +40,9 @@ def lease_dir(store: "ArtifactStore", dataset: str, artifact: str) -> str:
     return posixpath.join(index_dir(store, dataset, artifact), "leases")
 
 
-def _name(part: int | None) -> str:
-    return "whole.json" if part is None else f"{part:05d}.json"
+def lease_path(store: "ArtifactStore", dataset: str, artifact: str, part: int | None) -> str:
+    """Where the lease of one unit's artifact lives: ``<lease_dir>/<part:05d>.json``, ``whole.json`` unpartitioned."""
+    return posixpath.join(lease_dir(store, dataset, artifact), "whole.json" if part is None else f"{part:05d}.json")
 
 
 class _Lease:
@@ -130,7 +131,7 @@ def held(store: "ArtifactStore", dataset: str, artifacts: list[str], part: int |
          info: dict[str, Any]) -> Iterator[None]:
     """Hold the leases of one unit's artifacts while the block runs: written ``GRACE_S`` into it and then every
     ``HEARTBEAT_S`` by the process's heartbeat thread (at once when ``GRACE_S`` is 0), removed at the end."""
-    lease = _Lease(store, [posixpath.join(lease_dir(store, dataset, a), _name(part)) for a in artifacts], info)
+    lease = _Lease(store, [lease_path(store, dataset, a, part) for a in artifacts], info)
     grace = GRACE_S  # read each time: tests set it to 0
     if grace <= 0:
         try:

@@ -4,7 +4,6 @@ its worker is SIGKILLed (the heartbeat stops)."""
 from __future__ import annotations
 
 import os
-import posixpath
 import signal
 import subprocess
 import sys
@@ -112,7 +111,7 @@ def test_a_unit_done_within_the_grace_writes_no_lease_and_a_longer_one_does(stor
 def test_a_heartbeat_that_lands_after_its_unit_ended_writes_nothing(store):
     """The heartbeat thread picks the due leases, then writes them outside its lock; a unit that ends in between
     must not have its lease written back after it was removed (it would show as stale forever)."""
-    held = lease._Lease(store, [posixpath.join(lease.lease_dir(store, "ls", "a"), lease._name(5))], {"unit": "x"})
+    held = lease._Lease(store, [lease.lease_path(store, "ls", "a", 5)], {"unit": "x"})
     held.write()  # a heartbeat while the unit runs
     assert 5 in lease.running(store, "ls", "a")
     held.drop()  # the unit ends
