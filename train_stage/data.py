@@ -293,14 +293,15 @@ class PackedBatch:
     2.5 ms to send the same 1.3 MB by value. The main process turns the arrays back into tensors without a
     copy (``torch.from_numpy``)."""
 
-    arrays: dict[str, np.ndarray | dict[str, np.ndarray]]
+    arrays: dict[str, np.ndarray | dict[str, np.ndarray]]  # MaskedBatch's fields, those set
 
     @classmethod
     def pack(cls, batch: MaskedBatch) -> "PackedBatch":
         out: dict[str, np.ndarray | dict[str, np.ndarray]] = {}
         for f in fields(batch):
             v = getattr(batch, f.name)
-            out[f.name] = {k: t.numpy() for k, t in v.items()} if isinstance(v, dict) else v.numpy()
+            if v is not None:  # an absent slot index stays absent
+                out[f.name] = {k: t.numpy() for k, t in v.items()} if isinstance(v, dict) else v.numpy()
         return cls(out)
 
     def unpack(self) -> MaskedBatch:

@@ -415,7 +415,7 @@ class Masker:
             enc_tokens=enc_tokens, enc_positions=enc_positions, enc_modality=enc_modality, enc_valid=enc_valid,
             dec_tokens=dec_tokens, dec_positions=dec_positions, dec_modality=dec_modality, dec_valid=dec_valid,
             dec_labels=labels, pixels=pixels, embeddings=embeddings,
-        )
+        ).with_slot_index()  # here on the CPU, so the model on a GPU selects each modality's slots without a sync
 
 
 class _Layout:

@@ -10,7 +10,7 @@ from torch import nn
 
 from fourm_core.modalities import get_modality
 
-from ..batch import IGNORE, MODALITY_INDEX, MaskedBatch
+from ..batch import MODALITY_INDEX, MaskedBatch
 from .config import FourMConfig
 from .embeddings import DecoderEmbedding, encoder_embedding
 from .layers import DecoderBlock, EncoderBlock, layer_norm
@@ -88,34 +88,38 @@ class FourM(nn.Module):
 
         The blocks carry almost all FLOPs and have static shapes (the masker's fixed token counts), so
         one encoder and one decoder graph serve every layer; the per-modality embedding and loss loops
-        (boolean selections with data-dependent sizes) stay eager instead of breaking or recompiling a
+        (selections whose sizes change from batch to batch) stay eager instead of breaking or recompiling a
         whole-model graph. Parameter names are unchanged, so checkpoints and FSDP2 sharding are too."""
         for block in list(self.encoder) + list(self.decoder):
             block.compile(fullgraph=True, **options)
 
     # ------------------------------------------------------------------------------------ embedding
 
-    def _embed(self, modules: nn.ModuleDict, tokens: torch.Tensor, positions: torch.Tensor, modality: torch.Tensor,
-               extra: dict[str, torch.Tensor], decoder: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Content and position+modality embeddings for flat slots: (B, N) ids -> two (B, N, D)."""
+    def _embed(self, modules: nn.ModuleDict, tokens: torch.Tensor, positions: torch.Tensor,
+               slots: dict[int, torch.Tensor], extra: dict[str, torch.Tensor],
+               decoder: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Content and position+modality embeddings for flat slots: (B, N) ids -> two (B, N, D).
+
+        ``slots``: modality index -> its flat slot numbers (``MaskedBatch.slots``). Selecting with those, whose
+        counts the host knows, rather than with boolean masks keeps a GPU step free of host-device syncs."""
         B, N = tokens.shape
         D = self.config.dim
         dtype = self.mask_token.dtype
-        x = tokens.new_zeros((B, N, D), dtype=dtype)
-        emb = tokens.new_zeros((B, N, D), dtype=dtype)
-        batch_idx = torch.arange(B, device=tokens.device)[:, None].expand(B, N)
+        x = tokens.new_zeros((B * N, D), dtype=dtype)
+        emb = tokens.new_zeros((B * N, D), dtype=dtype)
+        flat_tokens, flat_positions = tokens.reshape(-1), positions.reshape(-1)
         for name, module in modules.items():
-            sel = modality == MODALITY_INDEX[name]  # (B, N); boolean indexing keeps only this modality's slots
-            ids = tokens[sel]
-            emb[sel] = module.pos_mod(positions[sel]).to(dtype)
+            idx = slots[MODALITY_INDEX[name]]  # (K,) slot numbers of this modality
+            ids = flat_tokens[idx]
+            emb[idx] = module.pos_mod(flat_positions[idx]).to(dtype)
             if decoder:
                 if module.from_mask_token:
-                    x[sel] = self.mask_token[0].expand(ids.shape[0], D)
+                    x[idx] = self.mask_token[0].expand(idx.shape[0], D)
                 else:
-                    x[sel] = module.token_emb(ids).to(dtype)
+                    x[idx] = module.token_emb(ids).to(dtype)
             else:
-                x[sel] = module.content(ids, batch_idx[sel], extra.get(name)).to(dtype)
-        return x, emb
+                x[idx] = module.content(ids, idx // N, extra.get(name)).to(dtype)
+        return x.view(B, N, D), emb.view(B, N, D)
 
     # ------------------------------------------------------------------------------------ masks
 
@@ -148,7 +152,7 @@ class FourM(nn.Module):
 
     def encode(self, batch: MaskedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """-> encoder output (B, N_in, D) after ``encoder_norm`` and the encoder's emb (B, N_in, D)."""
-        x, emb = self._embed(self.encoder_embeddings, batch.enc_tokens, batch.enc_positions, batch.enc_modality,
+        x, emb = self._embed(self.encoder_embeddings, batch.enc_tokens, batch.enc_positions, batch.slots("enc"),
                              {**batch.pixels, **batch.embeddings}, decoder=False)
         h = x + emb
         mask = self.encoder_mask(batch.enc_valid)
@@ -159,7 +163,7 @@ class FourM(nn.Module):
     def decode(self, batch: MaskedBatch, encoded: torch.Tensor, enc_emb: torch.Tensor) -> torch.Tensor:
         """-> decoder output (B, N_out, D) after ``decoder_norm``."""
         context = self.decoder_proj_context(encoded) + enc_emb
-        x, emb = self._embed(self.decoder_embeddings, batch.dec_tokens, batch.dec_positions, batch.dec_modality, {},
+        x, emb = self._embed(self.decoder_embeddings, batch.dec_tokens, batch.dec_positions, batch.slots("dec"), {},
                              decoder=True)
         y = x + emb
         self_mask = self.decoder_mask(batch.dec_modality, batch.dec_valid)
@@ -179,12 +183,14 @@ class FourM(nn.Module):
 
     def forward(self, batch: MaskedBatch) -> FourMOutput:
         y = self.decode(batch, *self.encode(batch))
+        y, labels = y.reshape(-1, y.shape[-1]), batch.dec_labels.reshape(-1)
+        slots = batch.slots("loss")
         losses, counts = [], []
         for name, module in self.decoder_embeddings.items():
-            sel = (batch.dec_modality == MODALITY_INDEX[name]) & (batch.dec_labels != IGNORE)
-            logits = module.to_logits(y[sel]).float()
-            losses.append(F.cross_entropy(logits, batch.dec_labels[sel], reduction="sum"))
-            counts.append(sel.sum())
+            idx = slots[MODALITY_INDEX[name]]  # labelled slots of this modality
+            logits = module.to_logits(y[idx]).float()
+            losses.append(F.cross_entropy(logits, labels[idx], reduction="sum"))
+            counts.append(idx.new_full((), idx.shape[0]))  # a fill on the device, not a host-to-device copy
         loss_sum, count = torch.stack(losses), torch.stack(counts)
         per_mod = loss_sum / count.clamp(min=1)
         present = (count > 0).to(per_mod.dtype)
