@@ -13,7 +13,7 @@ from typing import ClassVar
 import pyarrow as pa
 
 from ..spec import RGB, Batch
-from .model_base import IMAGENET_MEAN, IMAGENET_STD, HFModelSettings, ModelLabeler, f16_bytes, resize_batch
+from .model_base import IMAGENET_MEAN, IMAGENET_STD, HFModelSettings, ModelLabeler, f16_bytes, host_f16, resize_batch
 
 
 class ClipSettings(HFModelSettings):
@@ -74,5 +74,5 @@ class ClipLabeler(ModelLabeler):
         x = resize_batch(batch.rgb, size, IMAGENET_MEAN, IMAGENET_STD, self.device)
         with torch.inference_mode():
             h = self.model.vision_model(pixel_values=x).last_hidden_state[:, 1:]  # B × g² × 768
-            f = self.model.visual_projection(self.model.vision_model.post_layernorm(h))  # B × g² × 512
+            f = host_f16(self.model.visual_projection(self.model.vision_model.post_layernorm(h)))  # B × g² × 512
         return [{"clip_features": {"features": f16_bytes(f[i])}} for i in range(len(batch))]

@@ -12,7 +12,7 @@ from typing import ClassVar
 import pyarrow as pa
 
 from ..spec import RGB, Batch
-from .model_base import HFModelSettings, ModelLabeler, f16_bytes, resize_batch, IMAGENET_MEAN, IMAGENET_STD
+from .model_base import HFModelSettings, ModelLabeler, f16_bytes, host_f16, resize_batch, IMAGENET_MEAN, IMAGENET_STD
 
 
 class Dinov2Settings(HFModelSettings):
@@ -74,6 +74,6 @@ class Dinov2Labeler(ModelLabeler):
 
         x = resize_batch(batch.rgb, self.settings.image_size, IMAGENET_MEAN, IMAGENET_STD, self.device)
         with torch.inference_mode():
-            h = self.model(pixel_values=x).last_hidden_state  # B × (1 + g²) × C
+            h = host_f16(self.model(pixel_values=x).last_hidden_state)  # B × (1 + g²) × C
         return [{"dinov2_features": {"features": f16_bytes(h[i, 1:])}, "dinov2_global": {"embedding": f16_bytes(h[i, 0])}}
                 for i in range(len(batch))]

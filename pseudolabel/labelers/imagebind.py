@@ -21,7 +21,7 @@ from typing import ClassVar
 import pyarrow as pa
 
 from ..spec import RGB, Batch
-from .model_base import IMAGENET_MEAN, IMAGENET_STD, HFModelSettings, ModelLabeler, f16_bytes, resize_batch
+from .model_base import IMAGENET_MEAN, IMAGENET_STD, HFModelSettings, ModelLabeler, f16_bytes, host_f16, resize_batch
 
 FULL = {"embed_dim": 1280, "depth": 32, "num_heads": 16, "mlp_ratio": 4.0, "patch_size": 14, "img_size": 224,
         "out_dim": 1024}
@@ -137,6 +137,6 @@ class ImageBindLabeler(ModelLabeler):
 
         x = resize_batch(batch.rgb, self._cfg()["img_size"], IMAGENET_MEAN, IMAGENET_STD, self.device)
         with torch.inference_mode():
-            tokens = self.model.forward_features(x)  # B × (1 + g²) × 1280, after the head LayerNorm
+            tokens = host_f16(self.model.forward_features(x))  # B × (1 + g²) × 1280, after the head LayerNorm
         return [{"imagebind_features": {"features": f16_bytes(tokens[i, 1:])},
                  "imagebind_global": {"embedding": f16_bytes(tokens[i, 0])}} for i in range(len(batch))]

@@ -165,6 +165,12 @@ def f16_bytes(t) -> bytes:
     return t.detach().to("cpu", dtype=__import__("torch").float16).contiguous().numpy().astype("<f2").tobytes()
 
 
+def host_f16(t):
+    """A batch's output on the host as float16, in one copy: ``f16_bytes`` per sample of a GPU tensor would
+    copy, and wait for the GPU, once per sample. The same conversion, so the bytes are the same."""
+    return t.detach().to("cpu", dtype=__import__("torch").float16)
+
+
 def gt_array(gt: dict[str, Any], column: str) -> np.ndarray:
     """A ``ground_truth`` row's ``.npy`` cell -> its array, checked against the row's stored image size
     (depth H×W float32, normal H×W×3 float32, semseg H×W uint8)."""

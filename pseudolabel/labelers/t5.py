@@ -16,7 +16,7 @@ from typing import ClassVar
 import pyarrow as pa
 
 from ..spec import CAPTION, Batch, SampleFailure
-from .model_base import HFModelSettings, ModelLabeler, f16_bytes
+from .model_base import HFModelSettings, ModelLabeler, f16_bytes, host_f16
 
 MAX_TOKENS = 77
 
@@ -94,8 +94,9 @@ class T5Labeler(ModelLabeler):
         ids = enc["input_ids"].to(self.device)
         mask = enc["attention_mask"].to(self.device)
         with torch.inference_mode():
-            h = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # B × T × D
+            h = host_f16(self.model(input_ids=ids, attention_mask=mask).last_hidden_state)  # B × T × D
+        lengths = enc["attention_mask"].sum(1).tolist()  # from the host copy: no wait for the GPU per caption
         for j, i in enumerate(have):
-            n = int(mask[j].sum())
+            n = lengths[j]
             res[i] = {"t5_caption": {"embedding": f16_bytes(h[j, :n]), "n_tokens": n, "dim": h.shape[-1]}}
         return res
