@@ -58,13 +58,13 @@ class MaskedBatch:
     def batch_size(self) -> int:
         return self.enc_tokens.shape[0]
 
-    def map(self, fn: Callable[[torch.Tensor], torch.Tensor], host: bool = False) -> "MaskedBatch":
-        """A new batch with ``fn`` applied to every tensor (including those in ``pixels`` / ``embeddings``);
-        ``host=False`` leaves ``slot_counts`` as it is (a device move must not take it off the host)."""
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "MaskedBatch":
+        """A new batch with ``fn`` applied to every tensor (including those in ``pixels`` / ``embeddings``) but
+        ``slot_counts``, which stays on the host (a device move must not take it there)."""
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if v is None or (f.name == "slot_counts" and not host):
+            if v is None or f.name == "slot_counts":
                 out[f.name] = v
             else:
                 out[f.name] = {k: fn(t) for k, t in v.items()} if isinstance(v, dict) else fn(v)
