@@ -4,6 +4,7 @@
     PYTHONPATH=. python bench/bench_train_step.py --size B --batch 2 --steps 2
     PYTHONPATH=. python bench/bench_train_step.py --size B --device cuda --compile --batch 64 --steps 20
     PYTHONPATH=. python bench/bench_train_step.py --size B --device cuda --compile --max-batch
+    PYTHONPATH=. python bench/bench_train_step.py --size B --device cuda --batch 128 --count-syncs --profile
 
 CPU by default (fp32); on a GPU (--device cuda) bf16 autocast, and it prints the peak memory. MFU is
 reported against a large square matmul measured in the same run on the same device, threads and dtype
@@ -40,6 +41,10 @@ def main() -> None:
     ap.add_argument("--peak-flops", type=float, default=None, help="also report MFU against this nominal peak")
     ap.add_argument("--compile", action="store_true", help="compile each transformer block (compile: true)")
     ap.add_argument("--max-batch", action="store_true", help="GPU: find the largest batch that fits, bench at it")
+    ap.add_argument("--profile", action="store_true",
+                    help="after timing, profile one step: the ops with the most self time (on the GPU, its kernels)")
+    ap.add_argument("--count-syncs", action="store_true",
+                    help="GPU: count the host-device synchronisations one step makes (each stalls kernel queuing)")
     ap.add_argument("--optim", default="adamw", choices=["adamw", "none"],
                     help="none: forward + backward only (B on a small CPU box: AdamW state would need ~13 GB)")
     args = ap.parse_args()
@@ -105,15 +110,15 @@ def main() -> None:
     head = sum(float(((b.dec_modality == MODALITY_INDEX[m]) & (b.dec_labels >= 0)).sum()) * get_modality(m).vocab_size
                for m in cfg.domains_out) / args.batch
     flops = train_step_flops(cfg, n_in, n_out, args.batch, head_vocab_tokens=head)
-    step = sorted(times)[len(times) // 2]
+    step_s = sorted(times)[len(times) // 2]
     tokens = (n_in + n_out) * args.batch
     params = sum(p.numel() for p in model.parameters())
     print(f"model {args.size} ({params / 1e6:.0f} M params), device {dev}, threads {args.threads}, batch {args.batch}, "
           f"optimizer {args.optim}, "
           f"tokens/sample {n_in:.0f} in + {n_out:.0f} out")
-    print(f"step time {step * 1e3:.0f} ms (median of {len(times)}), tokens/s {tokens / step:.0f}, "
-          f"samples/s {args.batch / step:.2f}")
-    achieved = flops / step
+    print(f"step time {step_s * 1e3:.0f} ms (median of {len(times)}), tokens/s {tokens / step_s:.0f}, "
+          f"samples/s {args.batch / step_s:.2f}")
+    achieved = flops / step_s
     kind = "bf16" if dev.type == "cuda" else f"fp32, {args.threads} threads"
     print(f"FLOPs/step {flops / 1e9:.1f} G, achieved {achieved / 1e9:.1f} GFLOP/s, "
           f"MFU {achieved / peak:.1%} of the measured matmul peak {peak / 1e9:.1f} GFLOP/s ({kind})")
@@ -122,6 +127,45 @@ def main() -> None:
     if dev.type == "cuda":
         print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB of "
               f"{torch.cuda.get_device_properties(dev).total_memory / 2**30:.1f} GiB")
+    if args.count_syncs:
+        print_sync_count(dev, lambda: step(batches[0]))
+    if args.profile:
+        print_profile(dev, lambda: step(batches[0]))
+
+
+def print_sync_count(dev: torch.device, run_step) -> None:
+    """Count the synchronisations CUDA reports while one step is queued (``set_sync_debug_mode``)."""
+    if dev.type != "cuda":
+        print("host-device syncs: only counted on a GPU")
+        return
+    import warnings
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run_step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    # one warning per synchronising op; the mode's own "prototype feature" notice is not one
+    syncs = [w for w in caught if "called a synchronizing CUDA operation" in str(w.message)]
+    print(f"host-device syncs in one step: {len(syncs)}")
+
+
+def print_profile(dev: torch.device, run_step) -> None:
+    """Profile one step with ``torch.profiler`` and print the 15 ops with the most self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = dev.type == "cuda"
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        run_step()
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=15))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks, as one short script for a lent GPU box (the figures go to docs/operations.md's capacity plan):
 #   1. the trainer's tests with CUDA visible (Dist picks the GPU: bf16 autocast, fused AdamW, pinned batches);
-#   2. 4M-21 B training steps, eager and with compiled blocks: step time, tokens/s, MFU, peak memory;
+#   2. 4M-21 B training steps, eager and with compiled blocks: step time, tokens/s, MFU, peak memory
+#      (and, eager, the host-device syncs of one step: 0 since the slot index);
 #   3. every full-size model labeler's own label_batch on the GPU: ms/image and the MFU its counted FLOPs reach,
 #      at each fp32 matmul precision (full fp32, TF32 = the default, bf16 inside matmuls).
 # SKIP_TRAIN=1 runs the labelers only.
@@ -38,7 +39,7 @@ if [ -z "${SKIP_TRAIN:-}" ]; then
         step 90 "trainer tests, CUDA visible" $PY -m pytest tests/train/test_trainer.py -q -p no:cacheprovider
     fi
     step 100 "train step $SIZE eager" $PY bench/bench_train_step.py --size "$SIZE" --device "$DEV" \
-        --batch "$BATCH" --steps "$STEPS" --threads "$THREADS" --peak-flops 989e12
+        --batch "$BATCH" --steps "$STEPS" --threads "$THREADS" --peak-flops 989e12 --count-syncs
     step 170 "train step $SIZE compiled" $PY bench/bench_train_step.py --size "$SIZE" --device "$DEV" \
         --batch "$BATCH" --steps "$STEPS" --threads "$THREADS" --peak-flops 989e12 --compile
 fi
