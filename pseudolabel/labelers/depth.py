@@ -44,7 +44,7 @@ class DepthLabeler(DPTLabelerBase):
         return {"depth": pa.schema([("depth", pa.binary()), ("height", pa.int32()), ("width", pa.int32())])}
 
     def label_batch(self, batch: Batch) -> list:
-        return [_row(d[0]) for d in self.predict(batch.rgb)]
+        return self.post_map(lambda d: _row(d[0]), self.predict(batch.rgb))
 
     def oracle_label(self, gt: dict) -> dict:
         return _row(gt_array(gt, "depth"))

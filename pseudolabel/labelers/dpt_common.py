@@ -39,14 +39,16 @@ class DPTLabelerBase(ModelLabeler):
         x = normalize(np.stack([w for job in jobs for w in job[0]]), self.mean, self.std, self.device)  # N×3×S×S
         with torch.inference_mode():
             out = self.model(pixel_values=x).predicted_depth
-        out = (out[:, None] if out.ndim == 3 else out).float().cpu()
-        res, i = [], 0
-        for rgb, (w, shape, offsets, wide) in zip(rgb_list, jobs):
-            preds = [p.numpy() for p in out[i:i + len(w)]]
-            i += len(w)
-            full = omnidata.blend(preds, shape, offsets, wide, align=self.align_windows)
-            res.append(resize_to(torch.from_numpy(full), *rgb.shape[:2]))
-        return res
+        out = (out[:, None] if out.ndim == 3 else out).float().cpu().numpy()
+        starts = np.cumsum([0] + [len(job[0]) for job in jobs])
+
+        def blend(k: int) -> np.ndarray:  # image k's windows -> its C×h×w map at the resized size (NumPy only)
+            _, shape, offsets, wide = jobs[k]
+            return omnidata.blend(list(out[starts[k]:starts[k + 1]]), shape, offsets, wide, align=self.align_windows)
+
+        full = self.post_map(blend, range(len(jobs)))
+        # torch's resize stays on this thread: in the pool each call would start its own intra-op threads
+        return [resize_to(torch.from_numpy(f), *rgb.shape[:2]) for f, rgb in zip(full, rgb_list)]
 
 
 def resize_to(t, h: int, w: int):

@@ -45,7 +45,8 @@ class NormalsLabeler(DPTLabelerBase):
         return {"normal": pa.schema([("normal", pa.binary()), ("height", pa.int32()), ("width", pa.int32())])}
 
     def label_batch(self, batch: Batch) -> list:
-        return [_row(np.clip(out, 0, 1).transpose(1, 2, 0) * 2.0 - 1.0) for out in self.predict(batch.rgb)]
+        return self.post_map(lambda out: _row(np.clip(out, 0, 1).transpose(1, 2, 0) * 2.0 - 1.0),
+                             self.predict(batch.rgb))
 
     def oracle_label(self, gt: dict) -> dict:
         return _row(gt_array(gt, "normal").astype(np.float32))

@@ -22,7 +22,7 @@ from fourm_core.coco import NUM_PANOPTIC
 
 from ..codecs import png_encode
 from ..spec import RGB, Batch
-from .model_base import IMAGENET_MEAN, IMAGENET_STD, HFModelSettings, ModelLabeler, OracleSettings, gt_array
+from .model_base import IMAGENET_MEAN, IMAGENET_STD, HFModelSettings, ModelLabeler, OracleSettings, gt_array, normalize
 
 SIZE_DIVISIBILITY = 32  # Swin's 4 stages of 2× downsampling after the 4× patch embedding
 
@@ -42,19 +42,24 @@ def input_size(h: int, w: int, short_side: int, max_side: int) -> tuple[int, int
     return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
-def batch_inputs(images: list, short_side: int, max_side: int):
-    """uint8 H×W×3 images -> (B×3×Hp×Wp float32 padded batch, per-image (h, w) inside it)."""
+def batch_inputs(images: list, short_side: int, max_side: int, device: str = "cpu"):
+    """uint8 H×W×3 images -> (B×3×Hp×Wp float32 padded batch on ``device``, per-image (h, w) inside it).
+
+    The resized images cross to the device as uint8 and are normalised there (``normalize``: NumPy's float32
+    operations in NumPy's order); the padding is then set to 0, as detectron2 pads after normalising."""
     import numpy as np
-    import torch
 
     sizes = [input_size(*im.shape[:2], short_side, max_side) for im in images]
     hp = -(-max(h for h, _ in sizes) // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
     wp = -(-max(w for _, w in sizes) // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
-    x = np.zeros((len(images), hp, wp, 3), np.float32)  # padding is 0 after normalisation, as detectron2 pads
+    u8 = np.zeros((len(images), hp, wp, 3), np.uint8)
     for i, (im, (h, w)) in enumerate(zip(images, sizes)):
-        r = cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
-        x[i, :h, :w] = (r - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
-    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), sizes
+        u8[i, :h, :w] = cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR)
+    x = normalize(u8, IMAGENET_MEAN, IMAGENET_STD, device)
+    for i, (h, w) in enumerate(sizes):
+        x[i, :, h:] = 0.0
+        x[i, :, :h, w:] = 0.0
+    return x, sizes
 
 
 class SemsegLabeler(ModelLabeler):
@@ -102,19 +107,17 @@ class SemsegLabeler(ModelLabeler):
         import torch
         import torch.nn.functional as F
 
-        x, sizes = batch_inputs(batch.rgb, self.settings.short_side, self.settings.max_side)
+        x, sizes = batch_inputs(batch.rgb, self.settings.short_side, self.settings.max_side, self.device)
         with torch.inference_mode():
-            out = self.model(pixel_values=x.to(self.device))
+            out = self.model(pixel_values=x)
             masks = F.interpolate(out.masks_queries_logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
             classes = out.class_queries_logits.softmax(-1)[..., :-1]  # drop the null class
-        res = []
-        for i, (rgb, (h, w)) in enumerate(zip(batch.rgb, sizes)):
-            oh, ow = rgb.shape[:2]
-            with torch.inference_mode():
-                m = F.interpolate(masks[i:i + 1, :, :h, :w], size=(oh, ow), mode="bilinear", align_corners=False)
-                seg = torch.einsum("qc,qhw->chw", classes[i], m[0].sigmoid()).argmax(0)  # oh × ow, 0..132
-            res.append(_row((seg + 1).to(torch.uint8).cpu().numpy()))
-        return res
+            ids = []  # each image's oh × ow map, queued on the device; one wait at the first copy back
+            for i, (rgb, (h, w)) in enumerate(zip(batch.rgb, sizes)):
+                m = F.interpolate(masks[i:i + 1, :, :h, :w], size=rgb.shape[:2], mode="bilinear", align_corners=False)
+                seg = torch.einsum("qc,qhw->chw", classes[i], m[0].sigmoid()).argmax(0)  # 0..132
+                ids.append((seg + 1).to(torch.uint8))
+        return self.post_map(_row, [t.cpu().numpy() for t in ids])
 
     def oracle_label(self, gt: dict) -> dict:
         return _row(gt_array(gt, "semseg"))
