@@ -99,14 +99,14 @@ def meta_flops(name: str, caption_tokens: int) -> tuple[float, str]:
     return count(model, lambda: model(torch.zeros(1, 3, h, w, device="meta"))), "person crop"
 
 
-def _full_labeler(name: str, device: str = "cpu", matmul_precision: str | None = None):
+def _full_labeler(name: str, device: str = "cpu", **settings):
     """The production labeler with a full-size random-weight model on ``device``, ready to label, placed the way
-    its actor's ``setup`` places it (with the settings' ``matmul_precision``, or ``matmul_precision``)."""
+    its actor's ``setup`` places it; ``settings`` override the labeler's defaults (``matmul_precision``,
+    ``autocast``)."""
     from pseudolabel.registry import labeler_class
 
     cls = labeler_class(name)
-    extra = {"matmul_precision": matmul_precision} if matmul_precision else {}
-    lab = cls(cls.Settings(**extra), available=frozenset(cls.needs))
+    lab = cls(cls.Settings(**settings), available=frozenset(cls.needs))
     torch.manual_seed(0)
     with torch.device(device):  # built in place: T5-XXL's 4.7 G parameters would take minutes to init on a CPU
         model = lab.build_full()
@@ -144,10 +144,11 @@ def labeler_flops(name: str) -> tuple[float, str]:
     return count(model, lambda: lab.label_batch(batch)), "image"
 
 
-def labeler_seconds(name: str, device: str, images: int, repeats: int, matmul_precision: str | None) -> float:
+def labeler_seconds(name: str, device: str, images: int, repeats: int, settings: dict) -> float:
     """Measured seconds per image of the labeler's own ``label_batch`` (resize, normalise, forward, encode the
-    rows) at full size on ``device``, in batches of ``images`` stored-size photos, after one warm-up batch."""
-    lab, _ = _full_labeler(name, device, matmul_precision)
+    rows) at full size on ``device``, in batches of ``images`` stored-size photos, after one warm-up batch;
+    ``settings`` override the labeler's defaults."""
+    lab, _ = _full_labeler(name, device, **settings)
     batch = _stored_batch(images)
     lab.label_batch(batch)
     if device.startswith("cuda"):
@@ -214,6 +215,8 @@ def main() -> None:
     ap.add_argument("--time-repeats", type=int, default=3, help="timed batches per labeler (after one warm-up)")
     ap.add_argument("--matmul-precision", choices=["highest", "high", "medium"], default=None,
                     help="the labelers' matmul_precision setting when timing (default: the settings' default)")
+    ap.add_argument("--autocast", choices=["off", "bf16"], default=None,
+                    help="the labelers' autocast setting when timing (default: the settings' default, off)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     peak = args.peak_tflops * 1e12
@@ -228,7 +231,9 @@ def main() -> None:
         f, item = meta_flops(name, args.caption_tokens) if name in META else labeler_flops(name)
         line = f"{name:14s} {f / 1e9:11.1f}  {item:11s} {time.perf_counter() - t:7.1f}"
         if args.time and name not in UNTIMED:
-            sec = labeler_seconds(name, args.time, args.time_batch, args.time_repeats, args.matmul_precision)
+            settings = {k: v for k, v in (("matmul_precision", args.matmul_precision), ("autocast", args.autocast))
+                        if v is not None}
+            sec = labeler_seconds(name, args.time, args.time_batch, args.time_repeats, settings)
             line += f"  {sec * 1e3:16.2f} {f / sec / 1e12:8.1f} {f / sec / peak:6.1%}"
         print(line, flush=True)
         rows.append((f"label {name}", f * (args.persons if item == "person crop" else 1.0)))

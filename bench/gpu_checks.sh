@@ -4,7 +4,7 @@
 #   2. 4M-21 B training steps, eager and with compiled blocks: step time, tokens/s, MFU, peak memory
 #      (and, eager, the host-device syncs of one step: 0 since the slot index);
 #   3. every full-size model labeler's own label_batch on the GPU: ms/image and the MFU its counted FLOPs reach,
-#      at each fp32 matmul precision (full fp32, TF32 = the default, bf16 inside matmuls).
+#      at each fp32 matmul precision (full fp32, TF32 = the default, bf16 inside matmuls), then under bf16 autocast.
 # SKIP_TRAIN=1 runs the labelers only.
 # Each step has its own time limit, so one that hangs costs only its share.
 #
@@ -48,3 +48,6 @@ for precision in highest high medium; do  # the labelers' matmul_precision setti
     step 110 "labelers, matmul_precision $precision" $PY bench/bench_capacity.py --parts labelers --only $LABELERS \
         --time "$DEV" --time-batch "$IMAGES" --threads "$THREADS" --matmul-precision "$precision"
 done
+# shellcheck disable=SC2086
+step 110 "labelers, autocast bf16" $PY bench/bench_capacity.py --parts labelers --only $LABELERS \
+    --time "$DEV" --time-batch "$IMAGES" --threads "$THREADS" --autocast bf16

@@ -43,6 +43,11 @@ class ModelSettings(LabelerSettings):
         "high", description="fp32 matmul precision on a GPU (torch.set_float32_matmul_precision): 'high' lets "
                             "matmuls use TF32 tensor cores (1.2-3x faster per image on an H200, measured by "
                             "bench/gpu_checks.sh), 'highest' keeps full fp32; no effect on CPU")
+    autocast: Literal["off", "bf16"] = Field(
+        "off", description="'bf16' runs the model under bfloat16 autocast (torch.autocast: matmuls, convolutions "
+                           "and attention in bf16 on the GPU's tensor cores, reductions in fp32); the labels "
+                           "change within bf16 rounding, so this is part of the cache key. 'off': fp32 (with "
+                           "matmul_precision)")
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,8 @@ class Labeler:
         # where and how precisely the arithmetic runs, not what it computes (like the device)
         drop = {"batch_size", "concurrency", "num_cpus", "num_gpus", "device", "matmul_precision"}
         data = self.settings.model_dump(mode="json")
+        if data.get("autocast") == "off":  # how every label was made before the setting existed: same keys
+            drop.add("autocast")
         return {k: v for k, v in data.items() if k not in drop} | {"needs": sorted(self.active_needs())}
 
     def model_ref(self) -> ModelRef | None:

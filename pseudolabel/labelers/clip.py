@@ -68,11 +68,9 @@ class ClipLabeler(ModelLabeler):
         return {"clip_features": pa.schema([("features", pa.binary(g * g * c.projection_dim * 2))])}
 
     def label_batch(self, batch: Batch) -> list:
-        import torch
-
         size = self.model.config.image_size
         x = resize_batch(batch.rgb, size, IMAGENET_MEAN, IMAGENET_STD, self.device)
-        with torch.inference_mode():
+        with self.inference():
             h = self.model.vision_model(pixel_values=x).last_hidden_state[:, 1:]  # B × g² × 768
             f = host_f16(self.model.visual_projection(self.model.vision_model.post_layernorm(h)))  # B × g² × 512
         return [{"clip_features": {"features": f16_bytes(f[i])}} for i in range(len(batch))]

@@ -70,10 +70,8 @@ class Dinov2Labeler(ModelLabeler):
                 "dinov2_global": pa.schema([("embedding", pa.binary(c * 2))])}
 
     def label_batch(self, batch: Batch) -> list:
-        import torch
-
         x = resize_batch(batch.rgb, self.settings.image_size, IMAGENET_MEAN, IMAGENET_STD, self.device)
-        with torch.inference_mode():
+        with self.inference():
             h = host_f16(self.model(pixel_values=x).last_hidden_state)  # B × (1 + g²) × C
         return [{"dinov2_features": {"features": f16_bytes(h[i, 1:])}, "dinov2_global": {"embedding": f16_bytes(h[i, 0])}}
                 for i in range(len(batch))]

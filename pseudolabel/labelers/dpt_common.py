@@ -37,7 +37,7 @@ class DPTLabelerBase(ModelLabeler):
         size = self.model.config.image_size
         jobs = [omnidata.to_windows(rgb, size) for rgb in rgb_list]
         x = normalize(np.stack([w for job in jobs for w in job[0]]), self.mean, self.std, self.device)  # N×3×S×S
-        with torch.inference_mode():
+        with self.inference():
             out = self.model(pixel_values=x).predicted_depth
         out = (out[:, None] if out.ndim == 3 else out).float().cpu().numpy()
         starts = np.cumsum([0] + [len(job[0]) for job in jobs])

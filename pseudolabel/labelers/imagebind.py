@@ -133,10 +133,8 @@ class ImageBindLabeler(ModelLabeler):
                 "imagebind_global": pa.schema([("embedding", pa.binary(c["embed_dim"] * 2))])}
 
     def label_batch(self, batch: Batch) -> list:
-        import torch
-
         x = resize_batch(batch.rgb, self._cfg()["img_size"], IMAGENET_MEAN, IMAGENET_STD, self.device)
-        with torch.inference_mode():
+        with self.inference():
             tokens = host_f16(self.model.forward_features(x))  # B × (1 + g²) × 1280, after the head LayerNorm
         return [{"imagebind_features": {"features": f16_bytes(tokens[i, 1:])},
                  "imagebind_global": {"embedding": f16_bytes(tokens[i, 0])}} for i in range(len(batch))]

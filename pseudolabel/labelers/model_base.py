@@ -41,8 +41,16 @@ class ModelLabeler(Labeler):
     Settings: ClassVar[type[HFModelSettings]] = HFModelSettings
     production_model: ClassVar[str] = ""
 
+    supports_autocast: ClassVar[bool] = True  # its forward runs in ``inference()``; False: fp32 only
+
     model: Any = None
     device: str = "cpu"
+
+    def __init__(self, settings=None, available: frozenset[str] = frozenset()):
+        super().__init__(settings, available)
+        if getattr(self.settings, "autocast", "off") != "off" and not self.supports_autocast:
+            raise ValueError(f"labeler '{self.name}' runs its models in fp32 only: remove `autocast: "
+                             f"{self.settings.autocast}` from pseudolabel.settings.{self.name}")
 
     # ------------------------------------------------------------------------------ model building
 
@@ -118,6 +126,19 @@ class ModelLabeler(Labeler):
             torch.set_float32_matmul_precision(self.settings.matmul_precision)
         self.device = device
         self.model = self.model.eval().to(device)
+
+    def inference(self):
+        """The context a labeler's forward pass runs in: no autograd, and under ``autocast: bf16`` bfloat16
+        autocast on the model's device."""
+        import contextlib
+
+        import torch
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        if getattr(self.settings, "autocast", "off") == "bf16":
+            stack.enter_context(torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16))
+        return stack
 
     def post_map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         """``[fn(x) for x in items]`` spread over the actor's CPU threads (``torch.get_num_threads()``, which

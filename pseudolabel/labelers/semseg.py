@@ -108,7 +108,7 @@ class SemsegLabeler(ModelLabeler):
         import torch.nn.functional as F
 
         x, sizes = batch_inputs(batch.rgb, self.settings.short_side, self.settings.max_side, self.device)
-        with torch.inference_mode():
+        with self.inference():
             out = self.model(pixel_values=x)
             masks = F.interpolate(out.masks_queries_logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
             classes = out.class_queries_logits.softmax(-1)[..., :-1]  # drop the null class

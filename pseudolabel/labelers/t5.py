@@ -83,8 +83,6 @@ class T5Labeler(ModelLabeler):
         return {"t5_caption": pa.schema([("embedding", pa.binary()), ("n_tokens", pa.int16()), ("dim", pa.int16())])}
 
     def label_batch(self, batch: Batch) -> list:
-        import torch
-
         have = [i for i, c in enumerate(batch.captions) if c]
         res: list = [SampleFailure("no_caption", "sample has no caption") for _ in batch.captions]
         if not have:
@@ -93,7 +91,7 @@ class T5Labeler(ModelLabeler):
                              padding="longest", return_tensors="pt")
         ids = enc["input_ids"].to(self.device)
         mask = enc["attention_mask"].to(self.device)
-        with torch.inference_mode():
+        with self.inference():
             h = host_f16(self.model(input_ids=ids, attention_mask=mask).last_hidden_state)  # B × T × D
         lengths = enc["attention_mask"].sum(1).tolist()  # from the host copy: no wait for the GPU per caption
         for j, i in enumerate(have):
