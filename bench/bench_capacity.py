@@ -144,6 +144,12 @@ def labeler_flops(name: str) -> tuple[float, str]:
     return count(model, lambda: lab.label_batch(batch)), "image"
 
 
+def _supports_autocast(name: str) -> bool:
+    from pseudolabel.registry import labeler_class
+
+    return bool(getattr(labeler_class(name), "supports_autocast", False))
+
+
 def labeler_seconds(name: str, device: str, images: int, repeats: int, settings: dict) -> float:
     """Measured seconds per image of the labeler's own ``label_batch`` (resize, normalise, forward, encode the
     rows) at full size on ``device``, in batches of ``images`` stored-size photos, after one warm-up batch;
@@ -230,7 +236,9 @@ def main() -> None:
         t = time.perf_counter()
         f, item = meta_flops(name, args.caption_tokens) if name in META else labeler_flops(name)
         line = f"{name:14s} {f / 1e9:11.1f}  {item:11s} {time.perf_counter() - t:7.1f}"
-        if args.time and name not in UNTIMED:
+        if args.time and name not in UNTIMED and args.autocast == "bf16" and not _supports_autocast(name):
+            line += "  (fp32 only: not timed under --autocast bf16)"
+        elif args.time and name not in UNTIMED:
             settings = {k: v for k, v in (("matmul_precision", args.matmul_precision), ("autocast", args.autocast))
                         if v is not None}
             sec = labeler_seconds(name, args.time, args.time_batch, args.time_repeats, settings)

@@ -22,6 +22,7 @@ class ClipSettings(HFModelSettings):
 
 class ClipLabeler(ModelLabeler):
     name: ClassVar[str] = "clip"
+    supports_autocast: ClassVar[bool] = True  # the forward runs in self.inference()
     outputs: ClassVar[tuple[str, ...]] = ("clip_features",)
     needs: ClassVar[tuple[str, ...]] = (RGB,)
     code_version: ClassVar[str] = "2"  # 2: ImageNet mean/std (as the released tokenizer)

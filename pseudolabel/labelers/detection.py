@@ -31,7 +31,6 @@ class DetectionSettings(OracleSettings):
 
 class DetectionLabeler(ModelLabeler):
     name: ClassVar[str] = "detection"
-    supports_autocast: ClassVar[bool] = False  # its forward passes are not wrapped in inference()
     outputs: ClassVar[tuple[str, ...]] = ("det",)
     needs: ClassVar[tuple[str, ...]] = (RGB,)
     # 2: ViTDet-H Cascade by default; persons kept down to person_threshold. 3: the oracle path

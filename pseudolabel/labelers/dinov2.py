@@ -22,6 +22,7 @@ class Dinov2Settings(HFModelSettings):
 
 class Dinov2Labeler(ModelLabeler):
     name: ClassVar[str] = "dinov2"
+    supports_autocast: ClassVar[bool] = True  # the forward runs in self.inference()
     outputs: ClassVar[tuple[str, ...]] = ("dinov2_features", "dinov2_global")
     needs: ClassVar[tuple[str, ...]] = (RGB,)
     code_version: ClassVar[str] = "1"

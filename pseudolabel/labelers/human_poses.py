@@ -26,7 +26,6 @@ class HumanPosesSettings(HFModelSettings):
 
 class HumanPosesLabeler(ModelLabeler):
     name: ClassVar[str] = "human_poses"
-    supports_autocast: ClassVar[bool] = False  # its forward passes are not wrapped in inference()
     outputs: ClassVar[tuple[str, ...]] = ("human_poses",)
     needs: ClassVar[tuple[str, ...]] = (RGB, "det")
     code_version: ClassVar[str] = "1"

@@ -84,6 +84,7 @@ class ImageBindSettings(HFModelSettings):
 
 class ImageBindLabeler(ModelLabeler):
     name: ClassVar[str] = "imagebind"
+    supports_autocast: ClassVar[bool] = True  # the forward runs in self.inference()
     outputs: ClassVar[tuple[str, ...]] = ("imagebind_features", "imagebind_global")
     needs: ClassVar[tuple[str, ...]] = (RGB,)
     code_version: ClassVar[str] = "2"  # 2: ImageNet mean/std; global = 1280-d token 0

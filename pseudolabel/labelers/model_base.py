@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, TypeVar
 
@@ -41,7 +42,7 @@ class ModelLabeler(Labeler):
     Settings: ClassVar[type[HFModelSettings]] = HFModelSettings
     production_model: ClassVar[str] = ""
 
-    supports_autocast: ClassVar[bool] = True  # its forward runs in ``inference()``; False: fp32 only
+    supports_autocast: ClassVar[bool] = False  # True: its forward runs in ``inference()`` (autocast: bf16 works)
 
     model: Any = None
     device: str = "cpu"
@@ -127,18 +128,17 @@ class ModelLabeler(Labeler):
         self.device = device
         self.model = self.model.eval().to(device)
 
-    def inference(self):
-        """The context a labeler's forward pass runs in: no autograd, and under ``autocast: bf16`` bfloat16
-        autocast on the model's device."""
-        import contextlib
-
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[None]:
+        """The context a labeler's model forward runs in: no autograd, and under ``autocast: bf16`` bfloat16
+        autocast on the model's device. Post-processing belongs outside it (in fp32)."""
         import torch
 
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.inference_mode())
-        if getattr(self.settings, "autocast", "off") == "bf16":
-            stack.enter_context(torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16))
-        return stack
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.inference_mode())
+            if getattr(self.settings, "autocast", "off") == "bf16":
+                stack.enter_context(torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16))
+            yield
 
     def post_map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         """``[fn(x) for x in items]`` spread over the actor's CPU threads (``torch.get_num_threads()``, which
@@ -148,8 +148,8 @@ class ModelLabeler(Labeler):
         CPU ops: each pool thread would start its own team of intra-op threads."""
         import torch
 
-        threads = min(torch.get_num_threads(), len(items))
-        if threads <= 1:
+        threads = torch.get_num_threads()
+        if threads <= 1 or len(items) <= 1:
             return [fn(x) for x in items]
         return list(_post_pool(threads).map(fn, items))
 
@@ -163,7 +163,7 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
 def _post_pool(threads: int) -> ThreadPoolExecutor:
-    """The process's pool of ``threads`` post-processing threads (one per size asked for; an actor asks one)."""
+    """The process's pool of ``threads`` post-processing threads (one per thread count: an actor sets one)."""
     if threads not in _POOLS:
         _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="labeler-post")
     return _POOLS[threads]
@@ -194,7 +194,9 @@ def normalize(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...
     import torch
 
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device).float()
-    x.div_(255.0).sub_(torch.tensor(mean, device=device)[:, None, None])
+    # a tensor divisor: CUDA turns division by a Python number into a multiplication by its reciprocal, which
+    # differs from NumPy's division in the last bit for about half the 256 values
+    x.div_(torch.tensor(255.0, device=device)).sub_(torch.tensor(mean, device=device)[:, None, None])
     return x.div_(torch.tensor(std, device=device)[:, None, None])
 
 

@@ -36,7 +36,6 @@ class SamSettings(HFModelSettings):
 
 class SamLabeler(ModelLabeler):
     name: ClassVar[str] = "sam"
-    supports_autocast: ClassVar[bool] = False  # its forward passes are not wrapped in inference()
     outputs: ClassVar[tuple[str, ...]] = ("sam_instance", "sam_edge")
     needs: ClassVar[tuple[str, ...]] = (RGB,)
     code_version: ClassVar[str] = "1"

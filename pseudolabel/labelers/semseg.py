@@ -64,6 +64,7 @@ def batch_inputs(images: list, short_side: int, max_side: int, device: str = "cp
 
 class SemsegLabeler(ModelLabeler):
     name: ClassVar[str] = "semseg"
+    supports_autocast: ClassVar[bool] = True  # the forward runs in self.inference()
     outputs: ClassVar[tuple[str, ...]] = ("semseg",)
     needs: ClassVar[tuple[str, ...]] = (RGB,)
     code_version: ClassVar[str] = "3"  # 2: Mask2Former's COCO input size (short side 800, aspect kept); 3: oracle
@@ -110,8 +111,10 @@ class SemsegLabeler(ModelLabeler):
         x, sizes = batch_inputs(batch.rgb, self.settings.short_side, self.settings.max_side, self.device)
         with self.inference():
             out = self.model(pixel_values=x)
-            masks = F.interpolate(out.masks_queries_logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-            classes = out.class_queries_logits.softmax(-1)[..., :-1]  # drop the null class
+        with torch.inference_mode():  # Mask2Former's semantic inference in fp32, also under autocast: bf16
+            masks = F.interpolate(out.masks_queries_logits.float(), size=x.shape[-2:], mode="bilinear",
+                                  align_corners=False)
+            classes = out.class_queries_logits.float().softmax(-1)[..., :-1]  # drop the null class
             ids = []  # each image's oh × ow map, queued on the device; one wait at the first copy back
             for i, (rgb, (h, w)) in enumerate(zip(batch.rgb, sizes)):
                 m = F.interpolate(masks[i:i + 1, :, :h, :w], size=rgb.shape[:2], mode="bilinear", align_corners=False)

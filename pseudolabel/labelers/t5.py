@@ -28,6 +28,7 @@ class T5Settings(HFModelSettings):
 
 class T5Labeler(ModelLabeler):
     name: ClassVar[str] = "t5"
+    supports_autocast: ClassVar[bool] = True  # the forward runs in self.inference()
     outputs: ClassVar[tuple[str, ...]] = ("t5_caption",)
     needs: ClassVar[tuple[str, ...]] = (CAPTION,)
     code_version: ClassVar[str] = "1"

@@ -53,3 +53,13 @@ def test_rows_are_the_same_with_the_pool_and_with_a_loop(cls, four_threads):
     lab.post_map = lambda fn, items: [fn(x) for x in items]
     assert lab.label_batch(batch) == pooled
     assert [(r[cls.outputs[0]]["height"], r[cls.outputs[0]]["width"]) for r in pooled] == shapes
+
+
+def test_one_pool_per_thread_count_whatever_the_batch_size(four_threads):
+    from pseudolabel.labelers import model_base
+
+    before = set(model_base._POOLS)
+    lab = DepthLabeler()
+    for n in (2, 3, 64, 5):  # a shard's short last batch must not start another pool
+        lab.post_map(lambda x: x, range(n))
+    assert 4 in model_base._POOLS and set(model_base._POOLS) - before <= {4}
