@@ -42,8 +42,8 @@ def count(model: torch.nn.Module | None, fn) -> float:
     return float(fc.get_total_flops())
 
 
-META = {"t5", "sam", "human_poses"}
-UNTIMED = {"sam", "human_poses"}  # their label_batch needs more than a bare model (masks decoder, person crops)  # the detector runs for real: its NMS has no meta kernel
+META = {"t5", "sam", "human_poses"}  # counted on the meta device; the detector runs for real: NMS has no meta kernel
+UNTIMED = {"sam", "human_poses"}  # their label_batch needs more than a bare model (masks decoder, person crops)
 
 
 def meta_flops(name: str, caption_tokens: int) -> tuple[float, str]:

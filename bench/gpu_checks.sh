@@ -27,8 +27,11 @@ step() {  # step SECONDS TITLE CMD...
     echo "=== $title ($(date -u +%T), limit ${limit}s)"
     local t0=$SECONDS
     timeout "$limit" "$@"
-    echo "=== rc=$? in $((SECONDS - t0)) s"
+    local rc=$?
+    echo "=== rc=$rc in $((SECONDS - t0)) s"
+    [ "$rc" = 0 ] || FAILED="$FAILED '$title'"
 }
+FAILED=
 
 if [ "$DEV" = cuda ]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -36,12 +39,17 @@ fi
 $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 if [ -z "${SKIP_TRAIN:-}" ]; then
     if [ "$DEV" = cuda ]; then
-        step 90 "trainer tests, CUDA visible" $PY -m pytest tests/train/test_trainer.py -q -p no:cacheprovider
+        step 90 "trainer tests, CUDA visible" $PY -m pytest tests/train/test_trainer.py tests/train/test_slot_index.py \
+            -q -p no:cacheprovider
     fi
     step 100 "train step $SIZE eager" $PY bench/bench_train_step.py --size "$SIZE" --device "$DEV" \
         --batch "$BATCH" --steps "$STEPS" --threads "$THREADS" --peak-flops 989e12 --count-syncs
     step 170 "train step $SIZE compiled" $PY bench/bench_train_step.py --size "$SIZE" --device "$DEV" \
         --batch "$BATCH" --steps "$STEPS" --threads "$THREADS" --peak-flops 989e12 --compile
+fi
+if [ "$DEV" = cuda ]; then  # labelers normalise on the device: bit-identical to NumPy there too
+    step 30 "normalize on CUDA vs NumPy" $PY -c \
+        "from tests.pseudolabel.test_models import test_normalize_is_bit_identical_to_numpy as t; t('cuda'); print('ok')"
 fi
 for precision in highest high medium; do  # the labelers' matmul_precision setting; 'high' is the default
     # shellcheck disable=SC2086  # LABELERS is a word list
@@ -51,3 +59,7 @@ done
 # shellcheck disable=SC2086
 step 110 "labelers, autocast bf16" $PY bench/bench_capacity.py --parts labelers --only $LABELERS \
     --time "$DEV" --time-batch "$IMAGES" --threads "$THREADS" --autocast bf16
+if [ -n "$FAILED" ]; then
+    echo "failed:$FAILED"
+    exit 1
+fi

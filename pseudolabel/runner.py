@@ -249,6 +249,7 @@ def split_results(table: pa.Table, labelers: list[Labeler]) -> ShardResult:
 def run_local(table: pa.Table, runs: list[LabelerRun]) -> tuple[pa.Table, list[Labeler]]:
     """In-process execution of the same steps (no Ray): decode once, then every labeler in order."""
     labelers = [r.build() for r in runs]
+    _one_matmul_precision(labelers)
     for lab in labelers:
         lab.setup()
     bs = min([lab.batch_size for lab in labelers] or [16])
@@ -260,6 +261,16 @@ def run_local(table: pa.Table, runs: list[LabelerRun]) -> tuple[pa.Table, list[L
             part = label_step(lab, part)
         out.append(part)
     return finish(pa.concat_tables(out)), labelers
+
+
+def _one_matmul_precision(labelers: list[Labeler]) -> None:
+    """One process holds one torch fp32 matmul precision: labelers that run together must ask for the same."""
+    asked = {lab.name: lab.settings.matmul_precision for lab in labelers if hasattr(lab.settings, "matmul_precision")}
+    if len(set(asked.values())) > 1:
+        listed = ", ".join(f"{n}: {p}" for n, p in sorted(asked.items()))
+        raise ValueError(f"the local runner labels in one process, where torch's fp32 matmul precision is a single "
+                         f"setting, but the labelers ask for different ones ({listed}): give them the same "
+                         f"matmul_precision in pseudolabel.settings, or run on Ray (one process per labeler)")
 
 
 def finish(table: pa.Table) -> pa.Table:

@@ -58,20 +58,26 @@ class MaskedBatch:
     def batch_size(self) -> int:
         return self.enc_tokens.shape[0]
 
-    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "MaskedBatch":
-        """A new batch with ``fn`` applied to every tensor (including those in ``pixels`` / ``embeddings``) but
-        ``slot_counts``, which stays on the host (a device move must not take it there)."""
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor], moves_only: bool = False) -> "MaskedBatch":
+        """A new batch with ``fn`` applied to every tensor (including those in ``pixels`` / ``embeddings``).
+
+        ``moves_only``: ``fn`` only moves tensors (device, pinned memory), so the slot index still describes the
+        batch: it is moved too, but ``slot_counts`` stays on the host. Otherwise (a slice, a cast) the index is
+        dropped, and ``slots`` computes it from the new batch."""
+        index = {"enc_order", "dec_order", "loss_order", "slot_counts"}
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if v is None or f.name == "slot_counts":
-                out[f.name] = v
-            else:
+            if f.name in index:
+                out[f.name] = (v if f.name == "slot_counts" or v is None else fn(v)) if moves_only else None
+            elif v is not None:
                 out[f.name] = {k: fn(t) for k, t in v.items()} if isinstance(v, dict) else fn(v)
+            else:
+                out[f.name] = v
         return MaskedBatch(**out)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "MaskedBatch":
-        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
+        return self.map(lambda t: t.to(device, non_blocking=non_blocking), moves_only=True)
 
     def with_slot_index(self) -> "MaskedBatch":
         """This batch with its slot index (computed where the batch is: the masker calls it on the CPU)."""
@@ -83,7 +89,8 @@ class MaskedBatch:
     def slots(self, side: str) -> dict[int, torch.Tensor]:
         """modality index -> the flat slot numbers (into B * N) of that modality on ``side`` ("enc", "dec", or
         "loss": decoder slots with a label), in slot order, as a boolean mask's ``nonzero`` lists them. From the
-        slot index when the batch has one; else computed here (one host-device round trip per side)."""
+        slot index when the batch has one; else computed here, on every call (one host-device round trip per
+        side on a GPU)."""
         row = ("enc", "dec", "loss").index(side)
         if self.slot_counts is None:
             modality = {"enc": self.enc_modality, "dec": self.dec_modality,
@@ -91,13 +98,18 @@ class MaskedBatch:
             order, counts = slot_index(modality)
         else:
             order, counts = getattr(self, f"{side}_order"), self.slot_counts[row]
-        groups = order.split(counts.tolist())
+        sizes = counts.tolist()  # on the host: no sync
+        slots_now = (self.enc_modality if side == "enc" else self.dec_modality).numel()
+        if order.numel() != slots_now or sum(sizes) != slots_now:
+            raise ValueError(f"the batch's {side} slot index describes {order.numel()} slots, the batch has "
+                             f"{slots_now}: a batch changed after masking needs .with_slot_index() again")
+        groups = order.split(sizes)
         return {i: groups[i + 1] for i in range(len(MODALITY_NAMES))}
 
     def pin_memory(self) -> "MaskedBatch":
         """Page-locked copy; ``DataLoader(pin_memory=True)`` calls this, so ``to(cuda, non_blocking=True)``
         is a true asynchronous copy and the host goes on preparing the step instead of waiting for it."""
-        return self.map(torch.Tensor.pin_memory)
+        return self.map(torch.Tensor.pin_memory, moves_only=True)
 
     def n_tokens(self) -> int:
         """Encoder + decoder tokens that carry information (the unit of the §6 token schedule)."""

@@ -193,11 +193,14 @@ def normalize(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...
     CPU, which sets the pace there (docs/labelers.md, "On a GPU")."""
     import torch
 
+    if images.dtype != np.uint8:
+        raise TypeError(f"normalize takes uint8 images, got {images.dtype}")
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device).float()
     # a tensor divisor: CUDA turns division by a Python number into a multiplication by its reciprocal, which
     # differs from NumPy's division in the last bit for about half the 256 values
-    x.div_(torch.tensor(255.0, device=device)).sub_(torch.tensor(mean, device=device)[:, None, None])
-    return x.div_(torch.tensor(std, device=device)[:, None, None])
+    f32 = dict(dtype=torch.float32, device=device)
+    x.div_(torch.tensor(255.0, **f32)).sub_(torch.tensor(mean, **f32)[:, None, None])
+    return x.div_(torch.tensor(std, **f32)[:, None, None])
 
 
 def resize_batch(images: list[np.ndarray], size: int, mean: tuple[float, ...], std: tuple[float, ...],

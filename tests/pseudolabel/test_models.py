@@ -164,13 +164,30 @@ def test_placing_on_the_cpu_leaves_torch_matmul_precision_alone():
     assert next(lab.model.parameters()).device.type == "cpu"
 
 
-def test_normalize_is_bit_identical_to_numpy():
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_normalize_is_bit_identical_to_numpy(device):
     """The labelers normalise on their device (uint8 crosses, floats are made there): the same float32
-    operations in the same order as the NumPy code it replaced, so committed labels did not change."""
+    operations in the same order as the NumPy code it replaced, so committed labels did not change. Every pixel
+    level: on CUDA a Python-number divisor became a multiplication by its reciprocal (322 of 768 values off)."""
     from pseudolabel.labelers.model_base import IMAGENET_MEAN, IMAGENET_STD, normalize
 
-    imgs = np.random.default_rng(0).integers(0, 256, (3, 20, 30, 3), dtype=np.uint8)
+    imgs = np.random.default_rng(0).permutation(np.arange(256, dtype=np.uint8).repeat(3)).reshape(1, 16, 16, 3)
+    imgs = np.concatenate([imgs, imgs[:, ::-1]])
     ref = (imgs.astype(np.float32) / 255.0 - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
-    got = normalize(imgs, IMAGENET_MEAN, IMAGENET_STD)
-    assert got.shape == (3, 3, 20, 30) and got.dtype == torch.float32 and got.is_contiguous()
-    assert np.array_equal(got.numpy(), ref.transpose(0, 3, 1, 2))
+    got = normalize(imgs, IMAGENET_MEAN, IMAGENET_STD, device)
+    assert got.shape == (2, 3, 16, 16) and got.dtype == torch.float32 and got.is_contiguous()
+    assert np.array_equal(got.cpu().numpy(), ref.transpose(0, 3, 1, 2))
+    with pytest.raises(TypeError, match="uint8"):
+        normalize(imgs.astype(np.float32), IMAGENET_MEAN, IMAGENET_STD, device)
+
+
+def test_the_local_runner_refuses_labelers_that_ask_for_different_matmul_precisions():
+    """One process holds one fp32 matmul precision: the in-process runner must not let the last labeler's win."""
+    import pyarrow as pa
+
+    from pseudolabel.runner import LabelerRun, run_local
+
+    runs = [LabelerRun("depth", {"model": "tiny", "matmul_precision": "highest"}, frozenset({"rgb"})),
+            LabelerRun("clip", {"model": "tiny"}, frozenset({"rgb"}))]
+    with pytest.raises(ValueError, match=r"\(clip: high, depth: highest\): give them the same matmul_precision"):
+        run_local(pa.table({"sample_key": ["a"]}), runs)
