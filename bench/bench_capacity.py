@@ -236,13 +236,14 @@ def main() -> None:
         t = time.perf_counter()
         f, item = meta_flops(name, args.caption_tokens) if name in META else labeler_flops(name)
         line = f"{name:14s} {f / 1e9:11.1f}  {item:11s} {time.perf_counter() - t:7.1f}"
-        if args.time and name not in UNTIMED and args.autocast == "bf16" and not _supports_autocast(name):
-            line += "  (fp32 only: not timed under --autocast bf16)"
-        elif args.time and name not in UNTIMED:
-            settings = {k: v for k, v in (("matmul_precision", args.matmul_precision), ("autocast", args.autocast))
-                        if v is not None}
-            sec = labeler_seconds(name, args.time, args.time_batch, args.time_repeats, settings)
-            line += f"  {sec * 1e3:16.2f} {f / sec / 1e12:8.1f} {f / sec / peak:6.1%}"
+        if args.time and name not in UNTIMED:
+            if args.autocast == "bf16" and not _supports_autocast(name):
+                line += "  (fp32 only: not timed under --autocast bf16)"
+            else:
+                settings = {k: v for k, v in (("matmul_precision", args.matmul_precision),
+                                              ("autocast", args.autocast)) if v is not None}
+                sec = labeler_seconds(name, args.time, args.time_batch, args.time_repeats, settings)
+                line += f"  {sec * 1e3:16.2f} {f / sec / 1e12:8.1f} {f / sec / peak:6.1%}"
         print(line, flush=True)
         rows.append((f"label {name}", f * (args.persons if item == "person crop" else 1.0)))
         gc.collect()

@@ -79,10 +79,16 @@ class MaskedBatch:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "MaskedBatch":
         return self.map(lambda t: t.to(device, non_blocking=non_blocking), moves_only=True)
 
+    def side_modality(self, side: str) -> torch.Tensor:
+        """(B, N) modality index of each slot on ``side`` ("enc", "dec", or "loss": -1 where a decoder slot has
+        no label)."""
+        if side == "loss":
+            return torch.where(self.dec_labels == IGNORE, -1, self.dec_modality)
+        return self.enc_modality if side == "enc" else self.dec_modality
+
     def with_slot_index(self) -> "MaskedBatch":
         """This batch with its slot index (computed where the batch is: the masker calls it on the CPU)."""
-        labelled = torch.where(self.dec_labels == IGNORE, -1, self.dec_modality)
-        sides = [slot_index(m) for m in (self.enc_modality, self.dec_modality, labelled)]
+        sides = [slot_index(self.side_modality(s)) for s in ("enc", "dec", "loss")]
         return replace(self, enc_order=sides[0][0], dec_order=sides[1][0], loss_order=sides[2][0],
                        slot_counts=torch.stack([c for _, c in sides]).cpu())
 
@@ -93,9 +99,7 @@ class MaskedBatch:
         side on a GPU)."""
         row = ("enc", "dec", "loss").index(side)
         if self.slot_counts is None:
-            modality = {"enc": self.enc_modality, "dec": self.dec_modality,
-                        "loss": torch.where(self.dec_labels == IGNORE, -1, self.dec_modality)}[side]
-            order, counts = slot_index(modality)
+            order, counts = slot_index(self.side_modality(side))
         else:
             order, counts = getattr(self, f"{side}_order"), self.slot_counts[row]
         sizes = counts.tolist()  # on the host: no sync

@@ -27,7 +27,6 @@ class DepthSettings(DPTSettings):
 
 class DepthLabeler(DPTLabelerBase):
     name: ClassVar[str] = "depth"
-    supports_autocast: ClassVar[bool] = True  # the forward runs in self.inference()
     outputs: ClassVar[tuple[str, ...]] = ("depth",)
     needs: ClassVar[tuple[str, ...]] = (RGB,)
     code_version: ClassVar[str] = "3"  # 2: Omnidata DPT-hybrid, resize + centre-crop windows; 3: oracle path

@@ -19,6 +19,7 @@ class DPTLabelerBase(ModelLabeler):
 
     Settings: ClassVar[type[HFModelSettings]] = DPTSettings
     default_batch_size: ClassVar[int] = 4
+    supports_autocast: ClassVar[bool] = True  # predict's forward runs in self.inference()
     task: ClassVar[str]  # "depth" | "normal"
     mean: ClassVar[tuple[float, float, float]]
     std: ClassVar[tuple[float, float, float]]

@@ -216,13 +216,15 @@ def resize_batch(images: list[np.ndarray], size: int, mean: tuple[float, ...], s
 
 def f16_bytes(t) -> bytes:
     """A tensor as float16 little-endian row-major bytes."""
-    return t.detach().to("cpu", dtype=__import__("torch").float16).contiguous().numpy().astype("<f2").tobytes()
+    return host_f16(t).contiguous().numpy().astype("<f2").tobytes()
 
 
 def host_f16(t):
     """A batch's output on the host as float16, in one copy: ``f16_bytes`` per sample of a GPU tensor would
     copy, and wait for the GPU, once per sample. The same conversion, so the bytes are the same."""
-    return t.detach().to("cpu", dtype=__import__("torch").float16)
+    import torch
+
+    return t.detach().to("cpu", dtype=torch.float16)
 
 
 def gt_array(gt: dict[str, Any], column: str) -> np.ndarray:

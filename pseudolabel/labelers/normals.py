@@ -30,7 +30,6 @@ class NormalsSettings(DPTSettings):
 
 class NormalsLabeler(DPTLabelerBase):
     name: ClassVar[str] = "normals"
-    supports_autocast: ClassVar[bool] = True  # the forward runs in self.inference()
     outputs: ClassVar[tuple[str, ...]] = ("normal",)
     needs: ClassVar[tuple[str, ...]] = (RGB,)
     code_version: ClassVar[str] = "3"  # 2: Omnidata DPT-hybrid, [0, 1] inputs, resize + centre-crop windows; 3: oracle
