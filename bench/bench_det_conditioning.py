@@ -271,6 +271,9 @@ def main() -> None:
     p.add_argument("--store", default="store")
     p.add_argument("--run", default="demo")
     p.add_argument("--step", type=int, default=None)
+    p.add_argument("--datasets", nargs=2, default=["demo", "demo-heldout"], metavar=("TRAIN", "HELDOUT"),
+                   help="the training and the held-out scenes' datasets")
+    p.add_argument("--max-scenes", type=int, default=None, help="score at most this many scenes of each")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-seq-input", action="store_true", help="no '[S_1]' encoder slot (as training's RGB-only "
                    "components give it: a target with input alpha 0 has no input slot at all)")
@@ -280,12 +283,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     store, model, step = _setup(args.store, args.run, args.step)
     print(f"checkpoint {args.run} step {step}")
-    for ds in ("demo", "demo-heldout"):
+    for ds in args.datasets:
         rgb_rows = _tokens(store, ds, "tok_rgb@224")
         det_rows = _tokens(store, ds, "det")
         cap_rows = _tokens(store, ds, "caption")
         gt = _gt_boxes(store, ds)
-        keys = sorted(k for k in rgb_rows if k in det_rows and k in gt and k in cap_rows)
+        keys = sorted(k for k in rgb_rows if k in det_rows and k in gt and k in cap_rows)[:args.max_scenes]
         rgb = _pixels(store, ds, keys) if args.pixels else torch.tensor(np.stack([rgb_rows[k] for k in keys]))
         figs = det_figures(model, rgb, [det_rows[k].tolist() for k in keys], [gt[k] for k in keys],
                            seq_input=not args.no_seq_input)
