@@ -31,6 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench_det_conditioning import _gt_boxes, _tokens
+from eval_stage.metrics.boxes import box_iou
+from train_stage.model.posemb import sincos_2d
 
 DIM, HEADS, GRID, BINS = 64, 4, 14, 1000
 SOFT_SIGMA = 15.0  # bins: about a third of an RGB token (1000 bins over 14 tokens)
@@ -45,21 +47,13 @@ def first_boxes(store, dataset: str, max_scenes: int | None) -> tuple[torch.Tens
     return torch.tensor(np.stack([rgb[k] for k in keys]), dtype=torch.long), torch.tensor(first, dtype=torch.float32)
 
 
-def sincos_2d(grid: int = GRID, dim: int = DIM) -> torch.Tensor:
-    """(grid², dim) fixed 2-D sin-cos positions, x in the first half, y in the second."""
-    y, x = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4) / (dim // 4))
-    fx, fy = x.flatten()[:, None] * omega, y.flatten()[:, None] * omega
-    return torch.cat([fx.sin(), fx.cos(), fy.sin(), fy.cos()], 1)
-
-
 class BoxProbe(nn.Module):
     """(B, 196) token ids -> (B, 4, 1) coordinates (l1) or (B, 4, 1000) bin logits (ce)."""
 
     def __init__(self, head: str, vocab: int = 8192):
         super().__init__()
         self.embed = nn.Embedding(vocab, DIM)
-        self.register_buffer("pos", sincos_2d())
+        self.register_buffer("pos", sincos_2d(GRID, GRID, DIM)[0])  # the 4M model's own table
         block = nn.TransformerEncoderLayer(DIM, HEADS, 4 * DIM, 0.0, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(block, 2, enable_nested_tensor=False)
         self.queries = nn.Parameter(torch.randn(4, DIM) * 0.02)
@@ -84,18 +78,14 @@ def loss_fn(out: torch.Tensor, boxes: torch.Tensor, head: str) -> torch.Tensor:
     return -(soft / soft.sum(-1, keepdim=True) * out.log_softmax(-1)).sum(-1).mean()
 
 
+def first_box_iou(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """(B,) IoU of each scene's predicted first box with its true one, both (B, 4) xyxy."""
+    return box_iou(pred, true).diagonal().float()
+
+
 def predict(out: torch.Tensor, head: str) -> torch.Tensor:
     """(B, 4) normalised xyxy."""
     return out.squeeze(-1).sigmoid() if head == "l1" else out.argmax(-1).float() / (BINS - 1)
-
-
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(B,) IoU of row-wise pairs of (B, 4) xyxy boxes (a predicted box may be inverted: no area)."""
-    iw = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
-    ih = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
-    inter = iw * ih
-    area = lambda x: (x[:, 2] - x[:, 0]).clamp(min=0) * (x[:, 3] - x[:, 1]).clamp(min=0)  # noqa: E731
-    return inter / (area(a) + area(b) - inter).clamp(min=1e-9)
 
 
 def main() -> None:
@@ -120,7 +110,7 @@ def main() -> None:
     model = BoxProbe(args.head)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     mean_box = y_tr.mean(0, keepdim=True)
-    base_te = box_iou(mean_box.expand_as(y_te), y_te)
+    base_te = first_box_iou(mean_box.expand_as(y_te), y_te)
     t0 = time.perf_counter()
     for step in range(args.steps + 1):
         idx = torch.randint(0, len(x_tr), (16,))
@@ -130,8 +120,8 @@ def main() -> None:
         opt.step()
         if step % max(1, args.steps // 5) == 0:
             with torch.no_grad():
-                iou_tr = box_iou(predict(model(x_tr[:256]), args.head), y_tr[:256])
-                iou_te = box_iou(predict(model(x_te), args.head), y_te)
+                iou_tr = first_box_iou(predict(model(x_tr[:256]), args.head), y_tr[:256])
+                iou_te = first_box_iou(predict(model(x_te), args.head), y_te)
             print(f"step {step:5d} ({time.perf_counter() - t0:5.0f} s) loss {loss.item():.3f} | first-box IoU: "
                   f"training {iou_tr.mean():.3f}, held-out {iou_te.mean():.3f} (mean box {base_te.mean():.3f}); "
                   f"held-out IoU >= 0.5: {(iou_te >= 0.5).float().mean():.1%} (mean box {(base_te >= 0.5).float().mean():.1%})",
