@@ -560,8 +560,9 @@ class ArtifactStore:
         dataset, artifact, shard = manifest_fields["dataset"], manifest_fields["artifact"], manifest_fields["shard"]
         # The index's journal mark comes before anything changes, its pair after the last change (index.py).
         nonce = _index.write_mark(self, dataset, artifact, shard, "open")
-        old_files = self._old_layout_files(dataset, artifact, shard)  # deleted once the new manifest is in
-        self.remove(self.manifest_path(dataset, artifact, shard))  # an old manifest must not vouch for new bytes
+        had_manifest, old_files = self._previous_part(dataset, artifact, shard)  # old files: deleted at the end
+        if had_manifest:  # an old manifest must not vouch for new bytes (a first commit sends no DELETE for it)
+            self.remove(self.manifest_path(dataset, artifact, shard))
         paths = {suffix: self.data_path(dataset, artifact, shard, suffix) for suffix in files}
         self.write_files({paths[suffix]: data for suffix, data in files.items()})
         entries = [FileEntry(name=posixpath.basename(paths[suffix]), digest=sha256_bytes(data), bytes=len(data))
@@ -586,21 +587,23 @@ class ArtifactStore:
         self._indexes.pop((dataset, artifact), None)
         return manifest
 
-    def _old_layout_files(self, dataset: str, artifact: str, shard: int | None) -> list[str]:
-        """The files of the part's current manifest when they are in the old layout (a re-made part's commit
-        deletes them after writing its new manifest; a crash in between leaves them unreferenced, harmless)."""
+    def _previous_part(self, dataset: str, artifact: str, shard: int | None) -> tuple[bool, list[str]]:
+        """Whether the part has a manifest before this commit, and the files of that manifest when they are in
+        the old layout (a re-made part's commit deletes them after writing its new manifest; a crash in between
+        leaves them unreferenced, harmless). One read of the manifest answers both; the unsharded part (shard
+        None) is not read and counts as having one (its manifest is then removed unconditionally, as always)."""
         if shard is None:
-            return []
+            return True, []
         try:
             raw = json.loads(self.read_bytes(self.manifest_path(dataset, artifact, shard)))
             if in_data_dir(dataset, artifact, raw["uri"]):
-                return []
+                return True, []
             names = [f["name"] for f in raw["files"]]
         except FileNotFoundError:
-            return []
+            return False, []
         except (ValueError, KeyError, TypeError):  # an unreadable manifest: the old layout's usual files
             names = [f"{part_name(shard)}.parquet", f"{part_name(shard)}.errors.parquet"]
-        return [self.path(dataset, artifact, posixpath.basename(n)) for n in names]
+        return True, [self.path(dataset, artifact, posixpath.basename(n)) for n in names]
 
     def record_failure(self, dataset: str, artifact: str, shard: int | None, info: dict[str, Any]) -> None:
         nonce = _index.write_mark(self, dataset, artifact, shard, "open")

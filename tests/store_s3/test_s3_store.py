@@ -83,3 +83,18 @@ def test_lineage_on_s3(s3_store):
     # the CLI path: the store root is derived from the URI alone
     text = lineage_text(down.uri, storage_options=s3_store.storage_options)
     assert down.uri in text and up.uri in text
+
+
+def test_first_commit_sends_no_delete_for_an_absent_manifest(s3_store):
+    """A part's first commit reads its (absent) manifest once and does not DELETE it; a re-made part's commit
+    still removes the old manifest before writing new bytes, and the new manifest is what readers see."""
+    from bench.bench_commit import s3_calls
+
+    first = s3_calls(s3_store, lambda: run_unit(s3_store, _unit(0), _compute([], 0)))
+    again = s3_calls(s3_store, lambda: run_unit(s3_store, _unit(0, scale=3), _compute([], 0, 3)))
+    # the only DELETE left on a first commit is the failure record's clean-up (absent too, unknown without a HEAD)
+    assert first["delete_object"] == 1, first
+    assert again["delete_object"] == 2, again
+    assert sum(again.values()) == sum(first.values()) + 1
+    fresh = ArtifactStore(s3_store.root_uri, s3_store.storage_options)
+    assert fresh.read_table("ds", "numbers", 0, verify=True).column("value").to_pylist() == [0, 3, 6]
