@@ -11,7 +11,8 @@ both label on the GPU; the header line says how many CPUs and GPUs the session h
 
 ``bare``: decoded 224² images, the labeler's own ``label_batch`` (pre- and post-processing included) in
 batches, after one warm-up batch, in a Ray actor of its own: Ray runs its workers at nice 15, so a bare loop in
-this (nice 0) process would win CPU from the stage's actors on a shared machine and skew the ratio. Bare does
+this (nice 0) process would win CPU from the stage's actors on a shared machine and skew the ratio. That actor
+takes the stage actors' process policy (``fourm_core.allocator``: freed memory kept, tokenizers on one thread). Bare does
 not decode JPEGs. ``stage``: ``run_shard`` on committed shards of the same images (read, JPEG decode, the
 labeler's Ray actor pool, Arrow/Parquet, manifest commit; the Ray session is up already). Since the Ray pass's
 first step decodes its own rows (``pseudolabel.ray_pass.DECODE_IN_FIRST_STEP``; before: separate decode tasks),
@@ -81,6 +82,13 @@ class BareLoop:
     def __init__(self, name: str, profile: str, model_dir: str | None, threads: int, batch_size: int | None):
         import torch
 
+        try:  # the stage's actors keep freed memory in their heap (fourm_core.allocator): so does the bare loop
+            from fourm_core.allocator import retain_freed_memory, single_threaded_tokenizers
+
+            retain_freed_memory()
+            single_threaded_tokenizers()
+        except ImportError:  # an older tree
+            pass
         torch.set_num_threads(threads)
         self.lab = make_labeler(name, profile, model_dir, threads, batch_size)
         self.lab.setup()

@@ -30,6 +30,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from fourm_core.allocator import retain_freed_memory, single_threaded_tokenizers
+
 from .runner import LabelerRun, from_wire, label_range, to_wire
 from .spec import Labeler
 
@@ -50,6 +52,9 @@ class _LabelerActor:
     at a time in the model (``CALLS_IN_ACTOR`` calls in the actor)."""
 
     def __init__(self, run: LabelerRun):
+        # a process with one job for its life: freed batches stay in its heap for the next call (no page faults)
+        self.retains_freed_memory = retain_freed_memory()
+        single_threaded_tokenizers()
         self.labeler = run.build()
         self.labeler.setup()
         self.model = threading.Lock()

@@ -2,6 +2,7 @@
 passed concurrently; a new config gets its own pool; ``release_pools`` ends them."""
 
 import os
+import sys
 import threading
 import time
 
@@ -202,3 +203,19 @@ def test_a_shard_whose_commit_fails_is_not_visible_and_the_concurrent_one_commit
     assert [r.status for r in run_shard(images_store, cfg, 1)] == [UnitStatus.DONE]
     assert [r.status for r in run_shard(images_store, cfg, 0)] == [UnitStatus.CACHED]
     assert images_store.read_table("demo", "labels/faulty", 1).num_rows == 4
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator policy")
+def test_a_labeler_actor_reuses_freed_batches_without_page_faults(images_store, ray_session):
+    """The pool's actor process keeps freed memory in its heap (fourm_core.allocator): a batch-sized block
+    allocated again after it was freed costs no page faults, where a plain process maps fresh pages each time."""
+    import ray
+
+    from tests.core.test_allocator import reallocation_faults
+
+    run_shard(images_store, dataset_config(runner="ray", labelers=["faulty"], plugins=[PLUGIN]), 0)
+    (key,) = POOLS.keys()
+    actor = POOLS._pools[key].actors[0]
+    applied, faults = ray.get(actor.__ray_call__.remote(
+        lambda self: (self.retains_freed_memory, reallocation_faults(40))), timeout=60)
+    assert applied and faults <= 1, (applied, faults)

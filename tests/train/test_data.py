@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 import pyarrow as pa
+import pytest
 import torch
 
 from fourm_core import ArtifactStore
@@ -105,3 +108,26 @@ def test_resumed_loader_continues_with_the_next_unseen_batch(tmp_path):
     r1 = TokenShardStream(str(tmp_path), [DatasetSpec("synth", 1.0, tuple(MODS))], masker(), batch_size=4, rank=1,
                           world_size=2)
     assert torch.equal(next(iter(r1)).enc_tokens, seen[1].enc_tokens)
+
+
+class _FaultProbeStream(TokenShardStream):
+    """Yields, from inside the loader's worker, the page faults of re-allocating a freed 40 MB block."""
+
+    def __iter__(self):
+        from tests.core.test_allocator import reallocation_faults
+
+        while True:
+            yield reallocation_faults(40)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator policy")
+def test_loader_workers_reuse_freed_batches_without_page_faults(tmp_path):
+    # a worker builds same-shaped batches all its life: it keeps freed memory in its heap (fourm_core.allocator)
+    store = ArtifactStore(str(tmp_path))
+    make_token_shards(store, "synth", MODS, n_shards=1, shard_size=8)
+    loader = ResumableLoader(_FaultProbeStream(str(tmp_path), [DatasetSpec("synth", 1.0, tuple(MODS))], masker(),
+                                               batch_size=4), num_workers=1)
+    try:
+        assert next(loader) <= 1
+    finally:
+        loader.close()
