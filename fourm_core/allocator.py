@@ -8,8 +8,9 @@ model in a plain loop (docs/labelers.md), and a 224² float32 batch of 32 images
 above the adaptive ceiling. Raising both thresholds makes freed blocks stay in the heap for the next call.
 
 It is a process-wide policy, so it is applied only in processes that do one job for their whole life: the
-labeler actors (``pseudolabel.actor_pool``) and the training loader's workers (``train_stage.data``). The cost is memory: a process keeps up to ``trim_threshold`` of
-freed memory (512 MB by default) besides its peak. ``FOURM_RETAIN_FREED_MEMORY=0`` turns it off.
+labeler actors (``pseudolabel.actor_pool``) and the training loader's workers (``train_stage.data``). The cost
+is memory: a process keeps up to ``trim_threshold`` of freed memory (512 MB by default) besides its peak.
+``FOURM_RETAIN_FREED_MEMORY=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ M_MMAP_THRESHOLD = -3
 
 MMAP_THRESHOLD = 256 << 20  # allocations below this come from the heap (reused), not a fresh mmap
 TRIM_THRESHOLD = 512 << 20  # freed memory at the heap's top kept up to this much
+MMAP_CEILING = 32 << 20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
 
 
 def retain_freed_memory(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> bool:
@@ -38,9 +40,11 @@ def retain_freed_memory(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: in
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    # mallopt returns 1 on success; glibc caps the mmap threshold at HEAP_MAX_SIZE / 2 (32 MB on 64-bit) for
-    # per-thread arenas but accepts it for the main one
-    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) & bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
+    # mallopt returns 1 when it took the value; some glibc versions refuse an mmap threshold above the adaptive
+    # ceiling (32 MB on 64-bit): that ceiling then, which still keeps every block below it in the heap
+    mmap_set = mallopt(M_MMAP_THRESHOLD, mmap_threshold) or mallopt(M_MMAP_THRESHOLD, MMAP_CEILING)
+    trim_set = mallopt(M_TRIM_THRESHOLD, trim_threshold)
+    return bool(mmap_set and trim_set)
 
 
 def single_threaded_tokenizers() -> None:
