@@ -203,6 +203,9 @@ def main() -> None:
                     help="torch threads, bare and in the actor (default: all cores but one, left to decode "
                          "and commit)")
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--concurrency", type=int, default=None,
+                    help="the stage's actors per labeler (its `concurrency` setting; default: the labeler's, 1); "
+                         "the bare loop stays one process")
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs of the local Ray session")
     ap.add_argument("--decode-tasks", action="store_true",
                     help="decode JPEGs in separate Ray tasks (the path before DECODE_IN_FIRST_STEP), for an A/B")
@@ -256,9 +259,13 @@ def main() -> None:
                 name, args.profile, model_dir, args.threads, args.batch_size)
             st = {k2: v for k2, v in make_labeler(name, args.profile, model_dir, args.threads, args.batch_size)
                   .settings.model_dump().items() if v is not None}
+            if args.concurrency:
+                st["concurrency"] = args.concurrency
             root = os.path.join(tmp, "store")
-            t_warm, _ = stage(name, st, root, imgs[:n1], caps[:n1], [shard], args.in_flight)
-            shard += 1
+            # one warm-up shard per actor: calls go round-robin, so each actor labels its first call here
+            warm = list(range(shard, shard + st.get("concurrency", 1)))
+            t_warm, _ = stage(name, st, root, imgs[:n1], caps[:n1], warm, args.in_flight)
+            shard += len(warm)
             ray.get(lab.run.remote(imgs[:n1], caps[:n1]))  # the bare loop's warm-up
             bare_s, stage_s, model_cpu, stage_cpu, actors_cpu = [], [], 0.0, 0.0, 0.0
             for _ in range(args.rounds):
