@@ -283,7 +283,7 @@ def main() -> None:
             b, s_ = args.rounds * k * n2 / sum(bare_s), args.rounds * k * n2 / sum(stage_s)
             ratios = [bt / stt for bt, stt in zip(bare_s, stage_s)]
             print(f"{name:<14}{args.profile:<8}{b:>11.3f}{s_:>12.3f}{s_ / b:>7.2f}  ({min(ratios):.2f}-"
-                  f"{max(ratios):.2f}; stage s: warm-up {t_warm:.1f}, rounds "
+                  f"{max(ratios):.2f}; stage s: warm-up {t_warm:.1f} ({len(warm)} shard(s)), rounds "
                   f"{', '.join(f'{t:.2f}' for t in stage_s)}; load {os.getloadavg()[0]:.1f})", flush=True)
             per = args.rounds * k
             m_ms, s_ms = 1000 * model_cpu / per, 1000 * stage_cpu / per

@@ -6,17 +6,20 @@ another threshold. The next allocation of that size then starts on untouched pag
 fault the kernel zero-fills: a labeler actor faulted ~3 000 times a 32-image call against ~1 200 for the same
 model in a plain loop (docs/labelers.md), and a 224² float32 batch of 32 images is 19 MB, a 512² one 100 MB,
 above the adaptive ceiling. Raising both thresholds makes freed blocks stay in the heap for the next call.
+Threads other than the main one allocate from glibc's per-thread arenas, whose heaps are at most 64 MB: there a
+larger block is still mapped fresh each time (a labeler actor's calls run on its call threads, so this policy
+covers their blocks up to 64 MB; a 32-image 224² float32 batch is 19 MB).
 
 It is a process-wide policy, so it is applied only in processes that do one job for their whole life: the
 labeler actors (``pseudolabel.actor_pool``) and the training loader's workers (``train_stage.data``). The cost
-is memory: a process keeps up to ``trim_threshold`` of freed memory (512 MB by default) besides its peak.
+is memory: a process's footprint no longer shrinks after a peak (up to ``trim_threshold``, 512 MB by default,
+of freed memory stays at the top of each heap).
 ``FOURM_RETAIN_FREED_MEMORY=0`` turns it off.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 # mallopt(3) parameter numbers (glibc's malloc.h)
@@ -30,21 +33,22 @@ MMAP_CEILING = 32 << 20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
 
 def retain_freed_memory(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> bool:
     """Set this process's glibc mmap and trim thresholds (see the module's docstring); True when applied, False
-    where the C library is not glibc (macOS, musl) or ``FOURM_RETAIN_FREED_MEMORY=0``."""
+    where the C library is not glibc (macOS, musl), where glibc refused the mmap threshold (it then gets glibc's
+    32 MB ceiling) or with ``FOURM_RETAIN_FREED_MEMORY=0``."""
     if os.environ.get("FOURM_RETAIN_FREED_MEMORY", "1") == "0":
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library (no ldconfig lookup)
     except (OSError, AttributeError):  # no glibc: its allocator has its own policy
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    # mallopt returns 1 when it took the value; some glibc versions refuse an mmap threshold above the adaptive
-    # ceiling (32 MB on 64-bit): that ceiling then, which still keeps every block below it in the heap
-    mmap_set = mallopt(M_MMAP_THRESHOLD, mmap_threshold) or mallopt(M_MMAP_THRESHOLD, MMAP_CEILING)
-    trim_set = mallopt(M_TRIM_THRESHOLD, trim_threshold)
-    return bool(mmap_set and trim_set)
+    # mallopt returns 1 when it took the value. Some glibc versions refuse an mmap threshold above the adaptive
+    # ceiling (32 MB on 64-bit): the ceiling then, which keeps the blocks below it in the heap, and False.
+    full = mallopt(M_MMAP_THRESHOLD, mmap_threshold)
+    if not full:
+        mallopt(M_MMAP_THRESHOLD, MMAP_CEILING)
+    return bool(full and mallopt(M_TRIM_THRESHOLD, trim_threshold))
 
 
 def single_threaded_tokenizers() -> None:
