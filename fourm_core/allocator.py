@@ -8,13 +8,14 @@ model in a plain loop (docs/labelers.md), and a 224² float32 batch of 32 images
 above the adaptive ceiling. Raising both thresholds makes freed blocks stay in the heap for the next call.
 Threads other than the main one allocate from glibc's per-thread arenas, whose heaps are at most 64 MB: there a
 larger block is still mapped fresh each time (a labeler actor's calls run on its call threads, so this policy
-covers their blocks up to 64 MB; a 32-image 224² float32 batch is 19 MB).
+covers their blocks up to 64 MB).
 
 It is a process-wide policy, so it is applied only in processes that do one job for their whole life: the
 labeler actors (``pseudolabel.actor_pool``) and the training loader's workers (``train_stage.data``). The cost
 is memory: a process's footprint no longer shrinks after a peak (up to ``trim_threshold``, 512 MB by default,
 of freed memory stays at the top of each heap).
-``FOURM_RETAIN_FREED_MEMORY=0`` turns it off.
+``FOURM_RETAIN_FREED_MEMORY=0`` turns it off. The labeler actors also keep Hugging Face tokenizers on one
+thread (:func:`single_threaded_tokenizers`), the other per-process setting of such a worker.
 """
 
 from __future__ import annotations

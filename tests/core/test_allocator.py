@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROBE = """
-import json, resource, sys
-import numpy as np
+import json, sys
 from fourm_core.allocator import retain_freed_memory
 applied = retain_freed_memory() if sys.argv[1] == "apply" else None
 from tests.core.test_allocator import reallocation_faults
@@ -45,7 +45,7 @@ def reallocation_faults(megabytes: int, times: int = 4) -> float:
 
 def _probe(mode: str, **env: str) -> dict:
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
-                         env={**os.environ, **env}, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+                         env={**os.environ, **env}, cwd=REPO)
     return json.loads(out.stdout)
 
 
@@ -74,6 +74,5 @@ def test_tokenizers_run_on_one_thread_unless_configured(preset):
         env["TOKENIZERS_PARALLELISM"] = preset
     code = "import os; from fourm_core.allocator import single_threaded_tokenizers as s; s(); " \
            "print(os.environ['TOKENIZERS_PARALLELISM'])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
-                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=REPO)
     assert out.stdout.strip() == (preset or "false")
