@@ -38,6 +38,10 @@ shard, Ray submits and results, Parquet, commit), the labeler actors' (their pro
 first step's decode, Ray's call handling; read from /proc, Linux only), and ``cap`` = model / (model + decode +
 stage): on saturated cores the ratio cannot exceed it, whatever the overlap, so a light model's ratio is bounded
 by the work around it.
+A third line gives the whole machine's CPU milliseconds per shard over the stage rounds (``/proc/stat``: the
+stage's processes, Ray's daemons, the kernel's writeback of the committed files, anything else running) and
+``bound`` = cores x bare wall / machine CPU: a stage round cannot take less wall time than its CPU spread over
+every core, so with that much CPU spent per shard the ratio cannot exceed the bound, however well it overlaps.
 Target: ratio >= 0.85 for every model labeler at the tiny profile with 32-image shards.
 """
 
@@ -125,11 +129,11 @@ def shard_threads(in_flight: int) -> ThreadPoolExecutor:
 
 
 def stage(name: str, settings: dict, root: str, imgs: list[np.ndarray], captions: list[str], shards: list[int],
-          in_flight: int = 1) -> tuple[float, float]:
-    """Seconds to pseudo-label ``shards`` (each a committed shard of ``imgs``) with at most ``in_flight`` of them
-    passing at once, as build-dataset runs them (a thread per shard from one pool, sharing the labeler's actor
-    pool), and the stage process's CPU seconds meanwhile (all its threads: reading, Ray submits and results,
-    Parquet, commit)."""
+          in_flight: int = 1) -> tuple[float, float, float]:
+    """Seconds to pseudo-label ``shards`` (each a committed shard of ``imgs``, committed before the clock starts)
+    with at most ``in_flight`` of them passing at once, as build-dataset runs them (a thread per shard from one
+    pool, sharing the labeler's actor pool); the stage process's CPU seconds meanwhile (all its threads: reading,
+    Ray submits and results, Parquet, commit); and the whole machine's (:func:`machine_cpu`)."""
     from fourm_core import ArtifactStore, DatasetConfig
     from pseudolabel.stage import run_shard
     from pseudolabel.testing import commit_images
@@ -139,10 +143,22 @@ def stage(name: str, settings: dict, root: str, imgs: list[np.ndarray], captions
         commit_images(store, "bench", shard, [(f"b{shard}-{i}", im, c) for i, (im, c) in enumerate(zip(imgs, captions))])
     cfg = DatasetConfig(name="bench", sources=[{"kind": "synthetic"}],
                         pseudolabel={"runner": "ray", "labelers": [name], "settings": {name: settings}})
-    t, cpu = time.perf_counter(), time.process_time()
+    t, cpu, busy = time.perf_counter(), time.process_time(), machine_cpu()
     for f in [shard_threads(in_flight).submit(run_shard, store, cfg, shard, force=True) for shard in shards]:
         f.result()
-    return time.perf_counter() - t, time.process_time() - cpu
+    return time.perf_counter() - t, time.process_time() - cpu, machine_cpu() - busy
+
+
+def machine_cpu() -> float:
+    """CPU seconds every core of this machine has spent busy so far (``/proc/stat``: user, nice, system, irq and
+    softirq; not idle, I/O wait or steal): the stage's driver and actors, Ray's daemons, the kernel's writeback of
+    the committed files, and anything else running. NaN where there is no ``/proc``."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:8]]
+    except OSError:
+        return float("nan")
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
 
 
 def decode_cpu(imgs: list[np.ndarray], captions: list[str], pixels: bool, repeat: int = 3) -> float:
@@ -264,19 +280,20 @@ def main() -> None:
             root = os.path.join(tmp, "store")
             # one warm-up shard per actor: calls go round-robin, so each actor labels its first call here
             warm = list(range(shard, shard + st.get("concurrency", 1)))
-            t_warm, _ = stage(name, st, root, imgs[:n1], caps[:n1], warm, args.in_flight)
+            t_warm, _, _ = stage(name, st, root, imgs[:n1], caps[:n1], warm, args.in_flight)
             shard += len(warm)
             ray.get(lab.run.remote(imgs[:n1], caps[:n1]))  # the bare loop's warm-up
-            bare_s, stage_s, model_cpu, stage_cpu, actors_cpu = [], [], 0.0, 0.0, 0.0
+            bare_s, stage_s, model_cpu, stage_cpu, actors_cpu, busy = [], [], 0.0, 0.0, 0.0, 0.0
             for _ in range(args.rounds):
                 rate, cpu = ray.get(lab.run.remote(imgs * k, caps * k))
                 bare_s.append(k * n2 / rate)
                 model_cpu += cpu
                 actors_cpu -= actor_cpu()
-                wall, cpu = stage(name, st, root, imgs, caps, list(range(shard, shard + k)), args.in_flight)
+                wall, cpu, machine = stage(name, st, root, imgs, caps, list(range(shard, shard + k)), args.in_flight)
                 actors_cpu += actor_cpu()
                 stage_s.append(wall)
                 stage_cpu += cpu
+                busy += machine
                 shard += k
             ray.kill(lab)
             release()
@@ -292,6 +309,10 @@ def main() -> None:
                   f"actor {1000 * actors_cpu / per:.1f}; "
                   f"cap {m_ms / (m_ms + d_ms + s_ms):.2f}; bare wall ms/shard {1000 * sum(bare_s) / per:.1f}, "
                   f"stage wall ms/shard {1000 * sum(stage_s) / per:.1f}", flush=True)
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            print(f"{'':<14}machine CPU ms/shard {1000 * busy / per:.1f} over the stage rounds (every process and "
+                  f"the kernel); its {cores} cores give {cores * 1000 * sum(stage_s) / per:.1f}; bound "
+                  f"{cores * sum(bare_s) / busy:.2f} = cores x bare wall / machine CPU", flush=True)
     ray.shutdown()
 
 
