@@ -285,6 +285,11 @@ class _Blobs:
         return None if r < 0 else self.value(r)
 
 
+def _own(t: torch.Tensor) -> np.ndarray:
+    """``t``'s values in an array that owns its memory (no reference back to the tensor)."""
+    return t.numpy().copy()
+
+
 @dataclass
 class PackedBatch:
     """A :class:`MaskedBatch` as numpy arrays, which a DataLoader worker sends through its pipe by value.
@@ -292,7 +297,12 @@ class PackedBatch:
     A torch tensor crossing to the main process is moved into shared memory first, one segment per tensor;
     on the 2-core box that cost ~20 ms per tensor (~200 ms for a 4M-21 batch of ten 64x256 tensors) against
     2.5 ms to send the same 1.3 MB by value. The main process turns the arrays back into tensors without a
-    copy (``torch.from_numpy``)."""
+    copy (``torch.from_numpy``).
+
+    The arrays own their memory (copies, not views of the tensors): the worker's queue feeder thread frees each
+    batch after pickling it, and freeing a tensor releases and retakes the GIL inside torch's C++; a worker
+    whose interpreter was finalizing at that moment died with "terminate called without an active exception"
+    (SIGABRT, a core file where cores are on), 1 bench_loader run in 3 on the 2-core box."""
 
     arrays: dict[str, np.ndarray | dict[str, np.ndarray]]  # MaskedBatch's fields, those set
 
@@ -302,7 +312,7 @@ class PackedBatch:
         for f in fields(batch):
             v = getattr(batch, f.name)
             if v is not None:  # an absent slot index stays absent
-                out[f.name] = {k: t.numpy() for k, t in v.items()} if isinstance(v, dict) else v.numpy()
+                out[f.name] = {k: _own(t) for k, t in v.items()} if isinstance(v, dict) else _own(v)
         return cls(out)
 
     def unpack(self) -> MaskedBatch:
