@@ -13,11 +13,10 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROBE = """
-import json, sys
+import json, sys, threading
 from fourm_core.allocator import retain_freed_memory
 applied = retain_freed_memory() if sys.argv[1] == "apply" else None
 from tests.core.test_allocator import reallocation_faults
-import threading
 in_thread = {}
 t = threading.Thread(target=lambda: in_thread.setdefault("faults", reallocation_faults(40)))  # an actor's call thread
 t.start()

@@ -163,7 +163,6 @@ def test_a_worker_that_exits_while_its_queue_thread_frees_batches_exits_cleanly(
     # exception", SIGABRT): 10 runs of 10 before the arrays owned their memory.
     probe = textwrap.dedent("""
         import sys, threading
-        sys.path.insert(0, sys.argv[1])
         from tests.train.test_data import _masked_batch
         from train_stage.data import PackedBatch
 
@@ -180,5 +179,5 @@ def test_a_worker_that_exits_while_its_queue_thread_frees_batches_exits_cleanly(
         sys.exit(0)  # finalize while the daemon thread is still freeing batches
     """)
     repo = str(Path(__file__).resolve().parents[2])
-    done = subprocess.run([sys.executable, "-c", probe, repo], capture_output=True, text=True, timeout=120, cwd=repo)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=repo)
     assert (done.returncode, "terminate called" in done.stderr) == (0, False), done.stderr[-2000:]
