@@ -106,7 +106,10 @@ def test_a_schedule_fires_and_a_worker_runs_it(cluster, tmp_path, fk_config):
     url = cluster.server.api_url
     deployment = _deployments(cluster)[("build_dataset", "cc12m")]
     store_root = tmp_path / "store"
-    anchor = datetime.now(timezone.utc) + timedelta(seconds=3)
+    # The scheduler plans runs from the moment its loop runs (every 2 s here), never before it: an anchor that
+    # has passed by then is skipped for the next one an hour later. 20 s is the margin for a loaded 2-core box
+    # (with 3 s, one CI run's scheduler came late and the run waited an hour away, SCHEDULED).
+    anchor = datetime.now(timezone.utc) + timedelta(seconds=20)
     # one run only: the next one would be an hour later, after the session
     api(url, f"deployments/{deployment['id']}/schedules", [{
         "schedule": {"interval": 3600, "anchor_date": anchor.isoformat()}, "active": True, "max_scheduled_runs": 1,
@@ -118,6 +121,9 @@ def test_a_schedule_fires_and_a_worker_runs_it(cluster, tmp_path, fk_config):
         time.sleep(1)
     assert runs, "the scheduler created no run:\n" + cluster.server_log()[-4000:]
     first = min(runs, key=lambda r: r["expected_start_time"])
+    planned = datetime.fromisoformat(first["expected_start_time"])
+    assert abs(planned - anchor) < timedelta(seconds=1), \
+        f"the scheduler planned the run for {planned}, not the anchor {anchor}: its first pass came after the anchor"
     assert cluster.wait(first["id"], 180) == "COMPLETED", cluster.log("fourm-cpu")[-4000:]
     assert _store(store_root).read_manifest("fk", "doubled", 2).flow_run_id == first["id"]
 
