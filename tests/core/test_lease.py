@@ -73,19 +73,19 @@ def test_killed_worker_leaves_a_stale_lease(store_root):
 
 
 def test_one_heartbeat_thread_beats_every_held_lease_and_none_after_its_unit_ends(store, monkeypatch):
-    monkeypatch.setattr(lease, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(lease, "HEARTBEAT_S", 0.1)  # stale after 0.3 s: a loaded box's stall stays within it
     monkeypatch.setattr(lease, "GRACE_S", 0)  # written on entry
     beat = lease._Heartbeat()  # a fresh one: its thread reads the short heartbeat
     monkeypatch.setattr(lease, "_HEARTBEAT", beat)
     beats_before = [t.name for t in threading.enumerate()].count("fourm-lease")
     with lease.held(store, "ls", ["a"], 1, {"unit": "one"}), lease.held(store, "ls", ["a", "b"], 2, {"unit": "two"}):
         first = {p: v["heartbeat"] for p, v in lease.running(store, "ls", "a").items()}
-        time.sleep(0.3)
+        time.sleep(0.5)
         later = lease.running(store, "ls", "a")
         assert set(later) == {1, 2} and all(later[p]["heartbeat"] > first[p] for p in (1, 2))  # both rewritten
         assert lease.running(store, "ls", "b")[2]["state"] == "running"
         assert [t.name for t in threading.enumerate()].count("fourm-lease") == beats_before + 1  # one for all
-    time.sleep(0.2)  # heartbeats after the units ended must not bring their leases back
+    time.sleep(0.3)  # heartbeats after the units ended must not bring their leases back
     assert lease.running(store, "ls", "a") == {} and lease.running(store, "ls", "b") == {}
 
 
